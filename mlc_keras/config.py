@@ -1,0 +1,135 @@
+"""Run configuration as frozen dataclasses, with a default and a tiny variant.
+
+The config used for a run is written to ``<model_dir>/config.json`` so that a
+run can be read back (and resumed) with the same settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Optional
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """Where the images and labels come from and how they are fed.
+
+  Exactly one source is used: ``manifest`` (CSV), ``tfrecord`` (file pattern)
+  or ``tfds`` (a TFDS name); with none given the embedded demo set is
+  generated into ``demo_dir``.
+  """
+
+  manifest: Optional[str] = None
+  val_manifest: Optional[str] = None
+  tfrecord: Optional[str] = None
+  val_tfrecord: Optional[str] = None
+  tfds: Optional[str] = None
+  tfds_train_split: str = "train"
+  tfds_val_split: Optional[str] = "test"
+  tfds_data_dir: Optional[str] = None
+  # "feature:head,feature:head"; a feature maps to a head of the same name
+  # when ":head" is left out.
+  tfds_heads: str = "label"
+  heads_file: Optional[str] = None
+  image_column: str = "image"
+  # Share of a single manifest held out for validation when no val_manifest
+  # is given (split by a seeded hash of the path, so it is stable).
+  val_fraction: float = 0.1
+  image_size: int = 224
+  cache: bool = False
+  shuffle_buffer: int = 10_000
+  augment: tuple[str, ...] = ("flip", "crop")
+  deterministic: bool = False
+  validate_images: bool = True
+  demo_dir: str = "mlc_runs/demo_data"
+  demo_train_size: int = 2000
+  demo_val_size: int = 400
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  backbone: str = "ResNet50V2"
+  # None (random init), "imagenet" (downloaded by Keras) or a local file path.
+  weights: Optional[str] = None
+  dropout: float = 0.0
+  # Keras' default 0.99 leaves moving statistics far behind the weights in a
+  # short run (inference accuracy near chance); 0.9 catches up within ~100
+  # steps. See BUILD_NOTES.md.
+  bn_momentum: float = 0.9
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  batch_size: int = 32
+  epochs: int = 10
+  # None: one pass over the training data per epoch.
+  steps_per_epoch: Optional[int] = None
+  learning_rate: float = 1e-3
+  weight_decay: float = 1e-4
+  optimizer: str = "adamw"
+  seed: int = 0
+  # "float32", "mixed_float16" (GPU) or "mixed_bfloat16" (TPU, recent CPUs).
+  precision: str = "float32"
+  jit_compile: bool = False
+  # "default" (one device), "mirrored" (all local GPUs).
+  strategy: str = "default"
+  # "none" or "balanced": per-head class weights folded into sample_weight.
+  class_weight: str = "none"
+  # Loss weights "head=w,head=w" override the heads file.
+  loss_weights: tuple[tuple[str, float], ...] = ()
+  top_k: int = 5
+  backup_every_steps: Optional[int] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  data: DataConfig = DataConfig()
+  model: ModelConfig = ModelConfig()
+  train: TrainConfig = TrainConfig()
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+  @classmethod
+  def from_dict(cls, d: dict) -> "Config":
+    def build(kind, values):
+      names = {f.name for f in dataclasses.fields(kind)}
+      unknown = set(values) - names
+      if unknown:
+        raise ValueError(f"unknown {kind.__name__} key(s): {sorted(unknown)}")
+      fixed = {}
+      for k, v in values.items():
+        if isinstance(v, list):  # JSON has no tuples
+          v = tuple(tuple(x) if isinstance(x, list) else x for x in v)
+        fixed[k] = v
+      return kind(**fixed)
+    return cls(data=build(DataConfig, d.get("data", {})),
+               model=build(ModelConfig, d.get("model", {})),
+               train=build(TrainConfig, d.get("train", {})))
+
+
+def default() -> Config:
+  return Config()
+
+
+def demo() -> Config:
+  """What ``python -m mlc_keras.train`` runs with no flags: the embedded demo
+  set at 48x48, sized to finish in a few minutes on two CPU cores."""
+  return Config(
+      data=DataConfig(image_size=48, demo_train_size=1600, demo_val_size=400,
+                      cache=True, augment=("crop",)),
+      train=TrainConfig(batch_size=32, epochs=3, learning_rate=2e-3),
+  )
+
+
+def tiny() -> Config:
+  """Seconds-long settings for tests and smoke runs."""
+  return Config(
+      data=DataConfig(image_size=32, demo_train_size=64, demo_val_size=32,
+                      shuffle_buffer=64, augment=("flip", "crop")),
+      train=TrainConfig(batch_size=8, epochs=1, steps_per_epoch=2, top_k=2),
+  )

@@ -1,0 +1,142 @@
+"""The embedded demo data set, generated deterministically from a seed.
+
+Each image shows one shape with four independent attributes: shape, colour,
+size and fill. Like real multi-attribute data, some labels are blank (fill is
+labelled on fewer than half of the training images), and one combination
+(blue triangles) never appears in training at all: it only appears in the
+validation set and in ``heldout.csv``, so that composing attributes can be
+judged on a class the model never saw.
+
+Files written to ``out_dir``: ``train.csv``, ``val.csv``, ``heldout.csv``
+(manifests: an ``image`` column and one column per head), ``images/*.png|jpg``
+and ``labels.json`` (the schema).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import numpy as np
+
+from mlc_keras import heads as heads_lib
+
+SCHEMA = heads_lib.LabelSchema((
+    heads_lib.HeadSpec("shape", ("circle", "square", "triangle")),
+    heads_lib.HeadSpec("colour", ("blue", "green", "red")),
+    heads_lib.HeadSpec("size", ("large", "small")),
+    heads_lib.HeadSpec("fill", ("outline", "solid")),
+))
+
+# Never rendered into the training split.
+HELD_OUT = {"shape": "triangle", "colour": "blue"}
+
+# Share of training labels left blank, per head.
+MISSING_RATE = {"shape": 0.1, "colour": 0.1, "size": 0.25, "fill": 0.6}
+
+_RGB = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (40, 80, 230)}
+_RENDER_SIZE = 64
+_VERSION = 1
+
+
+def _mask(shape: str, size: str, filled: bool, cx: float, cy: float,
+          n: int) -> np.ndarray:
+  y, x = np.mgrid[0:n, 0:n].astype(np.float32) + 0.5
+  r = n * (0.34 if size == "large" else 0.17)
+
+  def solid(radius):
+    if shape == "circle":
+      return (x - cx) ** 2 + (y - cy) ** 2 <= radius ** 2
+    if shape == "square":
+      half = radius * 0.85
+      return (np.abs(x - cx) <= half) & (np.abs(y - cy) <= half)
+    # Upward triangle: below the top-left and top-right edges, above the base.
+    top, base, half_w = cy - radius, cy + 0.8 * radius, 0.95 * radius
+    slope = half_w / (base - top)
+    return ((y <= base) & (y >= top)
+            & (np.abs(x - cx) <= (y - top) * slope))
+
+  outer = solid(r)
+  if filled:
+    return outer
+  return outer & ~solid(r - max(2.0, 0.09 * n))
+
+
+def render(attrs: dict, rng: np.random.Generator,
+           n: int = _RENDER_SIZE) -> np.ndarray:
+  """One uint8 [n, n, 3] image with the given attribute values."""
+  r_max = n * (0.34 if attrs["size"] == "large" else 0.17)
+  margin = r_max + 1
+  cx, cy = rng.uniform(margin, n - margin, size=2)
+  background = rng.integers(20, 110, size=3)
+  image = np.clip(background + rng.normal(0, 12, size=(n, n, 3)), 0, 255)
+  colour = np.clip(np.array(_RGB[attrs["colour"]]) + rng.normal(0, 18, 3), 0, 255)
+  mask = _mask(attrs["shape"], attrs["size"], attrs["fill"] == "solid", cx, cy, n)
+  image[mask] = colour
+  return image.astype(np.uint8)
+
+
+def _encode(image: np.ndarray, path: str) -> None:
+  import tensorflow as tf  # only needed when files are written
+  if path.endswith(".png"):
+    data = tf.io.encode_png(image).numpy()
+  else:
+    data = tf.io.encode_jpeg(image, quality=95).numpy()
+  with open(path, "wb") as f:
+    f.write(data)
+
+
+def _sample_attrs(rng: np.random.Generator, held_out: bool) -> dict:
+  while True:
+    attrs = {h.name: h.classes[rng.integers(h.num_classes)] for h in SCHEMA}
+    if held_out:
+      return dict(attrs, **HELD_OUT)
+    if not all(attrs[k] == v for k, v in HELD_OUT.items()):
+      return attrs
+
+
+def _write_split(out_dir: str, split: str, count: int, rng: np.random.Generator,
+                 mode: str) -> None:
+  rows = []
+  for i in range(count):
+    attrs = _sample_attrs(rng, held_out=(mode == "heldout"))
+    if mode == "val" and rng.random() < 0.1:
+      attrs = dict(attrs, **HELD_OUT)
+    ext = ".jpg" if i % 4 == 3 else ".png"
+    rel = os.path.join("images", f"{split}_{i:05d}{ext}")
+    _encode(render(attrs, rng), os.path.join(out_dir, rel))
+    row = {"image": rel}
+    for h in SCHEMA:
+      blank = mode == "train" and rng.random() < MISSING_RATE[h.name]
+      row[h.name] = "" if blank else attrs[h.name]
+    rows.append(row)
+  with open(os.path.join(out_dir, f"{split}.csv"), "w", newline="",
+            encoding="utf-8") as f:
+    writer = csv.DictWriter(f, fieldnames=["image", *SCHEMA.names])
+    writer.writeheader()
+    writer.writerows(rows)
+
+
+def generate(out_dir: str, train_size: int = 2000, val_size: int = 400,
+             heldout_size: int = 100, seed: int = 0) -> dict[str, str]:
+  """Writes the demo set (or reuses an identical earlier one) and returns the
+  manifest paths: {"train": ..., "val": ..., "heldout": ..., "labels": ...}."""
+  paths = {s: os.path.join(out_dir, f"{s}.csv") for s in ("train", "val", "heldout")}
+  paths["labels"] = os.path.join(out_dir, "labels.json")
+  stamp = {"version": _VERSION, "train": train_size, "val": val_size,
+           "heldout": heldout_size, "seed": seed}
+  stamp_path = os.path.join(out_dir, "demo.json")
+  if os.path.exists(stamp_path):
+    with open(stamp_path, encoding="utf-8") as f:
+      if json.load(f) == stamp and all(os.path.exists(p) for p in paths.values()):
+        return paths
+  os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
+  rng = np.random.default_rng(seed)
+  _write_split(out_dir, "train", train_size, rng, "train")
+  _write_split(out_dir, "val", val_size, rng, "val")
+  _write_split(out_dir, "heldout", heldout_size, rng, "heldout")
+  SCHEMA.save(paths["labels"])
+  with open(stamp_path, "w", encoding="utf-8") as f:
+    json.dump(stamp, f)
+  return paths

@@ -1,0 +1,91 @@
+r"""Exports a trained model for TF Serving, LiteRT and ONNX Runtime, and fails
+unless every artefact matches the Keras model (see export_lib for tolerances).
+
+  python -m mlc_keras.export --model_dir=mlc_runs/demo
+  python -m mlc_keras.export --model_dir=runs/logos --output=/srv/models \
+      --model_name=logos --version=3 --formats=saved_model,tflite \
+      --quantization=fp32,int8 --representative=data/val.csv
+
+Writes <output>/<model_name>/<version>/ (SavedModel for TF Serving),
+<output>/litert/<model_name>/<version>/*.tflite,
+<output>/onnx/<model_name>/<version>/<model_name>.onnx and the parity report
+<output>/parity/<model_name>/<version>.json. See export/README.md.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+_MODEL_DIR = flags.DEFINE_string(
+    "model_dir", None, "Trained model folder (model.keras + labels.json), as "
+    "written by mlc_keras.train.", required=True)
+_OUTPUT = flags.DEFINE_string(
+    "output", None, "Base folder of the export. Default: <model_dir>/export.")
+_FORMATS = flags.DEFINE_string(
+    "formats", "saved_model,tflite,onnx",
+    "Comma list of saved_model, tflite, onnx.")
+_VERSION = flags.DEFINE_integer(
+    "version", 1, "Model version: TF Serving serves the highest integer.",
+    lower_bound=1)
+_MODEL_NAME = flags.DEFINE_string(
+    "model_name", None,
+    "Name in TF Serving and in file names. Default: the model_dir's name.")
+_QUANTIZATION = flags.DEFINE_string(
+    "quantization", "fp32,fp16,dynamic,int8",
+    "Comma list of TFLite variants: fp32, fp16, dynamic, int8.")
+_REPRESENTATIVE = flags.DEFINE_string(
+    "representative", None,
+    "Manifest CSV (image column), image folder or image used to calibrate "
+    "int8 (up to 200 images). Default: --parity_images, else the images the "
+    "run was evaluated on.")
+_PARITY_IMAGES = flags.DEFINE_string(
+    "parity_images", None,
+    "Manifest CSV, image folder or image for the parity check (up to 100 "
+    "images). Default: --representative, else the images the run was "
+    "evaluated on.")
+_MAX_IMAGE_BYTES = flags.DEFINE_integer(
+    "max_image_bytes", 20 * 1024 * 1024,
+    "Per-image size cap of the SavedModel's bytes signature.", lower_bound=1)
+_OVERWRITE = flags.DEFINE_bool(
+    "overwrite", False, "Replace an existing export of the same version.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  # TF's INFO lines (renamed captures, asset writes) bury the parity table.
+  logging.set_verbosity(logging.WARNING)
+  # Imported here so --help answers without loading TensorFlow.
+  from mlc_keras import export_lib  # pylint: disable=g-import-not-at-top
+  from mlc_keras import heads  # pylint: disable=g-import-not-at-top
+  try:
+    result = export_lib.export(
+        _MODEL_DIR.value,
+        output=_OUTPUT.value,
+        formats=_FORMATS.value,
+        version=_VERSION.value,
+        model_name=_MODEL_NAME.value,
+        quantizations=_QUANTIZATION.value,
+        representative=_REPRESENTATIVE.value,
+        parity_images=_PARITY_IMAGES.value,
+        max_image_bytes=_MAX_IMAGE_BYTES.value,
+        overwrite=_OVERWRITE.value)
+  except (export_lib.ExportError, heads.SchemaError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  print("\nWritten:")
+  if result.saved_model:
+    print(f"  SavedModel      {result.saved_model}")
+  for q, path in result.tflite.items():
+    print(f"  TFLite {q:<8} {path}")
+  if result.onnx:
+    print(f"  ONNX            {result.onnx}")
+  print(f"  parity report   {result.parity_path}")
+
+
+if __name__ == "__main__":
+  app.run(main)

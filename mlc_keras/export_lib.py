@@ -1,0 +1,1346 @@
+"""Export a trained model for TF Serving (SavedModel), LiteRT (TFLite) and
+ONNX Runtime, and prove each artefact computes what the Keras model computes.
+
+Layout written by export() under a base folder:
+
+  <base>/<model_name>/<version>/                 SavedModel (TF Serving base path:
+                                                 <base>/<model_name>)
+      assets/labels.json
+      assets.extra/tf_serving_warmup_requests
+  <base>/litert/<model_name>/<version>/<model_name>_<quantization>.tflite
+  <base>/litert/<model_name>/<version>/labels.json
+  <base>/onnx/<model_name>/<version>/<model_name>.onnx
+  <base>/onnx/<model_name>/<version>/labels.json
+  <base>/parity/<model_name>/<version>.json      the parity report
+
+Everything is written into <base>/.staging/ first and moved into place only
+when every check has passed, so TF Serving (which polls <base>/<model_name>)
+never sees a half-written or failing version.
+
+Every artefact takes the same input: uint8 RGB pixels [N, S, S, 3], the
+model's own preprocessing inside. The SavedModel also has a bytes signature
+(the default one) that decodes JPEG/PNG in-graph with imageio.decode_and_resize,
+the function training uses, so served pixels are training pixels.
+
+Artefacts are all read through one Predictor abstraction (load_predictor):
+a callable uint8 batch -> {output name: float32 [N, k]}, used by the parity
+check, the predict CLI and the latency benchmark.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import csv
+import dataclasses
+import json
+import logging
+import multiprocessing
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from mlc_keras import heads as heads_lib
+from mlc_keras import imageio
+
+FORMATS = ("saved_model", "tflite", "onnx")
+QUANTIZATIONS = ("fp32", "fp16", "dynamic", "int8")
+
+SERVING_SIGNATURE = "serving_default"  # bytes in, probabilities + labels out
+TENSOR_SIGNATURE = "serve_image"  # uint8 pixels in, probabilities out
+BYTES_INPUT = "image_bytes"
+IMAGE_INPUT = "image"
+CLASS_SUFFIX = "_class"
+SCORE_SUFFIX = "_score"
+
+# Per-image cap on encoded bytes in the serving signature. 20 MB holds any
+# sane phone photo; beyond that a request is more likely abuse than an image.
+MAX_IMAGE_BYTES = 20 * 1024 * 1024
+
+ONNX_OPSET = 17
+LABELS_FILE = "labels.json"
+WARMUP_FILE = "tf_serving_warmup_requests"
+INSTALL_HINT = "pip install -e .[export]"
+
+# Ops that call back into Python: TF Serving (C++) cannot run them.
+PYTHON_OPS = frozenset({"PyFunc", "PyFuncStateless", "EagerPyFunc"})
+
+MAX_PARITY_IMAGES = 100
+MAX_CALIBRATION_IMAGES = 200
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
+
+# Names of the per-runtime trees under the base folder; a model may not use them.
+_RESERVED_MODEL_NAMES = frozenset({"litert", "onnx", "parity"})
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class ExportError(Exception):
+  """An export that cannot be done or whose result is wrong."""
+
+
+class ParityError(ExportError):
+  """An artefact whose outputs differ from the Keras model beyond tolerance."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Tolerance:
+  """What an artefact must meet against the Keras model, per output.
+
+  max_abs_diff bounds |p_artefact - p_keras| over all images and classes;
+  min_top1_agreement is the share of images whose argmax must match.
+  """
+
+  max_abs_diff: Optional[float] = None
+  min_top1_agreement: Optional[float] = None
+
+
+# fp32 artefacts run the same float graph; 1e-4 leaves room for a different
+# kernel summation order (observed: <= 1e-6).
+FP32_TOLERANCE = Tolerance(max_abs_diff=1e-4)
+# fp16 stores weights rounded to 11 significant bits (relative error <= 2^-11
+# ~ 5e-4) but computes in float32 on CPU. A logit error of e moves a softmax
+# probability by at most e/4, so a logit off by a few 1e-3 (weights error
+# summed over ~50 layers) stays well under 1e-2; observed: 1e-4 to 1e-3.
+FP16_TOLERANCE = Tolerance(max_abs_diff=1e-2)
+# Dynamic range: int8 weights plus int8 activations quantised on the fly per
+# batch, so errors are int8-sized rather than fp16-sized. 0.05 means top-1
+# can only flip where Keras' two best classes are within 0.1 of each other;
+# observed: 1e-3 to 1e-2.
+DYNAMIC_TOLERANCE = Tolerance(max_abs_diff=5e-2)
+# Full int8 has a 1/256 output grid and calibrated activation ranges: judge
+# it by decisions, as the issue asks, not by probabilities.
+INT8_TOLERANCE = Tolerance(min_top1_agreement=0.99)
+
+TOLERANCES = {
+    "fp32": FP32_TOLERANCE,
+    "fp16": FP16_TOLERANCE,
+    "dynamic": DYNAMIC_TOLERANCE,
+    "int8": INT8_TOLERANCE,
+}
+
+
+def _missing_dependency(package: str) -> ExportError:
+  return ExportError(
+      f"{package} is not installed; it is needed for this export format. "
+      f"Install the export extras: {INSTALL_HINT}")
+
+
+# --- choices ------------------------------------------------------------------
+
+
+def parse_choices(text: str | Sequence[str], allowed: Sequence[str],
+                  what: str) -> tuple[str, ...]:
+  """'a,b' (or a list) -> ('a', 'b'), each checked against ``allowed``.
+
+  Raises ExportError naming the unknown value and the valid ones.
+  """
+  items = text.split(",") if isinstance(text, str) else list(text)
+  items = [i.strip() for i in items if i.strip()]
+  if not items:
+    raise ExportError(f"no {what} given; choose from: {', '.join(allowed)}")
+  for item in items:
+    if item not in allowed:
+      raise ExportError(
+          f"unknown {what} {item!r}; choose from: {', '.join(allowed)}")
+  return tuple(dict.fromkeys(items))
+
+
+# --- the trained model ----------------------------------------------------------
+
+
+def model_outputs(model, images) -> dict[str, tf.Tensor]:
+  """Calls ``model`` in inference mode and returns its outputs keyed by name,
+  whatever structure the model returns (dict, list or a single tensor)."""
+  out = model(images, training=False)
+  if isinstance(out, Mapping):
+    return dict(out)
+  if isinstance(out, (list, tuple)):
+    return dict(zip(model.output_names, out))
+  return {model.output_names[0]: out}
+
+
+def image_size_of(model) -> int:
+  shape = model.input_shape
+  if isinstance(shape, list):
+    shape = shape[0]
+  if len(shape) != 4 or shape[1] != shape[2] or shape[3] != 3:
+    raise ExportError(
+        f"model input shape {shape} is not [N, S, S, 3]; only square RGB "
+        "models are exported")
+  return int(shape[1])
+
+
+def check_outputs_match_schema(output_shapes: Mapping[str, Sequence[int]],
+                               schema: heads_lib.LabelSchema,
+                               origin: str) -> None:
+  """Every head of the schema must be an output with one column per class.
+
+  Outputs that are not heads (e.g. a composed "class" output) are allowed.
+  """
+  for h in schema.heads:
+    if h.name not in output_shapes:
+      raise ExportError(
+          f"{origin}: labels.json has head {h.name!r} but the model has no "
+          f"such output (outputs: {', '.join(sorted(output_shapes))})")
+    width = output_shapes[h.name][-1]
+    if width is not None and width != h.num_classes:
+      raise ExportError(
+          f"{origin}: head {h.name!r} has {h.num_classes} classes in "
+          f"labels.json but the model outputs {width} columns")
+
+
+def load_trained(model_dir: str):
+  """Loads ``<model_dir>/model.keras`` (or a .keras file) and the labels.json
+  beside it. Returns (keras model, LabelSchema)."""
+  from mlc_keras import model as model_lib  # keras import kept at the edge
+  if os.path.isfile(model_dir) and model_dir.endswith(".keras"):
+    model_path, folder = model_dir, os.path.dirname(os.path.abspath(model_dir))
+  elif os.path.isdir(model_dir):
+    model_path, folder = os.path.join(model_dir, "model.keras"), model_dir
+    if not os.path.exists(model_path):
+      raise ExportError(f"{model_dir}: no model.keras in this model folder")
+  else:
+    raise ExportError(f"{model_dir}: no such model folder or .keras file")
+  labels = os.path.join(folder, LABELS_FILE)
+  if not os.path.exists(labels):
+    raise ExportError(
+        f"{folder}: no {LABELS_FILE} beside the model; the class names of "
+        "each head come from it (train writes it into the model folder)")
+  schema = heads_lib.LabelSchema.load(labels)
+  model = model_lib.load_model(model_path)
+  shapes = {n: tuple(t.shape) for n, t in _symbolic_outputs(model).items()}
+  check_outputs_match_schema(shapes, schema, model_path)
+  return model, schema
+
+
+def _symbolic_outputs(model) -> dict:
+  out = model.output
+  if isinstance(out, Mapping):
+    return dict(out)
+  if isinstance(out, (list, tuple)):
+    return dict(zip(model.output_names, out))
+  return {model.output_names[0]: out}
+
+
+# --- SavedModel -----------------------------------------------------------------
+
+
+class ServingModule(tf.Module):
+  """The object saved as the SavedModel: two tf.functions over one model.
+
+  The Keras model is captured by the functions rather than attached, so only
+  its variables (tracked below) and the functions are serialised; Keras layer
+  objects never reach the SavedModel.
+  """
+
+  def __init__(self, model, schema: heads_lib.LabelSchema,
+               max_image_bytes: int = MAX_IMAGE_BYTES,
+               labels_path: Optional[str] = None):
+    super().__init__(name="mlc_serving")
+    size = image_size_of(model)
+    output_names = list(_symbolic_outputs(model))
+    head_names = set(schema.names)
+    derived = {n + s for n in output_names if n in head_names
+               for s in (CLASS_SUFFIX, SCORE_SUFFIX)}
+    clash = sorted(derived & set(output_names))
+    if clash:
+      raise ExportError(
+          f"model output(s) {clash} collide with the label outputs the bytes "
+          "signature adds; rename them")
+    if max_image_bytes <= 0:
+      raise ExportError(f"max_image_bytes must be > 0, got {max_image_bytes}")
+    class_names = {h.name: tf.constant(list(h.classes)) for h in schema.heads}
+    self.image_size = size
+    self.max_image_bytes = int(max_image_bytes)
+
+    def probabilities(image):
+      return {k: tf.cast(v, tf.float32) if v.dtype.is_floating else v
+              for k, v in model_outputs(model, image).items()}
+
+    @tf.function(input_signature=[
+        tf.TensorSpec([None, size, size, 3], tf.uint8, name=IMAGE_INPUT)])
+    def serve_image(image):
+      return probabilities(image)
+
+    @tf.function(input_signature=[
+        tf.TensorSpec([None], tf.string, name=BYTES_INPUT)])
+    def serve_bytes(image_bytes):
+      too_big = tf.debugging.assert_less_equal(
+          tf.strings.length(image_bytes), self.max_image_bytes,
+          message=(f"{BYTES_INPUT}: an image is larger than "
+                   f"{self.max_image_bytes} bytes"))
+      with tf.control_dependencies([too_big]):
+        image_bytes = tf.identity(image_bytes)
+      images = tf.map_fn(
+          lambda b: imageio.decode_and_resize(b, size), image_bytes,
+          fn_output_signature=tf.TensorSpec([size, size, 3], tf.uint8))
+      outputs = probabilities(images)
+      result = {}
+      for name, probs in outputs.items():
+        result[name] = probs
+        if name in class_names:
+          result[name + CLASS_SUFFIX] = tf.gather(
+              class_names[name], tf.argmax(probs, axis=-1))
+          result[name + SCORE_SUFFIX] = tf.reduce_max(probs, axis=-1)
+      return result
+
+    self.serve_image = serve_image
+    self.serve_bytes = serve_bytes
+    # Tracked so tf.saved_model.save writes them; the functions capture them.
+    self.model_variables = list(serve_image.get_concrete_function().variables)
+    if labels_path is not None:
+      self.labels = tf.saved_model.Asset(labels_path)
+
+  def signatures(self) -> dict:
+    return {
+        SERVING_SIGNATURE: self.serve_bytes.get_concrete_function(),
+        TENSOR_SIGNATURE: self.serve_image.get_concrete_function(),
+    }
+
+
+def build_serving_module(model, schema: heads_lib.LabelSchema,
+                         max_image_bytes: int = MAX_IMAGE_BYTES,
+                         labels_path: Optional[str] = None) -> ServingModule:
+  """The tf.Module behind the SavedModel (usable in memory, e.g. in tests)."""
+  return ServingModule(model, schema, max_image_bytes, labels_path)
+
+
+def encode_png(image: np.ndarray) -> bytes:
+  """uint8 [S, S, 3] -> PNG bytes (lossless, so decoding gives the same pixels)."""
+  return tf.io.encode_png(tf.convert_to_tensor(image, tf.uint8)).numpy()
+
+
+def write_warmup_requests(export_dir: str, encoded_images: Sequence[bytes],
+                          model_name: str) -> str:
+  """Writes assets.extra/tf_serving_warmup_requests: one PredictRequest on the
+  bytes signature, so TF Serving traces the graph before taking traffic."""
+  try:
+    from tensorflow_serving.apis import predict_pb2
+    from tensorflow_serving.apis import prediction_log_pb2
+  except ImportError:
+    raise _missing_dependency("tensorflow-serving-api") from None
+  request = predict_pb2.PredictRequest()
+  request.model_spec.name = model_name
+  request.model_spec.signature_name = SERVING_SIGNATURE
+  request.inputs[BYTES_INPUT].CopyFrom(
+      tf.make_tensor_proto(list(encoded_images), dtype=tf.string))
+  log = prediction_log_pb2.PredictionLog(
+      predict_log=prediction_log_pb2.PredictLog(request=request))
+  folder = os.path.join(export_dir, "assets.extra")
+  os.makedirs(folder, exist_ok=True)
+  path = os.path.join(folder, WARMUP_FILE)
+  with tf.io.TFRecordWriter(path) as writer:
+    writer.write(log.SerializeToString())
+  return path
+
+
+def to_saved_model(model, schema: heads_lib.LabelSchema, export_dir: str,
+                   max_image_bytes: int = MAX_IMAGE_BYTES,
+                   warmup_images: Optional[np.ndarray] = None,
+                   model_name: str = "mlc") -> str:
+  """Writes the SavedModel (both signatures, labels asset, warmup requests)
+  into ``export_dir``, which must not exist yet."""
+  if os.path.exists(export_dir):
+    raise ExportError(f"{export_dir}: already exists; not overwriting it")
+  with tempfile.TemporaryDirectory() as tmp:
+    labels = os.path.join(tmp, LABELS_FILE)
+    schema.save(labels)
+    module = build_serving_module(model, schema, max_image_bytes, labels)
+    tf.saved_model.save(module, export_dir, signatures=module.signatures())
+  size = module.image_size
+  if warmup_images is None or not len(warmup_images):
+    warmup_images = np.full((1, size, size, 3), 128, np.uint8)
+  write_warmup_requests(export_dir, [encode_png(i) for i in warmup_images[:1]],
+                        model_name)
+  return export_dir
+
+
+def read_warmup_requests(export_dir: str) -> list:
+  """The PredictionLog records of a SavedModel's warmup file."""
+  from tensorflow_serving.apis import prediction_log_pb2
+  path = os.path.join(export_dir, "assets.extra", WARMUP_FILE)
+  logs = []
+  for record in tf.data.TFRecordDataset(path):
+    logs.append(prediction_log_pb2.PredictionLog.FromString(record.numpy()))
+  return logs
+
+
+# Runs with plain TensorFlow in a fresh interpreter: proves the SavedModel
+# loads and serves without mlc_keras (TF Serving has no Python at all) and
+# lists every op of the graph and of every function in its library.
+_STANDALONE_CHECK = r"""
+import json, os, sys
+import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow.python.framework import op_def_registry
+
+path = sys.argv[1]
+proto = saved_model_pb2.SavedModel()
+with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+  proto.ParseFromString(f.read())
+ops = {}
+for graph in proto.meta_graphs:
+  nodes = list(graph.graph_def.node)
+  for fn in graph.graph_def.library.function:
+    nodes.extend(fn.node_def)
+  for node in nodes:
+    ops[node.op] = ops.get(node.op, 0) + 1
+unregistered = sorted(op for op in ops if op_def_registry.get(op) is None)
+
+loaded = tf.saved_model.load(path)
+def describe(spec):
+  return [spec.dtype.name,
+          spec.shape.as_list() if spec.shape.rank is not None else None]
+signatures = {}
+for key, fn in loaded.signatures.items():
+  specs = fn.structured_input_signature[1]
+  signatures[key] = {
+      "inputs": {k: describe(v) for k, v in specs.items()},
+      "outputs": {k: describe(v) for k, v in fn.structured_outputs.items()}}
+ran = None
+serving = signatures.get("serving_default", {})
+if "image_bytes" in serving.get("inputs", {}):
+  png = tf.io.encode_png(tf.fill([8, 8, 3], tf.constant(128, tf.uint8)))
+  out = loaded.signatures["serving_default"](image_bytes=tf.stack([png, png]))
+  ran = {k: v.shape.as_list() for k, v in out.items()}
+print("MLC_CHECK_JSON:" + json.dumps({
+    "ops": ops, "unregistered": unregistered, "signatures": signatures,
+    "ran": ran,
+    "mlc_keras_imported": any(m.split(".")[0] == "mlc_keras" for m in sys.modules),
+}))
+"""
+
+
+def forbidden_ops(ops: Iterable[str],
+                  unregistered: Iterable[str] = ()) -> list[str]:
+  """Problems with a SavedModel's op list: ops that call Python, and ops that
+  plain TensorFlow does not know (custom ops). Empty list means fine."""
+  problems = [f"{op} (calls back into Python)" for op in sorted(set(ops))
+              if op in PYTHON_OPS]
+  problems += [f"{op} (not a standard TensorFlow op)"
+               for op in sorted(set(unregistered)) if op not in PYTHON_OPS]
+  return problems
+
+
+def check_saved_model(export_dir: str, timeout: float = 600) -> dict:
+  """Loads ``export_dir`` in a separate Python process that imports only
+  TensorFlow, runs its bytes signature once and lists all its ops.
+
+  Returns the child's report (ops with counts, signatures, the outputs of the
+  test call). Raises ExportError when loading fails, mlc_keras was needed, or
+  any op calls Python or is not a standard TensorFlow op.
+  """
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  # Neither the repo nor the caller's PYTHONPATH: the child must not be able
+  # to import mlc_keras even by accident.
+  env.pop("PYTHONPATH", None)
+  proc = subprocess.run(
+      [sys.executable, "-c", _STANDALONE_CHECK, os.path.abspath(export_dir)],
+      capture_output=True, text=True, timeout=timeout, env=env,
+      cwd=tempfile.gettempdir())
+  lines = [l for l in proc.stdout.splitlines() if l.startswith("MLC_CHECK_JSON:")]
+  if proc.returncode != 0 or not lines:
+    tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+    raise ExportError(
+        f"{export_dir}: plain TensorFlow could not load and run the "
+        f"SavedModel (exit {proc.returncode}):\n{tail}")
+  report = json.loads(lines[-1][len("MLC_CHECK_JSON:"):])
+  if report["mlc_keras_imported"]:
+    raise ExportError(f"{export_dir}: loading the SavedModel imported mlc_keras")
+  problems = forbidden_ops(report["ops"], report["unregistered"])
+  if problems:
+    raise ExportError(
+        f"{export_dir}: the SavedModel uses ops TF Serving cannot run: "
+        + "; ".join(problems))
+  return report
+
+
+# --- TFLite ---------------------------------------------------------------------
+
+
+def to_tflite(saved_model_dir: str, output_path: str, quantization: str = "fp32",
+              calibration_images: Optional[np.ndarray] = None) -> str:
+  """Converts the SavedModel's tensor signature to a TFLite file with
+  built-in ops only (never Flex) and checks it loads in LiteRT with one
+  signature whose outputs are the signature's output names.
+
+  quantization: fp32 | fp16 (fp16 weights) | dynamic (int8 weights, dynamic
+  activations) | int8 (weights and activations int8, calibrated on
+  ``calibration_images``, uint8 [N, S, S, 3]; float32 probabilities out).
+  """
+  parse_choices(quantization, QUANTIZATIONS, "quantization")
+  converter = tf.lite.TFLiteConverter.from_saved_model(
+      saved_model_dir, signature_keys=[TENSOR_SIGNATURE])
+  converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+  if quantization != "fp32":
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+  if quantization == "fp16":
+    converter.target_spec.supported_types = [tf.float16]
+  elif quantization == "int8":
+    if calibration_images is None or not len(calibration_images):
+      raise ExportError(
+          "int8 needs calibration images (a representative manifest or folder)")
+    images = np.asarray(calibration_images, np.uint8)
+
+    def representative():
+      for i in range(len(images)):
+        yield {IMAGE_INPUT: images[i:i + 1]}
+
+    converter.representative_dataset = representative
+    # Builtins only, int8 kernels: conversion fails rather than silently
+    # leaving float ops in a model called "int8".
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+  try:
+    flatbuffer = converter.convert()
+  except Exception as e:  # the converter raises many types; name the variant
+    raise ExportError(
+        f"TFLite {quantization} conversion of {saved_model_dir} failed: {e}"
+    ) from e
+  os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
+  with open(output_path, "wb") as f:
+    f.write(flatbuffer)
+  expected = _signature_output_names(saved_model_dir)
+  predictor = TFLitePredictor(output_path)
+  if set(predictor.output_names) != set(expected):
+    raise ExportError(
+        f"{output_path}: TFLite signature outputs {predictor.output_names} "
+        f"are not the model outputs {expected}")
+  return output_path
+
+
+def _signature_output_names(saved_model_dir: str) -> list[str]:
+  # Read from the proto: loading the whole SavedModel again is seconds.
+  from tensorflow.core.protobuf import saved_model_pb2
+  proto = saved_model_pb2.SavedModel()
+  with open(os.path.join(saved_model_dir, "saved_model.pb"), "rb") as f:
+    proto.ParseFromString(f.read())
+  return sorted(proto.meta_graphs[0].signature_def[TENSOR_SIGNATURE].outputs)
+
+
+def _run_isolated(fn: Callable, *args):
+  """Runs fn(*args) in a fresh spawned process and returns its result.
+
+  The TFLite converter and tf2onnx each keep a model's worth of memory after
+  every conversion; a process per conversion returns it to the system.
+  """
+  ctx = multiprocessing.get_context("spawn")
+  with concurrent.futures.ProcessPoolExecutor(max_workers=1,
+                                              mp_context=ctx) as pool:
+    try:
+      return pool.submit(fn, *args).result()
+    except concurrent.futures.process.BrokenProcessPool as e:
+      raise ExportError(
+          f"the converter process died ({fn.__name__}); out of memory?") from e
+
+
+def tflite_path(folder: str, model_name: str, quantization: str) -> str:
+  return os.path.join(folder, f"{model_name}_{quantization}.tflite")
+
+
+def to_tflite_variants(saved_model_dir: str, folder: str, model_name: str,
+                       quantizations: Sequence[str] = QUANTIZATIONS,
+                       calibration_images: Optional[np.ndarray] = None,
+                       isolate: bool = True,
+                       log: Callable[[str], None] = print) -> dict[str, str]:
+  """Converts every requested variant into ``folder`` (labels.json beside).
+  Returns {quantization: path}."""
+  quantizations = parse_choices(quantizations, QUANTIZATIONS, "quantization")
+  if "int8" in quantizations and (calibration_images is None
+                                  or not len(calibration_images)):
+    raise ExportError(
+        "int8 needs calibration images: pass --representative=<manifest.csv "
+        "or image folder>, or leave int8 out of --quantization")
+  os.makedirs(folder, exist_ok=True)
+  _copy_labels(saved_model_dir, folder)
+  paths = {}
+  for q in quantizations:
+    path = tflite_path(folder, model_name, q)
+    log(f"converting TFLite {q} -> {path}")
+    cal = calibration_images if q == "int8" else None
+    if isolate:
+      _run_isolated(to_tflite, saved_model_dir, path, q, cal)
+    else:
+      to_tflite(saved_model_dir, path, q, cal)
+    paths[q] = path
+  return paths
+
+
+def _copy_labels(saved_model_dir: str, folder: str) -> None:
+  shutil.copyfile(os.path.join(saved_model_dir, "assets", LABELS_FILE),
+                  os.path.join(folder, LABELS_FILE))
+
+
+# --- ONNX -----------------------------------------------------------------------
+
+
+class _LogCollector(logging.Handler):
+
+  def __init__(self):
+    super().__init__(level=logging.WARNING)
+    self.messages = []
+
+  def emit(self, record):
+    self.messages.append(record.getMessage())
+
+
+def _unknown_onnx_ops(graph, onnx_module) -> list[str]:
+  """op types (walking Loop/If/Scan bodies too) that no ONNX schema defines."""
+  unknown = []
+  for node in graph.node:
+    domain = node.domain or ""
+    if not onnx_module.defs.has(node.op_type, domain):
+      unknown.append(f"{domain + '.' if domain else ''}{node.op_type}")
+    for attr in node.attribute:
+      subgraphs = list(attr.graphs) + ([attr.g] if attr.HasField("g") else [])
+      for sub in subgraphs:
+        unknown.extend(_unknown_onnx_ops(sub, onnx_module))
+  return unknown
+
+
+def function_to_onnx(fn, input_signature: Sequence[tf.TensorSpec],
+                     output_path: str, opset: int = ONNX_OPSET) -> str:
+  """Converts a tf.function with tf2onnx and fails loudly on any op ONNX
+  cannot express.
+
+  tf2onnx 1.17 only logs "Unsupported ops" and writes a model that cannot
+  load, so the result is checked four ways: tf2onnx's own error log, every
+  node (sub-graphs included) against the ONNX op schemas, onnx.checker, and
+  an onnxruntime session.
+  """
+  try:
+    import onnx
+    import onnxruntime
+    import tf2onnx
+  except ImportError as e:
+    raise _missing_dependency(e.name or "tf2onnx/onnx/onnxruntime") from None
+  if opset < 17:
+    raise ExportError(f"ONNX opset must be >= 17, got {opset}")
+  collector = _LogCollector()
+  tf2onnx_logger = logging.getLogger("tf2onnx")
+  tf2onnx_logger.addHandler(collector)
+  try:
+    model_proto, _ = tf2onnx.convert.from_function(
+        fn, input_signature=list(input_signature), opset=opset)
+  except Exception as e:
+    raise ExportError(f"tf2onnx could not convert the function: {e}") from e
+  finally:
+    tf2onnx_logger.removeHandler(collector)
+  problems = [m for m in collector.messages
+              if "unsupported" in m.lower() or "is not supported" in m.lower()]
+  unknown = sorted(set(_unknown_onnx_ops(model_proto.graph, onnx)))
+  if unknown:
+    problems.append(f"ops with no ONNX schema: {', '.join(unknown)}")
+  if problems:
+    raise ExportError(
+        "ONNX conversion produced a model ONNX Runtime cannot run: "
+        + "; ".join(problems))
+  try:
+    onnx.checker.check_model(model_proto, full_check=True)
+  except Exception as e:
+    raise ExportError(f"onnx.checker rejected the converted model: {e}") from e
+  try:
+    onnxruntime.InferenceSession(model_proto.SerializeToString(),
+                                 providers=["CPUExecutionProvider"])
+  except Exception as e:
+    raise ExportError(f"onnxruntime cannot load the converted model: {e}") from e
+  os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
+  onnx.save(model_proto, output_path)
+  return output_path
+
+
+def to_onnx(saved_model_dir: str, output_path: str,
+            opset: int = ONNX_OPSET) -> str:
+  """Converts the SavedModel's tensor signature to ONNX; input "image"
+  (uint8 [N, S, S, 3]), one output per model output, named after it."""
+  loaded = tf.saved_model.load(saved_model_dir)
+  fn = getattr(loaded, TENSOR_SIGNATURE, None)
+  if fn is None:
+    raise ExportError(
+        f"{saved_model_dir}: no {TENSOR_SIGNATURE!r} function to convert; "
+        "was it written by export_lib?")
+  signature = loaded.signatures[TENSOR_SIGNATURE]
+  spec = signature.structured_input_signature[1][IMAGE_INPUT]
+  expected = sorted(signature.structured_outputs)
+  function_to_onnx(fn, [tf.TensorSpec(spec.shape, spec.dtype, name=IMAGE_INPUT)],
+                   output_path, opset)
+  predictor = OnnxPredictor(output_path)
+  if sorted(predictor.output_names) != expected:
+    raise ExportError(
+        f"{output_path}: ONNX outputs {predictor.output_names} are not the "
+        f"model outputs {expected}")
+  return output_path
+
+
+def to_onnx_with_labels(saved_model_dir: str, folder: str, model_name: str,
+                        opset: int = ONNX_OPSET, isolate: bool = True) -> str:
+  """to_onnx into ``folder``/<model_name>.onnx with labels.json beside."""
+  os.makedirs(folder, exist_ok=True)
+  _copy_labels(saved_model_dir, folder)
+  path = os.path.join(folder, f"{model_name}.onnx")
+  if isolate:
+    _run_isolated(to_onnx, saved_model_dir, path, opset)
+  else:
+    to_onnx(saved_model_dir, path, opset)
+  return path
+
+
+# --- predictors -----------------------------------------------------------------
+
+
+class Predictor:
+  """One artefact as a callable: uint8 [N, S, S, 3] -> {output: float32 [N, k]}.
+
+  Subclasses set kind, path, image_size, output_names and implement _run.
+  ``schema`` is the labels.json found beside the artefact.
+  """
+
+  kind = "?"
+
+  def __init__(self, path: str):
+    self.path = path
+    self.image_size = 0
+    self.output_names: list[str] = []
+    self._schema = None
+
+  @property
+  def schema(self) -> heads_lib.LabelSchema:
+    # Read on first use: converters check a fresh artefact before its
+    # labels.json is copied beside it.
+    if self._schema is None:
+      self._schema = heads_lib.LabelSchema.load(find_labels(self.path))
+    return self._schema
+
+  def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (
+        self.image_size, self.image_size, 3):
+      raise ValueError(
+          f"{self.kind} predictor wants uint8 [N, {self.image_size}, "
+          f"{self.image_size}, 3], got {images.dtype} {list(images.shape)}")
+    return self._run(images)
+
+  def _run(self, images: np.ndarray) -> dict[str, np.ndarray]:
+    raise NotImplementedError
+
+  def predict(self, images: np.ndarray, batch_size: int = 32
+              ) -> dict[str, np.ndarray]:
+    """Like calling it, in batches of ``batch_size``."""
+    parts = [self(images[i:i + batch_size])
+             for i in range(0, len(images), batch_size)]
+    if not parts:
+      return {n: np.zeros((0,), np.float32) for n in self.output_names}
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+  def __repr__(self):
+    return f"<{type(self).__name__} {self.path}>"
+
+
+class KerasPredictor(Predictor):
+  kind = "keras"
+
+  def __init__(self, path: str, model=None):
+    super().__init__(path)
+    if model is None:
+      from mlc_keras import model as model_lib
+      model = model_lib.load_model(path)
+    self.model = model
+    self.image_size = image_size_of(model)
+    self.output_names = list(_symbolic_outputs(model))
+
+  def _run(self, images):
+    out = self.model.predict_on_batch(images)
+    if not isinstance(out, Mapping):
+      out = dict(zip(self.output_names,
+                     out if isinstance(out, (list, tuple)) else [out]))
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+class SavedModelPredictor(Predictor):
+  """The SavedModel's tensor signature (what the converters start from)."""
+
+  kind = "saved_model"
+
+  def __init__(self, path: str, loaded=None):
+    super().__init__(path)
+    # Loading is seconds: the two SavedModel predictors can share one.
+    self.loaded = loaded if loaded is not None else tf.saved_model.load(path)
+    if TENSOR_SIGNATURE not in self.loaded.signatures:
+      raise ExportError(f"{path}: SavedModel has no {TENSOR_SIGNATURE!r} "
+                        "signature; was it written by export_lib?")
+    self._fn = self.loaded.signatures[TENSOR_SIGNATURE]
+    spec = self._fn.structured_input_signature[1][IMAGE_INPUT]
+    self.image_size = int(spec.shape[1])
+    self.output_names = sorted(self._fn.structured_outputs)
+
+  def _run(self, images):
+    out = self._fn(**{IMAGE_INPUT: tf.constant(images)})
+    return {k: v.numpy() for k, v in out.items()}
+
+
+class SavedModelBytesPredictor(SavedModelPredictor):
+  """The SavedModel's bytes signature: images are PNG-encoded (lossless) and
+  decoded in-graph, so the pixels match the tensor signature's exactly."""
+
+  kind = "saved_model_bytes"
+
+  def __init__(self, path: str, loaded=None):
+    super().__init__(path, loaded)
+    self._bytes_fn = self.loaded.signatures[SERVING_SIGNATURE]
+
+  def _run(self, images):
+    return self.predict_encoded([encode_png(i) for i in images])
+
+  def predict_encoded(self, encoded: Sequence[bytes], with_labels: bool = False
+                      ) -> dict[str, np.ndarray]:
+    """Calls serving_default on encoded images, as TF Serving would.
+    Returns the probability outputs, plus the label outputs if asked."""
+    out = self._bytes_fn(**{BYTES_INPUT: tf.constant(list(encoded),
+                                                     dtype=tf.string)})
+    return {k: v.numpy() for k, v in out.items()
+            if with_labels or k in self.output_names}
+
+
+class TFLitePredictor(Predictor):
+  """A .tflite file through LiteRT's signature runner (outputs by name)."""
+
+  kind = "tflite"
+
+  def __init__(self, path: str, num_threads: Optional[int] = None):
+    super().__init__(path)
+    try:
+      from ai_edge_litert import interpreter as litert
+    except ImportError:
+      raise _missing_dependency("ai-edge-litert") from None
+    self.interpreter = litert.Interpreter(
+        model_path=path, num_threads=num_threads or os.cpu_count())
+    signatures = self.interpreter.get_signature_list()
+    if len(signatures) != 1:
+      raise ExportError(
+          f"{path}: expected one signature, found {sorted(signatures)}")
+    key, io = next(iter(signatures.items()))
+    self._runner = self.interpreter.get_signature_runner(key)
+    details = self._runner.get_input_details()
+    if list(details) != [IMAGE_INPUT]:
+      raise ExportError(f"{path}: signature inputs {list(details)}, "
+                        f"expected [{IMAGE_INPUT!r}]")
+    shape = details[IMAGE_INPUT]["shape_signature"]
+    self.image_size = int(shape[1])
+    self.output_names = sorted(io["outputs"])
+
+  def _run(self, images):
+    out = self._runner(**{IMAGE_INPUT: images})
+    # The runner hands back views of interpreter buffers: copy them.
+    return {k: np.array(v) for k, v in out.items()}
+
+
+class OnnxPredictor(Predictor):
+  """A .onnx file through ONNX Runtime (CPU)."""
+
+  kind = "onnx"
+
+  def __init__(self, path: str):
+    super().__init__(path)
+    try:
+      import onnxruntime
+    except ImportError:
+      raise _missing_dependency("onnxruntime") from None
+    self.session = onnxruntime.InferenceSession(
+        path, providers=["CPUExecutionProvider"])
+    inputs = self.session.get_inputs()
+    if [i.name for i in inputs] != [IMAGE_INPUT]:
+      raise ExportError(f"{path}: ONNX inputs {[i.name for i in inputs]}, "
+                        f"expected [{IMAGE_INPUT!r}]")
+    self.image_size = int(inputs[0].shape[1])
+    self.output_names = [o.name for o in self.session.get_outputs()]
+
+  def _run(self, images):
+    values = self.session.run(self.output_names, {IMAGE_INPUT: images})
+    return dict(zip(self.output_names, values))
+
+
+def find_labels(path: str) -> str:
+  """labels.json for an artefact: beside a file; in a SavedModel's assets/,
+  in the folder itself or beside it. Raises ExportError naming where it looked."""
+  path = os.path.abspath(path)
+  if os.path.isdir(path):
+    candidates = [os.path.join(path, "assets", LABELS_FILE),
+                  os.path.join(path, LABELS_FILE),
+                  os.path.join(os.path.dirname(path), LABELS_FILE)]
+  else:
+    candidates = [os.path.join(os.path.dirname(path), LABELS_FILE)]
+  for c in candidates:
+    if os.path.isfile(c):
+      return c
+  raise ExportError(
+      f"{path}: no {LABELS_FILE} found (looked in: {', '.join(candidates)})")
+
+
+def latest_version(base: str) -> Optional[str]:
+  """The highest integer-named SavedModel folder under ``base`` (as TF Serving
+  picks it), or None."""
+  versions = [int(n) for n in os.listdir(base) if n.isdigit()
+              and os.path.exists(os.path.join(base, n, "saved_model.pb"))]
+  return os.path.join(base, str(max(versions))) if versions else None
+
+
+def load_predictor(path: str, bytes_signature: bool = False) -> Predictor:
+  """Opens any artefact as a Predictor.
+
+  path: a .keras file, a model folder (model.keras inside), a SavedModel
+    folder, a TF Serving model folder (the highest version is used), a
+    .tflite file or a .onnx file.
+  bytes_signature: for a SavedModel, go through serving_default (encoded
+    bytes) instead of the tensor signature.
+  """
+  if not os.path.exists(path):
+    raise ExportError(f"{path}: no such model file or folder")
+  predictor = _open(path, bytes_signature)
+  predictor.schema  # fail now, naming the artefact, if labels.json is missing
+  return predictor
+
+
+def _open(path: str, bytes_signature: bool) -> Predictor:
+  if os.path.isdir(path):
+    if os.path.exists(os.path.join(path, "saved_model.pb")):
+      return (SavedModelBytesPredictor(path) if bytes_signature
+              else SavedModelPredictor(path))
+    if os.path.exists(os.path.join(path, "model.keras")):
+      return KerasPredictor(os.path.join(path, "model.keras"))
+    version = latest_version(path)
+    if version:
+      return _open(version, bytes_signature)
+    raise ExportError(
+        f"{path}: neither a SavedModel (saved_model.pb), a model folder "
+        "(model.keras) nor a TF Serving model folder (integer versions)")
+  lower = path.lower()
+  if lower.endswith(".keras"):
+    return KerasPredictor(path)
+  if lower.endswith(".tflite"):
+    return TFLitePredictor(path)
+  if lower.endswith(".onnx"):
+    return OnnxPredictor(path)
+  raise ExportError(
+      f"{path}: unknown model format; expected .keras, .tflite, .onnx or a "
+      "SavedModel folder")
+
+
+# --- parity ---------------------------------------------------------------------
+
+
+def parity(candidate: Predictor | Callable[[np.ndarray], Mapping[str, np.ndarray]],
+           reference: Predictor | Mapping[str, np.ndarray],
+           images: np.ndarray,
+           tolerance: Optional[Tolerance] = None,
+           name: Optional[str] = None,
+           batch_size: int = 32) -> dict:
+  """Compares an artefact with the reference (the Keras model, or its outputs
+  already computed on ``images``) on the same uint8 images.
+
+  Returns a JSON-able report: per output, max absolute probability
+  difference and top-1 agreement; with a tolerance, whether it passed and
+  why not.
+  """
+  images = np.asarray(images, np.uint8)
+  if isinstance(reference, Mapping):
+    ref = dict(reference)
+  else:
+    ref = reference.predict(images, batch_size)
+
+  if isinstance(candidate, Predictor):
+    got = candidate.predict(images, batch_size)
+  else:
+    got = dict(candidate(images))
+  per_output, failures = {}, []
+  for key in sorted(ref):
+    r = np.asarray(ref[key])
+    if key not in got:
+      failures.append(f"{key}: missing from the artefact's outputs")
+      continue
+    g = np.asarray(got[key])
+    if g.shape != r.shape:
+      failures.append(f"{key}: shape {list(g.shape)} != {list(r.shape)}")
+      continue
+    if not np.issubdtype(r.dtype, np.floating):
+      same = float(np.mean(g == r)) if r.size else 1.0
+      per_output[key] = {"max_abs_diff": None, "top1_agreement": same}
+      continue
+    diff = float(np.max(np.abs(g.astype(np.float64) - r))) if r.size else 0.0
+    agree = (float(np.mean(np.argmax(g, -1) == np.argmax(r, -1)))
+             if r.ndim >= 2 and len(r) else 1.0)
+    per_output[key] = {"max_abs_diff": diff, "top1_agreement": agree}
+    if tolerance is not None:
+      if (tolerance.max_abs_diff is not None
+          and not diff <= tolerance.max_abs_diff):
+        failures.append(f"{key}: max |diff| {diff:.3g} > "
+                        f"{tolerance.max_abs_diff:g}")
+      if (tolerance.min_top1_agreement is not None
+          and agree < tolerance.min_top1_agreement):
+        failures.append(f"{key}: top-1 agreement {agree:.1%} < "
+                        f"{tolerance.min_top1_agreement:.0%}")
+  return {
+      "artefact": name or getattr(candidate, "kind", "candidate"),
+      "path": getattr(candidate, "path", None),
+      "images": int(len(images)),
+      "tolerance": dataclasses.asdict(tolerance) if tolerance else None,
+      "outputs": per_output,
+      "passed": not failures,
+      "failures": failures,
+  }
+
+
+def format_parity_table(reports: Sequence[dict]) -> str:
+  """The parity reports as a fixed-width text table, one row per output."""
+  rows = [("artefact", "output", "max|diff|", "top-1 agree", "limit", "ok")]
+  for rep in reports:
+    tol = rep.get("tolerance") or {}
+    limit = []
+    if tol.get("max_abs_diff") is not None:
+      limit.append(f"diff<={tol['max_abs_diff']:g}")
+    if tol.get("min_top1_agreement") is not None:
+      limit.append(f"agree>={tol['min_top1_agreement']:.0%}")
+    for key, v in rep["outputs"].items():
+      diff = "-" if v["max_abs_diff"] is None else f"{v['max_abs_diff']:.2e}"
+      rows.append((rep["artefact"], key, diff, f"{v['top1_agreement']:.1%}",
+                   " ".join(limit) or "-", "yes" if rep["passed"] else "NO"))
+    for f in rep["failures"]:
+      if not any(f.startswith(k + ":") for k in rep["outputs"]):
+        rows.append((rep["artefact"], f, "", "", "", "NO"))
+  widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+  return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
+                   for r in rows)
+
+
+# --- images for calibration and parity --------------------------------------------
+
+
+def list_images(source: str, image_column: str = "image") -> list[str]:
+  """Image paths from a folder (recursive), a manifest CSV (its image column,
+  relative paths against the CSV's folder) or a single image file."""
+  if os.path.isdir(source):
+    found = []
+    for root, dirs, files in os.walk(source):
+      dirs.sort()
+      found += [os.path.join(root, f) for f in sorted(files)
+                if f.lower().endswith(IMAGE_EXTENSIONS)]
+    if not found:
+      raise ExportError(f"{source}: no {'/'.join(IMAGE_EXTENSIONS)} images in "
+                        "this folder")
+    return found
+  if not os.path.isfile(source):
+    raise ExportError(f"{source}: no such image, folder or manifest")
+  if source.lower().endswith(".csv"):
+    root = os.path.dirname(os.path.abspath(source))
+    with open(source, newline="", encoding="utf-8-sig") as f:
+      reader = csv.DictReader(f)
+      if not reader.fieldnames or image_column not in reader.fieldnames:
+        raise ExportError(f"{source}: no {image_column!r} column "
+                          f"(columns: {reader.fieldnames})")
+      paths = [row[image_column].strip() for row in reader
+               if (row.get(image_column) or "").strip()]
+    if not paths:
+      raise ExportError(f"{source}: the manifest lists no images")
+    return [p if os.path.isabs(p) else os.path.join(root, p) for p in paths]
+  return [source]
+
+
+def read_image(path: str, image_size: int) -> np.ndarray:
+  """One file -> uint8 [S, S, 3] through imageio.decode_and_resize (the
+  training path). Raises ExportError naming the file if it is unreadable."""
+  try:
+    with open(path, "rb") as f:
+      data = f.read()
+  except OSError as e:
+    raise ExportError(f"{path}: cannot read image ({e.strerror})") from None
+  try:
+    return imageio.decode_and_resize(tf.constant(data), image_size).numpy()
+  except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
+    # Keep TF's reason, drop its "{{function_node ...}}" and "[Op:...]" noise.
+    reason = re.sub(r"\{\{.*?\}\}|\[Op:.*$", "", e.message).strip()
+    raise ExportError(f"{path}: not a decodable image ({reason})") from None
+
+
+def load_images(paths: Sequence[str], image_size: int) -> np.ndarray:
+  """Decodes and resizes each path; uint8 [N, S, S, 3]."""
+  if not paths:
+    return np.zeros((0, image_size, image_size, 3), np.uint8)
+  return np.stack([read_image(p, image_size) for p in paths])
+
+
+def default_image_source(model_dir: str) -> Optional[str]:
+  """A manifest of real images for a trained model folder, when neither
+  --representative nor --parity_images is given: the set the run was
+  evaluated on (results.json), else its validation/training manifest or demo
+  validation set (config.json). None if none exists on this machine."""
+  candidates = []
+  results = os.path.join(model_dir, "results.json")
+  if os.path.isfile(results):
+    with open(results, encoding="utf-8") as f:
+      evaluated = json.load(f).get("evaluated_on")
+    if isinstance(evaluated, str) and evaluated.endswith(".csv"):
+      candidates.append(evaluated)
+  config = os.path.join(model_dir, "config.json")
+  if os.path.isfile(config):
+    with open(config, encoding="utf-8") as f:
+      data = json.load(f).get("data", {})
+    candidates += [data.get("val_manifest"), data.get("manifest")]
+    if data.get("demo_dir") and not any(
+        data.get(k) for k in ("manifest", "tfrecord", "tfds")):
+      candidates.append(os.path.join(data["demo_dir"], "val.csv"))
+  for c in candidates:
+    if c and os.path.isfile(c):
+      return c
+  return None
+
+
+def _sample(paths: Sequence[str], limit: int, seed: int) -> list[str]:
+  """Up to ``limit`` paths, a seeded shuffle so a sorted list isn't one class."""
+  order = np.random.default_rng(seed).permutation(len(paths))
+  return [paths[i] for i in sorted(order[:limit])]
+
+
+# --- the whole export -------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class ExportResult:
+  saved_model: Optional[str] = None
+  tflite: dict = dataclasses.field(default_factory=dict)
+  onnx: Optional[str] = None
+  parity_path: Optional[str] = None
+  parity: list = dataclasses.field(default_factory=list)
+  # check_saved_model's report: ops, signatures, the standalone test call.
+  saved_model_check: dict = dataclasses.field(default_factory=dict)
+
+
+def _paths(base: str, model_name: str, version: int) -> dict[str, str]:
+  v = str(version)
+  return {
+      "saved_model": os.path.join(base, model_name, v),
+      "tflite": os.path.join(base, "litert", model_name, v),
+      "onnx": os.path.join(base, "onnx", model_name, v),
+      "parity": os.path.join(base, "parity", model_name, v + ".json"),
+  }
+
+
+def export(model_dir: str,
+           output: Optional[str] = None,
+           formats: Sequence[str] | str = FORMATS,
+           version: int = 1,
+           model_name: Optional[str] = None,
+           quantizations: Sequence[str] | str = QUANTIZATIONS,
+           representative: Optional[str] = None,
+           parity_images: Optional[str] = None,
+           max_image_bytes: int = MAX_IMAGE_BYTES,
+           overwrite: bool = False,
+           isolate: bool = True,
+           log: Callable[[str], None] = print) -> ExportResult:
+  """Exports a trained model folder to every requested format, checks each
+  artefact against the Keras model and publishes them only if all pass.
+
+  Args:
+    model_dir: folder with model.keras and labels.json (written by train).
+    output: base folder; default <model_dir>/export.
+    formats: subset of FORMATS (the SavedModel is always built: the
+      converters start from its tensor signature; it is only published when
+      "saved_model" is asked for).
+    version: positive integer version (TF Serving's folder name).
+    model_name: default the model folder's name, else "mlc".
+    quantizations: TFLite variants, subset of QUANTIZATIONS.
+    representative: manifest CSV, image folder or image for int8 calibration.
+    parity_images: manifest CSV, image folder or image for the parity check.
+      With only one of the two given, it serves both; with neither, the
+      run's own evaluation/validation images are used (default_image_source).
+    max_image_bytes: per-image cap of the bytes signature.
+    overwrite: replace an existing version instead of refusing.
+    isolate: convert TFLite/ONNX each in a fresh process (frees the memory
+      the converters keep).
+    log: progress sink.
+
+  Returns:
+    ExportResult with the published paths and the parity reports.
+
+  Raises:
+    ExportError: bad arguments, a failed conversion or check;
+    ParityError: an artefact outside its tolerance (nothing is published;
+      the report stays in the staging folder named in the message).
+  """
+  formats = parse_choices(formats, FORMATS, "format")
+  quantizations = (parse_choices(quantizations, QUANTIZATIONS, "quantization")
+                   if "tflite" in formats else ())
+  if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+    raise ExportError(f"version must be a positive integer, got {version!r}")
+  model_dir = model_dir.rstrip("/") or model_dir
+  if model_name is None:
+    model_name = os.path.basename(os.path.abspath(model_dir)) or "mlc"
+    if not _MODEL_NAME.match(model_name) or model_name in _RESERVED_MODEL_NAMES:
+      model_name = "mlc"
+  if not _MODEL_NAME.match(model_name) or model_name in _RESERVED_MODEL_NAMES:
+    raise ExportError(
+        f"model name {model_name!r} must be letters, digits, '_', '-', '.' "
+        f"and not one of {sorted(_RESERVED_MODEL_NAMES)}")
+  base = output or os.path.join(model_dir, "export")
+  final = _paths(base, model_name, version)
+  wanted = [final["saved_model"] if "saved_model" in formats else None,
+            final["tflite"] if "tflite" in formats else None,
+            final["onnx"] if "onnx" in formats else None]
+  existing = [p for p in wanted if p and os.path.exists(p)]
+  if existing and not overwrite:
+    raise ExportError(
+        f"version {version} of {model_name!r} already exists ({existing[0]}); "
+        "pick another --version or pass --overwrite")
+
+  model, schema = load_trained(model_dir)
+  size = image_size_of(model)
+
+  # Images: calibration and parity come from the user or the run's own data.
+  default = None
+  if representative is None and parity_images is None:
+    default = default_image_source(model_dir)
+    if default:
+      log(f"no --representative/--parity_images: using {default}")
+  cal_source = representative or parity_images or default
+  par_source = parity_images or representative or default
+  calibration = None
+  if "int8" in quantizations:
+    if cal_source is None:
+      raise ExportError(
+          "int8 needs calibration images and none were found: pass "
+          "--representative=<manifest.csv or image folder>, or leave int8 "
+          "out of --quantization")
+    calibration = load_images(
+        _sample(list_images(cal_source), MAX_CALIBRATION_IMAGES, seed=1), size)
+  if par_source is not None:
+    par_images = load_images(
+        _sample(list_images(par_source), MAX_PARITY_IMAGES, seed=0), size)
+  else:
+    # Only float variants reach here: their parity is numerical, so seeded
+    # noise still exercises every weight.
+    log("warning: no images found for the parity check; using 32 seeded "
+        "random images (pass --parity_images to check on real ones)")
+    par_images = np.random.default_rng(0).integers(
+        0, 256, (32, size, size, 3), dtype=np.uint8)
+
+  staging = os.path.join(base, ".staging", f"{model_name}-{version}")
+  shutil.rmtree(staging, ignore_errors=True)
+  staged = _paths(staging, model_name, version)
+  result = ExportResult()
+
+  log(f"writing SavedModel -> {staged['saved_model']}")
+  to_saved_model(model, schema, staged["saved_model"], max_image_bytes,
+                 warmup_images=par_images[:1], model_name=model_name)
+  check = result.saved_model_check = check_saved_model(staged["saved_model"])
+  log(f"SavedModel loads in plain TensorFlow; {sum(check['ops'].values())} "
+      f"nodes, {len(check['ops'])} op types, no Python or custom ops")
+  if "tflite" in formats:
+    result.tflite = to_tflite_variants(
+        staged["saved_model"], staged["tflite"], model_name, quantizations,
+        calibration, isolate=isolate, log=log)
+  if "onnx" in formats:
+    log(f"converting ONNX -> {staged['onnx']}")
+    result.onnx = to_onnx_with_labels(staged["saved_model"], staged["onnx"],
+                                      model_name, isolate=isolate)
+
+  log(f"parity check on {len(par_images)} images")
+  reference = KerasPredictor(os.path.join(model_dir, "model.keras")
+                             if os.path.isdir(model_dir) else model_dir,
+                             model=model).predict(par_images)
+  tensor_sig = SavedModelPredictor(staged["saved_model"])
+  candidates = [("saved_model", tensor_sig, FP32_TOLERANCE),
+                ("saved_model_bytes",
+                 SavedModelBytesPredictor(staged["saved_model"],
+                                          tensor_sig.loaded),
+                 FP32_TOLERANCE)]
+  candidates += [(f"tflite_{q}", TFLitePredictor(p), TOLERANCES[q])
+                 for q, p in result.tflite.items()]
+  if result.onnx:
+    candidates.append(("onnx", OnnxPredictor(result.onnx), FP32_TOLERANCE))
+  reports = [parity(pred, reference, par_images, tol, name)
+             for name, pred, tol in candidates]
+  for rep in reports:  # staged paths are about to move
+    rep["path"] = os.path.relpath(rep["path"], staging)
+  table = format_parity_table(reports)
+  log(table)
+  payload = {"model_dir": os.path.abspath(model_dir), "model_name": model_name,
+             "version": version, "image_size": size,
+             "parity_images": par_source or "seeded random",
+             "calibration_images": cal_source if calibration is not None else None,
+             "reports": reports}
+  os.makedirs(os.path.dirname(staged["parity"]), exist_ok=True)
+  with open(staged["parity"], "w", encoding="utf-8") as f:
+    json.dump(payload, f, indent=2)
+  failed = [r for r in reports if not r["passed"]]
+  if failed:
+    raise ParityError(
+        "parity check failed for "
+        + ", ".join(f"{r['artefact']} ({'; '.join(r['failures'])})"
+                    for r in failed)
+        + f". Nothing was published; artefacts and report are in {staging}")
+
+  # Publish: each artefact folder moves into place in one rename.
+  published = {"parity": True, "saved_model": "saved_model" in formats,
+               "tflite": "tflite" in formats, "onnx": "onnx" in formats}
+  for key, src in staged.items():
+    if not published[key]:
+      continue
+    dst = final[key]
+    if os.path.exists(dst):
+      shutil.rmtree(dst) if os.path.isdir(dst) else os.remove(dst)
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    os.replace(src, dst)
+  shutil.rmtree(staging, ignore_errors=True)
+  try:
+    os.rmdir(os.path.join(base, ".staging"))
+  except OSError:
+    pass  # another export is staging
+
+  result.saved_model = final["saved_model"] if published["saved_model"] else None
+  result.tflite = {q: tflite_path(final["tflite"], model_name, q)
+                   for q in result.tflite}
+  if result.onnx:
+    result.onnx = os.path.join(final["onnx"], os.path.basename(result.onnx))
+  result.parity_path = final["parity"]
+  result.parity = reports
+  log(f"exported {model_name!r} version {version} under {base}")
+  return result
+
+
+# --- predictions as JSON ---------------------------------------------------------
+
+
+def describe(outputs: Mapping[str, np.ndarray], index: int,
+             schema: heads_lib.LabelSchema) -> dict[str, Any]:
+  """One image's outputs as the predict CLI prints them: a head becomes
+  {"class", "score", "scores": {class: p}}; any other output its raw values."""
+  result = {}
+  for name in _ordered(outputs, schema):
+    row = np.asarray(outputs[name][index])
+    if name in schema.names:
+      classes = schema.head(name).classes
+      best = int(np.argmax(row))
+      result[name] = {"class": classes[best], "score": float(row[best]),
+                      "scores": {c: float(p) for c, p in zip(classes, row)}}
+    else:
+      result[name] = row.tolist() if row.dtype.kind != "S" else row.astype(str).tolist()
+  return result
+
+
+def _ordered(outputs: Mapping[str, np.ndarray],
+             schema: heads_lib.LabelSchema) -> list[str]:
+  heads = [n for n in schema.names if n in outputs]
+  return heads + sorted(n for n in outputs if n not in schema.names)
+
+
+__all__ = [
+    "FORMATS", "QUANTIZATIONS", "TOLERANCES", "FP32_TOLERANCE",
+    "MAX_IMAGE_BYTES", "ExportError", "ParityError", "Tolerance", "Predictor",
+    "build_serving_module", "to_saved_model", "check_saved_model",
+    "forbidden_ops", "to_tflite", "to_tflite_variants", "to_onnx",
+    "function_to_onnx", "load_predictor", "parity", "format_parity_table",
+    "export", "list_images", "load_images", "read_image", "describe",
+]

@@ -1,0 +1,85 @@
+"""Per-head metrics that count labelled samples only."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import keras
+import numpy as np
+
+from mlc_keras import heads as heads_lib
+
+
+def weighted_metrics(schema: heads_lib.LabelSchema,
+                     top_k: int = 5) -> dict[str, list[keras.metrics.Metric]]:
+  """Accuracy per head, plus top-k where a head has more than k classes.
+
+  Passed to compile() as ``weighted_metrics`` (``metrics=`` ignores
+  sample_weight, so masked samples would count).
+  """
+  out = {}
+  for h in schema.heads:
+    ms = [keras.metrics.SparseCategoricalAccuracy(name="acc")]
+    if h.num_classes > top_k:
+      ms.append(keras.metrics.SparseTopKCategoricalAccuracy(
+          k=top_k, name=f"top{top_k}"))
+    out[h.name] = ms
+  return out
+
+
+def collect(model: keras.Model, dataset, schema: heads_lib.LabelSchema):
+  """Runs the model over a dataset of (image, labels, weights) batches.
+
+  Returns {head: (probs [N, k], labels [N], labelled mask [N])}.
+  """
+  probs = {h: [] for h in schema.names}
+  labels = {h: [] for h in schema.names}
+  mask = {h: [] for h in schema.names}
+  for images, ys, ws in dataset:
+    out = model(images, training=False)
+    for h in schema.names:
+      probs[h].append(np.asarray(out[h]))
+      labels[h].append(np.asarray(ys[h]))
+      mask[h].append(np.asarray(ws[h]) > 0)
+  return {h: (np.concatenate(probs[h]) if probs[h] else np.zeros((0, 0)),
+              np.concatenate(labels[h]) if labels[h] else np.zeros((0,), int),
+              np.concatenate(mask[h]) if mask[h] else np.zeros((0,), bool))
+          for h in schema.names}
+
+
+def head_table(collected, schema: heads_lib.LabelSchema,
+               top_k: int = 5) -> list[dict]:
+  """Per head: labelled count, accuracy and top-k on labelled samples only.
+
+  A head with no labelled samples gets ``accuracy: None`` and a note, never NaN.
+  """
+  rows = []
+  for h in schema.heads:
+    probs, y, m = collected[h.name]
+    row = {"head": h.name, "classes": h.num_classes, "labelled": int(m.sum()),
+           "total": int(m.size)}
+    if not m.any():
+      row.update(accuracy=None, note="no labelled samples")
+    else:
+      p, t = probs[m], y[m]
+      row["accuracy"] = float(np.mean(np.argmax(p, axis=1) == t))
+      row["chance"] = float(np.max(np.bincount(t, minlength=h.num_classes)) / t.size)
+      if h.num_classes > top_k:
+        topk = np.argsort(-p, axis=1)[:, :top_k]
+        row[f"top{top_k}"] = float(np.mean((topk == t[:, None]).any(axis=1)))
+    rows.append(row)
+  return rows
+
+
+def format_table(rows: list[dict], title: Optional[str] = None) -> str:
+  """Plain-text table of head_table() rows."""
+  lines = [title] if title else []
+  lines.append(f"{'head':<16} {'classes':>7} {'labelled':>9} {'accuracy':>9} "
+               f"{'majority':>9}")
+  for r in rows:
+    acc = "-" if r["accuracy"] is None else f"{r['accuracy']:.3f}"
+    maj = f"{r['chance']:.3f}" if "chance" in r else "-"
+    note = f"  ({r['note']})" if "note" in r else ""
+    lines.append(f"{r['head']:<16} {r['classes']:>7} "
+                 f"{r['labelled']:>4}/{r['total']:<4} {acc:>9} {maj:>9}{note}")
+  return "\n".join(lines)

@@ -1,0 +1,102 @@
+"""The multi-head model: uint8 image -> preprocessing -> backbone -> one
+named softmax per head.
+
+Preprocessing lives inside the model so that Keras, the SavedModel, TFLite and
+ONNX all see the same pixels: every artefact takes raw 0-255 RGB.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Optional
+
+import keras
+
+from mlc_keras import heads as heads_lib
+
+BACKBONE_LAYER = "backbone"
+FEATURES_LAYER = "features"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Backbone:
+  build: Callable[..., keras.Model]
+  # "tf": the network wants [-1, 1] pixels; "raw": it rescales 0-255 itself.
+  pixels: str
+
+
+def _backbones() -> dict[str, _Backbone]:
+  apps = keras.applications
+  return {
+      "ResNet50V2": _Backbone(apps.ResNet50V2, "tf"),
+      "ResNet101V2": _Backbone(apps.ResNet101V2, "tf"),
+      "ResNet152V2": _Backbone(apps.ResNet152V2, "tf"),
+      "MobileNetV2": _Backbone(apps.MobileNetV2, "tf"),
+      "EfficientNetV2B0": _Backbone(apps.EfficientNetV2B0, "raw"),
+      "EfficientNetV2S": _Backbone(apps.EfficientNetV2S, "raw"),
+      "ConvNeXtTiny": _Backbone(apps.ConvNeXtTiny, "raw"),
+  }
+
+
+BACKBONES = tuple(_backbones())
+
+
+def build_model(schema: heads_lib.LabelSchema,
+                image_size: int,
+                backbone: str = "ResNet50V2",
+                weights: Optional[str] = None,
+                dropout: float = 0.0,
+                bn_momentum: Optional[float] = 0.9) -> keras.Model:
+  """Builds the functional multi-head model.
+
+  Args:
+    schema: heads and their classes; one softmax output per head, named after it.
+    image_size: side of the square uint8 RGB input.
+    backbone: a name from BACKBONES (keras.applications, include_top=False).
+    weights: None, "imagenet" (downloaded by Keras on first use) or the path of
+      a local no-top weights file.
+    dropout: dropout rate on the pooled features (0 disables it).
+    bn_momentum: momentum for every BatchNormalization layer of the backbone;
+      None keeps the Keras default (0.99).
+
+  Returns:
+    A keras.Model with input "image" and a dict of float32 outputs keyed by
+    head name, even under a mixed-precision policy.
+  """
+  table = _backbones()
+  if backbone not in table:
+    raise ValueError(
+        f"unknown backbone {backbone!r}; choose one of: {', '.join(table)}")
+  spec = table[backbone]
+  image = keras.Input(shape=(image_size, image_size, 3), dtype="uint8",
+                      name="image")
+  if spec.pixels == "tf":
+    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess")(image)
+  else:
+    x = keras.layers.Rescaling(1.0, name="preprocess")(image)
+  net = spec.build(include_top=False, weights=weights,
+                   input_shape=(image_size, image_size, 3), pooling="avg",
+                   name=BACKBONE_LAYER)
+  if bn_momentum is not None:
+    for layer in net.layers:
+      if isinstance(layer, keras.layers.BatchNormalization):
+        layer.momentum = float(bn_momentum)
+  features = net(x)
+  features = keras.layers.Identity(name=FEATURES_LAYER)(features)
+  if dropout:
+    features = keras.layers.Dropout(dropout, name="dropout")(features)
+  outputs = {
+      h.name: keras.layers.Dense(h.num_classes, activation="softmax",
+                                 dtype="float32", name=h.name)(features)
+      for h in schema.heads
+  }
+  return keras.Model(image, outputs, name="mlc_" + backbone.lower())
+
+
+def load_model(path: str) -> keras.Model:
+  """Loads a .keras model with safe_mode on (no arbitrary code on load)."""
+  if path.endswith((".h5", ".hdf5")):
+    raise ValueError(
+        f"{path}: legacy HDF5 models are not loaded (they bypass Keras' safe "
+        "mode); re-save the model as .keras")
+  return keras.models.load_model(path, safe_mode=True, compile=False)

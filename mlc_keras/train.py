@@ -1,0 +1,191 @@
+r"""Trains a multi-head image classifier.
+
+With no flags: generates the embedded demo set and trains on it (a few
+minutes on two CPU cores), leaving a model in mlc_runs/demo.
+
+  python -m mlc_keras.train
+  python -m mlc_keras.train --manifest=data/train.csv --model_dir=runs/logos \
+      --image_size=224 --weights=imagenet --epochs=20
+  python -m mlc_keras.train --flagfile=run.flags
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+
+from absl import app
+from absl import flags
+
+from mlc_keras import config as config_lib
+
+_d = config_lib.DataConfig()
+_m = config_lib.ModelConfig()
+_t = config_lib.TrainConfig()
+
+_MODEL_DIR = flags.DEFINE_string(
+    "model_dir", "mlc_runs/demo",
+    "Where the model, labels.json, results and backups go. Re-running with the "
+    "same model_dir resumes an interrupted run.")
+_PRESET = flags.DEFINE_enum(
+    "preset", None, ["default", "demo", "tiny"],
+    "Starting config that the other flags override. Default: 'demo' when no "
+    "data source is given, else 'default'.")
+# Data.
+_MANIFEST = flags.DEFINE_string(
+    "manifest", None, "Training CSV: an image path column and one column per "
+    "head; a blank cell is a missing label.")
+_VAL_MANIFEST = flags.DEFINE_string("val_manifest", None, "Validation CSV.")
+_TFRECORD = flags.DEFINE_string(
+    "tfrecord", None, "Training TFRecord file pattern (see mlc_keras.tfrecord).")
+_VAL_TFRECORD = flags.DEFINE_string("val_tfrecord", None,
+                                    "Validation TFRecord file pattern.")
+_TFDS = flags.DEFINE_string("tfds", None, "A TFDS dataset name, e.g. cifar10.")
+_TFDS_HEADS = flags.DEFINE_string(
+    "tfds_heads", _d.tfds_heads,
+    "TFDS ClassLabel features to use as heads: 'feature[:head],...'.")
+_TFDS_TRAIN = flags.DEFINE_string("tfds_train_split", _d.tfds_train_split,
+                                  "TFDS training split.")
+_TFDS_VAL = flags.DEFINE_string("tfds_val_split", _d.tfds_val_split,
+                                "TFDS validation split ('' for none).")
+_TFDS_DATA_DIR = flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir.")
+_HEADS_FILE = flags.DEFINE_string(
+    "heads_file", None, "labels.json-style heads file (names, classes, loss "
+    "weights). Default: inferred from the manifest columns.")
+_IMAGE_COLUMN = flags.DEFINE_string("image_column", _d.image_column,
+                                    "Manifest column holding image paths.")
+_VAL_FRACTION = flags.DEFINE_float(
+    "val_fraction", _d.val_fraction,
+    "Share of --manifest held out for validation when no --val_manifest.")
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "Square input side.")
+_CACHE = flags.DEFINE_bool("cache", None, "Cache decoded images in memory.")
+_AUGMENT = flags.DEFINE_list(
+    "augment", None, "Training augmentations: flip, crop, colour ('' for none). "
+    "Turn off any that change a label (e.g. flip for text, colour for a colour "
+    "head).")
+_DETERMINISTIC = flags.DEFINE_bool(
+    "deterministic", False, "Deterministic data order and ops (slower).")
+_VALIDATE = flags.DEFINE_bool(
+    "validate_images", True, "Decode every image once before training.")
+_DEMO_DIR = flags.DEFINE_string("demo_dir", _d.demo_dir,
+                                "Where the demo set is generated.")
+# Model.
+_BACKBONE = flags.DEFINE_string("backbone", _m.backbone,
+                                "A keras.applications backbone.")
+_WEIGHTS = flags.DEFINE_string(
+    "weights", None, "Backbone weights: none, imagenet, or a local no-top "
+    "weights file.")
+_DROPOUT = flags.DEFINE_float("dropout", _m.dropout, "Dropout on features.")
+_BN_MOMENTUM = flags.DEFINE_float(
+    "bn_momentum", _m.bn_momentum, "BatchNorm momentum of the backbone (lower "
+    "it for short runs; Keras' default is 0.99).")
+# Training.
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Global batch size.")
+_EPOCHS = flags.DEFINE_integer("epochs", None, "Epochs.")
+_STEPS = flags.DEFINE_integer("steps_per_epoch", None,
+                              "Steps per epoch (default: one pass).")
+_LR = flags.DEFINE_float("learning_rate", None, "Peak learning rate.")
+_OPTIMIZER = flags.DEFINE_enum("optimizer", _t.optimizer, ["adamw", "sgd"],
+                               "Optimizer.")
+_SEED = flags.DEFINE_integer("seed", _t.seed, "Random seed.")
+_PRECISION = flags.DEFINE_enum(
+    "precision", _t.precision, ["float32", "mixed_float16", "mixed_bfloat16"],
+    "Mixed precision policy (mixed_float16 on GPUs).")
+_XLA = flags.DEFINE_bool("xla", _t.jit_compile, "Compile steps with XLA.")
+_STRATEGY = flags.DEFINE_enum("strategy", _t.strategy, ["default", "mirrored"],
+                              "tf.distribute strategy.")
+_CLASS_WEIGHT = flags.DEFINE_enum(
+    "class_weight", _t.class_weight, ["none", "balanced"],
+    "Per-head class weights folded into sample weights.")
+_LOSS_WEIGHTS = flags.DEFINE_list(
+    "loss_weights", [], "Per-head loss weights 'head=w,...' (override the "
+    "heads file).")
+_TOP_K = flags.DEFINE_integer("top_k", _t.top_k, "k of the top-k metric.")
+_BACKUP_STEPS = flags.DEFINE_integer(
+    "backup_every_steps", None, "Back up every N steps (default: each epoch).")
+
+
+def _loss_weights(items: list[str]) -> tuple[tuple[str, float], ...]:
+  out = []
+  for item in items:
+    head, sep, value = item.partition("=")
+    try:
+      out.append((head.strip(), float(value)))
+    except ValueError:
+      sep = ""
+    if not sep:
+      raise app.UsageError(f"--loss_weights: expected head=weight, got {item!r}")
+  return tuple(out)
+
+
+def config_from_flags() -> config_lib.Config:
+  """The run config: a preset, overridden by every flag that was set."""
+  has_source = _MANIFEST.value or _TFRECORD.value or _TFDS.value
+  preset = _PRESET.value or ("default" if has_source else "demo")
+  cfg = getattr(config_lib, preset)()
+
+  def pick(value, default):
+    return default if value is None else value
+
+  weights = _WEIGHTS.value
+  if weights is not None and weights.lower() == "none":
+    weights = None
+  augment = cfg.data.augment if _AUGMENT.value is None else tuple(
+      a for a in _AUGMENT.value if a)
+  data = dataclasses.replace(
+      cfg.data, manifest=_MANIFEST.value, val_manifest=_VAL_MANIFEST.value,
+      tfrecord=_TFRECORD.value, val_tfrecord=_VAL_TFRECORD.value,
+      tfds=_TFDS.value, tfds_heads=_TFDS_HEADS.value,
+      tfds_train_split=_TFDS_TRAIN.value, tfds_val_split=_TFDS_VAL.value or None,
+      tfds_data_dir=_TFDS_DATA_DIR.value, heads_file=_HEADS_FILE.value,
+      image_column=_IMAGE_COLUMN.value, val_fraction=_VAL_FRACTION.value,
+      image_size=pick(_IMAGE_SIZE.value, cfg.data.image_size),
+      cache=pick(_CACHE.value, cfg.data.cache), augment=augment,
+      deterministic=_DETERMINISTIC.value, validate_images=_VALIDATE.value,
+      demo_dir=_DEMO_DIR.value)
+  model = dataclasses.replace(
+      cfg.model, backbone=_BACKBONE.value, weights=weights,
+      dropout=_DROPOUT.value, bn_momentum=_BN_MOMENTUM.value)
+  train = dataclasses.replace(
+      cfg.train, batch_size=pick(_BATCH_SIZE.value, cfg.train.batch_size),
+      epochs=pick(_EPOCHS.value, cfg.train.epochs),
+      steps_per_epoch=pick(_STEPS.value, cfg.train.steps_per_epoch),
+      learning_rate=pick(_LR.value, cfg.train.learning_rate),
+      optimizer=_OPTIMIZER.value, seed=_SEED.value, precision=_PRECISION.value,
+      jit_compile=_XLA.value, strategy=_STRATEGY.value,
+      class_weight=_CLASS_WEIGHT.value,
+      loss_weights=_loss_weights(_LOSS_WEIGHTS.value), top_k=_TOP_K.value,
+      backup_every_steps=_BACKUP_STEPS.value)
+  return config_lib.Config(data=data, model=model, train=train)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.getLogger("mlc_keras").setLevel(logging.INFO)
+  cfg = config_from_flags()
+  # Imported here so --help answers without loading TensorFlow.
+  from mlc_keras import data  # pylint: disable=g-import-not-at-top
+  from mlc_keras import heads  # pylint: disable=g-import-not-at-top
+  from mlc_keras import train_lib  # pylint: disable=g-import-not-at-top
+  try:
+    train_lib.train_and_evaluate(cfg, _MODEL_DIR.value)
+  except (data.DataError, heads.SchemaError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except RuntimeError as e:
+    if "NaN" not in str(e) and "Inf" not in str(e):
+      raise
+    print(f"error: {e}\nThe last backup is kept in {_MODEL_DIR.value}/backup; "
+          "lower --learning_rate and re-run the same command to resume.",
+          file=sys.stderr)
+    sys.exit(3)
+  print(f"\nModel written to {_MODEL_DIR.value}/model.keras (labels.json beside "
+        "it). Next:\n"
+        f"  python -m mlc_keras.export --model_dir={_MODEL_DIR.value}\n"
+        f"  python -m mlc_keras.predict --model={_MODEL_DIR.value} <images>")
+
+
+if __name__ == "__main__":
+  app.run(main)
