@@ -115,7 +115,7 @@ def read_manifest(path: str,
       raise DataError(f"{path}: no label columns besides {image_column!r}")
     try:
       schema = heads_lib.LabelSchema.infer(
-          {n: (r[col[n]].strip() for _, r in body) for n in names})
+          {n: [r[col[n]].strip() for _, r in body] for n in names})
     except heads_lib.SchemaError as e:
       raise DataError(f"{path}: {e}") from None
   else:
@@ -287,10 +287,14 @@ def tfds_source(name: str, split: str, feature_heads: Sequence[tuple[str, str]],
     names = f.names if f.names else [str(i) for i in range(f.num_classes)]
     heads.append(heads_lib.HeadSpec(head, tuple(names)))
   schema = heads_lib.LabelSchema(tuple(heads))
-  size = builder.info.splits[split].num_examples
+  try:
+    size = builder.info.splits[split].num_examples
+  except KeyError:  # not downloaded yet: counted after tfds.load prepares it
+    size = None
 
   def make():
-    ds = builder.as_dataset(split=split, shuffle_files=False)
+    # tfds.load downloads and prepares the data on first use.
+    ds = tfds.load(name, split=split, data_dir=data_dir, shuffle_files=False)
 
     def pick(ex):
       image = ex[image_feature]

@@ -187,5 +187,9 @@ def main(argv):
         f"  python -m mlc_keras.predict --model={_MODEL_DIR.value} <images>")
 
 
-if __name__ == "__main__":
+def run():
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()

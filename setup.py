@@ -1,0 +1,4 @@
+"""Packaging lives in setup.cfg; this shim keeps `pip install -e .` working."""
+import setuptools
+
+setuptools.setup()

@@ -1,0 +1,63 @@
+"""Tests for the label schema."""
+
+import json
+import os
+
+import tensorflow as tf
+
+from mlc_keras import heads as heads_lib
+
+
+class LabelSchemaTest(tf.test.TestCase):
+
+  def test_infer_sorts_classes_and_keeps_column_order(self):
+    schema = heads_lib.LabelSchema.infer(
+        {"size": ["small", "", "large", "small"], "colour": ["red", "blue"]})
+    self.assertEqual(schema.names, ("size", "colour"))
+    self.assertEqual(schema.head("size").classes, ("large", "small"))
+    self.assertEqual(schema.head("colour").index("red"), 1)
+
+  def test_save_load_round_trip(self):
+    schema = heads_lib.LabelSchema((
+        heads_lib.HeadSpec("a", ("x", "y"), loss_weight=2.0),
+        heads_lib.HeadSpec("b", ("p", "q", "r"))))
+    folder = self.get_temp_dir()
+    schema.save(folder)
+    self.assertEqual(heads_lib.LabelSchema.load(folder), schema)
+    with open(os.path.join(folder, "labels.json")) as f:
+      self.assertEqual(json.load(f)["heads"][0]["classes"], ["x", "y"])
+
+  def test_unknown_value_names_head_and_classes(self):
+    head = heads_lib.HeadSpec("colour", ("blue", "red"))
+    with self.assertRaisesRegex(heads_lib.SchemaError, "'green'.*'colour'.*blue, red"):
+      head.index("green")
+
+  def test_bad_heads_files(self):
+    cases = {
+        "duplicate class": {"heads": [{"name": "a", "classes": ["x", "x"]}]},
+        "single class": {"heads": [{"name": "a", "classes": ["x"]}]},
+        "bad name": {"heads": [{"name": "a b", "classes": ["x", "y"]}]},
+        "reserved": {"heads": [{"name": "image", "classes": ["x", "y"]}]},
+        "unknown key": {"heads": [{"name": "a", "classes": ["x", "y"], "k": 1}]},
+        "duplicate head": {"heads": [{"name": "a", "classes": ["x", "y"]},
+                                     {"name": "a", "classes": ["x", "y"]}]},
+        "no heads": {"heads": []},
+    }
+    for what, d in cases.items():
+      path = os.path.join(self.get_temp_dir(), "heads.json")
+      with open(path, "w") as f:
+        json.dump(d, f)
+      with self.subTest(what), self.assertRaisesRegex(heads_lib.SchemaError, "heads.json"):
+        heads_lib.LabelSchema.load(path)
+
+  def test_unknown_head_and_loss_weights(self):
+    schema = heads_lib.LabelSchema((heads_lib.HeadSpec("a", ("x", "y")),))
+    with self.assertRaisesRegex(heads_lib.SchemaError, "unknown head 'b'"):
+      schema.head("b")
+    self.assertEqual(schema.with_loss_weights({"a": 0.5}).head("a").loss_weight, 0.5)
+    with self.assertRaises(heads_lib.SchemaError):
+      schema.with_loss_weights({"b": 1.0})
+
+
+if __name__ == "__main__":
+  tf.test.main()
