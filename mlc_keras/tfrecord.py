@@ -1,0 +1,42 @@
+r"""Writes a CSV manifest as sharded tf.Example TFRecords plus labels.json.
+
+  python -m mlc_keras.tfrecord --manifest=data/train.csv \
+      --output=data/tfr/train --num_shards=8
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app
+from absl import flags
+
+_MANIFEST = flags.DEFINE_string("manifest", None, "CSV manifest.", required=True)
+_OUTPUT = flags.DEFINE_string(
+    "output", None, "Output prefix; shards are <prefix>-00000-of-0000N.tfrecord.",
+    required=True)
+_NUM_SHARDS = flags.DEFINE_integer("num_shards", 1, "Number of shards.")
+_HEADS_FILE = flags.DEFINE_string("heads_file", None,
+                                  "Heads file (default: inferred).")
+_IMAGE_COLUMN = flags.DEFINE_string("image_column", "image", "Image column.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from mlc_keras import data  # pylint: disable=g-import-not-at-top
+  from mlc_keras import heads  # pylint: disable=g-import-not-at-top
+  try:
+    schema = heads.LabelSchema.load(_HEADS_FILE.value) if _HEADS_FILE.value else None
+    records, schema = data.read_manifest(_MANIFEST.value, schema,
+                                         _IMAGE_COLUMN.value)
+    data.check_images(records)
+  except (data.DataError, heads.SchemaError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  shards = data.write_tfrecords(records, schema, _OUTPUT.value, _NUM_SHARDS.value)
+  print(f"wrote {len(records)} examples to {len(shards)} shard(s): {shards[0]} ...")
+
+
+if __name__ == "__main__":
+  app.run(main)
