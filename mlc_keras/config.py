@@ -42,6 +42,12 @@ class DataConfig:
   augment: tuple[str, ...] = ("flip", "crop")
   deterministic: bool = False
   validate_images: bool = True
+  # Image paths must resolve inside this folder (None: anywhere).
+  image_root: Optional[str] = None
+  # Header-checked before decoding; Pillow's default MAX_IMAGE_PIXELS.
+  max_image_pixels: int = 89_478_485
+  # Unusable rows go to <model_dir>/quarantine.csv instead of stopping the run.
+  quarantine: bool = False
   demo_dir: str = "mlc_runs/demo_data"
   demo_train_size: int = 2000
   demo_val_size: int = 400
@@ -72,7 +78,8 @@ class TrainConfig:
   # "float32", "mixed_float16" (GPU) or "mixed_bfloat16" (TPU, recent CPUs).
   precision: str = "float32"
   jit_compile: bool = False
-  # "default" (one device), "mirrored" (all local GPUs).
+  # "default" (one device, fit), "mirrored" (all local GPUs) or
+  # "multi_worker" (TF_CONFIG); the last two run distributed.py's custom step.
   strategy: str = "default"
   # "none" or "balanced": per-head class weights folded into sample_weight.
   class_weight: str = "none"

@@ -58,6 +58,8 @@ def read_manifest(path: str,
                   schema: Optional[heads_lib.LabelSchema] = None,
                   image_column: str = "image",
                   label_columns: Optional[Sequence[str]] = None,
+                  image_root: Optional[str] = None,
+                  quarantine: Optional[list] = None,
                   ) -> tuple[Records, heads_lib.LabelSchema]:
   """Reads a CSV manifest: an image path column and one column per head.
 
@@ -72,6 +74,11 @@ def read_manifest(path: str,
     image_column: name of the image path column.
     label_columns: columns to use as heads when inferring (default: all
       columns but the image column).
+    image_root: if given, every image path must resolve (symlinks followed)
+      inside this folder.
+    quarantine: if a list, rows whose image path escapes ``image_root`` or
+      repeats an earlier row are appended to it as ``Problem``s and left out,
+      instead of raising.
 
   Returns:
     (records, schema).
@@ -125,12 +132,28 @@ def read_manifest(path: str,
           f"{path}: head(s) {missing} from the heads file are not columns of "
           f"the manifest (columns: {header})")
   labels = np.full((len(body), len(schema)), heads_lib.MISSING, np.int32)
-  paths, lines = [], []
+  paths, lines, keep = [], [], []
+  real_root = os.path.realpath(image_root) if image_root else None
+  first_line = {}
   for j, (line, r) in enumerate(body):
     cell = r[col[image_column]].strip()
     if not cell:
       raise DataError(f"{path}:{line}: blank {image_column!r} cell")
-    paths.append(cell if os.path.isabs(cell) else os.path.join(root, cell))
+    full = cell if os.path.isabs(cell) else os.path.join(root, cell)
+    real = os.path.realpath(full)
+    problem = None
+    if real_root and os.path.commonpath([real_root, real]) != real_root:
+      problem = f"resolves to {real}, outside --image_root {real_root}"
+    elif real in first_line:
+      problem = f"same image as line {first_line[real]}"
+    else:
+      first_line[real] = line
+    if problem:
+      if quarantine is None:
+        raise DataError(f"{path}:{line}: {cell}: {problem}")
+      quarantine.append(Problem(path, line, full, problem))
+    keep.append(problem is None)
+    paths.append(full)
     lines.append(line)
     for k, head in enumerate(schema.heads):
       value = r[col[head.name]].strip()
@@ -139,7 +162,8 @@ def read_manifest(path: str,
           labels[j, k] = head.index(value)
         except heads_lib.SchemaError as e:
           raise DataError(f"{path}:{line}: column {head.name!r}: {e}") from None
-  return Records(tuple(paths), labels, tuple(lines), path), schema
+  records = Records(tuple(paths), labels, tuple(lines), path)
+  return records.take(np.array(keep, bool)), schema
 
 
 def _line_of_offset(path: str, offset: int) -> int:
@@ -147,31 +171,132 @@ def _line_of_offset(path: str, offset: int) -> int:
     return f.read(offset).count(b"\n") + 1
 
 
-def check_images(records: Records, workers: int = 8) -> None:
-  """Reads and decodes every image once; raises DataError listing each file
-  that is missing or cannot be decoded, with its manifest line."""
-  missing = [(l, p) for l, p in zip(records.lines, records.paths)
-             if not os.path.isfile(p)]
-  if missing:
-    raise DataError(_listing(records.origin, "image file(s) not found", missing))
+# Pillow's default Image.MAX_IMAGE_PIXELS: above it an image is treated as a
+# decompression bomb (a small file that decodes to gigabytes).
+MAX_IMAGE_PIXELS = 89_478_485
 
-  def try_decode(item):
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+  """One unusable manifest row: where it is and why."""
+
+  origin: str
+  line: int
+  path: str
+  reason: str
+
+
+def image_size_from_header(head: bytes) -> Optional[tuple[int, int]]:
+  """(width, height) read from a PNG, JPEG, GIF or BMP header without decoding
+  it, or None if the bytes are not one of those or the header is cut short."""
+  if head[:8] == b"\x89PNG\r\n\x1a\n":
+    if len(head) >= 24 and head[12:16] == b"IHDR":
+      return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    return None
+  if head[:6] in (b"GIF87a", b"GIF89a"):
+    if len(head) >= 10:
+      return int.from_bytes(head[6:8], "little"), int.from_bytes(head[8:10], "little")
+    return None
+  if head[:2] == b"BM":
+    if len(head) < 26:
+      return None
+    if int.from_bytes(head[14:18], "little") == 12:  # OS/2 BITMAPCOREHEADER
+      return int.from_bytes(head[18:20], "little"), int.from_bytes(head[20:22], "little")
+    width = int.from_bytes(head[18:22], "little", signed=True)
+    height = int.from_bytes(head[22:26], "little", signed=True)
+    return abs(width), abs(height)  # negative height: rows stored top-down
+  if head[:2] == b"\xff\xd8":
+    return _jpeg_size(head)
+  return None
+
+
+def _jpeg_size(data: bytes) -> Optional[tuple[int, int]]:
+  i = 2
+  while i + 4 <= len(data):
+    if data[i] != 0xFF:
+      return None
+    marker = data[i + 1]
+    if marker == 0xFF:  # fill byte
+      i += 1
+      continue
+    if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # no length field
+      i += 2
+      continue
+    if marker == 0xDA:  # scan data before any frame header
+      return None
+    length = int.from_bytes(data[i + 2:i + 4], "big")
+    # SOF0-15 except DHT (C4), JPG (C8) and DAC (CC) carry the frame size.
+    if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+      if i + 9 > len(data):
+        return None
+      height = int.from_bytes(data[i + 5:i + 7], "big")
+      width = int.from_bytes(data[i + 7:i + 9], "big")
+      return width, height
+    i += 2 + length
+  return None
+
+
+def screen_images(records: Records, workers: int = 8,
+                  max_pixels: Optional[int] = MAX_IMAGE_PIXELS) -> list[Problem]:
+  """Every record whose image is missing, empty, not a JPEG/PNG/GIF/BMP,
+  larger than ``max_pixels`` (read from the header, before decoding) or not
+  decodable (truncated, corrupt). The format is judged by content, not by
+  the file extension."""
+
+  def screen(item):
     line, p = item
+    if not os.path.isfile(p):
+      return Problem(records.origin, line, p, "file not found")
     try:
       with open(p, "rb") as f:
-        data = f.read()
-      if not data:
-        return line, p, "empty file"
-      imageio.decode(tf.constant(data))
+        head = f.read(64 * 1024)
+        if not head:
+          return Problem(records.origin, line, p, "empty file")
+        size = image_size_from_header(head)
+        if size is None:
+          return Problem(records.origin, line, p,
+                         "not a JPEG, PNG, GIF or BMP image (or its header is "
+                         "cut short)")
+        if max_pixels and size[0] * size[1] > max_pixels:
+          return Problem(
+              records.origin, line, p,
+              f"{size[0]}x{size[1]} = {size[0] * size[1]:,} pixels is over the "
+              f"limit of {max_pixels:,} (--max_image_pixels)")
+        encoded = head + f.read()
+      imageio.decode(tf.constant(encoded))
+    except OSError as e:
+      return Problem(records.origin, line, p, f"cannot read: {e.strerror}")
     except tf.errors.OpError as e:
-      return line, p, e.message.splitlines()[0][:120]
+      return Problem(records.origin, line, p,
+                     "cannot decode: " + e.message.splitlines()[0][:120])
     return None
 
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-    bad = [b for b in pool.map(try_decode, zip(records.lines, records.paths)) if b]
+    found = pool.map(screen, zip(records.lines, records.paths))
+    return [b for b in found if b]
+
+
+def check_images(records: Records, workers: int = 8,
+                 max_pixels: Optional[int] = MAX_IMAGE_PIXELS) -> None:
+  """Reads and decodes every image once; raises DataError listing each file
+  that is missing, too large or cannot be decoded, with its manifest line
+  (see screen_images)."""
+  bad = screen_images(records, workers, max_pixels)
+  missing = [(b.line, b.path) for b in bad if b.reason == "file not found"]
+  if missing:
+    raise DataError(_listing(records.origin, "image file(s) not found", missing))
   if bad:
     raise DataError(_listing(records.origin, "image(s) could not be decoded",
-                             [(l, f"{p} ({why})") for l, p, why in bad]))
+                             [(b.line, f"{b.path} ({b.reason})") for b in bad]))
+
+
+def write_quarantine(path: str, problems: Sequence[Problem]) -> None:
+  """Writes quarantined rows as CSV: manifest, line, path, reason."""
+  with open(path, "w", newline="", encoding="utf-8") as f:
+    writer = csv.writer(f)
+    writer.writerow(["manifest", "line", "path", "reason"])
+    for b in problems:
+      writer.writerow([b.origin, b.line, b.path, b.reason])
 
 
 def _listing(origin: str, what: str, items: list, limit: int = 20) -> str:

@@ -68,6 +68,17 @@ _DETERMINISTIC = flags.DEFINE_bool(
     "deterministic", False, "Deterministic data order and ops (slower).")
 _VALIDATE = flags.DEFINE_bool(
     "validate_images", True, "Decode every image once before training.")
+_IMAGE_ROOT = flags.DEFINE_string(
+    "image_root", None, "If set, manifest image paths must resolve inside "
+    "this folder (a row pointing elsewhere, e.g. ../../etc/passwd, is an "
+    "error).")
+_MAX_PIXELS = flags.DEFINE_integer(
+    "max_image_pixels", _d.max_image_pixels, "Largest width*height accepted, "
+    "read from the image header before decoding (0: no limit).")
+_QUARANTINE = flags.DEFINE_bool(
+    "quarantine", False, "Train without unusable manifest rows (bad, huge, "
+    "duplicated or out-of-root images), listing them in "
+    "<model_dir>/quarantine.csv, instead of stopping with an error.")
 _DEMO_DIR = flags.DEFINE_string("demo_dir", _d.demo_dir,
                                 "Where the demo set is generated.")
 # Model.
@@ -93,8 +104,11 @@ _PRECISION = flags.DEFINE_enum(
     "precision", _t.precision, ["float32", "mixed_float16", "mixed_bfloat16"],
     "Mixed precision policy (mixed_float16 on GPUs).")
 _XLA = flags.DEFINE_bool("xla", _t.jit_compile, "Compile steps with XLA.")
-_STRATEGY = flags.DEFINE_enum("strategy", _t.strategy, ["default", "mirrored"],
-                              "tf.distribute strategy.")
+_STRATEGY = flags.DEFINE_enum(
+    "strategy", _t.strategy, ["default", "mirrored", "multi_worker"],
+    "tf.distribute strategy: default (fit, one device), mirrored (local "
+    "devices) or multi_worker (the cluster in TF_CONFIG); the last two run "
+    "a custom step and resume from model_dir/checkpoints.")
 _CLASS_WEIGHT = flags.DEFINE_enum(
     "class_weight", _t.class_weight, ["none", "balanced"],
     "Per-head class weights folded into sample weights.")
@@ -143,7 +157,8 @@ def config_from_flags() -> config_lib.Config:
       image_size=pick(_IMAGE_SIZE.value, cfg.data.image_size),
       cache=pick(_CACHE.value, cfg.data.cache), augment=augment,
       deterministic=_DETERMINISTIC.value, validate_images=_VALIDATE.value,
-      demo_dir=_DEMO_DIR.value)
+      image_root=_IMAGE_ROOT.value, max_image_pixels=_MAX_PIXELS.value,
+      quarantine=_QUARANTINE.value, demo_dir=_DEMO_DIR.value)
   model = dataclasses.replace(
       cfg.model, backbone=_BACKBONE.value, weights=weights,
       dropout=_DROPOUT.value, bn_momentum=_BN_MOMENTUM.value)

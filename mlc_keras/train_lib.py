@@ -34,7 +34,7 @@ from mlc_keras import model as model_lib
 
 log = logging.getLogger("mlc_keras")
 
-STRATEGIES = ("default", "mirrored")
+STRATEGIES = ("default", "mirrored", "multi_worker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
@@ -44,6 +44,8 @@ class DataBundle:
   train: data.Source
   val: Optional[data.Source]
   train_size: int
+  # Rows left out under --quarantine (see write_quarantine).
+  quarantined: list = dataclasses.field(default_factory=list)
 
 
 def load_data(cfg: config_lib.DataConfig, seed: int) -> DataBundle:
@@ -86,20 +88,49 @@ def load_data(cfg: config_lib.DataConfig, seed: int) -> DataBundle:
     manifest, val_manifest = paths["train"], paths["val"]
     schema = schema or heads_lib.LabelSchema.load(paths["labels"])
 
-  train_rec, schema = data.read_manifest(manifest, schema, cfg.image_column)
+  quarantined = [] if cfg.quarantine else None
+  train_rec, schema = data.read_manifest(
+      manifest, schema, cfg.image_column, image_root=cfg.image_root,
+      quarantine=quarantined)
   if val_manifest:
-    val_rec, _ = data.read_manifest(val_manifest, schema, cfg.image_column)
+    val_rec, _ = data.read_manifest(
+        val_manifest, schema, cfg.image_column, image_root=cfg.image_root,
+        quarantine=quarantined)
   elif cfg.val_fraction > 0:
     train_rec, val_rec = data.split_records(train_rec, cfg.val_fraction, seed)
   else:
     val_rec = None
-  if cfg.validate_images:
-    data.check_images(train_rec)
-    if val_rec is not None:
-      data.check_images(val_rec)
+  if cfg.validate_images or cfg.quarantine:
+    checked = []
+    for rec in (train_rec, val_rec):
+      if rec is None:
+        checked.append(rec)
+      elif quarantined is None:
+        data.check_images(rec, max_pixels=cfg.max_image_pixels)
+        checked.append(rec)
+      else:
+        bad = data.screen_images(rec, max_pixels=cfg.max_image_pixels)
+        quarantined.extend(bad)
+        bad_lines = {b.line for b in bad}
+        checked.append(rec.take(np.array(
+            [l not in bad_lines for l in rec.lines], bool)))
+    train_rec, val_rec = checked
+  if quarantined:
+    quarantined.sort(key=lambda b: (b.origin, b.line))
   train = data.records_source(train_rec)
   val = data.records_source(val_rec) if val_rec is not None and len(val_rec) else None
-  return DataBundle(schema, train, val, len(train_rec))
+  return DataBundle(schema, train, val, len(train_rec), quarantined or [])
+
+
+def write_quarantine(bundle: DataBundle, model_dir: str) -> Optional[str]:
+  """Writes model_dir/quarantine.csv when rows were left out (before training,
+  so it survives a crash); returns the message to print at the end."""
+  if not bundle.quarantined:
+    return None
+  path = os.path.join(model_dir, "quarantine.csv")
+  data.write_quarantine(path, bundle.quarantined)
+  return (f"{len(bundle.quarantined)} manifest row(s) quarantined (not trained "
+          f"on or evaluated); listed in {path}")
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
@@ -107,6 +138,9 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
   if name == "mirrored":
     return tf.distribute.MirroredStrategy()
+  if name == "multi_worker":
+    # The cluster comes from the TF_CONFIG environment variable.
+    return tf.distribute.MultiWorkerMirroredStrategy()
   raise ValueError(f"--strategy must be one of {STRATEGIES}, got {name!r}")
 
 
@@ -149,6 +183,11 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str) -> dict:
   last backup. Returns the results dict also written to results.json.
   """
   tc, dc, mc = cfg.train, cfg.data, cfg.model
+  if tc.strategy in ("mirrored", "multi_worker"):
+    # fit fails under MultiWorkerMirroredStrategy (keras#20585) and averages
+    # per-replica masked means: these run a custom step (see distributed.py).
+    from mlc_keras import distributed  # pylint: disable=g-import-not-at-top
+    return distributed.train_and_evaluate(cfg, model_dir)
   if tc.precision not in PRECISIONS:
     raise ValueError(f"--precision must be one of {PRECISIONS}, got {tc.precision!r}")
   os.makedirs(model_dir, exist_ok=True)
@@ -158,6 +197,7 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str) -> dict:
   keras.mixed_precision.set_global_policy(tc.precision)
 
   bundle = load_data(dc, tc.seed)
+  quarantine_note = write_quarantine(bundle, model_dir)
   schema = bundle.schema
   if tc.loss_weights:
     schema = schema.with_loss_weights(dict(tc.loss_weights))
@@ -222,4 +262,6 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str) -> dict:
   print(metrics.format_table(
       rows, title=f"Per-head results on {eval_source.name} "
       f"(inference mode, labelled samples only):"))
+  if quarantine_note:
+    print(quarantine_note)
   return results

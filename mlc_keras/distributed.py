@@ -1,0 +1,335 @@
+"""Training under MirroredStrategy / MultiWorkerMirroredStrategy with a custom
+step (``strategy.run``) instead of ``model.fit``.
+
+Why not fit: Keras 3 ``fit`` fails under MultiWorkerMirroredStrategy
+(keras#20585), and under any strategy fit averages each replica's own
+"mean over labelled samples", which is not the mean over the labelled samples
+of the global batch when replicas hold different numbers of labels. Here each
+head's loss is divided by the weight present in the *global* batch (an
+all-reduce), so N replicas compute exactly the gradient of one device on the
+same global batch (up to float summation order). BatchNormalization still
+normalises each replica's own slice, as under fit: with a BN backbone the
+runs agree only in expectation.
+
+Every worker runs the same code and writes the same artefacts; only the
+chief writes into model_dir, the others into a temporary folder that is
+deleted at the end (saving may need every worker to take part). Resume state
+is a tf.train.Checkpoint (model, optimizer, epoch) in model_dir/checkpoints,
+saved after each epoch and read by every worker from the chief's folder, so
+all workers resume at the same epoch.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import shutil
+import tempfile
+from typing import Callable, Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from mlc_keras import config as config_lib
+from mlc_keras import data
+from mlc_keras import heads as heads_lib
+from mlc_keras import losses
+from mlc_keras import metrics
+from mlc_keras import model as model_lib
+
+log = logging.getLogger("mlc_keras")
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+  """True on the worker that owns model_dir (always true on one machine)."""
+  resolver = getattr(strategy, "cluster_resolver", None)
+  if resolver is None or not resolver.cluster_spec().as_dict():
+    return True
+  task_type, task_id = resolver.task_type, resolver.task_id
+  return task_type in (None, "chief") or (
+      task_type == "worker" and task_id == 0 and
+      "chief" not in resolver.cluster_spec().as_dict())
+
+
+def checkpoint_epoch(model_dir: str) -> int:
+  """The epoch a distributed run in ``model_dir`` resumes at (0 if none)."""
+  latest = tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_DIR))
+  if latest is None:
+    return 0
+  return int(tf.train.load_variable(latest, "epoch/.ATTRIBUTES/VARIABLE_VALUE"))
+
+
+def distribute(strategy: tf.distribute.Strategy,
+               make_global: Callable[[], tf.data.Dataset],
+               global_batch: int):
+  """Splits each global batch of ``make_global()`` across the replicas.
+
+  Every input pipeline (one per worker) builds the same global-batch dataset
+  and keeps its own slice of each batch (sharding by DATA), cut into one
+  per-replica batch per local replica. The union over replicas of step k is
+  exactly global batch k of a single-device run.
+  """
+  replicas = strategy.num_replicas_in_sync
+  if global_batch % replicas:
+    raise ValueError(
+        f"--batch_size={global_batch} must be a multiple of the {replicas} "
+        "replicas")
+
+  def dataset_fn(ctx: tf.distribute.InputContext):
+    per = ctx.get_per_replica_batch_size(global_batch)
+    local = replicas // ctx.num_input_pipelines
+    lo = ctx.input_pipeline_id * per * local
+    ds = make_global().map(lambda *t: tf.nest.map_structure(
+        lambda x: x[lo:lo + per * local], t))
+    if local > 1:
+      ds = ds.unbatch().batch(per, drop_remainder=True)
+    options = tf.data.Options()
+    # The slicing above is the sharding; tf.distribute must not shard again.
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.OFF)
+    return ds.with_options(options)
+  return strategy.distribute_datasets_from_function(dataset_fn)
+
+
+def make_train_step(strategy, model, optimizer, schema: heads_lib.LabelSchema):
+  """A tf.function running one step on every replica.
+
+  Returns (global loss, {head: global head loss}, (outputs, labels,
+  weights)) of this worker's replicas for the metrics (see local_batches).
+  """
+  head_losses = losses.head_losses(schema)
+  weights = losses.loss_weights(schema)
+  replicas = strategy.num_replicas_in_sync
+
+  def replica_step(images, ys, ws):
+    ctx = tf.distribute.get_replica_context()
+    # The weight present in the global batch, per head: the denominator of
+    # "mean over labelled samples" (0 labels -> loss 0, as mean_with_sample_weight).
+    present = {h: ctx.all_reduce("sum", tf.reduce_sum(ws[h])) for h in ws}
+    with tf.GradientTape() as tape:
+      out = model(images, training=True)
+      head = {}
+      for h in schema.names:
+        per_sample = head_losses[h].call(ys[h], out[h])
+        head[h] = tf.math.divide_no_nan(
+            tf.reduce_sum(per_sample * ws[h]), present[h])
+      total = tf.add_n([weights[h] * head[h] for h in schema.names])
+      if model.losses:
+        total += tf.add_n(model.losses) / replicas
+    grads = tape.gradient(total, model.trainable_variables)
+    # Keras' optimizer sums gradients over replicas, which is the gradient of
+    # the global loss since each replica's share is already divided globally.
+    optimizer.apply_gradients(zip(grads, model.trainable_variables))
+    return total, head, out
+
+  @tf.function
+  def step(iterator):
+    images, ys, ws = next(iterator)
+    total, head, out = strategy.run(replica_step, args=(images, ys, ws))
+    total = strategy.reduce("SUM", total, axis=None)
+    head = {h: strategy.reduce("SUM", v, axis=None) for h, v in head.items()}
+    return total, head, (out, ys, ws)
+  return step
+
+
+def local_batches(strategy, values):
+  """This worker's per-replica (outputs, labels, weights) as plain tensors."""
+  parts = [strategy.experimental_local_results(v)
+           for v in tf.nest.flatten(values)]
+  return [tf.nest.pack_sequence_as(values, [p[i] for p in parts])
+          for i in range(len(parts[0]))]
+
+
+def sum_metrics_over_workers(strategy, metric_list) -> None:
+  """Replaces each worker's metric state by its sum over workers.
+
+  Each worker updates its metrics with its own replicas' batches (all our
+  metrics are weighted means: sums of numerators and denominators), so the
+  summed state gives the metric over the global batches. Needs every worker.
+  """
+  variables = [v for m in metric_list for v in m.variables]
+  if not variables:
+    return
+  try:
+    local = len(strategy.extended.worker_devices)
+  except RuntimeError:  # the default strategy: one device, nothing to sum
+    return
+  if local == strategy.num_replicas_in_sync:  # one worker
+    return
+  values = [tf.convert_to_tensor(v) for v in variables]
+
+  def per_replica(ctx):
+    # One replica per worker carries the worker's state, the others zeros.
+    keep = ctx.replica_id_in_sync_group % local == 0
+    return [v if keep else tf.zeros_like(v) for v in values]
+  distributed = strategy.experimental_distribute_values_from_function(
+      per_replica)
+  summed = [strategy.reduce("SUM", v, axis=None) for v in distributed]
+  for var, value in zip(variables, summed):
+    var.assign(value)
+
+
+def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
+                       build_model: Optional[Callable[..., keras.Model]] = None,
+                       ) -> dict:
+  """train_lib.train_and_evaluate for --strategy=mirrored|multi_worker.
+
+  Writes model.keras, labels.json, config.json, history.csv and results.json
+  to model_dir (chief only) and resumes from model_dir/checkpoints. Not
+  supported here: mixed precision, XLA, best.keras, per-epoch validation.
+  ``build_model(schema, image_size)`` replaces the configured backbone (tests).
+  """
+  from mlc_keras import train_lib  # pylint: disable=g-import-not-at-top
+  tc, dc, mc = cfg.train, cfg.data, cfg.model
+  # MultiWorkerMirroredStrategy must exist before any other TF op runs.
+  strategy = train_lib.make_strategy(tc.strategy)
+  if tc.precision != "float32" or tc.jit_compile:
+    raise ValueError(f"--strategy={tc.strategy} supports float32 without "
+                     "--xla only")
+  chief = is_chief(strategy)
+  out_dir = model_dir if chief else tempfile.mkdtemp(prefix="mlc_worker_")
+  os.makedirs(out_dir, exist_ok=True)
+  keras.utils.set_random_seed(tc.seed)
+  if dc.deterministic:
+    tf.config.experimental.enable_op_determinism()
+
+  bundle = train_lib.load_data(dc, tc.seed)
+  quarantine_note = train_lib.write_quarantine(bundle, out_dir)
+  schema = bundle.schema
+  if tc.loss_weights:
+    schema = schema.with_loss_weights(dict(tc.loss_weights))
+  schema.save(os.path.join(out_dir, "labels.json"))
+  with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
+    f.write(cfg.to_json() + "\n")
+  full_steps = data.steps_for(bundle.train_size, tc.batch_size, bundle.train.name)
+  steps = tc.steps_per_epoch or full_steps
+  class_weights = data.class_weights_from(tc.class_weight, bundle.train, schema)
+
+  with strategy.scope():
+    if build_model is None:
+      model = model_lib.build_model(schema, dc.image_size, mc.backbone,
+                                    mc.weights, mc.dropout, mc.bn_momentum)
+    else:
+      model = build_model(schema, dc.image_size)
+    optimizer = train_lib._optimizer(tc, steps * tc.epochs)  # pylint: disable=protected-access
+    # Built now so that a checkpoint restores the slots instead of deferring.
+    optimizer.build(model.trainable_variables)
+    epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+  checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer,
+                                   epoch=epoch_var)
+  chief_ckpt = os.path.join(model_dir, CHECKPOINT_DIR)
+  manager = tf.train.CheckpointManager(
+      checkpoint, os.path.join(out_dir, CHECKPOINT_DIR), max_to_keep=2)
+  start_epoch = _restore(checkpoint, chief_ckpt)
+  epoch_var.assign(start_epoch)
+
+  def make_global():
+    return data.train_dataset(
+        bundle.train, schema, image_size=dc.image_size,
+        batch_size=tc.batch_size, seed=tc.seed, start_epoch=start_epoch,
+        end_epoch=tc.epochs, steps_per_epoch=steps, augmentations=dc.augment,
+        cache=dc.cache, shuffle_buffer=dc.shuffle_buffer,
+        deterministic=dc.deterministic, class_weights=class_weights)
+  iterator = iter(distribute(strategy, make_global, tc.batch_size))
+  step = make_train_step(strategy, model, optimizer, schema)
+  head_metrics = metrics.weighted_metrics(schema, tc.top_k)
+
+  history_path = os.path.join(out_dir, "history.csv")
+  for epoch in range(start_epoch, tc.epochs):
+    for ms in head_metrics.values():
+      for m in ms:
+        m.reset_state()
+    loss_sum = 0.0
+    for i in range(steps):
+      total, _, batch = step(iterator)
+      total = float(total)
+      if not np.isfinite(total):
+        raise RuntimeError(
+            f"NaN or Inf loss at epoch {epoch + 1} step {i + 1}; the last "
+            f"checkpoint (epoch {epoch}) is kept in {chief_ckpt}")
+      loss_sum += total
+      for out, ys, ws in local_batches(strategy, batch):
+        for h, ms in head_metrics.items():
+          for m in ms:
+            m.update_state(ys[h], out[h], sample_weight=ws[h])
+    sum_metrics_over_workers(
+        strategy, [m for ms in head_metrics.values() for m in ms])
+    row = {"epoch": epoch, "loss": loss_sum / steps}
+    for h, ms in head_metrics.items():
+      for m in ms:
+        row[f"{h}_{m.name}"] = float(m.result())
+    log.info("epoch %d/%d: %s", epoch + 1, tc.epochs,
+             ", ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "epoch"))
+    _append_csv(history_path, row)
+    epoch_var.assign(epoch + 1)
+    manager.save(checkpoint_number=epoch + 1)
+
+  model.save(os.path.join(out_dir, "model.keras"))
+  eval_source = bundle.val if bundle.val is not None else bundle.train
+  eval_ds = data.eval_dataset(eval_source, schema, image_size=dc.image_size,
+                              batch_size=tc.batch_size)
+  rows = metrics.head_table(metrics.collect(model, eval_ds, schema), schema,
+                            tc.top_k)
+  results = {"evaluated_on": eval_source.name, "train_size": bundle.train_size,
+             "epochs": tc.epochs, "steps_per_epoch": steps, "heads": rows,
+             "strategy": tc.strategy,
+             "replicas": strategy.num_replicas_in_sync}
+  with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as f:
+    json.dump(results, f, indent=2)
+    f.write("\n")
+  if chief:
+    print(metrics.format_table(
+        rows, title=f"Per-head results on {eval_source.name} "
+        f"(inference mode, labelled samples only):"))
+    if quarantine_note:
+      print(quarantine_note)
+  else:
+    shutil.rmtree(out_dir, ignore_errors=True)
+  return results
+
+
+def _restore(checkpoint: tf.train.Checkpoint, folder: str) -> int:
+  """Restores the newest readable checkpoint in ``folder``; returns its epoch.
+
+  A damaged newest checkpoint falls back to the one before it (with a
+  warning); if none can be read, raises instead of starting from scratch.
+  """
+  state = tf.train.get_checkpoint_state(folder)
+  if state is None:
+    if os.path.isdir(folder) and os.listdir(folder):
+      raise RuntimeError(f"{folder}: holds files but no readable 'checkpoint' "
+                         "index; refusing to start from scratch (delete the "
+                         "folder to do so)")
+    return 0
+  paths = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path]
+  errors = []
+  for path in reversed(paths):
+    if not os.path.isabs(path):
+      path = os.path.join(folder, path)
+    try:
+      checkpoint.restore(path).assert_existing_objects_matched()
+    except (tf.errors.OpError, ValueError, AssertionError, IndexError) as e:
+      errors.append(f"{path}: {str(e).splitlines()[0][:200]}")
+      log.warning("cannot restore %s (%s); trying an older checkpoint",
+                  path, errors[-1])
+      continue
+    epoch = int(checkpoint.epoch.numpy())
+    log.info("resuming from %s at epoch %d", path, epoch)
+    return epoch
+  raise RuntimeError(
+      f"{folder}: no checkpoint could be restored; refusing to start from "
+      "scratch (delete the folder to do so):\n  " + "\n  ".join(errors))
+
+
+def _append_csv(path: str, row: dict) -> None:
+  new = not os.path.exists(path)
+  with open(path, "a", newline="", encoding="utf-8") as f:
+    writer = csv.DictWriter(f, fieldnames=list(row))
+    if new:
+      writer.writeheader()
+    writer.writerow(row)

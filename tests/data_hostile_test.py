@@ -1,0 +1,184 @@
+"""Hostile inputs: each unusable manifest row is an error naming the file and
+line, or (with quarantine) a row of quarantine.csv; none is dropped silently.
+Fast (seconds, no model)."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from mlc_keras import config as config_lib
+from mlc_keras import data
+from mlc_keras import train_lib
+from tests import testutil
+
+
+def _write(path, payload: bytes):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "wb") as f:
+    f.write(payload)
+
+
+def _manifest(folder, images, name="train.csv"):
+  path = os.path.join(folder, name)
+  with open(path, "w", newline="", encoding="utf-8") as f:
+    w = csv.writer(f)
+    w.writerow(["image", "shape", "colour"])
+    for i, img in enumerate(images):
+      w.writerow([img, ("circle", "square", "triangle")[i % 3],
+                  ("blue", "red")[i % 2]])
+  return path
+
+
+def _png_header(width, height):
+  """A PNG signature and IHDR claiming width x height (no pixel data)."""
+  ihdr = (width.to_bytes(4, "big") + height.to_bytes(4, "big") +
+          bytes([8, 2, 0, 0, 0]))
+  return (b"\x89PNG\r\n\x1a\n" + (13).to_bytes(4, "big") + b"IHDR" + ihdr +
+          b"\0\0\0\0")
+
+
+class HeaderTest(tf.test.TestCase):
+
+  def test_sizes_from_headers(self):
+    pixels = np.zeros((30, 50, 3), np.uint8)
+    self.assertEqual(data.image_size_from_header(
+        tf.io.encode_png(pixels).numpy()), (50, 30))
+    self.assertEqual(data.image_size_from_header(
+        tf.io.encode_jpeg(pixels).numpy()), (50, 30))
+    self.assertEqual(data.image_size_from_header(
+        tf.io.encode_jpeg(pixels, progressive=True).numpy()), (50, 30))
+    gif = b"GIF89a" + (640).to_bytes(2, "little") + (480).to_bytes(2, "little")
+    self.assertEqual(data.image_size_from_header(gif + b"\0" * 10), (640, 480))
+    bmp = (b"BM" + b"\0" * 12 + (40).to_bytes(4, "little") +
+           (70).to_bytes(4, "little") + (-20).to_bytes(4, "little", signed=True))
+    self.assertEqual(data.image_size_from_header(bmp + b"\0" * 30), (70, 20))
+    self.assertEqual(data.image_size_from_header(_png_header(10 ** 5, 10 ** 5)),
+                     (10 ** 5, 10 ** 5))
+    self.assertIsNone(data.image_size_from_header(b"hello, world"))
+    self.assertIsNone(data.image_size_from_header(b"\xff\xd8\xff"))
+
+
+class HostileDataTest(tf.test.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.dir = self.get_temp_dir()
+    self.good = []
+    for i in range(6):
+      name = f"img/good{i}.png"
+      testutil.write_image(os.path.join(self.dir, name), size=32, seed=i)
+      self.good.append(name)
+
+  def _check(self, bad_name, payload, pattern, **kwargs):
+    _write(os.path.join(self.dir, bad_name), payload)
+    path = _manifest(self.dir, self.good[:2] + [bad_name])
+    records, _ = data.read_manifest(path)
+    # Line 4: header, two good rows, then the bad one.
+    with self.assertRaisesRegex(
+        data.DataError, r"train\.csv:4: .*" + bad_name + r".*" + pattern):
+      data.check_images(records, **kwargs)
+    return records
+
+  def test_truncated_jpeg(self):
+    jpeg = tf.io.encode_jpeg(np.full((64, 64, 3), 90, np.uint8)).numpy()
+    self._check("img/cut.jpg", jpeg[:len(jpeg) // 2], "cannot decode")
+
+  def test_zero_byte_file(self):
+    self._check("img/empty.png", b"", "empty file")
+
+  def test_text_file(self):
+    self._check("img/notes.jpg", b"name,shape\nnot an image\n",
+                "not a JPEG, PNG, GIF or BMP")
+
+  def test_pixel_cap_is_read_from_the_header(self):
+    # A real, decodable 64x64 PNG over a cap of 1000 pixels.
+    pixels = np.zeros((64, 64, 3), np.uint8)
+    self._check("img/big.png", tf.io.encode_png(pixels).numpy(),
+                r"64x64 = 4,096 pixels is over the limit of 1,000",
+                max_pixels=1000)
+    # The default cap: a 100000x100000 header is refused before decoding
+    # (decoding it would allocate 30 GB).
+    self._check("img/bomb.png", _png_header(10 ** 5, 10 ** 5),
+                "over the limit of 89,478,485")
+
+  def test_png_with_jpg_extension_is_decoded_by_content(self):
+    pixels = testutil.write_image(os.path.join(self.dir, "img/real.png"), seed=9)
+    os.rename(os.path.join(self.dir, "img/real.png"),
+              os.path.join(self.dir, "img/liar.jpg"))
+    path = _manifest(self.dir, self.good[:2] + ["img/liar.jpg"])
+    records, schema = data.read_manifest(path)
+    data.check_images(records)  # no error
+    ds = data.eval_dataset(data.records_source(records), schema,
+                           image_size=32, batch_size=3)
+    images, _, _ = next(iter(ds))
+    self.assertAllEqual(images[2], pixels)  # lossless: really read as PNG
+
+  def test_path_escaping_image_root(self):
+    path = _manifest(self.dir, self.good[:2] + ["../../etc/passwd"])
+    with self.assertRaisesRegex(
+        data.DataError, r"train\.csv:4: \.\./\.\./etc/passwd: resolves to "
+        r"\S*/etc/passwd, outside --image_root"):
+      data.read_manifest(path, image_root=self.dir)
+    # Without a declared root, relative paths are the user's business.
+    records, _ = data.read_manifest(path)
+    self.assertLen(records, 3)
+
+  def test_non_utf8_manifest(self):
+    path = os.path.join(self.dir, "latin1.csv")
+    with open(path, "wb") as f:
+      f.write(b"image,shape,colour\nimg/good0.png,circle,blue\n"
+              b"img/caf\xe9.png,square,red\n")
+    with self.assertRaisesRegex(data.DataError, r"latin1\.csv:3: not UTF-8"):
+      data.read_manifest(path)
+
+  def test_duplicated_rows_name_both_lines(self):
+    path = _manifest(self.dir, [self.good[0], self.good[1], "./" + self.good[0]])
+    with self.assertRaisesRegex(
+        data.DataError, r"train\.csv:4: \./img/good0\.png: same image as line 2"):
+      data.read_manifest(path)
+
+  def test_quarantine_lists_every_bad_row_and_trains_on_the_rest(self):
+    jpeg = tf.io.encode_jpeg(np.full((64, 64, 3), 90, np.uint8)).numpy()
+    _write(os.path.join(self.dir, "img/cut.jpg"), jpeg[:200])
+    _write(os.path.join(self.dir, "img/empty.png"), b"")
+    _write(os.path.join(self.dir, "img/notes.jpg"), b"hello")
+    _write(os.path.join(self.dir, "img/bomb.png"), _png_header(10 ** 5, 10 ** 5))
+    bad = ["img/cut.jpg", "img/empty.png", "img/notes.jpg", "img/bomb.png",
+           "../../etc/passwd", self.good[0], "img/missing.png"]
+    rows = self.good + bad
+    path = _manifest(self.dir, rows)
+    cfg = dataclasses.replace(
+        config_lib.tiny().data, manifest=path, val_fraction=0.0,
+        image_root=self.dir, quarantine=True)
+    bundle = train_lib.load_data(cfg, seed=0)
+    self.assertEqual(bundle.train_size, len(self.good))
+    got = {q.line: q.reason for q in bundle.quarantined}
+    # Lines: header is 1, good rows 2..7, bad rows from 8 on, in order.
+    self.assertEqual(sorted(got), list(range(8, 8 + len(bad))))
+    self.assertIn("cannot decode", got[8])
+    self.assertEqual(got[9], "empty file")
+    self.assertIn("not a JPEG", got[10])
+    self.assertIn("over the limit", got[11])
+    self.assertIn("outside --image_root", got[12])
+    self.assertEqual(got[13], "same image as line 2")
+    self.assertEqual(got[14], "file not found")
+    model_dir = os.path.join(self.dir, "run")
+    os.makedirs(model_dir)
+    note = train_lib.write_quarantine(bundle, model_dir)
+    self.assertStartsWith(note, "7 manifest row(s) quarantined")
+    with open(os.path.join(model_dir, "quarantine.csv"), encoding="utf-8") as f:
+      table = list(csv.DictReader(f))
+    self.assertEqual([int(r["line"]) for r in table], sorted(got))
+    self.assertEqual(table[4]["path"], os.path.join(self.dir, "../../etc/passwd"))
+    # Without --quarantine the same manifest stops at its first problem.
+    with self.assertRaisesRegex(data.DataError, r"train\.csv:12: "):
+      train_lib.load_data(dataclasses.replace(cfg, quarantine=False), seed=0)
+
+
+if __name__ == "__main__":
+  tf.test.main()
