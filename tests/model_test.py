@@ -57,6 +57,14 @@ class ModelTest(tf.test.TestCase):
     with self.assertRaisesRegex(ValueError, "legacy HDF5"):
       model_lib.load_model(os.path.join(self.get_temp_dir(), "m.h5"))
 
+  def test_old_keras_is_refused_at_import(self):
+    import mlc_keras
+    for old in ("3.13.1", "3.0.0", "2.15.0"):
+      with self.assertRaisesRegex(ImportError, f"keras >= 3.13.2.*found keras {old}"):
+        mlc_keras._check_keras(old)
+    for ok in ("3.13.2", "3.15.1", "3.20.0rc1", "4.0.0"):
+      mlc_keras._check_keras(ok)
+
   def test_unknown_backbone(self):
     with self.assertRaisesRegex(ValueError, "unknown backbone 'ResNet9'"):
       model_lib.build_model(testutil.SCHEMA, 32, backbone="ResNet9")
