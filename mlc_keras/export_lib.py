@@ -166,6 +166,7 @@ def model_outputs(model, images) -> dict[str, tf.Tensor]:
 
 
 def image_size_of(model) -> int:
+  """The side S of a Keras model's [N, S, S, 3] input."""
   shape = model.input_shape
   if isinstance(shape, list):
     shape = shape[0]
@@ -298,6 +299,7 @@ class ServingModule(tf.Module):
       self.labels = tf.saved_model.Asset(labels_path)
 
   def signatures(self) -> dict:
+    """The signatures to save: {key: concrete function}."""
     return {
         SERVING_SIGNATURE: self.serve_bytes.get_concrete_function(),
         TENSOR_SIGNATURE: self.serve_image.get_concrete_function(),
@@ -524,11 +526,9 @@ def _signature_output_names(saved_model_dir: str) -> list[str]:
 
 
 def _run_isolated(fn: Callable, *args):
-  """Runs fn(*args) in a fresh spawned process and returns its result.
-
-  The TFLite converter and tf2onnx each keep a model's worth of memory after
-  every conversion; a process per conversion returns it to the system.
-  """
+  # fn(*args) in a fresh spawned process. The TFLite converter and tf2onnx
+  # each keep a model's worth of memory after every conversion; a process per
+  # conversion returns it to the system.
   ctx = multiprocessing.get_context("spawn")
   with concurrent.futures.ProcessPoolExecutor(max_workers=1,
                                               mp_context=ctx) as pool:
@@ -540,6 +540,7 @@ def _run_isolated(fn: Callable, *args):
 
 
 def tflite_path(folder: str, model_name: str, quantization: str) -> str:
+  """Where to_tflite_variants writes a variant."""
   return os.path.join(folder, f"{model_name}_{quantization}.tflite")
 
 
@@ -590,7 +591,7 @@ class _LogCollector(logging.Handler):
 
 
 def _unknown_onnx_ops(graph, onnx_module) -> list[str]:
-  """op types (walking Loop/If/Scan bodies too) that no ONNX schema defines."""
+  # Loop/If/Scan bodies too: tf2onnx leaves unsupported ops inside them.
   unknown = []
   for node in graph.node:
     domain = node.domain or ""
@@ -742,6 +743,8 @@ class Predictor:
 
 
 class KerasPredictor(Predictor):
+  """A .keras model (or an already loaded one, with its file's path)."""
+
   kind = "keras"
 
   def __init__(self, path: str, model=None):
@@ -1099,7 +1102,7 @@ def default_image_source(model_dir: str) -> Optional[str]:
 
 
 def _sample(paths: Sequence[str], limit: int, seed: int) -> list[str]:
-  """Up to ``limit`` paths, a seeded shuffle so a sorted list isn't one class."""
+  # Seeded sample, not the first N: a sorted folder may be one class first.
   order = np.random.default_rng(seed).permutation(len(paths))
   return [paths[i] for i in sorted(order[:limit])]
 
@@ -1176,15 +1179,18 @@ def export(model_dir: str,
   if isinstance(version, bool) or not isinstance(version, int) or version < 1:
     raise ExportError(f"version must be a positive integer, got {version!r}")
   model_dir = model_dir.rstrip("/") or model_dir
+  # A .keras file is accepted too; its folder stands for the run.
+  folder = model_dir if not os.path.isfile(model_dir) else (
+      os.path.dirname(os.path.abspath(model_dir)))
   if model_name is None:
-    model_name = os.path.basename(os.path.abspath(model_dir)) or "mlc"
+    model_name = os.path.basename(os.path.abspath(folder)) or "mlc"
     if not _MODEL_NAME.match(model_name) or model_name in _RESERVED_MODEL_NAMES:
       model_name = "mlc"
   if not _MODEL_NAME.match(model_name) or model_name in _RESERVED_MODEL_NAMES:
     raise ExportError(
         f"model name {model_name!r} must be letters, digits, '_', '-', '.' "
         f"and not one of {sorted(_RESERVED_MODEL_NAMES)}")
-  base = output or os.path.join(model_dir, "export")
+  base = output or os.path.join(folder, "export")
   final = _paths(base, model_name, version)
   wanted = [final["saved_model"] if "saved_model" in formats else None,
             final["tflite"] if "tflite" in formats else None,
@@ -1201,7 +1207,7 @@ def export(model_dir: str,
   # Images: calibration and parity come from the user or the run's own data.
   default = None
   if representative is None and parity_images is None:
-    default = default_image_source(model_dir)
+    default = default_image_source(folder)
     if default:
       log(f"no --representative/--parity_images: using {default}")
   cal_source = representative or parity_images or default
@@ -1276,11 +1282,18 @@ def export(model_dir: str,
     json.dump(payload, f, indent=2)
   failed = [r for r in reports if not r["passed"]]
   if failed:
+    hint = ""
+    if all(r["artefact"].startswith("tflite_") and r["artefact"] != "tflite_fp32"
+           for r in failed):
+      hint = (" To publish the others, leave the failing variant(s) out of "
+              "--quantization (int8 needs a well-trained model and real "
+              "--representative images).")
     raise ParityError(
         "parity check failed for "
         + ", ".join(f"{r['artefact']} ({'; '.join(r['failures'])})"
                     for r in failed)
-        + f". Nothing was published; artefacts and report are in {staging}")
+        + f". Nothing was published; artefacts and report are in {staging}."
+        + hint)
 
   # Publish: each artefact folder moves into place in one rename.
   published = {"parity": True, "saved_model": "saved_model" in formats,
@@ -1335,12 +1348,3 @@ def _ordered(outputs: Mapping[str, np.ndarray],
   heads = [n for n in schema.names if n in outputs]
   return heads + sorted(n for n in outputs if n not in schema.names)
 
-
-__all__ = [
-    "FORMATS", "QUANTIZATIONS", "TOLERANCES", "FP32_TOLERANCE",
-    "MAX_IMAGE_BYTES", "ExportError", "ParityError", "Tolerance", "Predictor",
-    "build_serving_module", "to_saved_model", "check_saved_model",
-    "forbidden_ops", "to_tflite", "to_tflite_variants", "to_onnx",
-    "function_to_onnx", "load_predictor", "parity", "format_parity_table",
-    "export", "list_images", "load_images", "read_image", "describe",
-]
