@@ -1,0 +1,391 @@
+"""evaluate(model_dir, ...): the library under the evaluate CLI.
+
+Per head, on labelled samples only: labelled count, accuracy, top-k, macro-F1,
+per-class precision/recall, confusion matrix and expected calibration error
+(ECE). Optionally the accuracy of classes composed through a class table and
+per-head temperature scaling. Artefacts written to model_dir:
+
+  evaluation.json      every number
+  evaluation.md        the same as readable tables
+  confusion_<head>.png one confusion matrix per head
+  curves.png           training curves from history.csv (when present)
+  calibrated.keras     the model with fitted temperatures (with calibrate=True)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+from mlc_keras import heads as heads_lib
+
+NO_LABELS = "no labelled samples"
+ECE_BINS = 15
+
+
+# --- numbers (numpy only) -------------------------------------------------------
+
+
+def confusion_matrix(labels: np.ndarray, preds: np.ndarray,
+                     num_classes: int) -> np.ndarray:
+  """[true, predicted] counts."""
+  cm = np.zeros((num_classes, num_classes), np.int64)
+  np.add.at(cm, (np.asarray(labels, np.int64), np.asarray(preds, np.int64)), 1)
+  return cm
+
+
+def precision_recall_f1(cm: np.ndarray):
+  """Per-class precision, recall and F1 from a confusion matrix; 0 where a
+  ratio is undefined (no predictions / no samples of the class)."""
+  tp = np.diag(cm).astype(np.float64)
+  predicted = cm.sum(axis=0).astype(np.float64)
+  actual = cm.sum(axis=1).astype(np.float64)
+  precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+  recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
+  denom = precision + recall
+  f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp),
+                 where=denom > 0)
+  return precision, recall, f1
+
+
+def macro_f1(cm: np.ndarray) -> float:
+  """Mean F1 over the classes that occur in the labels or the predictions
+  (sklearn's default): a class absent from both says nothing."""
+  _, _, f1 = precision_recall_f1(cm)
+  present = (cm.sum(axis=0) + cm.sum(axis=1)) > 0
+  return float(f1[present].mean()) if present.any() else 0.0
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray,
+                               bins: int = ECE_BINS) -> float:
+  """ECE: sum over equal-width confidence bins of |accuracy - mean
+  confidence| weighted by the bin's share of samples (confidence = max p)."""
+  probs = np.asarray(probs, np.float64)
+  if len(labels) == 0:
+    return 0.0
+  conf = probs.max(axis=1)
+  correct = (probs.argmax(axis=1) == np.asarray(labels)).astype(np.float64)
+  # Bin i holds (i/bins, (i+1)/bins]; a confidence of exactly 0 cannot occur.
+  idx = np.clip(np.ceil(conf * bins).astype(np.int64) - 1, 0, bins - 1)
+  ece = 0.0
+  for b in range(bins):
+    sel = idx == b
+    if sel.any():
+      ece += sel.mean() * abs(correct[sel].mean() - conf[sel].mean())
+  return float(ece)
+
+
+def top_k_accuracy(probs: np.ndarray, labels: np.ndarray, k: int) -> float:
+  topk = np.argsort(-np.asarray(probs), axis=1, kind="stable")[:, :k]
+  return float(np.mean((topk == np.asarray(labels)[:, None]).any(axis=1)))
+
+
+def head_report(spec: heads_lib.HeadSpec, probs: np.ndarray, labels: np.ndarray,
+                mask: np.ndarray, top_k: int = 5) -> dict:
+  """Every per-head number, on the samples where ``mask`` is true."""
+  mask = np.asarray(mask, bool)
+  row = {"head": spec.name, "classes": list(spec.classes),
+         "labelled": int(mask.sum()), "total": int(mask.size)}
+  if not mask.any():
+    row["note"] = NO_LABELS
+    return row
+  p, y = np.asarray(probs)[mask], np.asarray(labels)[mask]
+  cm = confusion_matrix(y, p.argmax(axis=1), spec.num_classes)
+  precision, recall, _ = precision_recall_f1(cm)
+  row.update(
+      accuracy=float(np.trace(cm) / cm.sum()),
+      macro_f1=macro_f1(cm),
+      ece=expected_calibration_error(p, y),
+      nll=_nll(p, y),
+      majority=float(cm.sum(axis=1).max() / cm.sum()),
+      per_class={c: {"support": int(cm[i].sum()),
+                     "precision": float(precision[i]),
+                     "recall": float(recall[i])}
+                 for i, c in enumerate(spec.classes)},
+      confusion=cm.tolist())
+  k = min(top_k, spec.num_classes - 1)
+  if k >= 2:
+    row[f"top{k}"] = top_k_accuracy(p, y, k)
+  return row
+
+
+def _nll(probs, labels) -> float:
+  p = np.clip(probs[np.arange(len(labels)), labels], 1e-7, 1.0)
+  return float(-np.mean(np.log(p)))
+
+
+def composed_report(collected, table, threshold: float) -> dict:
+  """Accuracy of the table's classes on rows whose heads in the table are all
+  labelled and whose labels match a table class."""
+  from mlc_keras import compose  # pylint: disable=g-import-not-at-top
+  labels = {h: collected[h][1] for h in table.heads}
+  masks = {h: collected[h][2] for h in table.heads}
+  target, usable = compose.classes_of(labels, masks, table)
+  rows = target >= 0
+  out = {"table": table.source, "classes": list(table.classes),
+         "threshold": threshold, "total": int(usable.size),
+         "heads_labelled": int(usable.sum()),
+         "no_matching_class": int((usable & ~rows).sum()),
+         "evaluated": int(rows.sum()),
+         "chance": 1.0 / len(table)}
+  if not rows.any():
+    out["note"] = NO_LABELS
+    return out
+  probs = compose.compose_probs({h: collected[h][0] for h in table.heads}, table)
+  p, t = probs[rows], target[rows]
+  pred = p.argmax(axis=1)
+  names = compose.predict_classes(p, table, threshold)
+  cm = confusion_matrix(t, pred, len(table))
+  _, recall, _ = precision_recall_f1(cm)
+  out.update(
+      accuracy=float(np.mean(pred == t)),
+      accuracy_with_unknown=float(np.mean(
+          [n == table.classes[c] for n, c in zip(names, t)])),
+      unknown_rate=float(np.mean([n == compose.UNKNOWN for n in names])),
+      macro_f1=macro_f1(cm),
+      per_class={c: {"support": int(cm[i].sum()), "recall": float(recall[i])}
+                 for i, c in enumerate(table.classes)},
+      confusion=cm.tolist())
+  return out
+
+
+# --- pictures -------------------------------------------------------------------
+
+
+def _pyplot():
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")  # files only: no display on servers and CI
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def plot_confusion(cm: np.ndarray, classes: Sequence[str], title: str,
+                   path: str) -> None:
+  """Writes a confusion matrix PNG (rows: true class, columns: predicted)."""
+  plt = _pyplot()
+  n = len(classes)
+  fig, ax = plt.subplots(figsize=(1.2 + 0.6 * n, 1.0 + 0.6 * n))
+  ax.imshow(cm, cmap="Blues")
+  ax.set_xticks(range(n), classes, rotation=45, ha="right")
+  ax.set_yticks(range(n), classes)
+  ax.set_xlabel("predicted")
+  ax.set_ylabel("true")
+  ax.set_title(title)
+  top = cm.max() if cm.size else 0
+  for i in range(n):
+    for j in range(n):
+      ax.text(j, i, str(cm[i][j]), ha="center", va="center",
+              color="white" if top and cm[i][j] > top / 2 else "black")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def read_history(path: str) -> dict[str, list[float]]:
+  """history.csv (Keras CSVLogger) -> {column: values}."""
+  with open(path, newline="", encoding="utf-8") as f:
+    rows = list(csv.DictReader(f))
+  cols = {}
+  for r in rows:
+    for k, v in r.items():
+      try:
+        cols.setdefault(k, []).append(float(v))
+      except (TypeError, ValueError):
+        cols.setdefault(k, []).append(float("nan"))
+  return cols
+
+
+def plot_history(history: Mapping[str, Sequence[float]], path: str) -> bool:
+  """Losses and accuracies per epoch; returns False when there is nothing to
+  plot (no epochs)."""
+  epochs = history.get("epoch")
+  if not epochs:
+    return False
+  x = [e + 1 for e in epochs]
+  losses = [k for k in history if k.endswith("loss")]
+  accs = [k for k in history if k.endswith("acc") or "_top" in k]
+  plt = _pyplot()
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  for ax, keys, title in ((axes[0], losses, "loss"), (axes[1], accs, "accuracy")):
+    for k in sorted(keys):
+      ax.plot(x, history[k], marker="o", label=k,
+              linestyle="--" if k.startswith("val_") else "-")
+    ax.set_xlabel("epoch")
+    ax.set_title(title)
+    if keys:
+      ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return True
+
+
+# --- the report -------------------------------------------------------------------
+
+
+def _fmt(v) -> str:
+  return "-" if v is None else f"{v:.3f}"
+
+
+def markdown(report: dict) -> str:
+  """evaluation.md: the report's numbers as tables."""
+  lines = [f"# Evaluation of {report['model']}", "",
+           f"Data: `{report['data']}` ({report['samples']} images, inference "
+           "mode, labelled samples only).", "",
+           "| head | labelled | accuracy | top-k | macro-F1 | ECE | majority |",
+           "|---|---|---|---|---|---|---|"]
+  for r in report["heads"]:
+    if "note" in r:
+      lines.append(f"| {r['head']} | 0/{r['total']} | {r['note']} | | | | |")
+      continue
+    topk = next((f"{v:.3f} ({k})" for k, v in r.items()
+                 if k.startswith("top")), "-")
+    lines.append(
+        f"| {r['head']} | {r['labelled']}/{r['total']} | {_fmt(r['accuracy'])} "
+        f"| {topk} | {_fmt(r['macro_f1'])} | {_fmt(r['ece'])} "
+        f"| {_fmt(r['majority'])} |")
+  for r in report["heads"]:
+    if "note" in r:
+      continue
+    lines += ["", f"## {r['head']}", "",
+              "| class | support | precision | recall |", "|---|---|---|---|"]
+    for c, v in r["per_class"].items():
+      lines.append(f"| {c} | {v['support']} | {_fmt(v['precision'])} "
+                   f"| {_fmt(v['recall'])} |")
+    lines += ["", f"Confusion matrix (rows true, columns predicted): "
+              f"![{r['head']}](confusion_{r['head']}.png)", "",
+              "| true \\ predicted | " + " | ".join(r["classes"]) + " |",
+              "|---|" + "---|" * len(r["classes"])]
+    for c, counts in zip(r["classes"], r["confusion"]):
+      lines.append(f"| {c} | " + " | ".join(str(n) for n in counts) + " |")
+  cal = report.get("calibration")
+  if cal:
+    lines += ["", "## Temperature scaling", "",
+              f"Fitted on `{report['data']}`; the after-numbers are on the same "
+              "data, so they are optimistic.", "",
+              "| head | T | ECE before | ECE after | NLL before | NLL after |",
+              "|---|---|---|---|---|---|"]
+    for h, v in cal["heads"].items():
+      lines.append(f"| {h} | {v['temperature']:.3f} | {_fmt(v.get('ece_before'))} "
+                   f"| {_fmt(v.get('ece_after'))} | {_fmt(v.get('nll_before'))} "
+                   f"| {_fmt(v.get('nll_after'))} |")
+  comp = report.get("composed")
+  if comp:
+    lines += ["", "## Composed classes", "",
+              f"Table `{comp['table']}`: {len(comp['classes'])} classes "
+              f"(chance {comp['chance']:.3f}); {comp['evaluated']} rows "
+              f"evaluated ({comp['heads_labelled']} with every table head "
+              f"labelled, {comp['no_matching_class']} of them matching no "
+              "class)."]
+    if "note" in comp:
+      lines += ["", comp["note"]]
+    else:
+      lines += ["", f"Accuracy {comp['accuracy']:.3f}; with 'unknown' below "
+                f"{comp['threshold']}: {comp['accuracy_with_unknown']:.3f} "
+                f"(unknown rate {comp['unknown_rate']:.3f}); macro-F1 "
+                f"{comp['macro_f1']:.3f}.", "",
+                "| class | support | recall |", "|---|---|---|"]
+      for c, v in comp["per_class"].items():
+        lines.append(f"| {c} | {v['support']} | {_fmt(v['recall'])} |")
+  if report.get("curves"):
+    lines += ["", "## Training curves", "", f"![curves]({report['curves']})"]
+  return "\n".join(lines) + "\n"
+
+
+def report_from_collected(collected, schema: heads_lib.LabelSchema, *,
+                          top_k: int = 5, table=None,
+                          threshold: float = 0.5) -> dict:
+  """The numbers of a report from metrics.collect() output."""
+  heads = [head_report(h, *collected[h.name], top_k=top_k) for h in schema.heads]
+  report = {"heads": heads}
+  if table is not None:
+    report["composed"] = composed_report(collected, table, threshold)
+  return report
+
+
+def default_manifest(model_dir: str) -> str:
+  """The validation manifest of the run in ``model_dir`` (its config.json):
+  val_manifest, else the demo set's val.csv when the run used the demo set."""
+  path = os.path.join(model_dir, "config.json")
+  if not os.path.exists(path):
+    raise ValueError(f"{model_dir}: no config.json; give --manifest")
+  with open(path, encoding="utf-8") as f:
+    d = json.load(f).get("data", {})
+  if d.get("val_manifest"):
+    return d["val_manifest"]
+  if not (d.get("manifest") or d.get("tfrecord") or d.get("tfds")):
+    val = os.path.join(d.get("demo_dir", "mlc_runs/demo_data"), "val.csv")
+    if os.path.exists(val):
+      return val
+    raise ValueError(f"{model_dir}: the run used the demo set but {val} is "
+                     "gone; give --manifest")
+  raise ValueError(
+      f"{model_dir}: the run had no separate validation manifest (it split "
+      "its training data or used TFRecord/TFDS); give --manifest")
+
+
+def evaluate(model_dir: str, manifest: Optional[str] = None,
+             class_table: Optional[str] = None, *, threshold: float = 0.5,
+             calibrate: bool = False, batch_size: int = 32, top_k: int = 5,
+             image_column: str = "image", plots: bool = True) -> dict:
+  """Evaluates ``<model_dir>/model.keras`` on ``manifest`` (default: the
+  run's validation data) and writes the artefacts listed in the module
+  docstring. Returns the report dict (also evaluation.json)."""
+  from mlc_keras import calibrate as calibrate_lib  # pylint: disable=g-import-not-at-top
+  from mlc_keras import compose  # pylint: disable=g-import-not-at-top
+  from mlc_keras import data  # pylint: disable=g-import-not-at-top
+  from mlc_keras import metrics  # pylint: disable=g-import-not-at-top
+  from mlc_keras import model as model_lib  # pylint: disable=g-import-not-at-top
+
+  schema = heads_lib.LabelSchema.load(model_dir)
+  table = compose.load(class_table, schema) if class_table else None
+  manifest = manifest or default_manifest(model_dir)
+  model = model_lib.load_model(os.path.join(model_dir, "model.keras"))
+  image_size = int(model.input_shape[1])
+  records, _ = data.read_manifest(manifest, schema, image_column)
+  ds = data.eval_dataset(data.records_source(records), schema,
+                         image_size=image_size, batch_size=batch_size)
+  collected = metrics.collect(model, ds, schema)
+  report = {"model": os.path.join(model_dir, "model.keras"), "data": manifest,
+            "samples": len(records),
+            **report_from_collected(collected, schema, top_k=top_k,
+                                    table=table, threshold=threshold)}
+  if calibrate:
+    temps = calibrate_lib.fit_temperatures(collected, schema)
+    cal = {"fitted_on": manifest, "heads": {}}
+    for h in schema.names:
+      probs, y, m = collected[h]
+      entry = {"temperature": temps[h]}
+      if m.any():
+        after = calibrate_lib.scale(probs[m], temps[h])
+        entry.update(
+            ece_before=expected_calibration_error(probs[m], y[m]),
+            ece_after=expected_calibration_error(after, y[m]),
+            nll_before=_nll(probs[m], y[m]), nll_after=_nll(after, y[m]))
+      cal["heads"][h] = entry
+    calibrated = calibrate_lib.with_temperatures(model, temps)
+    if table is not None:
+      calibrated = compose.with_class_output(calibrated, table)
+    cal["model"] = os.path.join(model_dir, "calibrated.keras")
+    calibrated.save(cal["model"])
+    report["calibration"] = cal
+  if plots:
+    for r in report["heads"]:
+      if "confusion" in r:
+        plot_confusion(np.array(r["confusion"]), r["classes"], r["head"],
+                       os.path.join(model_dir, f"confusion_{r['head']}.png"))
+    history = os.path.join(model_dir, "history.csv")
+    if os.path.exists(history) and plot_history(
+        read_history(history), os.path.join(model_dir, "curves.png")):
+      report["curves"] = "curves.png"
+  with open(os.path.join(model_dir, "evaluation.json"), "w",
+            encoding="utf-8") as f:
+    json.dump(report, f, indent=2)
+    f.write("\n")
+  with open(os.path.join(model_dir, "evaluation.md"), "w", encoding="utf-8") as f:
+    f.write(markdown(report))
+  return report

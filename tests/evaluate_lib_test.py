@@ -1,0 +1,182 @@
+"""Tests of the evaluation numbers on constructed predictions, and of the
+evaluate() artefacts on a tiny untrained model."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from mlc_keras import compose
+from mlc_keras import config as config_lib
+from mlc_keras import evaluate_lib
+from mlc_keras import heads as heads_lib
+from mlc_keras import model as model_lib
+from tests import testutil
+
+SHAPE = heads_lib.HeadSpec("shape", ("circle", "square", "triangle"))
+
+
+class NumbersTest(tf.test.TestCase):
+
+  def test_confusion_precision_recall_f1(self):
+    y = np.array([0, 0, 1, 1, 2])
+    pred = np.array([0, 1, 1, 1, 0])
+    cm = evaluate_lib.confusion_matrix(y, pred, 3)
+    self.assertAllEqual(cm, [[1, 1, 0], [0, 2, 0], [1, 0, 0]])
+    precision, recall, f1 = evaluate_lib.precision_recall_f1(cm)
+    self.assertAllClose(precision, [0.5, 2 / 3, 0.0])
+    self.assertAllClose(recall, [0.5, 1.0, 0.0])
+    self.assertAllClose(f1, [0.5, 0.8, 0.0])
+    self.assertAllClose(evaluate_lib.macro_f1(cm), 1.3 / 3)
+
+  def test_macro_f1_skips_absent_classes(self):
+    cm = evaluate_lib.confusion_matrix([0, 1], [0, 1], 3)
+    self.assertEqual(evaluate_lib.macro_f1(cm), 1.0)
+
+  def test_ece_perfectly_calibrated_is_zero(self):
+    # Confidence 0.8 with 8 of 10 right, confidence 0.6 with 3 of 5 right.
+    probs = np.array([[0.8, 0.2]] * 10 + [[0.4, 0.6]] * 5)
+    labels = np.array([0] * 8 + [1] * 2 + [1] * 3 + [0] * 2)
+    self.assertAllClose(evaluate_lib.expected_calibration_error(probs, labels),
+                        0.0, atol=1e-12)
+
+  def test_ece_overconfident(self):
+    probs = np.array([[0.9, 0.1]] * 4 + [[0.3, 0.7]] * 4)
+    labels = np.array([0, 0, 1, 1, 1, 1, 1, 1])
+    # Bin (0.867, 0.933]: conf .9, acc .5; bin (0.667, 0.733]: conf .7, acc 1.
+    self.assertAllClose(evaluate_lib.expected_calibration_error(probs, labels),
+                        0.5 * 0.4 + 0.5 * 0.3)
+
+  def test_head_report(self):
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.2, 0.3, 0.5],
+                      [0.5, 0.4, 0.1], [0.3, 0.3, 0.4]])
+    labels = np.array([0, 1, 1, 0, 2])
+    mask = np.array([True, True, True, True, False])
+    r = evaluate_lib.head_report(SHAPE, probs, labels, mask, top_k=2)
+    self.assertEqual(r["labelled"], 4)
+    self.assertEqual(r["total"], 5)
+    self.assertEqual(r["confusion"], [[2, 0, 0], [0, 1, 1], [0, 0, 0]])
+    self.assertAllClose(r["accuracy"], 0.75)
+    self.assertAllClose(r["top2"], 1.0)
+    # F1: circle 1, square 2/3, triangle 0 (predicted once, never true).
+    self.assertAllClose(r["macro_f1"], (1 + 2 / 3 + 0) / 3)
+    self.assertAllClose(r["per_class"]["square"]["recall"], 0.5)
+    self.assertAllClose(r["per_class"]["triangle"]["precision"], 0.0)
+    self.assertAllClose(
+        r["nll"], -np.mean(np.log([0.7, 0.6, 0.3, 0.5])))
+
+  def test_no_labelled_samples(self):
+    r = evaluate_lib.head_report(SHAPE, np.full((3, 3), 1 / 3),
+                                 np.zeros(3, int), np.zeros(3, bool))
+    self.assertEqual(r["note"], evaluate_lib.NO_LABELS)
+    self.assertNotIn("accuracy", r)
+    text = json.dumps(r)
+    self.assertNotIn("NaN", text)
+    md = evaluate_lib.markdown({"model": "m", "data": "d", "samples": 3,
+                                "heads": [r]})
+    self.assertIn("no labelled samples", md)
+    self.assertNotIn("nan", md.lower())
+
+  def test_composed_report(self):
+    schema = heads_lib.LabelSchema(
+        (SHAPE, heads_lib.HeadSpec("colour", ("blue", "red"))))
+    table = compose.from_dict({"blue_triangle": {"shape": "triangle",
+                                                 "colour": "blue"},
+                               "red_circle": {"shape": "circle",
+                                              "colour": "red"}}, schema)
+    collected = {
+        "shape": (np.array([[0.1, 0.1, 0.8], [0.8, 0.1, 0.1], [0.1, 0.1, 0.8],
+                            [0.4, 0.2, 0.4], [0.1, 0.8, 0.1]]),
+                  np.array([2, 0, 2, 0, 1]), np.array([1, 1, 1, 1, 1], bool)),
+        "colour": (np.array([[0.9, 0.1], [0.2, 0.8], [0.1, 0.9], [0.5, 0.5],
+                             [0.5, 0.5]]),
+                   np.array([0, 1, 0, 0, 0]), np.array([1, 1, 1, 0, 1], bool)),
+    }
+    r = evaluate_lib.composed_report(collected, table, threshold=0.5)
+    # Row 3 lacks a colour label; row 4 (square) matches no class.
+    self.assertEqual(r["heads_labelled"], 4)
+    self.assertEqual(r["no_matching_class"], 1)
+    self.assertEqual(r["evaluated"], 3)
+    # Row 2: .8*.1 = .08 vs .1*.9 = .09 -> red_circle, wrong.
+    self.assertAllClose(r["accuracy"], 2 / 3)
+    self.assertEqual(r["confusion"], [[1, 1], [0, 1]])
+    self.assertAllClose(r["per_class"]["blue_triangle"]["recall"], 0.5)
+    self.assertAllClose(r["chance"], 0.5)
+    # Row 2's best is .09/.17 = .53: kept at threshold .5, unknown at .6.
+    r6 = evaluate_lib.composed_report(collected, table, threshold=0.6)
+    self.assertAllClose(r6["unknown_rate"], 1 / 3)
+    self.assertAllClose(r6["accuracy_with_unknown"], 2 / 3)
+
+
+class EvaluateTest(tf.test.TestCase):
+
+  def test_artefacts(self):
+    root = self.get_temp_dir()
+    schema = heads_lib.LabelSchema((
+        testutil.SCHEMA.head("shape"), testutil.SCHEMA.head("colour"),
+        heads_lib.HeadSpec("size", ("large", "small"))))
+    rows = testutil.simple_rows(10)
+    manifest = testutil.write_manifest(
+        root, rows, columns=("image", "shape", "colour", "size"))
+    model_dir = os.path.join(root, "run")
+    os.makedirs(model_dir)
+    schema.save(model_dir)
+    model = model_lib.build_model(schema, 32, "MobileNetV2", None)
+    model.save(os.path.join(model_dir, "model.keras"))
+    cfg = config_lib.Config(data=config_lib.DataConfig(val_manifest=manifest))
+    with open(os.path.join(model_dir, "config.json"), "w") as f:
+      f.write(cfg.to_json())
+    with open(os.path.join(model_dir, "history.csv"), "w", newline="") as f:
+      w = csv.writer(f)
+      w.writerow(["epoch", "loss", "shape_acc", "val_loss", "val_shape_acc"])
+      w.writerow([0, 2.0, 0.4, 2.1, 0.3])
+      w.writerow([1, 1.5, 0.6, 1.7, 0.5])
+    table = os.path.join(root, "classes.csv")
+    with open(table, "w") as f:
+      f.write("class,shape,colour\nblue_circle,circle,blue\n"
+              "red_square,square,red\nany_triangle,triangle,\n")
+
+    report = evaluate_lib.evaluate(model_dir, class_table=table,
+                                   calibrate=True, batch_size=4)
+    self.assertEqual(report["data"], manifest)
+    by_head = {r["head"]: r for r in report["heads"]}
+    self.assertEqual(by_head["shape"]["labelled"], 10)
+    self.assertEqual(by_head["colour"]["labelled"], 7)
+    self.assertEqual(by_head["size"]["note"], evaluate_lib.NO_LABELS)
+    self.assertEqual(np.sum(by_head["colour"]["confusion"]), 7)
+    # Rows with shape and colour labelled: 7; rows 0..9 with i % 3 != 2.
+    self.assertEqual(report["composed"]["heads_labelled"], 7)
+    for name in ("evaluation.json", "evaluation.md", "confusion_shape.png",
+                 "confusion_colour.png", "curves.png", "calibrated.keras"):
+      self.assertTrue(os.path.exists(os.path.join(model_dir, name)), name)
+    self.assertFalse(os.path.exists(os.path.join(model_dir, "confusion_size.png")))
+    with open(os.path.join(model_dir, "evaluation.json")) as f:
+      text = f.read()
+    self.assertNotIn("NaN", text)
+    cal = report["calibration"]["heads"]
+    self.assertEqual(cal["size"], {"temperature": 1.0})
+    self.assertLessEqual(cal["shape"]["nll_after"],
+                         cal["shape"]["nll_before"] + 1e-6)
+    calibrated = model_lib.load_model(report["calibration"]["model"])
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), np.uint8)
+    before = model(images, training=False)
+    after = calibrated(images, training=False)
+    self.assertEqual(set(after), {"shape", "colour", "size", "class"})
+    for h in schema.names:
+      self.assertAllEqual(np.argmax(before[h], 1), np.argmax(after[h], 1))
+
+  def test_default_manifest_errors(self):
+    model_dir = self.get_temp_dir()
+    cfg = config_lib.Config(data=config_lib.DataConfig(manifest="x.csv"))
+    with open(os.path.join(model_dir, "config.json"), "w") as f:
+      f.write(cfg.to_json())
+    with self.assertRaisesRegex(ValueError, "give --manifest"):
+      evaluate_lib.default_manifest(model_dir)
+
+
+if __name__ == "__main__":
+  tf.test.main()
