@@ -40,13 +40,13 @@ _QUANTIZATION = flags.DEFINE_string(
 _REPRESENTATIVE = flags.DEFINE_string(
     "representative", None,
     "Manifest CSV (image column), image folder or image used to calibrate "
-    "int8 (up to 200 images). Default: --parity_images, else the images the "
-    "run was evaluated on.")
+    "int8 (up to 300 images). Default: --parity_images, else the run's "
+    "training manifest (config.json).")
 _PARITY_IMAGES = flags.DEFINE_string(
     "parity_images", None,
     "Manifest CSV, image folder or image for the parity check (up to 100 "
-    "images). Default: --representative, else the images the run was "
-    "evaluated on.")
+    "images). Default: --representative, else the manifest the run was "
+    "evaluated on (results.json).")
 _MAX_IMAGE_BYTES = flags.DEFINE_integer(
     "max_image_bytes", 20 * 1024 * 1024,
     "Per-image size cap of the SavedModel's bytes signature.", lower_bound=1)

@@ -72,7 +72,11 @@ INSTALL_HINT = "pip install -e .[export]"
 PYTHON_OPS = frozenset({"PyFunc", "PyFuncStateless", "EagerPyFunc"})
 
 MAX_PARITY_IMAGES = 100
-MAX_CALIBRATION_IMAGES = 200
+# A reference top-1 margin below this is a near-tie: the parity report counts
+# the disagreements that are near-ties (they say "the model is unsure", not
+# "the artefact is broken"), but the limits do not excuse them.
+NEAR_TIE = 0.05
+MAX_CALIBRATION_IMAGES = 300
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 
 # Names of the per-runtime trees under the base folder; a model may not use them.
@@ -974,9 +978,16 @@ def parity(candidate: Predictor | Callable[[np.ndarray], Mapping[str, np.ndarray
       per_output[key] = {"max_abs_diff": None, "top1_agreement": same}
       continue
     diff = float(np.max(np.abs(g.astype(np.float64) - r))) if r.size else 0.0
-    agree = (float(np.mean(np.argmax(g, -1) == np.argmax(r, -1)))
-             if r.ndim >= 2 and len(r) else 1.0)
-    per_output[key] = {"max_abs_diff": diff, "top1_agreement": agree}
+    agree, near_ties, disagree = 1.0, 0, 0
+    if r.ndim >= 2 and len(r) and r.shape[-1] >= 2:
+      differs = np.argmax(g, -1) != np.argmax(r, -1)
+      top2 = np.sort(r, axis=-1)[..., -2:]
+      disagree = int(differs.sum())
+      near_ties = int((differs & (top2[..., 1] - top2[..., 0] < NEAR_TIE)).sum())
+      agree = 1.0 - float(differs.mean())
+    per_output[key] = {"max_abs_diff": diff, "top1_agreement": agree,
+                       "disagreements": disagree,
+                       "near_tie_disagreements": near_ties}
     if tolerance is not None:
       if (tolerance.max_abs_diff is not None
           and not diff <= tolerance.max_abs_diff):
@@ -984,8 +995,11 @@ def parity(candidate: Predictor | Callable[[np.ndarray], Mapping[str, np.ndarray
                         f"{tolerance.max_abs_diff:g}")
       if (tolerance.min_top1_agreement is not None
           and agree < tolerance.min_top1_agreement):
-        failures.append(f"{key}: top-1 agreement {agree:.1%} < "
-                        f"{tolerance.min_top1_agreement:.0%}")
+        failures.append(
+            f"{key}: top-1 agreement {agree:.1%} < "
+            f"{tolerance.min_top1_agreement:.0%} ({near_ties} of {disagree} "
+            f"disagreements are near-ties: the reference's top two within "
+            f"{NEAR_TIE})")
   return {
       "artefact": name or getattr(candidate, "kind", "candidate"),
       "path": getattr(candidate, "path", None),
@@ -1075,30 +1089,37 @@ def load_images(paths: Sequence[str], image_size: int) -> np.ndarray:
   return np.stack([read_image(p, image_size) for p in paths])
 
 
-def default_image_source(model_dir: str) -> Optional[str]:
-  """A manifest of real images for a trained model folder, when neither
-  --representative nor --parity_images is given: the set the run was
-  evaluated on (results.json), else its validation/training manifest or demo
-  validation set (config.json). None if none exists on this machine."""
-  candidates = []
+def default_image_sources(model_dir: str) -> tuple[Optional[str], Optional[str]]:
+  """(calibration, parity) manifests of real images for a trained model
+  folder, used when neither --representative nor --parity_images is given.
+
+  Calibration prefers the training manifest (what int8 ranges should cover),
+  parity the set the run was evaluated on (results.json), else the
+  validation manifest; each falls back to the other. Read from results.json
+  and config.json; (None, None) if none exists on this machine.
+  """
+  train, held_out = [], []
   results = os.path.join(model_dir, "results.json")
   if os.path.isfile(results):
     with open(results, encoding="utf-8") as f:
       evaluated = json.load(f).get("evaluated_on")
     if isinstance(evaluated, str) and evaluated.endswith(".csv"):
-      candidates.append(evaluated)
+      held_out.append(evaluated)
   config = os.path.join(model_dir, "config.json")
   if os.path.isfile(config):
     with open(config, encoding="utf-8") as f:
       data = json.load(f).get("data", {})
-    candidates += [data.get("val_manifest"), data.get("manifest")]
+    held_out.append(data.get("val_manifest"))
+    train.append(data.get("manifest"))
     if data.get("demo_dir") and not any(
         data.get(k) for k in ("manifest", "tfrecord", "tfds")):
-      candidates.append(os.path.join(data["demo_dir"], "val.csv"))
-  for c in candidates:
-    if c and os.path.isfile(c):
-      return c
-  return None
+      train.append(os.path.join(data["demo_dir"], "train.csv"))
+      held_out.append(os.path.join(data["demo_dir"], "val.csv"))
+  train = [c for c in train if c and os.path.isfile(c)]
+  held_out = [c for c in held_out if c and os.path.isfile(c)]
+  calibration = (train + held_out or [None])[0]
+  parity_source = (held_out + train or [None])[0]
+  return calibration, parity_source
 
 
 def _sample(paths: Sequence[str], limit: int, seed: int) -> list[str]:
@@ -1158,7 +1179,7 @@ def export(model_dir: str,
     representative: manifest CSV, image folder or image for int8 calibration.
     parity_images: manifest CSV, image folder or image for the parity check.
       With only one of the two given, it serves both; with neither, the
-      run's own evaluation/validation images are used (default_image_source).
+      run's own training and evaluation images (default_image_sources).
     max_image_bytes: per-image cap of the bytes signature.
     overwrite: replace an existing version instead of refusing.
     isolate: convert TFLite/ONNX each in a fresh process (frees the memory
@@ -1205,13 +1226,14 @@ def export(model_dir: str,
   size = image_size_of(model)
 
   # Images: calibration and parity come from the user or the run's own data.
-  default = None
+  default_cal = default_par = None
   if representative is None and parity_images is None:
-    default = default_image_source(folder)
-    if default:
-      log(f"no --representative/--parity_images: using {default}")
-  cal_source = representative or parity_images or default
-  par_source = parity_images or representative or default
+    default_cal, default_par = default_image_sources(folder)
+    if default_par:
+      log(f"no --representative/--parity_images: calibrating on "
+          f"{default_cal}, checking parity on {default_par}")
+  cal_source = representative or parity_images or default_cal
+  par_source = parity_images or representative or default_par
   calibration = None
   if "int8" in quantizations:
     if cal_source is None:

@@ -1,0 +1,180 @@
+r"""Minimal TF Serving client for an exported mlc_keras model (REST or gRPC).
+
+Stand-alone on purpose: it does not import mlc_keras. REST needs only the
+standard library; gRPC needs tensorflow-serving-api and grpcio (the protos
+pull in tensorflow). Copy it next to any application.
+
+  python export/client.py --model=demo photo.jpg other.png
+  python export/client.py --model=demo --grpc=localhost:8500 photo.jpg
+  python export/client.py --model=demo --rest=http://host:8501 --version=3 a.jpg
+
+Prints one JSON line per image: {"image": ..., "<head>": {"class": ...,
+"score": ..., "scores": [...]}} (scores in labels.json class order).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import sys
+import urllib.error
+import urllib.request
+from typing import Optional, Sequence
+
+SIGNATURE = "serving_default"
+INPUT = "image_bytes"
+CLASS_SUFFIX = "_class"
+SCORE_SUFFIX = "_score"
+
+
+def read_files(paths: Sequence[str]) -> list[bytes]:
+  out = []
+  for p in paths:
+    with open(p, "rb") as f:
+      out.append(f.read())
+  return out
+
+
+# --- REST ---------------------------------------------------------------------
+
+
+def rest_body(images: Sequence[bytes]) -> dict:
+  """The JSON body of a REST predict call: row format, one instance per
+  image, bytes base64-encoded under "b64" as TF Serving requires."""
+  return {"signature_name": SIGNATURE,
+          "instances": [{INPUT: {"b64": base64.b64encode(b).decode("ascii")}}
+                        for b in images]}
+
+
+def rest_url(server: str, model: str, version: Optional[int] = None) -> str:
+  version_part = f"/versions/{version}" if version else ""
+  return f"{server.rstrip('/')}/v1/models/{model}{version_part}:predict"
+
+
+def parse_rest_response(response: dict) -> list[dict]:
+  """Row-format response -> one {head: {class, score, scores}} per image."""
+  if "error" in response:
+    raise RuntimeError(f"TF Serving error: {response['error']}")
+  return [_per_head(row) for row in response["predictions"]]
+
+
+def predict_rest(server: str, model: str, images: Sequence[bytes],
+                 version: Optional[int] = None, timeout: float = 30) -> list[dict]:
+  request = urllib.request.Request(
+      rest_url(server, model, version),
+      data=json.dumps(rest_body(images)).encode("utf-8"),
+      headers={"Content-Type": "application/json"})
+  try:
+    with urllib.request.urlopen(request, timeout=timeout) as r:
+      return parse_rest_response(json.load(r))
+  except urllib.error.HTTPError as e:
+    # TF Serving puts the reason (e.g. "Unknown image file format") in the body.
+    detail = e.read().decode("utf-8", "replace")
+    raise RuntimeError(f"HTTP {e.code} from TF Serving: {detail}") from None
+
+
+# --- gRPC ---------------------------------------------------------------------
+
+
+def grpc_request(images: Sequence[bytes], model: str,
+                 version: Optional[int] = None):
+  """A PredictRequest for the bytes signature (a 1-D DT_STRING tensor)."""
+  from tensorflow_serving.apis import predict_pb2  # pip install tensorflow-serving-api
+  from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+  request = predict_pb2.PredictRequest()
+  request.model_spec.name = model
+  request.model_spec.signature_name = SIGNATURE
+  if version:
+    request.model_spec.version.value = version
+  request.inputs[INPUT].CopyFrom(tensor_pb2.TensorProto(
+      dtype=types_pb2.DT_STRING,
+      tensor_shape=tensor_shape_pb2.TensorShapeProto(
+          dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=len(images))]),
+      string_val=list(images)))
+  return request
+
+
+def _tensor_values(proto) -> tuple[list[int], list]:
+  """TensorProto -> (shape, flat values) for the float and string outputs
+  this model has (TF Serving fills float_val/string_val, or tensor_content)."""
+  import struct
+  shape = [d.size for d in proto.tensor_shape.dim]
+  if proto.string_val:
+    return shape, [s.decode("utf-8") for s in proto.string_val]
+  if proto.float_val:
+    return shape, list(proto.float_val)
+  count = 1
+  for d in shape:
+    count *= d
+  return shape, list(struct.unpack(f"<{count}f", proto.tensor_content))
+
+
+def parse_grpc_response(response) -> list[dict]:
+  """PredictResponse -> one {head: {class, score, scores}} per image."""
+  columns = {}
+  for name, proto in response.outputs.items():
+    shape, flat = _tensor_values(proto)
+    width = shape[1] if len(shape) > 1 else 1
+    rows = [flat[i * width:(i + 1) * width] if len(shape) > 1 else flat[i]
+            for i in range(shape[0])]
+    columns[name] = rows
+  n = len(next(iter(columns.values()))) if columns else 0
+  return [_per_head({k: v[i] for k, v in columns.items()}) for i in range(n)]
+
+
+def predict_grpc(target: str, model: str, images: Sequence[bytes],
+                 version: Optional[int] = None, timeout: float = 30) -> list[dict]:
+  import grpc
+  from tensorflow_serving.apis import prediction_service_pb2_grpc
+  # Images can be MBs: raise gRPC's 4 MB default message cap.
+  options = [("grpc.max_send_message_length", 64 << 20),
+             ("grpc.max_receive_message_length", 64 << 20)]
+  with grpc.insecure_channel(target, options=options) as channel:
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    response = stub.Predict(grpc_request(images, model, version), timeout=timeout)
+  return parse_grpc_response(response)
+
+
+# --- shared -------------------------------------------------------------------
+
+
+def _per_head(row: dict) -> dict:
+  """One image's outputs -> {head: {class, score, scores}}; outputs that are
+  not heads (no "<name>_class" beside them) pass through unchanged."""
+  result = {}
+  for name, value in row.items():
+    if name.endswith((CLASS_SUFFIX, SCORE_SUFFIX)) and name.rsplit("_", 1)[0] in row:
+      continue
+    if name + CLASS_SUFFIX in row:
+      result[name] = {"class": row[name + CLASS_SUFFIX],
+                      "score": row.get(name + SCORE_SUFFIX, max(value)),
+                      "scores": value}
+    else:
+      result[name] = value
+  return result
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("images", nargs="+", help="JPEG/PNG files")
+  parser.add_argument("--model", default="demo", help="model name in TF Serving")
+  parser.add_argument("--version", type=int, default=None,
+                      help="model version (default: the one TF Serving serves)")
+  group = parser.add_mutually_exclusive_group()
+  group.add_argument("--rest", default="http://localhost:8501",
+                     help="REST server URL (default)")
+  group.add_argument("--grpc", default=None, help="gRPC host:port, e.g. localhost:8500")
+  args = parser.parse_args(argv)
+  images = read_files(args.images)
+  if args.grpc:
+    results = predict_grpc(args.grpc, args.model, images, args.version)
+  else:
+    results = predict_rest(args.rest, args.model, images, args.version)
+  for path, result in zip(args.images, results):
+    print(json.dumps({"image": path, **result}))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,488 @@
+"""Tests of export_lib: every artefact against the Keras model, the serving
+signature as TF Serving would call it, the op-list check and bad input.
+
+One tiny model (ResNet50V2 at 32x32, weights=None) is exported once for the
+class. Training a ResNet from scratch takes minutes here, so the heads are
+fitted on the frozen random backbone's features: the model is then confident
+(every held-out image has a top-1 margin > 0.5), which is what makes the int8
+agreement assertion meaningful rather than a coin flip on near-ties.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from mlc_keras import export_lib
+from mlc_keras import heads as heads_lib
+from mlc_keras import imageio
+from mlc_keras import model as model_lib
+
+SIZE = 32
+SCHEMA = heads_lib.LabelSchema((
+    heads_lib.HeadSpec("colour", ("red", "green", "blue")),
+    heads_lib.HeadSpec("tone", ("dark", "light")),
+))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def make_images(n: int, seed: int, size: int = SIZE):
+  """Noisy flat images: colour = the boosted channel, tone = the base level."""
+  rs = np.random.RandomState(seed)
+  colour = rs.randint(0, 3, n)
+  tone = rs.randint(0, 2, n)
+  base = np.where(tone == 1, 150.0, 40.0)[:, None, None, None] * np.ones(
+      (n, size, size, 3))
+  base[np.arange(n), :, :, colour] += 90
+  images = np.clip(base + rs.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+  return images, {"colour": colour, "tone": tone}
+
+
+def confident_model(schema=SCHEMA, size=SIZE, seed=0):
+  """build_model with its heads fitted on the frozen backbone's features."""
+  keras.utils.set_random_seed(seed)
+  model = model_lib.build_model(schema, size)
+  images, labels = make_images(128, seed, size)
+  features_model = keras.Model(model.input,
+                               model.get_layer(model_lib.FEATURES_LAYER).output)
+  features = features_model.predict(images, verbose=0)
+  inputs = keras.Input(features.shape[1:])
+  heads = keras.Model(inputs, {
+      h.name: keras.layers.Dense(h.num_classes, activation="softmax",
+                                 name=h.name)(inputs) for h in schema.heads})
+  heads.compile(optimizer=keras.optimizers.Adam(1e-2),
+                loss="sparse_categorical_crossentropy")
+  heads.fit(features, labels, epochs=60, batch_size=32, verbose=0)
+  for h in schema.heads:
+    model.get_layer(h.name).set_weights(heads.get_layer(h.name).get_weights())
+  return model
+
+
+def write_images(folder: str, images, ext: str = ".png") -> list[str]:
+  os.makedirs(folder, exist_ok=True)
+  paths = []
+  for i, image in enumerate(images):
+    path = os.path.join(folder, f"img_{i:03d}{ext}")
+    data = (tf.io.encode_png(image) if ext == ".png"
+            else tf.io.encode_jpeg(image, quality=95)).numpy()
+    with open(path, "wb") as f:
+      f.write(data)
+    paths.append(path)
+  return paths
+
+
+def load_client():
+  """export/client.py, which is a script beside the package, not in it."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(
+      "mlc_export_client", os.path.join(REPO, "export", "client.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+class ExportLibTest(tf.test.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.root = tempfile.mkdtemp(prefix="export_lib_test_")
+    cls.model_dir = os.path.join(cls.root, "tiny")
+    os.makedirs(cls.model_dir)
+    cls.model = confident_model()
+    cls.model.save(os.path.join(cls.model_dir, "model.keras"))
+    SCHEMA.save(cls.model_dir)
+    calibration, _ = make_images(48, seed=1)
+    parity_images, _ = make_images(40, seed=2)
+    cls.cal_dir = os.path.join(cls.root, "calibration")
+    write_images(cls.cal_dir, calibration)
+    cls.parity_dir = os.path.join(cls.root, "parity")
+    write_images(cls.parity_dir, parity_images[:30])
+    write_images(os.path.join(cls.parity_dir, "jpeg"), parity_images[30:],
+                 ext=".jpg")
+    # Held out from calibration and from export's own parity check.
+    cls.images, cls.labels = make_images(48, seed=3)
+    cls.reference = export_lib.KerasPredictor(
+        os.path.join(cls.model_dir, "model.keras"), cls.model).predict(cls.images)
+    cls.base = os.path.join(cls.root, "export")
+    # In-process conversion keeps the test fast; _run_isolated is tested alone.
+    cls.result = export_lib.export(
+        cls.model_dir, output=cls.base, version=3,
+        representative=cls.cal_dir, parity_images=cls.parity_dir,
+        isolate=False, log=lambda _: None)
+    cls.saved_model = cls.result.saved_model
+
+  @classmethod
+  def tearDownClass(cls):
+    shutil.rmtree(cls.root, ignore_errors=True)
+    super().tearDownClass()
+
+  # --- layout ---------------------------------------------------------------
+
+  def test_layout_is_versioned_with_labels_and_warmup(self):
+    self.assertEqual(self.saved_model, os.path.join(self.base, "tiny", "3"))
+    self.assertTrue(os.path.isfile(os.path.join(self.saved_model,
+                                                "saved_model.pb")))
+    self.assertEqual(
+        heads_lib.LabelSchema.load(
+            os.path.join(self.saved_model, "assets", "labels.json")), SCHEMA)
+    self.assertEqual(sorted(self.result.tflite), sorted(export_lib.QUANTIZATIONS))
+    for q, path in self.result.tflite.items():
+      self.assertEqual(path, os.path.join(self.base, "litert", "tiny", "3",
+                                          f"tiny_{q}.tflite"))
+      self.assertEqual(heads_lib.LabelSchema.load(os.path.dirname(path)), SCHEMA)
+    self.assertEqual(self.result.onnx,
+                     os.path.join(self.base, "onnx", "tiny", "3", "tiny.onnx"))
+    self.assertEqual(heads_lib.LabelSchema.load(
+        os.path.dirname(self.result.onnx)), SCHEMA)
+    self.assertFalse(os.path.exists(os.path.join(self.base, ".staging")))
+
+    logs = export_lib.read_warmup_requests(self.saved_model)
+    self.assertLen(logs, 1)
+    request = logs[0].predict_log.request
+    self.assertEqual(request.model_spec.signature_name, "serving_default")
+    self.assertEqual(list(request.inputs), ["image_bytes"])
+    warm = tf.make_ndarray(request.inputs["image_bytes"])
+    self.assertEqual(imageio.decode_and_resize(warm[0], SIZE).shape,
+                     (SIZE, SIZE, 3))
+
+    with open(self.result.parity_path) as f:
+      report = json.load(f)
+    self.assertEqual(report["parity_images"], self.parity_dir)
+    self.assertEqual(report["calibration_images"], self.cal_dir)
+    self.assertEqual(
+        sorted(r["artefact"] for r in report["reports"]),
+        sorted(["saved_model", "saved_model_bytes", "onnx",
+                "tflite_fp32", "tflite_fp16", "tflite_dynamic", "tflite_int8"]))
+    for r in report["reports"]:
+      self.assertTrue(r["passed"], r)
+      self.assertEqual(r["images"], 40)
+      self.assertEqual(sorted(r["outputs"]), ["colour", "tone"])
+
+  def test_signatures(self):
+    loaded = tf.saved_model.load(self.saved_model)
+    serving = loaded.signatures["serving_default"]
+    spec = serving.structured_input_signature[1]
+    self.assertEqual(list(spec), ["image_bytes"])
+    self.assertEqual(spec["image_bytes"].dtype, tf.string)
+    self.assertEqual(spec["image_bytes"].shape.as_list(), [None])
+    self.assertEqual(
+        sorted(serving.structured_outputs),
+        ["colour", "colour_class", "colour_score", "tone", "tone_class",
+         "tone_score"])
+    tensor = loaded.signatures["serve_image"]
+    spec = tensor.structured_input_signature[1]["image"]
+    self.assertEqual(spec.dtype, tf.uint8)
+    self.assertEqual(spec.shape.as_list(), [None, SIZE, SIZE, 3])
+    self.assertEqual(sorted(tensor.structured_outputs), ["colour", "tone"])
+
+  # --- round trips ----------------------------------------------------------
+
+  def test_model_is_confident(self):
+    # The premise of the int8 test below.
+    for head, probs in self.reference.items():
+      top2 = np.sort(probs, axis=-1)[:, -2:]
+      self.assertGreater((top2[:, 1] - top2[:, 0]).min(), 0.5, head)
+      np.testing.assert_array_equal(probs.argmax(-1), self.labels[head])
+
+  def test_every_artefact_matches_keras(self):
+    artefacts = [("saved_model", self.saved_model, False, "fp32"),
+                 ("saved_model_bytes", self.saved_model, True, "fp32"),
+                 ("onnx", self.result.onnx, False, "fp32")]
+    artefacts += [(f"tflite_{q}", p, False, q)
+                  for q, p in self.result.tflite.items()]
+    for name, path, use_bytes, variant in artefacts:
+      with self.subTest(name):
+        predictor = export_lib.load_predictor(path, bytes_signature=use_bytes)
+        self.assertEqual(predictor.image_size, SIZE)
+        report = export_lib.parity(predictor, self.reference, self.images,
+                                   export_lib.TOLERANCES[variant], name)
+        self.assertTrue(report["passed"], report["failures"])
+        self.assertEqual(sorted(report["outputs"]), ["colour", "tone"])
+        for head, stats in report["outputs"].items():
+          if variant == "fp32":
+            self.assertLessEqual(stats["max_abs_diff"], 1e-4, head)
+          elif variant in ("fp16", "dynamic"):
+            self.assertLessEqual(stats["max_abs_diff"],
+                                 export_lib.TOLERANCES[variant].max_abs_diff)
+          # Every held-out image has a margin > 0.5, so no variant, int8
+          # included, may flip a single one.
+          self.assertEqual(stats["top1_agreement"], 1.0, head)
+
+  def test_int8_is_really_int8(self):
+    from ai_edge_litert import interpreter as litert
+    sizes = {q: os.path.getsize(p) for q, p in self.result.tflite.items()}
+    self.assertGreater(sizes["fp32"] / sizes["int8"], 3.5)
+    self.assertGreater(sizes["fp32"] / sizes["fp16"], 1.9)
+    interp = litert.Interpreter(model_path=self.result.tflite["int8"])
+    dtypes = [d["dtype"] for d in interp.get_tensor_details()]
+    floats = sum(1 for d in dtypes if d == np.float32)
+    # Float only at the edges: the Cast after the uint8 input, the outputs.
+    self.assertLessEqual(floats, 1 + len(SCHEMA))
+    self.assertGreater(sum(1 for d in dtypes if d == np.int8), 100)
+    self.assertEqual(interp.get_signature_list(),
+                     {"serve_image": {"inputs": ["image"],
+                                      "outputs": ["colour", "tone"]}})
+
+  def encoded_and_expected(self):
+    # JPEGs of another size so decoding and resizing both happen in-graph.
+    images, _ = make_images(4, seed=4, size=45)
+    encoded = [tf.io.encode_jpeg(i, quality=90).numpy() for i in images]
+    pixels = np.stack([imageio.decode_and_resize(tf.constant(e), SIZE).numpy()
+                       for e in encoded])
+    expected = {k: v.numpy() for k, v in
+                export_lib.model_outputs(self.model, pixels).items()}
+    return encoded, expected
+
+  def test_rest_body_with_b64_matches_keras_on_decoded_pixels(self):
+    encoded, expected = self.encoded_and_expected()
+    body = json.dumps(load_client().rest_body(encoded))  # what is POSTed
+    # What TF Serving does with a row-format request: every {"b64": ...}
+    # becomes the decoded bytes, the instances stack into the input tensor.
+    request = json.loads(body)
+    batch = tf.constant([base64.b64decode(inst["image_bytes"]["b64"])
+                         for inst in request["instances"]])
+    loaded = tf.saved_model.load(self.saved_model)
+    out = loaded.signatures[request["signature_name"]](image_bytes=batch)
+    for h in SCHEMA.heads:
+      probs = out[h.name].numpy()
+      self.assertAllClose(probs, expected[h.name], atol=1e-4, rtol=0)
+      self.assertEqual([c.decode() for c in out[h.name + "_class"].numpy()],
+                       [h.classes[i] for i in probs.argmax(-1)])
+      self.assertAllClose(out[h.name + "_score"].numpy(), probs.max(-1))
+
+    # TF Serving's row-format answer, parsed back by the client.
+    response = {"predictions": [
+        {k: (v[i].decode() if v.dtype == object else v[i].tolist())
+         for k, v in ((k, t.numpy()) for k, t in out.items())}
+        for i in range(len(encoded))]}
+    parsed = load_client().parse_rest_response(json.loads(json.dumps(response)))
+    self.check_client_results(parsed, expected)
+
+  def test_grpc_request_and_response(self):
+    from tensorflow_serving.apis import predict_pb2
+    client = load_client()
+    encoded, expected = self.encoded_and_expected()
+    request = client.grpc_request(encoded, "tiny", version=3)
+    self.assertEqual(request.model_spec.signature_name, "serving_default")
+    batch = tf.make_ndarray(request.inputs["image_bytes"])
+    self.assertEqual(list(batch), encoded)
+    loaded = tf.saved_model.load(self.saved_model)
+    out = loaded.signatures["serving_default"](image_bytes=tf.constant(batch))
+    response = predict_pb2.PredictResponse()
+    for k, v in out.items():
+      response.outputs[k].CopyFrom(tf.make_tensor_proto(v.numpy()))
+    self.check_client_results(client.parse_grpc_response(response), expected)
+
+  def check_client_results(self, parsed, expected):
+    self.assertLen(parsed, 4)
+    for i, result in enumerate(parsed):
+      self.assertEqual(sorted(result), ["colour", "tone"])
+      for h in SCHEMA.heads:
+        self.assertEqual(result[h.name]["class"],
+                         h.classes[expected[h.name][i].argmax()])
+        self.assertAllClose(result[h.name]["scores"], expected[h.name][i],
+                            atol=1e-4)
+        self.assertAllClose(result[h.name]["score"], expected[h.name][i].max(),
+                            atol=1e-4)
+
+  def test_models_config_parses(self):
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+    with open(os.path.join(REPO, "export", "models.config")) as f:
+      config = text_format.Parse(f.read(),
+                                 model_server_config_pb2.ModelServerConfig())
+    (model,) = config.model_config_list.config
+    self.assertEqual(model.base_path, "/models/" + model.name)
+
+  # --- the op check ----------------------------------------------------------
+
+  def test_saved_model_loads_without_mlc_keras_and_has_only_standard_ops(self):
+    # export() ran check_saved_model (a plain-TF subprocess) on what it wrote.
+    report = self.result.saved_model_check
+    self.assertFalse(report["mlc_keras_imported"])
+    self.assertEqual(report["unregistered"], [])
+    self.assertIn("DecodeImage", report["ops"])  # in-graph decoding is there
+    self.assertIn("Conv2D", report["ops"])
+    self.assertEmpty(set(report["ops"]) & export_lib.PYTHON_OPS)
+    self.assertEqual(report["ran"]["colour"], [2, 3])
+    self.assertEqual(report["ran"]["tone_class"], [2])
+    self.assertEqual(sorted(report["signatures"]),
+                     ["serve_image", "serving_default"])
+
+  def test_op_check_catches_py_function(self):
+    module = tf.Module()
+    module.f = tf.function(
+        lambda x: {"y": tf.py_function(np.square, [x], tf.float32)},
+        input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
+    path = os.path.join(self.get_temp_dir(), "py_function_model")
+    tf.saved_model.save(module, path,
+                        signatures={"serving_default": module.f.get_concrete_function()})
+    with self.assertRaisesRegex(export_lib.ExportError, "EagerPyFunc"):
+      export_lib.check_saved_model(path)
+
+  def test_forbidden_ops(self):
+    self.assertEqual(export_lib.forbidden_ops(["Conv2D", "DecodeImage"]), [])
+    problems = export_lib.forbidden_ops(["Conv2D", "PyFunc", "MyOp"],
+                                        unregistered=["MyOp"])
+    self.assertLen(problems, 2)
+    self.assertIn("PyFunc", problems[0])
+    self.assertIn("MyOp", problems[1])
+
+  def test_onnx_unsupported_op_fails_loudly(self):
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="b")])
+    def decode_first_pixel(b):
+      return {"p": tf.map_fn(
+          lambda e: tf.cast(imageio.decode(e)[0, 0], tf.float32), b,
+          fn_output_signature=tf.TensorSpec([3], tf.float32))}
+
+    path = os.path.join(self.get_temp_dir(), "broken.onnx")
+    with self.assertRaisesRegex(export_lib.ExportError, "DecodeImage"):
+      export_lib.function_to_onnx(
+          decode_first_pixel, [tf.TensorSpec([None], tf.string, name="b")], path)
+    self.assertFalse(os.path.exists(path))
+
+  # --- bad input --------------------------------------------------------------
+
+  def test_corrupt_bytes_raise_invalid_argument(self):
+    serving = tf.saved_model.load(self.saved_model).signatures["serving_default"]
+    good = tf.io.encode_png(self.images[0]).numpy()
+    for bad in (b"definitely not an image", b"", good[:len(good) // 2]):
+      with self.subTest(size=len(bad)):
+        with self.assertRaises(tf.errors.InvalidArgumentError):
+          serving(image_bytes=tf.constant([good, bad]))
+    # Still serving afterwards.
+    out = serving(image_bytes=tf.constant([good]))
+    self.assertEqual(out["colour"].shape, (1, 3))
+
+  def test_oversized_image_is_rejected(self):
+    module = export_lib.build_serving_module(self.model, SCHEMA,
+                                             max_image_bytes=500)
+    small = tf.io.encode_png(np.zeros((SIZE, SIZE, 3), np.uint8)).numpy()
+    large = tf.io.encode_png(self.images[0]).numpy()
+    self.assertLess(len(small), 500)
+    self.assertGreater(len(large), 500)
+    self.assertEqual(module.serve_bytes(tf.constant([small]))["colour"].shape,
+                     (1, 3))
+    with self.assertRaisesRegex(tf.errors.InvalidArgumentError, "larger than 500"):
+      module.serve_bytes(tf.constant([small, large]))
+
+  def test_bad_arguments_name_the_thing(self):
+    with self.assertRaisesRegex(export_lib.ExportError, "format 'tfjs'"):
+      export_lib.export(self.model_dir, formats="saved_model,tfjs")
+    with self.assertRaisesRegex(export_lib.ExportError, "quantization 'int4'"):
+      export_lib.export(self.model_dir, quantizations="fp32,int4")
+    with self.assertRaisesRegex(export_lib.ExportError, "version"):
+      export_lib.export(self.model_dir, version=0)
+    with self.assertRaisesRegex(export_lib.ExportError, "already exists"):
+      export_lib.export(self.model_dir, output=self.base, version=3)
+    no_labels = os.path.join(self.get_temp_dir(), "no_labels")
+    os.makedirs(no_labels)
+    os.symlink(os.path.join(self.model_dir, "model.keras"),
+               os.path.join(no_labels, "model.keras"))
+    with self.assertRaisesRegex(export_lib.ExportError, "no labels.json"):
+      export_lib.export(no_labels)
+    with self.assertRaisesRegex(export_lib.ExportError, "unknown model format"):
+      open(os.path.join(no_labels, "model.pt"), "w").close()
+      export_lib.load_predictor(os.path.join(no_labels, "model.pt"))
+
+  def test_labels_must_match_model(self):
+    other = os.path.join(self.get_temp_dir(), "wrong_labels")
+    os.makedirs(other)
+    os.symlink(os.path.join(self.model_dir, "model.keras"),
+               os.path.join(other, "model.keras"))
+    heads_lib.LabelSchema((heads_lib.HeadSpec("colour", ("a", "b")),)).save(other)
+    with self.assertRaisesRegex(export_lib.ExportError, "'colour' has 2 classes"):
+      export_lib.load_trained(other)
+
+  def test_export_cli_reports_bad_flag_value(self):
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlc_keras.export", f"--model_dir={self.model_dir}",
+         "--quantization=fp32,fp8"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    self.assertEqual(proc.returncode, 2, proc.stderr[-2000:])
+    self.assertIn("unknown quantization 'fp8'", proc.stderr)
+
+  # --- parity and forward compatibility ----------------------------------------
+
+  def test_parity_reports_failures(self):
+    def shifted(images):
+      out = {k: v.copy() for k, v in self.reference.items()}
+      out["colour"] = out["colour"][:, [1, 2, 0]]  # every decision wrong
+      return out
+
+    report = export_lib.parity(shifted, self.reference, self.images,
+                               export_lib.INT8_TOLERANCE, "shifted")
+    self.assertFalse(report["passed"])
+    self.assertEqual(report["outputs"]["colour"]["top1_agreement"], 0.0)
+    self.assertEqual(report["outputs"]["tone"]["top1_agreement"], 1.0)
+    self.assertEqual(report["outputs"]["colour"]["disagreements"], 48)
+    self.assertEqual(report["outputs"]["colour"]["near_tie_disagreements"], 0)
+    self.assertLen(report["failures"], 1)
+    self.assertIn("colour", report["failures"][0])
+    table = export_lib.format_parity_table([report])
+    self.assertIn("shifted", table)
+    self.assertIn("NO", table)
+
+  def test_extra_outputs_pass_through(self):
+    # A later model may add outputs that are not heads (e.g. a composed
+    # "class"); they must be exported unchanged and get no label output.
+    outputs = dict(self.model.output)
+    outputs["class"] = keras.layers.Concatenate(name="class")(
+        [outputs["colour"], outputs["tone"]])
+    extended = keras.Model(self.model.input, outputs)
+    module = export_lib.build_serving_module(extended, SCHEMA)
+    encoded = tf.constant([tf.io.encode_png(i).numpy() for i in self.images[:3]])
+    served = module.serve_bytes(encoded)
+    self.assertEqual(sorted(served),
+                     ["class", "colour", "colour_class", "colour_score", "tone",
+                      "tone_class", "tone_score"])
+    self.assertAllClose(served["class"][:, :3], served["colour"])
+    tensors = module.serve_image(tf.constant(self.images[:3]))
+    self.assertEqual(sorted(tensors), ["class", "colour", "tone"])
+    self.assertAllClose(tensors["class"], served["class"], atol=1e-6)
+
+  def test_default_image_sources(self):
+    run = os.path.join(self.get_temp_dir(), "run")
+    demo_dir = os.path.join(self.get_temp_dir(), "demo")
+    os.makedirs(run)
+    os.makedirs(demo_dir)
+    self.assertEqual(export_lib.default_image_sources(run), (None, None))
+    train, val = (os.path.join(demo_dir, n) for n in ("train.csv", "val.csv"))
+    for path in (train, val):
+      open(path, "w").close()
+    with open(os.path.join(run, "config.json"), "w") as f:
+      json.dump({"data": {"demo_dir": demo_dir, "manifest": None}}, f)
+    self.assertEqual(export_lib.default_image_sources(run), (train, val))
+    os.remove(train)  # each falls back to the other
+    self.assertEqual(export_lib.default_image_sources(run), (val, val))
+
+  def test_run_isolated_uses_another_process(self):
+    self.assertNotEqual(export_lib._run_isolated(os.getpid), os.getpid())
+
+  def test_list_images_folder_and_manifest(self):
+    folder = self.parity_dir
+    paths = export_lib.list_images(folder)
+    self.assertLen(paths, 40)
+    manifest = os.path.join(self.root, "list.csv")
+    with open(manifest, "w") as f:
+      f.write("image,colour\nparity/img_001.png,red\n"
+              f"{os.path.join(folder, 'img_002.png')},blue\n")
+    self.assertEqual(export_lib.list_images(manifest),
+                     [os.path.join(self.root, "parity", "img_001.png"),
+                      os.path.join(folder, "img_002.png")])
+    with self.assertRaisesRegex(export_lib.ExportError, "no such"):
+      export_lib.list_images(os.path.join(self.root, "missing"))
+
+
+if __name__ == "__main__":
+  tf.test.main()
