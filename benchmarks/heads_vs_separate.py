@@ -25,13 +25,13 @@ machine read the paired per-round ratios printed above the headline too.
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import sys
 import time
 
 from absl import app
 from absl import flags
+import benchutil  # benchmarks/ is sys.path[0] when a script runs
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -47,21 +47,7 @@ TARGET = 0.13
 
 
 def machine() -> str:
-  import tensorflow as tf
-  cpu = platform.processor() or "unknown CPU"
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      cpu = next(l.split(":", 1)[1].strip() for l in f
-                 if l.startswith("model name"))
-  except (OSError, StopIteration):
-    pass
-  try:
-    with open("/proc/loadavg", encoding="utf-8") as f:
-      load = f.read().split()[0]
-  except OSError:
-    load = "?"
-  return (f"{os.cpu_count()} CPU cores ({cpu}), TF {tf.__version__}, "
-          f"load average {load}")
+  return benchutil.machine()
 
 
 def schema_of(n: int):

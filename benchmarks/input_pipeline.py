@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import csv
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -44,6 +43,7 @@ import time
 
 from absl import app
 from absl import flags
+import benchutil  # benchmarks/ is sys.path[0] when a script runs
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -76,21 +76,7 @@ TARGET = 0.97
 
 
 def machine() -> str:
-  import tensorflow as tf
-  cpu = platform.processor() or "unknown CPU"
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      cpu = next(l.split(":", 1)[1].strip() for l in f
-                 if l.startswith("model name"))
-  except (OSError, StopIteration):
-    pass
-  try:
-    with open("/proc/loadavg", encoding="utf-8") as f:
-      load = f.read().split()[0]
-  except OSError:
-    load = "?"
-  return (f"{os.cpu_count()} CPU cores ({cpu}), TF {tf.__version__}, "
-          f"load average {load}")
+  return benchutil.machine()
 
 
 def write_jpegs(folder: str, n: int, min_side: int, max_side: int,

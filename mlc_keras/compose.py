@@ -308,12 +308,8 @@ class ComposeClasses(keras.layers.Layer):
 
 def named_outputs(model: keras.Model) -> dict:
   """A functional model's symbolic outputs keyed by name."""
-  out = model.output
-  if isinstance(out, Mapping):
-    return dict(out)
-  if isinstance(out, (list, tuple)):
-    return dict(zip(model.output_names, out))
-  return {model.output_names[0]: out}
+  from mlc_keras import model as model_lib  # pylint: disable=g-import-not-at-top
+  return model_lib.named_outputs(model)
 
 
 def with_class_output(model: keras.Model, table: ClassTable) -> keras.Model:

@@ -225,12 +225,8 @@ def load_trained(model_dir: str):
 
 
 def _symbolic_outputs(model) -> dict:
-  out = model.output
-  if isinstance(out, Mapping):
-    return dict(out)
-  if isinstance(out, (list, tuple)):
-    return dict(zip(model.output_names, out))
-  return {model.output_names[0]: out}
+  from mlc_keras import model as model_lib  # pylint: disable=g-import-not-at-top
+  return model_lib.named_outputs(model)
 
 
 # --- SavedModel -----------------------------------------------------------------

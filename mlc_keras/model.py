@@ -93,6 +93,16 @@ def build_model(schema: heads_lib.LabelSchema,
   return keras.Model(image, outputs, name="mlc_" + backbone.lower())
 
 
+def named_outputs(model: keras.Model) -> dict:
+  """A functional model's symbolic outputs keyed by name."""
+  out = model.output
+  if isinstance(out, dict):
+    return dict(out)
+  if isinstance(out, (list, tuple)):
+    return dict(zip(model.output_names, out))
+  return {model.output_names[0]: out}
+
+
 def load_model(path: str) -> keras.Model:
   """Loads a .keras model with safe_mode on (no arbitrary code on load)."""
   if path.endswith((".h5", ".hdf5")):
