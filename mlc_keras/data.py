@@ -15,7 +15,7 @@ import dataclasses
 import glob
 import hashlib
 import os
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -632,9 +632,6 @@ def write_tfrecords(records: Records, schema: heads_lib.LabelSchema,
   return names
 
 
-def labelled_counts(labels: np.ndarray) -> np.ndarray:
-  return (np.asarray(labels) >= 0).sum(axis=0)
-
 
 def class_weights_from(mode: str, source: Source,
                        schema: heads_lib.LabelSchema) -> Optional[list[np.ndarray]]:
@@ -652,6 +649,3 @@ def steps_for(size: int, batch_size: int, origin: str) -> int:
         f"{batch_size}; lower --batch_size")
   return size // batch_size
 
-
-def mapping_str(m: Mapping) -> str:
-  return ", ".join(f"{k}={v}" for k, v in m.items())

@@ -198,17 +198,8 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
   if dc.deterministic:
     tf.config.experimental.enable_op_determinism()
 
-  bundle = train_lib.load_data(dc, tc.seed)
-  quarantine_note = train_lib.write_quarantine(bundle, out_dir)
-  schema = bundle.schema
-  if tc.loss_weights:
-    schema = schema.with_loss_weights(dict(tc.loss_weights))
-  schema.save(os.path.join(out_dir, "labels.json"))
-  with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
-    f.write(cfg.to_json() + "\n")
-  full_steps = data.steps_for(bundle.train_size, tc.batch_size, bundle.train.name)
-  steps = tc.steps_per_epoch or full_steps
-  class_weights = data.class_weights_from(tc.class_weight, bundle.train, schema)
+  bundle, schema, steps, class_weights, quarantine_note = train_lib.prepare_run(
+      cfg, out_dir)
 
   with strategy.scope():
     if build_model is None:

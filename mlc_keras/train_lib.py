@@ -175,6 +175,26 @@ def compile_model(model: keras.Model, schema: heads_lib.LabelSchema,
                 jit_compile=jit_compile)
 
 
+def prepare_run(cfg: config_lib.Config, out_dir: str):
+  """Loads the data, writes labels.json, config.json (and quarantine.csv) to
+  ``out_dir``; returns (bundle, schema, steps_per_epoch, class_weights,
+  quarantine_note). Shared by fit and the distributed custom step."""
+  tc = cfg.train
+  bundle = load_data(cfg.data, tc.seed)
+  quarantine_note = write_quarantine(bundle, out_dir)
+  schema = bundle.schema
+  if tc.loss_weights:
+    schema = schema.with_loss_weights(dict(tc.loss_weights))
+  schema.save(os.path.join(out_dir, "labels.json"))
+  with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
+    f.write(cfg.to_json() + "\n")
+  # steps_for also refuses a training set smaller than one batch.
+  full_steps = data.steps_for(bundle.train_size, tc.batch_size, bundle.train.name)
+  steps = tc.steps_per_epoch or full_steps
+  class_weights = data.class_weights_from(tc.class_weight, bundle.train, schema)
+  return bundle, schema, steps, class_weights, quarantine_note
+
+
 def train_and_evaluate(cfg: config_lib.Config, model_dir: str) -> dict:
   """Trains the multi-head model described by ``cfg`` and writes its
   artefacts to ``model_dir`` (see the module docstring).
@@ -196,18 +216,8 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str) -> dict:
     tf.config.experimental.enable_op_determinism()
   keras.mixed_precision.set_global_policy(tc.precision)
 
-  bundle = load_data(dc, tc.seed)
-  quarantine_note = write_quarantine(bundle, model_dir)
-  schema = bundle.schema
-  if tc.loss_weights:
-    schema = schema.with_loss_weights(dict(tc.loss_weights))
-  schema.save(os.path.join(model_dir, "labels.json"))
-  with open(os.path.join(model_dir, "config.json"), "w", encoding="utf-8") as f:
-    f.write(cfg.to_json() + "\n")
-
-  full_steps = data.steps_for(bundle.train_size, tc.batch_size, bundle.train.name)
-  steps = tc.steps_per_epoch or full_steps
-  class_weights = data.class_weights_from(tc.class_weight, bundle.train, schema)
+  bundle, schema, steps, class_weights, quarantine_note = prepare_run(
+      cfg, model_dir)
   backup_dir = os.path.join(model_dir, "backup")
   start_epoch = backup_epoch(backup_dir)
   train_ds = data.train_dataset(
