@@ -85,6 +85,8 @@ class TrainConfig:
   class_weight: str = "none"
   # Loss weights "head=w,head=w" override the heads file.
   loss_weights: tuple[tuple[str, float], ...] = ()
+  # Focal-loss gammas "head=g" ("*" = every head) override the heads file.
+  focal_loss: tuple[tuple[str, float], ...] = ()
   top_k: int = 5
   backup_every_steps: Optional[int] = None
 

@@ -30,11 +30,13 @@ class SchemaError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class HeadSpec:
-  """One attribute: its name, its ordered classes and its loss weight."""
+  """One attribute: its name, its ordered classes, its loss weight and its
+  focal-loss gamma (0: plain cross-entropy)."""
 
   name: str
   classes: tuple[str, ...]
   loss_weight: float = 1.0
+  focal_gamma: float = 0.0
 
   def __post_init__(self):
     if not _HEAD_NAME.match(self.name or ""):
@@ -56,6 +58,9 @@ class HeadSpec:
     if not self.loss_weight >= 0:
       raise SchemaError(
           f"head {self.name!r} loss_weight must be >= 0, got {self.loss_weight}")
+    if not self.focal_gamma >= 0:
+      raise SchemaError(
+          f"head {self.name!r} focal_gamma must be >= 0, got {self.focal_gamma}")
 
   @property
   def num_classes(self) -> int:
@@ -104,10 +109,17 @@ class LabelSchema:
 
   def with_loss_weights(self, weights: Mapping[str, float]) -> "LabelSchema":
     """A copy with some heads' loss weights replaced (unknown heads raise)."""
-    for name in weights:
+    return self._with_per_head("loss_weight", weights)
+
+  def with_focal_gammas(self, gammas: Mapping[str, float]) -> "LabelSchema":
+    """A copy with some heads' focal-loss gammas replaced."""
+    return self._with_per_head("focal_gamma", gammas)
+
+  def _with_per_head(self, field: str, values: Mapping[str, float]):
+    for name in values:
       self.head(name)
     return LabelSchema(tuple(
-        dataclasses.replace(h, loss_weight=float(weights.get(h.name, h.loss_weight)))
+        dataclasses.replace(h, **{field: float(values.get(h.name, getattr(h, field)))})
         for h in self.heads))
 
   def select(self, names: Sequence[str]) -> "LabelSchema":
@@ -118,7 +130,8 @@ class LabelSchema:
 
   def to_dict(self) -> dict:
     return {"heads": [
-        {"name": h.name, "classes": list(h.classes), "loss_weight": h.loss_weight}
+        {"name": h.name, "classes": list(h.classes), "loss_weight": h.loss_weight,
+         "focal_gamma": h.focal_gamma}
         for h in self.heads]}
 
   @classmethod
@@ -130,17 +143,25 @@ class LabelSchema:
       if not isinstance(h, Mapping) or "name" not in h or "classes" not in h:
         raise SchemaError(
             f"{source}: heads[{i}] needs 'name' and 'classes', got {h!r}")
-      unknown = set(h) - {"name", "classes", "loss_weight"}
+      unknown = set(h) - {"name", "classes", "loss_weight", "focal_gamma"}
       if unknown:
         raise SchemaError(
             f"{source}: heads[{i}] ({h['name']!r}) has unknown key(s) "
             f"{sorted(unknown)}")
       if not isinstance(h["classes"], list):
         raise SchemaError(f"{source}: heads[{i}].classes must be a list")
+      numbers = {}
+      for key, default in (("loss_weight", 1.0), ("focal_gamma", 0.0)):
+        try:
+          numbers[key] = float(h.get(key, default))
+        except (TypeError, ValueError):
+          raise SchemaError(
+              f"{source}: heads[{i}] ({h['name']!r}) {key} must be a number, "
+              f"got {h[key]!r}") from None
       try:
         heads.append(HeadSpec(
             name=h["name"], classes=tuple(str(c) for c in h["classes"]),
-            loss_weight=float(h.get("loss_weight", 1.0))))
+            **numbers))
       except SchemaError as e:
         raise SchemaError(f"{source}: {e}") from None
     try:

@@ -115,21 +115,32 @@ _CLASS_WEIGHT = flags.DEFINE_enum(
 _LOSS_WEIGHTS = flags.DEFINE_list(
     "loss_weights", [], "Per-head loss weights 'head=w,...' (override the "
     "heads file).")
+_FOCAL_LOSS = flags.DEFINE_list(
+    "focal_loss", [], "Focal loss for some heads: 'head=gamma,...' or a bare "
+    "gamma for every head (e.g. 2); other heads keep cross-entropy. Overrides "
+    "the heads file.")
 _TOP_K = flags.DEFINE_integer("top_k", _t.top_k, "k of the top-k metric.")
 _BACKUP_STEPS = flags.DEFINE_integer(
     "backup_every_steps", None, "Back up every N steps (default: each epoch).")
 
 
-def _loss_weights(items: list[str]) -> tuple[tuple[str, float], ...]:
+def per_head_values(flag: str, items: list[str], bare: bool = False
+                    ) -> tuple[tuple[str, float], ...]:
+  """'head=value' items of a list flag -> ((head, value), ...). With
+  ``bare``, a lone number applies to every head (returned under "*")."""
   out = []
   for item in items:
     head, sep, value = item.partition("=")
+    if not sep and bare:
+      head, sep, value = "*", "=", item
     try:
       out.append((head.strip(), float(value)))
     except ValueError:
       sep = ""
-    if not sep:
-      raise app.UsageError(f"--loss_weights: expected head=weight, got {item!r}")
+    if not sep or not out[-1][0]:
+      raise app.UsageError(
+          f"--{flag}: expected head=number{' or a number' if bare else ''}, "
+          f"got {item!r}")
   return tuple(out)
 
 
@@ -170,7 +181,9 @@ def config_from_flags() -> config_lib.Config:
       optimizer=_OPTIMIZER.value, seed=_SEED.value, precision=_PRECISION.value,
       jit_compile=_XLA.value, strategy=_STRATEGY.value,
       class_weight=_CLASS_WEIGHT.value,
-      loss_weights=_loss_weights(_LOSS_WEIGHTS.value), top_k=_TOP_K.value,
+      loss_weights=per_head_values("loss_weights", _LOSS_WEIGHTS.value),
+      focal_loss=per_head_values("focal_loss", _FOCAL_LOSS.value, bare=True),
+      top_k=_TOP_K.value,
       backup_every_steps=_BACKUP_STEPS.value)
   return config_lib.Config(data=data, model=model, train=train)
 

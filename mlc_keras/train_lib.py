@@ -185,6 +185,12 @@ def prepare_run(cfg: config_lib.Config, out_dir: str):
   schema = bundle.schema
   if tc.loss_weights:
     schema = schema.with_loss_weights(dict(tc.loss_weights))
+  if tc.focal_loss:
+    gammas = dict(tc.focal_loss)
+    if "*" in gammas:
+      gammas = {**{n: gammas["*"] for n in schema.names},
+                **{k: v for k, v in gammas.items() if k != "*"}}
+    schema = schema.with_focal_gammas(gammas)
   schema.save(os.path.join(out_dir, "labels.json"))
   with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
     f.write(cfg.to_json() + "\n")

@@ -19,7 +19,7 @@ class LabelSchemaTest(tf.test.TestCase):
 
   def test_save_load_round_trip(self):
     schema = heads_lib.LabelSchema((
-        heads_lib.HeadSpec("a", ("x", "y"), loss_weight=2.0),
+        heads_lib.HeadSpec("a", ("x", "y"), loss_weight=2.0, focal_gamma=1.5),
         heads_lib.HeadSpec("b", ("p", "q", "r"))))
     folder = self.get_temp_dir()
     schema.save(folder)
@@ -42,6 +42,10 @@ class LabelSchemaTest(tf.test.TestCase):
         "duplicate head": {"heads": [{"name": "a", "classes": ["x", "y"]},
                                      {"name": "a", "classes": ["x", "y"]}]},
         "no heads": {"heads": []},
+        "negative gamma": {"heads": [{"name": "a", "classes": ["x", "y"],
+                                      "focal_gamma": -1}]},
+        "text weight": {"heads": [{"name": "a", "classes": ["x", "y"],
+                                   "loss_weight": "heavy"}]},
     }
     for what, d in cases.items():
       path = os.path.join(self.get_temp_dir(), "heads.json")
@@ -57,6 +61,18 @@ class LabelSchemaTest(tf.test.TestCase):
     self.assertEqual(schema.with_loss_weights({"a": 0.5}).head("a").loss_weight, 0.5)
     with self.assertRaises(heads_lib.SchemaError):
       schema.with_loss_weights({"b": 1.0})
+    self.assertEqual(schema.with_focal_gammas({"a": 2}).head("a").focal_gamma, 2.0)
+    with self.assertRaisesRegex(heads_lib.SchemaError, "unknown head 'b'"):
+      schema.with_focal_gammas({"b": 2.0})
+
+  def test_per_head_flag_values(self):
+    from absl import app  # pylint: disable=g-import-not-at-top
+    from mlc_keras import train  # pylint: disable=g-import-not-at-top
+    self.assertEqual(train.per_head_values("focal_loss", ["fill=2", "2.5"], bare=True),
+                     (("fill", 2.0), ("*", 2.5)))
+    for bad, bare in ((["fill"], False), (["fill=x"], True), (["=2"], True)):
+      with self.subTest(bad), self.assertRaisesRegex(app.UsageError, "--w"):
+        train.per_head_values("w", bad, bare=bare)
 
 
 if __name__ == "__main__":

@@ -108,6 +108,35 @@ class MaskedLossTest(tf.test.TestCase):
     zero = losses.head_losses(testutil.SCHEMA)["shape"](y, out["shape"], sample_weight=np.zeros(6))
     self.assertEqual(float(zero), 0.0)
 
+  def test_focal_loss_numbers_and_masking(self):
+    out = self.model(self.x, training=False)
+    y = np.array([0, 1, 2, 0, 1, 2])
+    w = np.array([1, 0, 1, 0, 0, 1], np.float32)
+    p = out["shape"].numpy()[np.arange(6), y]
+    focal = losses.SparseFocalCrossentropy(gamma=2.0)
+    expected = (-(1 - p) ** 2 * np.log(p))[w > 0].mean()
+    self.assertAllClose(focal(y, out["shape"], sample_weight=w), expected,
+                        rtol=1e-5)
+    # gamma 0 is exactly the cross-entropy head loss.
+    xent = losses.head_losses(testutil.SCHEMA)["shape"]
+    self.assertAllClose(
+        losses.SparseFocalCrossentropy(gamma=0.0)(y, out["shape"], sample_weight=w),
+        xent(y, out["shape"], sample_weight=w), rtol=1e-6)
+    self.assertEqual(float(focal(y, out["shape"], sample_weight=np.zeros(6))), 0.0)
+
+  def test_focal_head_from_schema_masks_gradient(self):
+    schema = testutil.SCHEMA.with_focal_gammas({"colour": 2.0})
+    fns = losses.head_losses(schema)
+    self.assertIsInstance(fns["colour"], losses.SparseFocalCrossentropy)
+    self.assertNotIsInstance(fns["shape"], losses.SparseFocalCrossentropy)
+    kernel = self.model.get_layer("colour").trainable_variables
+    with tf.GradientTape() as tape:
+      out = self.model(self.x, training=False)
+      loss = fns["colour"](np.ones(6, np.int32), out["colour"],
+                           sample_weight=np.zeros(6, np.float32))
+    for g in tape.gradient(loss, kernel):
+      self.assertEqual(float(tf.reduce_max(tf.abs(g))), 0.0)
+
   def test_evaluate_counts_only_labelled_samples(self):
     out = self.model.predict(self.x, verbose=0)
     pred = np.argmax(out["shape"], axis=1)
