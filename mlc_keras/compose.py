@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import itertools
 import os
 from typing import Mapping, Optional, Sequence
 
@@ -359,27 +360,46 @@ def classes_of(labels_by_head: Mapping[str, np.ndarray],
 # --- the demo table -------------------------------------------------------------
 
 
-DEMO_CLASSES = {
-    "blue_triangle": {"shape": "triangle", "colour": "blue"},
-    "red_triangle": {"shape": "triangle", "colour": "red"},
-    "green_triangle": {"shape": "triangle", "colour": "green"},
-    "blue_circle": {"shape": "circle", "colour": "blue"},
-    "red_circle": {"shape": "circle", "colour": "red"},
-    "green_circle": {"shape": "circle", "colour": "green"},
-    "blue_square": {"shape": "square", "colour": "blue"},
-    "red_square": {"shape": "square", "colour": "red"},
-    "green_square": {"shape": "square", "colour": "green"},
-}
+def demo_classes() -> dict[str, dict[str, str]]:
+  """Every combination of the demo's four attributes as a class, named like
+  "large_outline_blue_triangle" (the held-out one among them)."""
+  from mlc_keras import demo  # pylint: disable=g-import-not-at-top
+  heads = demo.SCHEMA.heads
+  classes = {}
+  for combo in itertools.product(*(h.classes for h in heads)):
+    values = dict(zip((h.name for h in heads), combo))
+    name = "_".join(values[k] for k in ("size", "fill", "colour", "shape"))
+    classes[name] = values
+  return classes
 
 
 def write_demo_table(path: str,
                      schema: Optional[heads_lib.LabelSchema] = None) -> str:
-  """Writes the demo class table (the nine shape x colour combinations,
-  blue_triangle among them though it is never in training). ``path`` may be a
+  """Writes the demo class table (the 36 attribute combinations, among them
+  large_outline_blue_triangle, which is never in training). ``path`` may be a
   folder (then ``classes.csv`` in it). Returns the file path."""
   from mlc_keras import demo  # pylint: disable=g-import-not-at-top
   schema = schema or demo.SCHEMA
   if os.path.isdir(path):
     path = os.path.join(path, "classes.csv")
-  save(from_dict(DEMO_CLASSES, schema, "demo classes"), schema, path)
+  save(from_dict(demo_classes(), schema, "demo classes"), schema, path)
   return path
+
+
+# --- the table a model carries ------------------------------------------------------
+
+
+def table_of(model: keras.Model) -> Optional[ClassTable]:
+  """The class table of ``model``'s "class" output (its ComposeClasses layer
+  holds the class names and head values), or None when it has no such output.
+  Lets export and predict name the classes of a model that was composed
+  earlier (e.g. evaluate --calibrate --class_table)."""
+  try:
+    layer = model.get_layer(CLASS_OUTPUT)
+  except ValueError:
+    return None
+  if not isinstance(layer, ComposeClasses):
+    return None
+  return ClassTable(tuple(layer.classes), tuple(layer.heads),
+                    tuple(tuple(r) for r in layer.values),
+                    f"the {CLASS_OUTPUT!r} layer of model {model.name!r}")

@@ -1,7 +1,8 @@
 """Tests of attribute composition: exact math on constructed probabilities,
 clear errors for bad class tables, the Keras layer (save/load, parity with
 numpy), and one end-to-end check that a briefly trained model recognises the
-demo's held-out blue triangles through the class table."""
+demo's held-out combination (large outlined blue triangles, never in
+training) through the class table."""
 
 from __future__ import annotations
 
@@ -167,7 +168,7 @@ class ModelOutputTest(tf.test.TestCase):
   def test_model_with_class_output_saves_and_loads(self):
     schema = demo.SCHEMA
     model = model_lib.build_model(schema, 32, "MobileNetV2", None)
-    table = compose.from_dict(compose.DEMO_CLASSES, schema)
+    table = compose.from_dict(compose.demo_classes(), schema)
     composed = compose.with_class_output(model, table)
     images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), np.uint8)
     out = composed(images, training=False)
@@ -192,8 +193,11 @@ class ModelOutputTest(tf.test.TestCase):
   def test_demo_table(self):
     path = compose.write_demo_table(self.get_temp_dir())
     table = compose.load(path, demo.SCHEMA)
-    self.assertLen(table, 9)
-    self.assertIn("blue_triangle", table.classes)
+    self.assertLen(table, 36)
+    held_out = table.values[table.index("large_outline_blue_triangle")]
+    self.assertEqual(
+        held_out, tuple(demo.SCHEMA.head(h).index(demo.HELD_OUT[h])
+                        for h in table.heads))
 
 
 def _small_cnn(schema: heads_lib.LabelSchema, size: int) -> keras.Model:
@@ -212,33 +216,10 @@ def _small_cnn(schema: heads_lib.LabelSchema, size: int) -> keras.Model:
                                  name=h.name)(x) for h in schema.heads})
 
 
-def _permute_channels_without_colour(images, labels, weights):
-  """Permutes the RGB channels of half of each batch (one random permutation
-  per batch) and masks the colour label there, so the shape head learns that
-  shape does not depend on colour.
-
-  Why: without it the heads learn the training set's "blue => not a
-  triangle" (no blue triangle is ever labelled) and composition finds 1 of
-  100 held-out blue triangles; greying half the images instead (no blue-like
-  triangle ever shown) gave 0.30, 0.16 and 0.06 in three runs. Caveat: a
-  permuted red or green triangle looks like a blue one, so the network sees
-  blue-triangle-like pixels, but never with a colour label: what is held out
-  is the labelled combination."""
-  swap = tf.random.uniform([tf.shape(images)[0]]) < 0.5
-  perms = tf.constant([[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1],
-                       [2, 1, 0]])
-  perm = tf.gather(perms, tf.random.uniform([], 0, 6, tf.int32))
-  images = tf.where(swap[:, None, None, None],
-                    tf.gather(images, perm, axis=3), images)
-  weights = dict(weights)
-  weights["colour"] = tf.where(swap, 0.0, weights["colour"])
-  return images, labels, weights
-
-
 class HeldOutCombinationTest(tf.test.TestCase):
-  """Blue triangles are never labelled in training; the heads learn
-  "triangle" from red/green triangles and "blue" from blue circles/squares,
-  and the table composes them."""
+  """Large outlined blue triangles are never in training; the heads learn
+  each of those values from other combinations and the table composes them.
+  Plain training, no augmentation that could fake the held-out pixels."""
 
   def test_recognises_unseen_combination(self):
     from mlc_keras import data  # pylint: disable=g-import-not-at-top
@@ -249,10 +230,14 @@ class HeldOutCombinationTest(tf.test.TestCase):
     paths = demo.generate(os.path.join(root, "demo"), E2E_TRAIN_SIZE, 100)
     keras.utils.set_random_seed(0)
     records, _ = data.read_manifest(paths["train"], schema)
+    # No training row is labelled with the held-out combination.
+    cols = [schema.names.index(h) for h in demo.HELD_OUT]
+    held_values = [schema.head(h).index(v) for h, v in demo.HELD_OUT.items()]
+    self.assertFalse(np.all(records.labels[:, cols] == held_values, axis=1).any())
     train_ds = data.train_dataset(
         data.records_source(records), schema, image_size=E2E_SIZE,
         batch_size=32, seed=0, end_epoch=1, steps_per_epoch=E2E_STEPS,
-        cache=True).map(_permute_channels_without_colour)
+        cache=True)
     model = _small_cnn(schema, E2E_SIZE)
     model.compile(keras.optimizers.Adam(3e-3), loss=losses.head_losses(schema))
     model.fit(train_ds, epochs=1, steps_per_epoch=E2E_STEPS, verbose=0)
@@ -264,10 +249,12 @@ class HeldOutCombinationTest(tf.test.TestCase):
     collected = metrics.collect(model, held_ds, schema)
     probs = compose.compose_probs({h: collected[h][0] for h in table.heads},
                                   table)
-    accuracy = np.mean(probs.argmax(axis=1) == table.index("blue_triangle"))
+    target = table.index("large_outline_blue_triangle")
+    accuracy = np.mean(probs.argmax(axis=1) == target)
     chance = 1.0 / len(table)
-    print(f"held-out blue_triangle accuracy {accuracy:.3f} (chance {chance:.3f})")
-    self.assertGreater(accuracy, 2 * chance)
+    print(f"held-out combination accuracy {accuracy:.3f} (chance {chance:.3f})")
+    # Measured 0.92 on 100 images (seed 0); 0.3 is over 10x chance.
+    self.assertGreater(accuracy, 0.3)
     # The model's own "class" output gives the same probabilities.
     composed = compose.with_class_output(model, table)
     images = next(iter(held_ds))[0]
