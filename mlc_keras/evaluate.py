@@ -29,8 +29,13 @@ _THRESHOLD = flags.DEFINE_float(
     "threshold", 0.5, "Composed classes: below this probability the answer "
     "is 'unknown'.")
 _CALIBRATE = flags.DEFINE_bool(
-    "calibrate", False, "Fit a temperature per head on the evaluated data, "
-    "report ECE before/after and write calibrated.keras.")
+    "calibrate", False, "Fit a temperature per head (see "
+    "--calibration_manifest), report ECE before/after on data it was not "
+    "fitted on and write calibrated.keras.")
+_CALIBRATION_MANIFEST = flags.DEFINE_string(
+    "calibration_manifest", None, "With --calibrate: CSV to fit the "
+    "temperatures on (e.g. the validation set, when --manifest is a test set). "
+    "Default: a seeded half of --manifest, the other half is reported on.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Images per batch.",
                                    lower_bound=1)
 _TOP_K = flags.DEFINE_integer("top_k", 5, "k of top-k accuracy.", lower_bound=1)
@@ -49,6 +54,7 @@ def main(argv):
     evaluate_lib.evaluate(
         _MODEL_DIR.value, _MANIFEST.value, _CLASS_TABLE.value,
         threshold=_THRESHOLD.value, calibrate=_CALIBRATE.value,
+        calibration_manifest=_CALIBRATION_MANIFEST.value,
         batch_size=_BATCH_SIZE.value, top_k=_TOP_K.value,
         image_column=_IMAGE_COLUMN.value)
   except (ValueError, heads.SchemaError, data.DataError,

@@ -10,10 +10,13 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from mlc_keras import calibrate
 from mlc_keras import compose
 from mlc_keras import config as config_lib
+from mlc_keras import data
 from mlc_keras import evaluate_lib
 from mlc_keras import heads as heads_lib
+from mlc_keras import metrics
 from mlc_keras import model as model_lib
 from tests import testutil
 
@@ -159,8 +162,20 @@ class EvaluateTest(tf.test.TestCase):
     self.assertNotIn("NaN", text)
     cal = report["calibration"]["heads"]
     self.assertEqual(cal["size"], {"temperature": 1.0})
-    self.assertLessEqual(cal["shape"]["nll_after"],
-                         cal["shape"]["nll_before"] + 1e-6)
+    # Fitted on one seeded half, reported on the other half.
+    fit = evaluate_lib.calibration_split(10)
+    self.assertEqual(int(fit.sum()), 5)
+    self.assertIn("seeded half: 5 rows", report["calibration"]["fitted_on"])
+    records, _ = data.read_manifest(manifest, schema)
+    collected = metrics.collect(model, data.eval_dataset(
+        data.records_source(records), schema, image_size=32, batch_size=4),
+        schema)
+    probs, y, m = collected["shape"]
+    self.assertAllClose(cal["shape"]["temperature"],
+                        calibrate.fit_temperature(probs[fit & m], y[fit & m]))
+    shown = ~fit & m
+    self.assertAllClose(cal["shape"]["ece_before"],
+                        evaluate_lib.expected_calibration_error(probs[shown], y[shown]))
     calibrated = model_lib.load_model(report["calibration"]["model"])
     images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), np.uint8)
     before = model(images, training=False)
