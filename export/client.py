@@ -9,7 +9,9 @@ pull in tensorflow). Copy it next to any application.
   python export/client.py --model=demo --rest=http://host:8501 --version=3 a.jpg
 
 Prints one JSON line per image: {"image": ..., "<head>": {"class": ...,
-"score": ..., "scores": [...]}} (scores in labels.json class order).
+"score": ..., "scores": [...]}} (scores in labels.json class order), and
+"class" the same way for a model exported with a class table (scores in
+classes.csv row order; "class" is "unknown" below the export's threshold).
 """
 
 from __future__ import annotations

@@ -5,11 +5,17 @@ unless every artefact matches the Keras model (see export_lib for tolerances).
   python -m mlc_keras.export --model_dir=runs/logos --output=/srv/models \
       --model_name=logos --version=3 --formats=saved_model,tflite \
       --quantization=fp32,int8 --representative=data/val.csv
+  python -m mlc_keras.export --model_dir=mlc_runs/demo --class_table=classes.csv
 
 Writes <output>/<model_name>/<version>/ (SavedModel for TF Serving),
 <output>/litert/<model_name>/<version>/*.tflite,
 <output>/onnx/<model_name>/<version>/<model_name>.onnx and the parity report
 <output>/parity/<model_name>/<version>.json. See export/README.md.
+
+The model exported is <model_dir>/calibrated.keras when `evaluate --calibrate`
+wrote one after the last training (so the exports carry its temperatures),
+else <model_dir>/model.keras; the choice is printed, and --model_file
+overrides it.
 """
 
 from __future__ import annotations
@@ -22,7 +28,22 @@ from absl import logging
 
 _MODEL_DIR = flags.DEFINE_string(
     "model_dir", None, "Trained model folder (model.keras + labels.json), as "
-    "written by mlc_keras.train.", required=True)
+    "written by mlc_keras.train, or a .keras file with labels.json beside "
+    "it.", required=True)
+_MODEL_FILE = flags.DEFINE_string(
+    "model_file", None, "Which .keras file in --model_dir to export, e.g. "
+    "model.keras. Default: calibrated.keras (written by evaluate "
+    "--calibrate) if it is not older than model.keras, else model.keras; "
+    "the choice is printed.")
+_CLASS_TABLE = flags.DEFINE_string(
+    "class_table", None, "Class table CSV (class name, then one column per "
+    "head; blank = does not matter): every artefact gets a \"class\" output "
+    "(the table's class probabilities, composed from the heads) and "
+    "classes.csv beside it.")
+_THRESHOLD = flags.DEFINE_float(
+    "threshold", 0.5, "With a class table: the SavedModel's bytes signature "
+    "answers class_class='unknown' below this probability.",
+    lower_bound=0.0, upper_bound=1.0)
 _OUTPUT = flags.DEFINE_string(
     "output", None, "Base folder of the export. Default: <model_dir>/export.")
 _FORMATS = flags.DEFINE_string(
@@ -60,6 +81,7 @@ def main(argv):
   # TF's INFO lines (renamed captures, asset writes) bury the parity table.
   logging.set_verbosity(logging.WARNING)
   # Imported here so --help answers without loading TensorFlow.
+  from mlc_keras import compose  # pylint: disable=g-import-not-at-top
   from mlc_keras import export_lib  # pylint: disable=g-import-not-at-top
   from mlc_keras import heads  # pylint: disable=g-import-not-at-top
   try:
@@ -73,8 +95,12 @@ def main(argv):
         representative=_REPRESENTATIVE.value,
         parity_images=_PARITY_IMAGES.value,
         max_image_bytes=_MAX_IMAGE_BYTES.value,
-        overwrite=_OVERWRITE.value)
-  except (export_lib.ExportError, heads.SchemaError) as e:
+        overwrite=_OVERWRITE.value,
+        model_file=_MODEL_FILE.value,
+        class_table=_CLASS_TABLE.value,
+        threshold=_THRESHOLD.value)
+  except (export_lib.ExportError, heads.SchemaError,
+          compose.ClassTableError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   print("\nWritten:")

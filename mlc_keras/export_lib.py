@@ -6,11 +6,12 @@ Layout written by export() under a base folder:
   <base>/<model_name>/<version>/                 SavedModel (TF Serving base path:
                                                  <base>/<model_name>)
       assets/labels.json
+      assets/classes.csv                         with a class table only
       assets.extra/tf_serving_warmup_requests
   <base>/litert/<model_name>/<version>/<model_name>_<quantization>.tflite
-  <base>/litert/<model_name>/<version>/labels.json
+  <base>/litert/<model_name>/<version>/labels.json (+ classes.csv)
   <base>/onnx/<model_name>/<version>/<model_name>.onnx
-  <base>/onnx/<model_name>/<version>/labels.json
+  <base>/onnx/<model_name>/<version>/labels.json (+ classes.csv)
   <base>/parity/<model_name>/<version>.json      the parity report
 
 Everything is written into <base>/.staging/ first and moved into place only
@@ -21,6 +22,10 @@ Every artefact takes the same input: uint8 RGB pixels [N, S, S, 3], the
 model's own preprocessing inside. The SavedModel also has a bytes signature
 (the default one) that decodes JPEG/PNG in-graph with imageio.decode_and_resize,
 the function training uses, so served pixels are training pixels.
+
+With a class table (compose.py), every artefact gets one more output,
+"class": the table's class probabilities, computed in the graph from the
+heads; classes.csv beside each artefact names its columns.
 
 Artefacts are all read through one Predictor abstraction (load_predictor):
 a callable uint8 batch -> {output name: float32 [N, k]}, used by the parity
@@ -65,6 +70,14 @@ MAX_IMAGE_BYTES = 20 * 1024 * 1024
 
 ONNX_OPSET = 17
 LABELS_FILE = "labels.json"
+# The class table beside an artefact with a composed "class" output.
+CLASSES_FILE = "classes.csv"
+CLASS_OUTPUT = "class"  # compose.CLASS_OUTPUT, without importing keras here
+UNKNOWN_CLASS = "unknown"  # compose.UNKNOWN
+DEFAULT_THRESHOLD = 0.5
+MODEL_FILE = "model.keras"
+# Written by `evaluate --calibrate`; preferred by export when it is current.
+CALIBRATED_FILE = "calibrated.keras"
 WARMUP_FILE = "tf_serving_warmup_requests"
 INSTALL_HINT = "pip install -e .[export]"
 
@@ -200,28 +213,81 @@ def check_outputs_match_schema(output_shapes: Mapping[str, Sequence[int]],
           f"labels.json but the model outputs {width} columns")
 
 
-def load_trained(model_dir: str):
-  """Loads ``<model_dir>/model.keras`` (or a .keras file) and the labels.json
-  beside it. Returns (keras model, LabelSchema)."""
-  from mlc_keras import model as model_lib  # keras import kept at the edge
+def choose_model_file(model_dir: str, model_file: Optional[str] = None
+                      ) -> tuple[str, str]:
+  """Which .keras file of a model folder to export: (path, why).
+
+  model_file: a file name inside ``model_dir``. None picks calibrated.keras
+  (written by ``evaluate --calibrate``) when it exists and is not older than
+  model.keras, else model.keras: a calibrated model is what the run's owner
+  asked for, but one older than model.keras belongs to weights that have
+  since been retrained, so exporting it would publish the old model.
+  ``model_dir`` may also be a .keras file, which is then used as it is.
+  """
   if os.path.isfile(model_dir) and model_dir.endswith(".keras"):
-    model_path, folder = model_dir, os.path.dirname(os.path.abspath(model_dir))
-  elif os.path.isdir(model_dir):
-    model_path, folder = os.path.join(model_dir, "model.keras"), model_dir
-    if not os.path.exists(model_path):
-      raise ExportError(f"{model_dir}: no model.keras in this model folder")
-  else:
+    if model_file:
+      raise ExportError(
+          f"{model_dir} is a .keras file; --model_file only picks a file "
+          "inside a model folder")
+    return model_dir, "the .keras file given"
+  if not os.path.isdir(model_dir):
     raise ExportError(f"{model_dir}: no such model folder or .keras file")
+  if model_file:
+    if os.path.basename(model_file) != model_file:
+      raise ExportError(
+          f"model file {model_file!r} must be a file name inside {model_dir} "
+          "(to export a .keras file elsewhere, pass it as --model_dir)")
+    path = os.path.join(model_dir, model_file)
+    if not os.path.isfile(path):
+      present = sorted(f for f in os.listdir(model_dir) if f.endswith(".keras"))
+      raise ExportError(
+          f"{model_dir}: no {model_file} in this model folder (.keras files "
+          f"there: {', '.join(present) or 'none'})")
+    return path, f"--model_file={model_file}"
+  plain = os.path.join(model_dir, MODEL_FILE)
+  calibrated = os.path.join(model_dir, CALIBRATED_FILE)
+  if os.path.isfile(calibrated):
+    if not os.path.isfile(plain):
+      return calibrated, f"{CALIBRATED_FILE} (no {MODEL_FILE} in the folder)"
+    if os.path.getmtime(calibrated) >= os.path.getmtime(plain):
+      return calibrated, (
+          f"{CALIBRATED_FILE} (temperature-scaled by evaluate --calibrate; "
+          f"--model_file={MODEL_FILE} exports the uncalibrated model)")
+    return plain, (
+        f"{MODEL_FILE}; warning: {CALIBRATED_FILE} is older than "
+        f"{MODEL_FILE} (the model was retrained after evaluate --calibrate), "
+        "so it is not used: re-run evaluate --calibrate, or pass "
+        f"--model_file={CALIBRATED_FILE} to export it anyway")
+  if not os.path.isfile(plain):
+    raise ExportError(f"{model_dir}: no {MODEL_FILE} in this model folder")
+  return plain, MODEL_FILE
+
+
+def load_schema(model_path: str) -> heads_lib.LabelSchema:
+  """The labels.json beside a .keras file."""
+  folder = os.path.dirname(os.path.abspath(model_path))
   labels = os.path.join(folder, LABELS_FILE)
   if not os.path.exists(labels):
     raise ExportError(
         f"{folder}: no {LABELS_FILE} beside the model; the class names of "
         "each head come from it (train writes it into the model folder)")
-  schema = heads_lib.LabelSchema.load(labels)
+  return heads_lib.LabelSchema.load(labels)
+
+
+def load_trained(model_dir: str, model_file: Optional[str] = None):
+  """Loads the model of ``model_dir`` (see choose_model_file; or a .keras
+  file) and the labels.json beside it. Returns (keras model, LabelSchema)."""
+  model_path, _ = choose_model_file(model_dir, model_file)
+  schema = load_schema(model_path)
+  return _load_checked(model_path, schema), schema
+
+
+def _load_checked(model_path: str, schema: heads_lib.LabelSchema):
+  from mlc_keras import model as model_lib  # keras import kept at the edge
   model = model_lib.load_model(model_path)
   shapes = {n: tuple(t.shape) for n, t in _symbolic_outputs(model).items()}
   check_outputs_match_schema(shapes, schema, model_path)
-  return model, schema
+  return model
 
 
 def _symbolic_outputs(model) -> dict:
@@ -242,12 +308,21 @@ class ServingModule(tf.Module):
 
   def __init__(self, model, schema: heads_lib.LabelSchema,
                max_image_bytes: int = MAX_IMAGE_BYTES,
-               labels_path: Optional[str] = None):
+               labels_path: Optional[str] = None,
+               table=None, threshold: float = DEFAULT_THRESHOLD,
+               classes_path: Optional[str] = None):
     super().__init__(name="mlc_serving")
     size = image_size_of(model)
-    output_names = list(_symbolic_outputs(model))
-    head_names = set(schema.names)
-    derived = {n + s for n in output_names if n in head_names
+    outputs = _symbolic_outputs(model)
+    output_names = list(outputs)
+    if table is not None:
+      _check_class_output(outputs, table)
+    # Outputs that get a "<name>_class" / "<name>_score" pair in the bytes
+    # signature: the heads, and the composed classes when a table names them.
+    class_names = {h.name: list(h.classes) for h in schema.heads}
+    if table is not None:
+      class_names[CLASS_OUTPUT] = list(table.classes)
+    derived = {n + s for n in output_names if n in class_names
                for s in (CLASS_SUFFIX, SCORE_SUFFIX)}
     clash = sorted(derived & set(output_names))
     if clash:
@@ -256,9 +331,10 @@ class ServingModule(tf.Module):
           "signature adds; rename them")
     if max_image_bytes <= 0:
       raise ExportError(f"max_image_bytes must be > 0, got {max_image_bytes}")
-    class_names = {h.name: tf.constant(list(h.classes)) for h in schema.heads}
+    check_threshold(threshold)
     self.image_size = size
     self.max_image_bytes = int(max_image_bytes)
+    self.threshold = float(threshold)
 
     def probabilities(image):
       return {k: tf.cast(v, tf.float32) if v.dtype.is_floating else v
@@ -286,9 +362,15 @@ class ServingModule(tf.Module):
       for name, probs in outputs.items():
         result[name] = probs
         if name in class_names:
-          result[name + CLASS_SUFFIX] = tf.gather(
-              class_names[name], tf.argmax(probs, axis=-1))
-          result[name + SCORE_SUFFIX] = tf.reduce_max(probs, axis=-1)
+          best = tf.gather(tf.constant(class_names[name]),
+                           tf.argmax(probs, axis=-1))
+          score = tf.reduce_max(probs, axis=-1)
+          if name == CLASS_OUTPUT:
+            # As compose.predict_classes: a weak best class is "unknown".
+            best = tf.where(score >= self.threshold, best,
+                            tf.constant(UNKNOWN_CLASS))
+          result[name + CLASS_SUFFIX] = best
+          result[name + SCORE_SUFFIX] = score
       return result
 
     self.serve_image = serve_image
@@ -297,6 +379,8 @@ class ServingModule(tf.Module):
     self.model_variables = list(serve_image.get_concrete_function().variables)
     if labels_path is not None:
       self.labels = tf.saved_model.Asset(labels_path)
+    if classes_path is not None:
+      self.classes = tf.saved_model.Asset(classes_path)
 
   def signatures(self) -> dict:
     """The signatures to save: {key: concrete function}."""
@@ -308,9 +392,37 @@ class ServingModule(tf.Module):
 
 def build_serving_module(model, schema: heads_lib.LabelSchema,
                          max_image_bytes: int = MAX_IMAGE_BYTES,
-                         labels_path: Optional[str] = None) -> ServingModule:
-  """The tf.Module behind the SavedModel (usable in memory, e.g. in tests)."""
-  return ServingModule(model, schema, max_image_bytes, labels_path)
+                         labels_path: Optional[str] = None,
+                         table=None, threshold: float = DEFAULT_THRESHOLD,
+                         classes_path: Optional[str] = None) -> ServingModule:
+  """The tf.Module behind the SavedModel (usable in memory, e.g. in tests).
+
+  table: the compose.ClassTable of the model's "class" output, if it has
+  one; the bytes signature then also returns class_class (the best class, or
+  "unknown" below ``threshold``) and class_score.
+  """
+  return ServingModule(model, schema, max_image_bytes, labels_path, table,
+                       threshold, classes_path)
+
+
+def check_threshold(threshold: float) -> float:
+  """Raises ExportError unless 0 <= threshold <= 1."""
+  if isinstance(threshold, bool) or not 0.0 <= float(threshold) <= 1.0:
+    raise ExportError(
+        f"threshold must be a probability in [0, 1], got {threshold!r}")
+  return float(threshold)
+
+
+def _check_class_output(outputs: Mapping[str, Any], table) -> None:
+  if CLASS_OUTPUT not in outputs:
+    raise ExportError(
+        f"the model has no {CLASS_OUTPUT!r} output for the class table "
+        f"{table.source} (outputs: {', '.join(sorted(outputs))})")
+  width = tuple(outputs[CLASS_OUTPUT].shape)[-1]
+  if width is not None and width != len(table):
+    raise ExportError(
+        f"the model's {CLASS_OUTPUT!r} output has {width} columns but the "
+        f"class table {table.source} has {len(table)} classes")
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -345,15 +457,24 @@ def write_warmup_requests(export_dir: str, encoded_images: Sequence[bytes],
 def to_saved_model(model, schema: heads_lib.LabelSchema, export_dir: str,
                    max_image_bytes: int = MAX_IMAGE_BYTES,
                    warmup_images: Optional[np.ndarray] = None,
-                   model_name: str = "mlc") -> str:
+                   model_name: str = "mlc", table=None,
+                   threshold: float = DEFAULT_THRESHOLD) -> str:
   """Writes the SavedModel (both signatures, labels asset, warmup requests)
-  into ``export_dir``, which must not exist yet."""
+  into ``export_dir``, which must not exist yet. With ``table`` (the
+  compose.ClassTable of the model's "class" output) classes.csv is an asset
+  too."""
   if os.path.exists(export_dir):
     raise ExportError(f"{export_dir}: already exists; not overwriting it")
   with tempfile.TemporaryDirectory() as tmp:
     labels = os.path.join(tmp, LABELS_FILE)
     schema.save(labels)
-    module = build_serving_module(model, schema, max_image_bytes, labels)
+    classes = None
+    if table is not None:
+      from mlc_keras import compose  # pylint: disable=g-import-not-at-top
+      classes = os.path.join(tmp, CLASSES_FILE)
+      compose.save(table, schema, classes)
+    module = build_serving_module(model, schema, max_image_bytes, labels,
+                                  table, threshold, classes)
     tf.saved_model.save(module, export_dir, signatures=module.signatures())
   size = module.image_size
   if warmup_images is None or not len(warmup_images):
@@ -573,8 +694,11 @@ def to_tflite_variants(saved_model_dir: str, folder: str, model_name: str,
 
 
 def _copy_labels(saved_model_dir: str, folder: str) -> None:
-  shutil.copyfile(os.path.join(saved_model_dir, "assets", LABELS_FILE),
-                  os.path.join(folder, LABELS_FILE))
+  # labels.json always; classes.csv when the SavedModel has a "class" output.
+  for name in (LABELS_FILE, CLASSES_FILE):
+    src = os.path.join(saved_model_dir, "assets", name)
+    if name == LABELS_FILE or os.path.isfile(src):
+      shutil.copyfile(src, os.path.join(folder, name))
 
 
 # --- ONNX -----------------------------------------------------------------------
@@ -708,6 +832,7 @@ class Predictor:
     self.image_size = 0
     self.output_names: list[str] = []
     self._schema = None
+    self._table = False  # not looked up yet
 
   @property
   def schema(self) -> heads_lib.LabelSchema:
@@ -716,6 +841,23 @@ class Predictor:
     if self._schema is None:
       self._schema = heads_lib.LabelSchema.load(find_labels(self.path))
     return self._schema
+
+  @property
+  def class_table(self):
+    """The compose.ClassTable naming the columns of the artefact's "class"
+    output (classes.csv beside it), or None: no such output or no table.
+    Raises compose.ClassTableError if the table does not fit labels.json."""
+    if self._table is False:
+      self._table = self._find_table() if CLASS_OUTPUT in self.output_names \
+          else None
+    return self._table
+
+  def _find_table(self):
+    path = find_class_table(self.path)
+    if path is None:
+      return None
+    from mlc_keras import compose  # pylint: disable=g-import-not-at-top
+    return compose.load(path, self.schema)
 
   def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
     images = np.asarray(images)
@@ -755,6 +897,11 @@ class KerasPredictor(Predictor):
     self.model = model
     self.image_size = image_size_of(model)
     self.output_names = list(_symbolic_outputs(model))
+
+  def _find_table(self):
+    # The model's own ComposeClasses layer knows its classes.
+    from mlc_keras import compose  # pylint: disable=g-import-not-at-top
+    return compose.table_of(self.model) or super()._find_table()
 
   def _run(self, images):
     out = self.model.predict_on_batch(images)
@@ -884,6 +1031,18 @@ def find_labels(path: str) -> str:
       f"{path}: no {LABELS_FILE} found (looked in: {', '.join(candidates)})")
 
 
+def find_class_table(path: str) -> Optional[str]:
+  """classes.csv for an artefact, where find_labels looks for labels.json;
+  None if there is none."""
+  path = os.path.abspath(path)
+  if os.path.isdir(path):
+    candidates = [os.path.join(path, "assets", CLASSES_FILE),
+                  os.path.join(path, CLASSES_FILE)]
+  else:
+    candidates = [os.path.join(os.path.dirname(path), CLASSES_FILE)]
+  return next((c for c in candidates if os.path.isfile(c)), None)
+
+
 def latest_version(base: str) -> Optional[str]:
   """The highest integer-named SavedModel folder under ``base`` (as TF Serving
   picks it), or None."""
@@ -895,7 +1054,8 @@ def latest_version(base: str) -> Optional[str]:
 def load_predictor(path: str, bytes_signature: bool = False) -> Predictor:
   """Opens any artefact as a Predictor.
 
-  path: a .keras file, a model folder (model.keras inside), a SavedModel
+  path: a .keras file, a model folder (the .keras file export would pick:
+    calibrated.keras when current, else model.keras), a SavedModel
     folder, a TF Serving model folder (the highest version is used), a
     .tflite file or a .onnx file.
   bytes_signature: for a SavedModel, go through serving_default (encoded
@@ -913,8 +1073,14 @@ def _open(path: str, bytes_signature: bool) -> Predictor:
     if os.path.exists(os.path.join(path, "saved_model.pb")):
       return (SavedModelBytesPredictor(path) if bytes_signature
               else SavedModelPredictor(path))
-    if os.path.exists(os.path.join(path, "model.keras")):
-      return KerasPredictor(os.path.join(path, "model.keras"))
+    if any(os.path.exists(os.path.join(path, f))
+           for f in (MODEL_FILE, CALIBRATED_FILE)):
+      # The model export would pick (calibrated.keras when current).
+      chosen, why = choose_model_file(path)
+      predictor = KerasPredictor(chosen)
+      if os.path.exists(os.path.join(path, CALIBRATED_FILE)):
+        predictor.chosen_because = why  # a choice was made: predict says it
+      return predictor
     version = latest_version(path)
     if version:
       return _open(version, bytes_signature)
@@ -1159,12 +1325,16 @@ def export(model_dir: str,
            max_image_bytes: int = MAX_IMAGE_BYTES,
            overwrite: bool = False,
            isolate: bool = True,
-           log: Callable[[str], None] = print) -> ExportResult:
+           log: Callable[[str], None] = print,
+           model_file: Optional[str] = None,
+           class_table: Optional[str] = None,
+           threshold: float = DEFAULT_THRESHOLD) -> ExportResult:
   """Exports a trained model folder to every requested format, checks each
   artefact against the Keras model and publishes them only if all pass.
 
   Args:
-    model_dir: folder with model.keras and labels.json (written by train).
+    model_dir: folder with model.keras and labels.json (written by train),
+      or a .keras file with labels.json beside it.
     output: base folder; default <model_dir>/export.
     formats: subset of FORMATS (the SavedModel is always built: the
       converters start from its tensor signature; it is only published when
@@ -1181,11 +1351,21 @@ def export(model_dir: str,
     isolate: convert TFLite/ONNX each in a fresh process (frees the memory
       the converters keep).
     log: progress sink.
+    model_file: which .keras file of model_dir to export (a file name);
+      default calibrated.keras when it is current, else model.keras (see
+      choose_model_file).
+    class_table: class table CSV (compose.py): every artefact gets a
+      "class" output over its classes and classes.csv beside it. Without
+      it, a model that already has a "class" output keeps it, and its
+      table is written beside the artefacts.
+    threshold: the SavedModel bytes signature's class_class is "unknown"
+      when the best class probability is below it.
 
   Returns:
     ExportResult with the published paths and the parity reports.
 
   Raises:
+    compose.ClassTableError: a class table that does not fit labels.json;
     ExportError: bad arguments, a failed conversion or check;
     ParityError: an artefact outside its tolerance (nothing is published;
       the report stays in the staging folder named in the message).
@@ -1195,6 +1375,7 @@ def export(model_dir: str,
                    if "tflite" in formats else ())
   if isinstance(version, bool) or not isinstance(version, int) or version < 1:
     raise ExportError(f"version must be a positive integer, got {version!r}")
+  threshold = check_threshold(threshold)
   model_dir = model_dir.rstrip("/") or model_dir
   # A .keras file is accepted too; its folder stands for the run.
   folder = model_dir if not os.path.isfile(model_dir) else (
@@ -1218,7 +1399,20 @@ def export(model_dir: str,
         f"version {version} of {model_name!r} already exists ({existing[0]}); "
         "pick another --version or pass --overwrite")
 
-  model, schema = load_trained(model_dir)
+  model_path, why = choose_model_file(model_dir, model_file)
+  log(f"exporting {model_path}: {why}")
+  schema = load_schema(model_path)
+  from mlc_keras import compose  # pylint: disable=g-import-not-at-top
+  # Before loading the model: a bad table fails in a second, not after it.
+  table = compose.load(class_table, schema) if class_table else None
+  model = _load_checked(model_path, schema)
+  if table is not None:
+    model = compose.with_class_output(model, table)
+  else:
+    table = compose.table_of(model)
+    if table is not None:
+      log(f"the model has a {CLASS_OUTPUT!r} output ({len(table)} classes); "
+          f"it is exported with its table as {CLASSES_FILE}")
   size = image_size_of(model)
 
   # Images: calibration and parity come from the user or the run's own data.
@@ -1257,7 +1451,8 @@ def export(model_dir: str,
 
   log(f"writing SavedModel -> {staged['saved_model']}")
   to_saved_model(model, schema, staged["saved_model"], max_image_bytes,
-                 warmup_images=par_images[:1], model_name=model_name)
+                 warmup_images=par_images[:1], model_name=model_name,
+                 table=table, threshold=threshold)
   check = result.saved_model_check = check_saved_model(staged["saved_model"])
   log(f"SavedModel loads in plain TensorFlow; {sum(check['ops'].values())} "
       f"nodes, {len(check['ops'])} op types, no Python or custom ops")
@@ -1271,9 +1466,7 @@ def export(model_dir: str,
                                       model_name, isolate=isolate)
 
   log(f"parity check on {len(par_images)} images")
-  reference = KerasPredictor(os.path.join(model_dir, "model.keras")
-                             if os.path.isdir(model_dir) else model_dir,
-                             model=model).predict(par_images)
+  reference = KerasPredictor(model_path, model=model).predict(par_images)
   tensor_sig = SavedModelPredictor(staged["saved_model"])
   candidates = [("saved_model", tensor_sig, FP32_TOLERANCE),
                 ("saved_model_bytes",
@@ -1291,6 +1484,11 @@ def export(model_dir: str,
   table = format_parity_table(reports)
   log(table)
   payload = {"model_dir": os.path.abspath(model_dir), "model_name": model_name,
+             "model_file": os.path.abspath(model_path),
+             "class_table": (None if table is None else
+                             os.path.abspath(class_table) if class_table
+                             else "carried by the model"),
+             "threshold": threshold if table is not None else None,
              "version": version, "image_size": size,
              "parity_images": par_source or "seeded random",
              "calibration_images": cal_source if calibration is not None else None,
@@ -1344,10 +1542,25 @@ def export(model_dir: str,
 # --- predictions as JSON ---------------------------------------------------------
 
 
+def compose_outputs(outputs: Mapping[str, np.ndarray], table
+                    ) -> dict[str, np.ndarray]:
+  """``outputs`` with its "class" output (re)computed from the heads through
+  ``table`` (a compose.ClassTable): what a model exported with that table
+  would return."""
+  from mlc_keras import compose  # pylint: disable=g-import-not-at-top
+  heads = {k: v for k, v in outputs.items() if k != CLASS_OUTPUT}
+  probs = compose.compose_probs(heads, table).astype(np.float32)
+  return {**outputs, CLASS_OUTPUT: np.atleast_2d(probs)}
+
+
 def describe(outputs: Mapping[str, np.ndarray], index: int,
-             schema: heads_lib.LabelSchema) -> dict[str, Any]:
+             schema: heads_lib.LabelSchema, table=None,
+             threshold: float = DEFAULT_THRESHOLD) -> dict[str, Any]:
   """One image's outputs as the predict CLI prints them: a head becomes
-  {"class", "score", "scores": {class: p}}; any other output its raw values."""
+  {"class", "score", "scores": {class: p}}; so does the "class" output when
+  ``table`` (a compose.ClassTable) names its columns, its "class" being
+  "unknown" when the best probability is below ``threshold``; any other
+  output its raw values."""
   result = {}
   for name in _ordered(outputs, schema):
     row = np.asarray(outputs[name][index])
@@ -1356,6 +1569,17 @@ def describe(outputs: Mapping[str, np.ndarray], index: int,
       best = int(np.argmax(row))
       result[name] = {"class": classes[best], "score": float(row[best]),
                       "scores": {c: float(p) for c, p in zip(classes, row)}}
+    elif name == CLASS_OUTPUT and table is not None:
+      if row.shape != (len(table),):
+        raise ExportError(
+            f"the {CLASS_OUTPUT!r} output has {row.shape[-1]} columns but the "
+            f"class table {table.source} has {len(table)} classes")
+      best = int(np.argmax(row))
+      score = float(row[best])
+      result[name] = {
+          "class": table.classes[best] if score >= threshold else UNKNOWN_CLASS,
+          "score": score,
+          "scores": {c: float(p) for c, p in zip(table.classes, row)}}
     else:
       result[name] = row.tolist() if row.dtype.kind != "S" else row.astype(str).tolist()
   return result

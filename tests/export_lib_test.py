@@ -484,5 +484,248 @@ class ExportLibTest(tf.test.TestCase):
       export_lib.list_images(os.path.join(self.root, "missing"))
 
 
+# Composed classes over (colour, tone); as a model folder's own file would be.
+CLASS_TABLE = """class,colour,tone
+dark_red,red,dark
+light_red,red,light
+green,green,
+blue,blue,
+"""
+# What `evaluate --calibrate --class_table` put into calibrated.keras earlier:
+# another table, which --class_table must replace.
+OLD_TABLE = {"reddish": {"colour": "red"}, "other": {"colour": "green"}}
+TEMPERATURES = {"colour": 2.5, "tone": 3.0}
+
+
+class ComposedExportTest(tf.test.TestCase):
+  """A calibrated model with a class table, exported as a user would after
+  `evaluate --calibrate`: export must pick calibrated.keras, and every
+  artefact must carry the temperatures and the composed "class" output."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    from mlc_keras import calibrate
+    from mlc_keras import compose
+    cls.root = tempfile.mkdtemp(prefix="composed_export_test_")
+    cls.model_dir = os.path.join(cls.root, "run")
+    os.makedirs(cls.model_dir)
+    cls.plain = confident_model(seed=1)
+    cls.plain.save(os.path.join(cls.model_dir, "model.keras"))
+    SCHEMA.save(cls.model_dir)
+    cls.calibrated = compose.with_class_output(
+        calibrate.with_temperatures(cls.plain, TEMPERATURES),
+        compose.from_dict(OLD_TABLE, SCHEMA))
+    cls.calibrated.save(os.path.join(cls.model_dir, "calibrated.keras"))
+    cls.table_path = os.path.join(cls.root, "classes.csv")
+    with open(cls.table_path, "w") as f:
+      f.write(CLASS_TABLE)
+    cls.table = compose.load(cls.table_path, SCHEMA)
+    calibration, _ = make_images(48, seed=1)
+    cls.cal_dir = os.path.join(cls.root, "calibration")
+    write_images(cls.cal_dir, calibration)
+    cls.images, cls.labels = make_images(24, seed=3)
+    cls.base = os.path.join(cls.root, "export")
+    cls.log = []
+    cls.result = export_lib.export(
+        cls.model_dir, output=cls.base, quantizations="fp32,int8",
+        representative=cls.cal_dir, class_table=cls.table_path,
+        isolate=False, log=cls.log.append)
+
+  @classmethod
+  def tearDownClass(cls):
+    shutil.rmtree(cls.root, ignore_errors=True)
+    super().tearDownClass()
+
+  def artefacts(self):
+    return [("saved_model", self.result.saved_model, False),
+            ("saved_model_bytes", self.result.saved_model, True),
+            ("tflite_fp32", self.result.tflite["fp32"], False),
+            ("tflite_int8", self.result.tflite["int8"], False),
+            ("onnx", self.result.onnx, False)]
+
+  def test_export_picked_the_calibrated_model_and_said_so(self):
+    with open(self.result.parity_path) as f:
+      report = json.load(f)
+    self.assertEqual(report["model_file"],
+                     os.path.join(self.model_dir, "calibrated.keras"))
+    self.assertEqual(report["class_table"], self.table_path)
+    self.assertTrue(any("calibrated.keras" in line and "--model_file" in line
+                        for line in self.log), self.log)
+    for r in report["reports"]:
+      self.assertTrue(r["passed"], r)
+      self.assertEqual(sorted(r["outputs"]), ["class", "colour", "tone"])
+
+  def test_artefacts_apply_the_temperatures_and_compose(self):
+    from mlc_keras import compose
+    expected = {k: v.numpy() for k, v in export_lib.model_outputs(
+        self.calibrated, self.images).items() if k != "class"}
+    expected["class"] = compose.compose_probs(expected, self.table)
+    uncalibrated = {k: v.numpy() for k, v in export_lib.model_outputs(
+        self.plain, self.images).items()}
+    for head in ("colour", "tone"):
+      # The premise: the temperatures change the probabilities noticeably.
+      self.assertGreater(
+          np.abs(expected[head] - uncalibrated[head]).max(), 0.05, head)
+    for name, path, use_bytes in self.artefacts():
+      with self.subTest(name):
+        got = export_lib.load_predictor(path, use_bytes).predict(self.images)
+        self.assertEqual(sorted(got), ["class", "colour", "tone"])
+        self.assertEqual(got["class"].shape, (len(self.images), 4))
+        if name == "tflite_int8":
+          # Judged by decisions (INT8_TOLERANCE), the class output included.
+          for k in expected:
+            np.testing.assert_array_equal(got[k].argmax(-1),
+                                          expected[k].argmax(-1), k)
+          continue
+        for k in expected:
+          self.assertAllClose(got[k], expected[k], atol=1e-4, rtol=0, msg=k)
+
+  def test_class_table_is_beside_every_artefact(self):
+    from mlc_keras import compose
+    folders = [os.path.join(self.result.saved_model, "assets"),
+               os.path.dirname(self.result.tflite["fp32"]),
+               os.path.dirname(self.result.onnx)]
+    for folder in folders:
+      table = compose.load(os.path.join(folder, "classes.csv"), SCHEMA)
+      self.assertEqual((table.classes, table.heads, table.values),
+                       (self.table.classes, self.table.heads, self.table.values))
+    for name, path, use_bytes in self.artefacts():
+      predictor = export_lib.load_predictor(path, use_bytes)
+      self.assertEqual(predictor.class_table.classes, self.table.classes, name)
+
+  def test_bytes_signature_names_the_class(self):
+    loaded = tf.saved_model.load(self.result.saved_model)
+    serving = loaded.signatures["serving_default"]
+    self.assertEqual(
+        sorted(serving.structured_outputs),
+        ["class", "class_class", "class_score", "colour", "colour_class",
+         "colour_score", "tone", "tone_class", "tone_score"])
+    encoded = tf.constant([encode for encode in map(export_lib.encode_png,
+                                                    self.images)])
+    out = serving(image_bytes=encoded)
+    probs = out["class"].numpy()
+    self.assertAllClose(out["class_score"].numpy(), probs.max(-1))
+    names = [c.decode() for c in out["class_class"].numpy()]
+    self.assertEqual(names, [self.table.classes[i] if p >= 0.5 else "unknown"
+                             for i, p in zip(probs.argmax(-1), probs.max(-1))])
+    # The test images are dark/light red, green or blue: the table's classes.
+    truth = [("dark_red", "light_red")[t] if c == 0 else ("green", "blue")[c - 1]
+             for c, t in zip(self.labels["colour"], self.labels["tone"])]
+    self.assertEqual(list(probs.argmax(-1)),
+                     [self.table.classes.index(t) for t in truth])
+    # export/client.py reads class_class / class_score like a head's.
+    response = {"predictions": [
+        {k: (v[i].decode() if v.dtype == object else v[i].tolist())
+         for k, v in ((k, t.numpy()) for k, t in out.items())}
+        for i in range(len(names))]}
+    parsed = load_client().parse_rest_response(json.loads(json.dumps(response)))
+    self.assertEqual([p["class"]["class"] for p in parsed], names)
+    self.assertAllClose([p["class"]["scores"] for p in parsed], probs)
+
+  def test_threshold_makes_weak_classes_unknown(self):
+    from mlc_keras import compose
+    old_table = compose_table(OLD_TABLE)
+    heads = {k: v.numpy() for k, v in export_lib.model_outputs(
+        self.calibrated, self.images).items() if k != "class"}
+    # The median best-class probability: about half the images fall below.
+    threshold = float(np.median(
+        compose.compose_probs(heads, old_table).max(-1)))
+    module = export_lib.build_serving_module(
+        self.calibrated, SCHEMA, table=old_table, threshold=threshold)
+    encoded = tf.constant([export_lib.encode_png(i) for i in self.images])
+    out = module.serve_bytes(encoded)
+    scores = out["class_score"].numpy()
+    names = [c.decode() for c in out["class_class"].numpy()]
+    self.assertIn("unknown", names)
+    self.assertNotEqual(set(names), {"unknown"})
+    for name, score, best in zip(names, scores, out["class"].numpy().argmax(-1)):
+      self.assertEqual(name, ("reddish", "other")[best] if score >= threshold
+                       else "unknown")
+    with self.assertRaisesRegex(export_lib.ExportError, "threshold"):
+      export_lib.build_serving_module(self.calibrated, SCHEMA,
+                                      table=compose_table(OLD_TABLE),
+                                      threshold=1.5)
+    with self.assertRaisesRegex(export_lib.ExportError, "4 classes"):
+      export_lib.build_serving_module(self.calibrated, SCHEMA, table=self.table)
+
+  def test_carried_class_output_is_exported_with_its_table(self):
+    # No --class_table: calibrated.keras's own "class" output (from evaluate
+    # --calibrate --class_table) is kept and its table written beside it.
+    from mlc_keras import compose
+    result = export_lib.export(
+        self.model_dir, output=os.path.join(self.root, "carried"),
+        formats="saved_model", isolate=False, log=lambda _: None)
+    table = compose.load(os.path.join(result.saved_model, "assets",
+                                      "classes.csv"), SCHEMA)
+    self.assertEqual(table.classes, ("reddish", "other"))
+    serving = tf.saved_model.load(result.saved_model).signatures[
+        "serving_default"]
+    self.assertIn("class_class", serving.structured_outputs)
+    for r in result.parity:
+      self.assertIn("class", r["outputs"])
+
+  def test_bad_class_table_fails_before_loading_the_model(self):
+    from mlc_keras import compose
+    bad = os.path.join(self.get_temp_dir(), "bad.csv")
+    with open(bad, "w") as f:
+      f.write("class,colour,size\nx,red,big\n")
+    with self.assertRaisesRegex(compose.ClassTableError,
+                                "'size' is not a head of the schema"):
+      export_lib.export(self.model_dir, output=os.path.join(self.root, "bad"),
+                        class_table=bad, log=lambda _: None)
+    self.assertFalse(os.path.exists(os.path.join(self.root, "bad")))
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlc_keras.export",
+         f"--model_dir={self.model_dir}", f"--class_table={bad}",
+         f"--output={os.path.join(self.root, 'bad')}"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    self.assertEqual(proc.returncode, 2, proc.stderr[-2000:])
+    self.assertIn("error: " + bad, proc.stderr)
+    self.assertIn("'size' is not a head", proc.stderr)
+
+
+class ChooseModelFileTest(tf.test.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.dir = self.get_temp_dir()
+    for name in ("model.keras", "calibrated.keras"):
+      open(os.path.join(self.dir, name), "w").close()
+
+  def test_current_calibrated_model_is_preferred(self):
+    os.utime(os.path.join(self.dir, "model.keras"), (1000, 1000))
+    os.utime(os.path.join(self.dir, "calibrated.keras"), (2000, 2000))
+    path, why = export_lib.choose_model_file(self.dir)
+    self.assertEqual(path, os.path.join(self.dir, "calibrated.keras"))
+    self.assertIn("--model_file=model.keras", why)
+
+  def test_stale_calibrated_model_is_not_used(self):
+    # Retrained after evaluate --calibrate: calibrated.keras holds old weights.
+    os.utime(os.path.join(self.dir, "calibrated.keras"), (1000, 1000))
+    os.utime(os.path.join(self.dir, "model.keras"), (2000, 2000))
+    path, why = export_lib.choose_model_file(self.dir)
+    self.assertEqual(path, os.path.join(self.dir, "model.keras"))
+    self.assertIn("warning", why)
+    self.assertIn("older", why)
+
+  def test_explicit_choice_and_errors(self):
+    path, _ = export_lib.choose_model_file(self.dir, "model.keras")
+    self.assertEqual(path, os.path.join(self.dir, "model.keras"))
+    with self.assertRaisesRegex(export_lib.ExportError,
+                                "no other.keras.*calibrated.keras, model.keras"):
+      export_lib.choose_model_file(self.dir, "other.keras")
+    with self.assertRaisesRegex(export_lib.ExportError, "a file name inside"):
+      export_lib.choose_model_file(self.dir, "../model.keras")
+    os.remove(os.path.join(self.dir, "calibrated.keras"))
+    path, _ = export_lib.choose_model_file(self.dir)
+    self.assertEqual(path, os.path.join(self.dir, "model.keras"))
+
+
+def compose_table(classes):
+  from mlc_keras import compose
+  return compose.from_dict(classes, SCHEMA)
+
+
 if __name__ == "__main__":
   tf.test.main()

@@ -15,6 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from mlc_keras import compose
 from mlc_keras import export_lib
 from mlc_keras import heads as heads_lib
 from mlc_keras import model as model_lib
@@ -26,6 +27,10 @@ SCHEMA = heads_lib.LabelSchema((
     heads_lib.HeadSpec("tone", ("dark", "light")),
 ))
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLASS_TABLE = {"dark_red": {"colour": "red", "tone": "dark"},
+               "light_red": {"colour": "red", "tone": "light"},
+               "green": {"colour": "green"},
+               "blue": {"colour": "blue"}}
 
 
 def make_images(n: int, seed: int):
@@ -108,15 +113,38 @@ class PredictTest(tf.test.TestCase):
         "tflite": tflite["fp32"],
         "onnx": onnx,
     }
+    cls.table_path = os.path.join(cls.root, "classes.csv")
+    cls.table = compose.from_dict(CLASS_TABLE, SCHEMA)
+    compose.save(cls.table, SCHEMA, cls.table_path)
+    # Artefacts that carry the "class" output themselves: a composed .keras
+    # (its ComposeClasses layer names the classes) and a SavedModel and
+    # TFLite file exported with the table (classes.csv beside them). The
+    # ONNX one is covered end to end in e2e_test.
+    composed = compose.with_class_output(model, cls.table)
+    composed_dir = os.path.join(cls.root, "composed")
+    os.makedirs(composed_dir)
+    composed.save(os.path.join(composed_dir, "model.keras"))
+    SCHEMA.save(composed_dir)
+    composed_sm = export_lib.to_saved_model(
+        composed, SCHEMA, os.path.join(cls.root, "export_c", "shapes", "1"),
+        table=cls.table)
+    composed_tflite = export_lib.to_tflite_variants(
+        composed_sm, os.path.join(cls.root, "export_c", "litert"), "shapes",
+        ["fp32"], isolate=False, log=lambda _: None)
+    cls.carrying = {
+        "keras_file": os.path.join(composed_dir, "model.keras"),
+        "saved_model": composed_sm,
+        "tflite": composed_tflite["fp32"],
+    }
 
   @classmethod
   def tearDownClass(cls):
     shutil.rmtree(cls.root, ignore_errors=True)
     super().tearDownClass()
 
-  def predict_lines(self, model, inputs):
+  def predict_lines(self, model, inputs, **kwargs):
     out = io.StringIO()
-    n = predict.run(model, inputs, out=out, batch_size=5)
+    n = predict.run(model, inputs, out=out, batch_size=5, **kwargs)
     lines = [json.loads(l) for l in out.getvalue().splitlines()]
     self.assertLen(lines, n)
     return lines
@@ -141,6 +169,117 @@ class PredictTest(tf.test.TestCase):
           expected, expected_scores = classes, scores
         self.assertEqual(classes, expected)
         self.assertAllClose(scores, expected_scores, atol=1e-4, rtol=0)
+
+  def check_class_entries(self, lines, expected_names=None):
+    for line in lines:
+      self.assertEqual(list(line), ["image", "colour", "tone", "class"])
+      result = line["class"]
+      self.assertEqual(list(result["scores"]), list(self.table.classes))
+      self.assertAlmostEqual(sum(result["scores"].values()), 1.0, places=5)
+      self.assertEqual(result["score"], max(result["scores"].values()))
+    if expected_names is not None:
+      self.assertEqual([l["class"]["class"] for l in lines], expected_names)
+
+  def test_class_table_with_every_artefact(self):
+    keras_lines = self.predict_lines(self.artefacts["keras_file"],
+                                     [self.image_dir])
+    heads = {h: np.array([[l[h]["scores"][c] for c in SCHEMA.head(h).classes]
+                          for l in keras_lines]) for h in SCHEMA.names}
+    expected = compose.describe_classes(heads, self.table)
+    # The images are dark/light red, green or blue: each is its own class.
+    truth = [("dark_red", "light_red")[t] if c == 0 else ("green", "blue")[c - 1]
+             for c, t in zip(self.labels["colour"], self.labels["tone"])]
+    by_name = {f"{i:02d}.jpg" if i % 3 == 0 else f"{i:02d}.png": t
+               for i, t in enumerate(truth)}
+    self.assertEqual([e["class"] for e in expected],
+                     [by_name[os.path.basename(p)] for p in self.paths])
+    for kind, artefacts in (("flag", self.artefacts), ("carried", self.carrying)):
+      for name, path in artefacts.items():
+        with self.subTest(f"{kind}: {name}"):
+          lines = self.predict_lines(
+              path, [self.image_dir],
+              class_table=self.table_path if kind == "flag" else None)
+          self.check_class_entries(lines, [e["class"] for e in expected])
+          got = np.array([list(l["class"]["scores"].values()) for l in lines])
+          want = np.array([list(e["scores"].values()) for e in expected])
+          self.assertAllClose(got, want, atol=1e-4, rtol=0)
+
+  def test_no_class_entry_without_a_table(self):
+    lines = self.predict_lines(self.artefacts["saved_model"], [self.paths[0]])
+    self.assertEqual(list(lines[0]), ["image", "colour", "tone"])
+
+  def test_flag_replaces_the_carried_table(self):
+    other = os.path.join(self.get_temp_dir(), "other.csv")
+    compose.save(compose.from_dict({"reddish": {"colour": "red"},
+                                    "not_red": {"colour": "green"}}, SCHEMA),
+                 SCHEMA, other)
+    lines = self.predict_lines(self.carrying["tflite"], self.paths[:3],
+                               class_table=other)
+    for line in lines:
+      self.assertEqual(list(line["class"]["scores"]), ["reddish", "not_red"])
+
+  def test_threshold_gives_unknown(self):
+    lines = self.predict_lines(self.carrying["saved_model"], [self.image_dir],
+                               threshold=0.0)
+    scores = sorted(l["class"]["score"] for l in lines)
+    self.assertNotIn("unknown", [l["class"]["class"] for l in lines])
+    # Halfway between two distinct scores: some above, some below.
+    i = next(i for i in range(len(scores) - 1) if scores[i] < scores[i + 1])
+    threshold = (scores[i] + scores[i + 1]) / 2
+    lines = self.predict_lines(self.carrying["saved_model"], [self.image_dir],
+                               threshold=threshold)
+    names = [l["class"]["class"] for l in lines]
+    self.assertIn("unknown", names)
+    self.assertNotEqual(set(names), {"unknown"})
+    for line in lines:
+      result = line["class"]
+      if result["score"] < threshold:
+        self.assertEqual(result["class"], "unknown")
+      else:
+        self.assertEqual(result["scores"][result["class"]], result["score"])
+    with self.assertRaisesRegex(export_lib.ExportError, "threshold"):
+      self.predict_lines(self.artefacts["onnx"], self.paths[:1], threshold=2.0)
+
+  def test_bad_class_tables(self):
+    bad = os.path.join(self.get_temp_dir(), "bad.csv")
+    with open(bad, "w") as f:
+      f.write("class,colour\nviolet,violet\n")
+    with self.assertRaisesRegex(compose.ClassTableError, "bad.csv:2"):
+      self.predict_lines(self.artefacts["onnx"], self.paths[:1],
+                         class_table=bad)
+    # A classes.csv beside an artefact that does not fit its "class" output.
+    folder = os.path.join(self.get_temp_dir(), "mismatch")
+    os.makedirs(folder)
+    copy = os.path.join(folder, "m.tflite")
+    shutil.copyfile(self.carrying["tflite"], copy)
+    shutil.copyfile(os.path.join(os.path.dirname(self.carrying["tflite"]),
+                                 "labels.json"),
+                    os.path.join(folder, "labels.json"))
+    compose.save(compose.from_dict({"reddish": {"colour": "red"}}, SCHEMA),
+                 SCHEMA, os.path.join(folder, "classes.csv"))
+    with self.assertRaisesRegex(export_lib.ExportError,
+                                "4 columns but the class table"):
+      self.predict_lines(copy, self.paths[:1])
+
+  def test_model_folder_uses_the_calibrated_model_as_export_does(self):
+    from mlc_keras import calibrate
+    folder = os.path.join(self.get_temp_dir(), "calibrated_run")
+    os.makedirs(folder)
+    for name in ("model.keras", "labels.json"):
+      shutil.copyfile(os.path.join(self.model_dir, name),
+                      os.path.join(folder, name))
+    calibrated = calibrate.with_temperatures(
+        model_lib.load_model(os.path.join(folder, "model.keras")),
+        {"colour": 3.0})
+    calibrated.save(os.path.join(folder, "calibrated.keras"))
+    scores = {}
+    for name, path in (("folder", folder),
+                       ("calibrated", os.path.join(folder, "calibrated.keras")),
+                       ("plain", os.path.join(folder, "model.keras"))):
+      lines = self.predict_lines(path, self.paths[:4])
+      scores[name] = np.array([l["colour"]["score"] for l in lines])
+    self.assertAllClose(scores["folder"], scores["calibrated"], atol=1e-6)
+    self.assertGreater(np.abs(scores["folder"] - scores["plain"]).max(), 0.01)
 
   def test_predictions_are_the_true_classes(self):
     lines = self.predict_lines(self.artefacts["onnx"], [self.image_dir])
@@ -203,6 +342,15 @@ class PredictTest(tf.test.TestCase):
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     self.assertEqual(proc.returncode, 2)
     self.assertIn("nope.jpg", proc.stderr)
+    self.assertEqual(proc.stdout, "")
+
+    bad = os.path.join(self.root, "bad_classes.csv")
+    with open(bad, "w") as f:
+      f.write("class,colour,size\nx,red,big\n")
+    proc = subprocess.run(cmd[:4] + [f"--class_table={bad}", self.paths[0]],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    self.assertEqual(proc.returncode, 2, proc.stderr[-2000:])
+    self.assertIn(f"error: {bad}:1: column 'size' is not a head", proc.stderr)
     self.assertEqual(proc.stdout, "")
 
 
