@@ -20,6 +20,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from mlc_keras import config as config_lib
 from mlc_keras import heads as heads_lib
 from mlc_keras import imageio
 
@@ -173,7 +174,7 @@ def _line_of_offset(path: str, offset: int) -> int:
 
 # Pillow's default Image.MAX_IMAGE_PIXELS: above it an image is treated as a
 # decompression bomb (a small file that decodes to gigabytes).
-MAX_IMAGE_PIXELS = 89_478_485
+MAX_IMAGE_PIXELS = config_lib.DataConfig.max_image_pixels
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,6 +26,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from mlc_keras import config as config_lib  # no TensorFlow: --help stays fast
+
 _MODEL_DIR = flags.DEFINE_string(
     "model_dir", None, "Trained model folder (model.keras + labels.json), as "
     "written by mlc_keras.train, or a .keras file with labels.json beside "
@@ -71,6 +73,11 @@ _PARITY_IMAGES = flags.DEFINE_string(
 _MAX_IMAGE_BYTES = flags.DEFINE_integer(
     "max_image_bytes", 20 * 1024 * 1024,
     "Per-image size cap of the SavedModel's bytes signature.", lower_bound=1)
+_MAX_IMAGE_PIXELS = flags.DEFINE_integer(
+    "max_image_pixels", config_lib.DataConfig.max_image_pixels,
+    "Per-image width x height cap of the SavedModel's bytes signature, read "
+    "from the image header before decoding (default: the limit training "
+    "applies to its files).", lower_bound=1)
 _OVERWRITE = flags.DEFINE_bool(
     "overwrite", False, "Replace an existing export of the same version.")
 
@@ -95,6 +102,7 @@ def main(argv):
         representative=_REPRESENTATIVE.value,
         parity_images=_PARITY_IMAGES.value,
         max_image_bytes=_MAX_IMAGE_BYTES.value,
+        max_image_pixels=_MAX_IMAGE_PIXELS.value,
         overwrite=_OVERWRITE.value,
         model_file=_MODEL_FILE.value,
         class_table=_CLASS_TABLE.value,

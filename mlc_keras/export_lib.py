@@ -51,6 +51,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from mlc_keras import data as data_lib
 from mlc_keras import heads as heads_lib
 from mlc_keras import imageio
 
@@ -67,6 +68,10 @@ SCORE_SUFFIX = "_score"
 # Per-image cap on encoded bytes in the serving signature. 20 MB holds any
 # sane phone photo; beyond that a request is more likely abuse than an image.
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
+# Per-image cap on width x height, read from the header before decoding (a
+# few hundred KB can declare a decode of gigabytes): the limit training
+# applies to its files.
+MAX_IMAGE_PIXELS = data_lib.MAX_IMAGE_PIXELS
 
 ONNX_OPSET = 17
 LABELS_FILE = "labels.json"
@@ -310,7 +315,8 @@ class ServingModule(tf.Module):
                max_image_bytes: int = MAX_IMAGE_BYTES,
                labels_path: Optional[str] = None,
                table=None, threshold: float = DEFAULT_THRESHOLD,
-               classes_path: Optional[str] = None):
+               classes_path: Optional[str] = None,
+               max_image_pixels: int = MAX_IMAGE_PIXELS):
     super().__init__(name="mlc_serving")
     size = image_size_of(model)
     outputs = _symbolic_outputs(model)
@@ -331,9 +337,12 @@ class ServingModule(tf.Module):
           "signature adds; rename them")
     if max_image_bytes <= 0:
       raise ExportError(f"max_image_bytes must be > 0, got {max_image_bytes}")
+    if max_image_pixels <= 0:
+      raise ExportError(f"max_image_pixels must be > 0, got {max_image_pixels}")
     check_threshold(threshold)
     self.image_size = size
     self.max_image_bytes = int(max_image_bytes)
+    self.max_image_pixels = int(max_image_pixels)
     self.threshold = float(threshold)
 
     def probabilities(image):
@@ -345,6 +354,28 @@ class ServingModule(tf.Module):
     def serve_image(image):
       return probabilities(image)
 
+    def decode_checked(encoded):
+      # The header is checked before DecodeImage runs: the decoder allocates
+      # width x height x 3 bytes from the header alone (a 631-byte JPEG
+      # claiming 12000x12000 decodes to 432 MB here). Bytes whose size cannot
+      # be read are refused too, rather than decoded unchecked: decode_image
+      # also accepts JPEG XL, whose header is not parsed here.
+      width_height = imageio.header_size(encoded)
+      readable = tf.debugging.Assert(
+          tf.reduce_all(width_height >= 0),
+          [f"{BYTES_INPUT}: not a JPEG, PNG, GIF, BMP or WebP image, or its "
+           "header is cut short"])
+      with tf.control_dependencies([readable]):
+        pixels = tf.reduce_prod(tf.cast(width_height, tf.float64))
+      # float64: a PNG may claim 2^32 x 2^32, which overflows int64.
+      small_enough = tf.debugging.Assert(
+          pixels <= self.max_image_pixels,
+          [f"{BYTES_INPUT}: an image is too large: its header says "
+           f"more than the cap of {self.max_image_pixels} pixels "
+           "(max_image_pixels); width, height:", width_height])
+      with tf.control_dependencies([small_enough]):
+        return imageio.decode_and_resize(tf.identity(encoded), size)
+
     @tf.function(input_signature=[
         tf.TensorSpec([None], tf.string, name=BYTES_INPUT)])
     def serve_bytes(image_bytes):
@@ -355,7 +386,7 @@ class ServingModule(tf.Module):
       with tf.control_dependencies([too_big]):
         image_bytes = tf.identity(image_bytes)
       images = tf.map_fn(
-          lambda b: imageio.decode_and_resize(b, size), image_bytes,
+          decode_checked, image_bytes,
           fn_output_signature=tf.TensorSpec([size, size, 3], tf.uint8))
       outputs = probabilities(images)
       result = {}
@@ -394,15 +425,20 @@ def build_serving_module(model, schema: heads_lib.LabelSchema,
                          max_image_bytes: int = MAX_IMAGE_BYTES,
                          labels_path: Optional[str] = None,
                          table=None, threshold: float = DEFAULT_THRESHOLD,
-                         classes_path: Optional[str] = None) -> ServingModule:
+                         classes_path: Optional[str] = None,
+                         max_image_pixels: int = MAX_IMAGE_PIXELS
+                         ) -> ServingModule:
   """The tf.Module behind the SavedModel (usable in memory, e.g. in tests).
 
   table: the compose.ClassTable of the model's "class" output, if it has
   one; the bytes signature then also returns class_class (the best class, or
   "unknown" below ``threshold``) and class_score.
+  max_image_bytes / max_image_pixels: per-image caps of the bytes signature
+  on the encoded size and on width x height (read from the header, before
+  decoding); an image over either fails the request with InvalidArgument.
   """
   return ServingModule(model, schema, max_image_bytes, labels_path, table,
-                       threshold, classes_path)
+                       threshold, classes_path, max_image_pixels)
 
 
 def check_threshold(threshold: float) -> float:
@@ -458,7 +494,8 @@ def to_saved_model(model, schema: heads_lib.LabelSchema, export_dir: str,
                    max_image_bytes: int = MAX_IMAGE_BYTES,
                    warmup_images: Optional[np.ndarray] = None,
                    model_name: str = "mlc", table=None,
-                   threshold: float = DEFAULT_THRESHOLD) -> str:
+                   threshold: float = DEFAULT_THRESHOLD,
+                   max_image_pixels: int = MAX_IMAGE_PIXELS) -> str:
   """Writes the SavedModel (both signatures, labels asset, warmup requests)
   into ``export_dir``, which must not exist yet. With ``table`` (the
   compose.ClassTable of the model's "class" output) classes.csv is an asset
@@ -474,7 +511,7 @@ def to_saved_model(model, schema: heads_lib.LabelSchema, export_dir: str,
       classes = os.path.join(tmp, CLASSES_FILE)
       compose.save(table, schema, classes)
     module = build_serving_module(model, schema, max_image_bytes, labels,
-                                  table, threshold, classes)
+                                  table, threshold, classes, max_image_pixels)
     tf.saved_model.save(module, export_dir, signatures=module.signatures())
   size = module.image_size
   if warmup_images is None or not len(warmup_images):
@@ -1328,7 +1365,8 @@ def export(model_dir: str,
            log: Callable[[str], None] = print,
            model_file: Optional[str] = None,
            class_table: Optional[str] = None,
-           threshold: float = DEFAULT_THRESHOLD) -> ExportResult:
+           threshold: float = DEFAULT_THRESHOLD,
+           max_image_pixels: int = MAX_IMAGE_PIXELS) -> ExportResult:
   """Exports a trained model folder to every requested format, checks each
   artefact against the Keras model and publishes them only if all pass.
 
@@ -1346,7 +1384,7 @@ def export(model_dir: str,
     parity_images: manifest CSV, image folder or image for the parity check.
       With only one of the two given, it serves both; with neither, the
       run's own training and evaluation images (default_image_sources).
-    max_image_bytes: per-image cap of the bytes signature.
+    max_image_bytes: per-image cap of the bytes signature on encoded bytes.
     overwrite: replace an existing version instead of refusing.
     isolate: convert TFLite/ONNX each in a fresh process (frees the memory
       the converters keep).
@@ -1360,6 +1398,8 @@ def export(model_dir: str,
       table is written beside the artefacts.
     threshold: the SavedModel bytes signature's class_class is "unknown"
       when the best class probability is below it.
+    max_image_pixels: per-image cap of the bytes signature on width x
+      height, read from the image header before decoding.
 
   Returns:
     ExportResult with the published paths and the parity reports.
@@ -1376,6 +1416,10 @@ def export(model_dir: str,
   if isinstance(version, bool) or not isinstance(version, int) or version < 1:
     raise ExportError(f"version must be a positive integer, got {version!r}")
   threshold = check_threshold(threshold)
+  for name, cap in (("max_image_bytes", max_image_bytes),
+                    ("max_image_pixels", max_image_pixels)):
+    if isinstance(cap, bool) or not isinstance(cap, (int, np.integer)) or cap < 1:
+      raise ExportError(f"{name} must be a positive integer, got {cap!r}")
   model_dir = model_dir.rstrip("/") or model_dir
   # A .keras file is accepted too; its folder stands for the run.
   folder = model_dir if not os.path.isfile(model_dir) else (
@@ -1452,7 +1496,8 @@ def export(model_dir: str,
   log(f"writing SavedModel -> {staged['saved_model']}")
   to_saved_model(model, schema, staged["saved_model"], max_image_bytes,
                  warmup_images=par_images[:1], model_name=model_name,
-                 table=table, threshold=threshold)
+                 table=table, threshold=threshold,
+                 max_image_pixels=max_image_pixels)
   check = result.saved_model_check = check_saved_model(staged["saved_model"])
   log(f"SavedModel loads in plain TensorFlow; {sum(check['ops'].values())} "
       f"nodes, {len(check['ops'])} op types, no Python or custom ops")
@@ -1481,8 +1526,7 @@ def export(model_dir: str,
              for name, pred, tol in candidates]
   for rep in reports:  # staged paths are about to move
     rep["path"] = os.path.relpath(rep["path"], staging)
-  table = format_parity_table(reports)
-  log(table)
+  log(format_parity_table(reports))
   payload = {"model_dir": os.path.abspath(model_dir), "model_name": model_name,
              "model_file": os.path.abspath(model_path),
              "class_table": (None if table is None else
@@ -1490,6 +1534,8 @@ def export(model_dir: str,
                              else "carried by the model"),
              "threshold": threshold if table is not None else None,
              "version": version, "image_size": size,
+             "max_image_bytes": max_image_bytes,
+             "max_image_pixels": max_image_pixels,
              "parity_images": par_source or "seeded random",
              "calibration_images": cal_source if calibration is not None else None,
              "reports": reports}

@@ -14,6 +14,7 @@ import base64
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -22,6 +23,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from mlc_keras import config as config_lib
+from mlc_keras import data as data_lib
 from mlc_keras import export_lib
 from mlc_keras import heads as heads_lib
 from mlc_keras import imageio
@@ -78,6 +81,37 @@ def write_images(folder: str, images, ext: str = ".png") -> list[str]:
       f.write(data)
     paths.append(path)
   return paths
+
+
+# A valid 1x1 GIF (logical screen at bytes 6-10).
+GIF_1X1 = (b"GIF89a\x01\x00\x01\x00\x80\x00\x00\xff\x00\x00\x00\x00\x00"
+           b",\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;")
+
+
+def claim_size(encoded: bytes, width: int, height: int) -> bytes:
+  """``encoded`` (PNG, JPEG or GIF) with its header patched to claim
+  width x height: what a decompression bomb looks like before decoding."""
+  data = bytearray(encoded)
+  if data.startswith(b"\x89PNG"):
+    data[16:24] = struct.pack(">II", width, height)
+  elif data.startswith(b"GIF8"):
+    data[6:10] = struct.pack("<HH", width, height)
+  elif data.startswith(b"\xff\xd8"):
+    sof = data.index(b"\xff\xc0")  # TF writes baseline JPEGs
+    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+  else:
+    raise ValueError("not a PNG, JPEG or GIF")
+  return bytes(data)
+
+
+def bmp_header(width: int, height: int) -> bytes:
+  return (b"BM" + struct.pack("<IHHI", 54, 0, 0, 54)
+          + struct.pack("<IiiHH", 40, width, height, 1, 24) + bytes(24))
+
+
+def webp_header(chunk: bytes, payload: bytes) -> bytes:
+  body = b"WEBP" + chunk + struct.pack("<I", 64) + payload
+  return b"RIFF" + struct.pack("<I", len(body) + 64) + body + bytes(8)
 
 
 def load_client():
@@ -158,6 +192,9 @@ class ExportLibTest(tf.test.TestCase):
     with open(self.result.parity_path) as f:
       report = json.load(f)
     self.assertEqual(report["parity_images"], self.parity_dir)
+    self.assertEqual(report["max_image_pixels"], export_lib.MAX_IMAGE_PIXELS)
+    self.assertEqual(report["max_image_bytes"], export_lib.MAX_IMAGE_BYTES)
+    self.assertIsNone(report["class_table"])
     self.assertEqual(report["calibration_images"], self.cal_dir)
     self.assertEqual(
         sorted(r["artefact"] for r in report["reports"]),
@@ -312,6 +349,7 @@ class ExportLibTest(tf.test.TestCase):
     self.assertFalse(report["mlc_keras_imported"])
     self.assertEqual(report["unregistered"], [])
     self.assertIn("DecodeImage", report["ops"])  # in-graph decoding is there
+    self.assertIn("ExtractJpegShape", report["ops"])  # and the pixel cap
     self.assertIn("Conv2D", report["ops"])
     self.assertEmpty(set(report["ops"]) & export_lib.PYTHON_OPS)
     self.assertEqual(report["ran"]["colour"], [2, 3])
@@ -376,6 +414,58 @@ class ExportLibTest(tf.test.TestCase):
     with self.assertRaisesRegex(tf.errors.InvalidArgumentError, "larger than 500"):
       module.serve_bytes(tf.constant([small, large]))
 
+  def test_pixel_cap_refuses_before_decoding(self):
+    module = export_lib.build_serving_module(self.model, SCHEMA,
+                                             max_image_pixels=100)
+    png = tf.io.encode_png(self.images[0]).numpy()
+    jpeg = tf.io.encode_jpeg(self.images[0]).numpy()
+    small = tf.io.encode_png(self.images[1][:8, :8]).numpy()  # 64 pixels
+    over = {
+        "png": claim_size(png, 11, 10),
+        "jpeg": claim_size(jpeg, 10, 11),
+        "gif": claim_size(GIF_1X1, 11, 10),
+        "bmp": bmp_header(11, -10),
+        "webp": webp_header(b"VP8X", bytes(4) + struct.pack("<I", 10)[:3]
+                            + struct.pack("<I", 9)[:3]),
+        "real 32x32 png": png,
+        # (2^32 - 1)^2 overflows int64 to a small number.
+        "png 2^32-1 square": claim_size(png, 2 ** 32 - 1, 2 ** 32 - 1),
+    }
+    for name, encoded in over.items():
+      with self.subTest(name):
+        with self.assertRaisesRegex(tf.errors.InvalidArgumentError,
+                                    "too large.* 100 pixels"):
+          module.serve_bytes(tf.constant([small, encoded]))
+    with self.assertRaisesRegex(tf.errors.InvalidArgumentError,
+                                "not a JPEG, PNG, GIF, BMP or WebP image"):
+      module.serve_bytes(tf.constant([small, b"definitely not an image"]))
+    # Under the cap, decoded as before: the bytes signature equals the tensor
+    # signature on the pixels decode_and_resize gives.
+    encoded = [small, GIF_1X1, claim_size(GIF_1X1, 10, 10)]
+    served = module.serve_bytes(tf.constant(encoded))
+    pixels = tf.stack([imageio.decode_and_resize(e, SIZE) for e in encoded])
+    expected = module.serve_image(pixels)
+    for head in ("colour", "tone"):
+      self.assertAllClose(served[head], expected[head], atol=1e-6)
+    with self.assertRaisesRegex(export_lib.ExportError, "max_image_pixels"):
+      export_lib.build_serving_module(self.model, SCHEMA, max_image_pixels=0)
+    # One limit for training's file screen, the library and the export CLI.
+    self.assertEqual(export_lib.MAX_IMAGE_PIXELS, data_lib.MAX_IMAGE_PIXELS)
+    self.assertEqual(export_lib.MAX_IMAGE_PIXELS,
+                     config_lib.DataConfig.max_image_pixels)
+
+  def test_saved_model_refuses_decompression_bombs(self):
+    # 631 bytes of JPEG claiming 12000x12000 would decode to 432 MB.
+    serving = tf.saved_model.load(self.saved_model).signatures["serving_default"]
+    jpeg = tf.io.encode_jpeg(self.images[0]).numpy()
+    png = tf.io.encode_png(self.images[0]).numpy()
+    for bomb in (claim_size(jpeg, 12000, 12000),
+                 claim_size(png, 50000, 50000)):
+      with self.assertRaisesRegex(tf.errors.InvalidArgumentError,
+                                  f"too large.* {export_lib.MAX_IMAGE_PIXELS} "
+                                  "pixels"):
+        serving(image_bytes=tf.constant([bomb]))
+
   def test_bad_arguments_name_the_thing(self):
     with self.assertRaisesRegex(export_lib.ExportError, "format 'tfjs'"):
       export_lib.export(self.model_dir, formats="saved_model,tfjs")
@@ -383,6 +473,8 @@ class ExportLibTest(tf.test.TestCase):
       export_lib.export(self.model_dir, quantizations="fp32,int4")
     with self.assertRaisesRegex(export_lib.ExportError, "version"):
       export_lib.export(self.model_dir, version=0)
+    with self.assertRaisesRegex(export_lib.ExportError, "max_image_pixels"):
+      export_lib.export(self.model_dir, max_image_pixels=0)
     with self.assertRaisesRegex(export_lib.ExportError, "already exists"):
       export_lib.export(self.model_dir, output=self.base, version=3)
     no_labels = os.path.join(self.get_temp_dir(), "no_labels")
@@ -495,6 +587,47 @@ blue,blue,
 # another table, which --class_table must replace.
 OLD_TABLE = {"reddish": {"colour": "red"}, "other": {"colour": "green"}}
 TEMPERATURES = {"colour": 2.5, "tone": 3.0}
+
+
+class HeaderSizeTest(tf.test.TestCase):
+  """imageio.header_size, in a graph as serving runs it."""
+
+  def size(self, encoded: bytes) -> list[int]:
+    fn = tf.function(imageio.header_size,
+                     input_signature=[tf.TensorSpec([], tf.string)])
+    return fn(tf.constant(encoded)).numpy().tolist()
+
+  def test_formats(self):
+    image = np.zeros((21, 37, 3), np.uint8)
+    png = tf.io.encode_png(image).numpy()
+    jpeg = tf.io.encode_jpeg(image).numpy()
+    progressive = tf.io.encode_jpeg(image, progressive=True).numpy()
+    cases = {
+        "png": (png, [37, 21]),
+        "jpeg": (jpeg, [37, 21]),
+        "progressive jpeg": (progressive, [37, 21]),
+        "gif": (claim_size(GIF_1X1, 37, 21), [37, 21]),
+        "bmp": (bmp_header(37, 21), [37, 21]),
+        "top-down bmp": (bmp_header(37, -21), [37, 21]),
+        "webp lossy": (webp_header(b"VP8 ", b"\x10\x02\x00\x9d\x01\x2a"
+                                   + struct.pack("<HH", 37, 21)), [37, 21]),
+        "webp lossless": (webp_header(
+            b"VP8L", b"\x2f" + struct.pack("<I", 36 | 20 << 14)), [37, 21]),
+        "webp extended": (webp_header(
+            b"VP8X", bytes(4) + struct.pack("<I", 36)[:3]
+            + struct.pack("<I", 20)[:3]), [37, 21]),
+        "not an image": (b"definitely not an image", [-1, -1]),
+        "empty": (b"", [-1, -1]),
+        "png cut short": (png[:20], [-1, -1]),
+        "jpeg xl": (b"\xff\x0a" + bytes(30), [-1, -1]),
+    }
+    for name, (encoded, expected) in cases.items():
+      with self.subTest(name):
+        self.assertEqual(self.size(encoded), expected)
+        if expected != [-1, -1] and not name.startswith("webp"):
+          # The same reading as the Python screen of training files.
+          self.assertEqual(list(data_lib.image_size_from_header(encoded)),
+                           expected)
 
 
 class ComposedExportTest(tf.test.TestCase):
