@@ -115,7 +115,6 @@ def folder_size(path: str) -> int:
 
 def main(argv):
   del argv
-  import numpy as np
   import tensorflow as tf
   from mlc_keras import export_lib
 

@@ -89,6 +89,13 @@ class TrainConfig:
   focal_loss: tuple[tuple[str, float], ...] = ()
   top_k: int = 5
   backup_every_steps: Optional[int] = None
+  # Fine-tuning schedule: the first freeze_epochs train the heads on a frozen
+  # backbone (BatchNorm in inference mode); the rest unfreeze the backbone
+  # (all of it, or its last unfreeze_layers layers; BatchNorm stays frozen)
+  # at learning_rate * finetune_lr_scale. 0 trains everything from the start.
+  freeze_epochs: int = 0
+  unfreeze_layers: int = 0
+  finetune_lr_scale: float = 0.1
 
 
 @dataclasses.dataclass(frozen=True)

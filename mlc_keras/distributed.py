@@ -191,6 +191,9 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
   if tc.precision != "float32" or tc.jit_compile:
     raise ValueError(f"--strategy={tc.strategy} supports float32 without "
                      "--xla only")
+  if tc.freeze_epochs:
+    raise ValueError(f"--freeze_epochs is not supported with --strategy="
+                     f"{tc.strategy} yet; use the default strategy")
   chief = is_chief(strategy)
   out_dir = model_dir if chief else tempfile.mkdtemp(prefix="mlc_worker_")
   os.makedirs(out_dir, exist_ok=True)

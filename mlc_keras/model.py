@@ -93,6 +93,27 @@ def build_model(schema: heads_lib.LabelSchema,
   return keras.Model(image, outputs, name="mlc_" + backbone.lower())
 
 
+def set_backbone_trainable(model: keras.Model, trainable: bool,
+                           top_layers: int = 0,
+                           train_batchnorm: bool = True) -> None:
+  """Freezes the backbone, or unfreezes all of it (``top_layers`` 0) or its
+  last ``top_layers`` layers. ``train_batchnorm=False`` keeps every
+  BatchNormalization layer frozen, which in Keras 3 also runs it in inference
+  mode (its moving statistics stay as loaded), as fine-tuning a pretrained
+  backbone wants. Recompile the model afterwards."""
+  net = model.get_layer(BACKBONE_LAYER)
+  net.trainable = trainable
+  if not trainable:
+    return
+  if top_layers:
+    for layer in net.layers[:-top_layers]:
+      layer.trainable = False
+  if not train_batchnorm:
+    for layer in net.layers:
+      if isinstance(layer, keras.layers.BatchNormalization):
+        layer.trainable = False
+
+
 def named_outputs(model: keras.Model) -> dict:
   """A functional model's symbolic outputs keyed by name."""
   out = model.output

@@ -120,6 +120,18 @@ _FOCAL_LOSS = flags.DEFINE_list(
     "gamma for every head (e.g. 2); other heads keep cross-entropy. Overrides "
     "the heads file.")
 _TOP_K = flags.DEFINE_integer("top_k", _t.top_k, "k of the top-k metric.")
+_FREEZE_EPOCHS = flags.DEFINE_integer(
+    "freeze_epochs", _t.freeze_epochs, "Fine-tuning schedule: train only the "
+    "heads on a frozen backbone (BatchNorm in inference mode) for this many "
+    "epochs, then unfreeze it at a lower learning rate. Use with "
+    "--weights=imagenet. 0: train everything from the start.", lower_bound=0)
+_UNFREEZE_LAYERS = flags.DEFINE_integer(
+    "unfreeze_layers", _t.unfreeze_layers, "After --freeze_epochs, unfreeze "
+    "only the backbone's last N layers (0: all). BatchNorm stays frozen.",
+    lower_bound=0)
+_FINETUNE_LR_SCALE = flags.DEFINE_float(
+    "finetune_lr_scale", _t.finetune_lr_scale, "Learning rate multiplier "
+    "after --freeze_epochs.", lower_bound=0)
 _BACKUP_STEPS = flags.DEFINE_integer(
     "backup_every_steps", None, "Back up every N steps (default: each epoch).")
 
@@ -183,7 +195,9 @@ def config_from_flags() -> config_lib.Config:
       class_weight=_CLASS_WEIGHT.value,
       loss_weights=per_head_values("loss_weights", _LOSS_WEIGHTS.value),
       focal_loss=per_head_values("focal_loss", _FOCAL_LOSS.value, bare=True),
-      top_k=_TOP_K.value,
+      top_k=_TOP_K.value, freeze_epochs=_FREEZE_EPOCHS.value,
+      unfreeze_layers=_UNFREEZE_LAYERS.value,
+      finetune_lr_scale=_FINETUNE_LR_SCALE.value,
       backup_every_steps=_BACKUP_STEPS.value)
   return config_lib.Config(data=data, model=model, train=train)
 
@@ -205,9 +219,17 @@ def main(argv):
   except RuntimeError as e:
     if "NaN" not in str(e) and "Inf" not in str(e):
       raise
-    print(f"error: {e}\nThe last backup is kept in {_MODEL_DIR.value}/backup; "
-          "lower --learning_rate and re-run the same command to resume.",
-          file=sys.stderr)
+    import os  # pylint: disable=g-import-not-at-top
+    # The fine-tuning phase has its own folder (train_lib.phases).
+    kept = [d for d in ("backup", "backup_finetune")
+            if os.path.isdir(os.path.join(_MODEL_DIR.value, d))]
+    if kept:
+      hint = (f"The last backup is kept in {_MODEL_DIR.value}/{kept[-1]}; "
+              "lower --learning_rate and re-run the same command to resume.")
+    else:
+      hint = ("No backup had been written yet; lower --learning_rate and "
+              "re-run the same command.")
+    print(f"error: {e}\n{hint}", file=sys.stderr)
     sys.exit(3)
   print(f"\nModel written to {_MODEL_DIR.value}/model.keras (labels.json beside "
         "it). Next:\n"

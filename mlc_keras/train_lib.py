@@ -18,6 +18,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 from typing import Optional
 
 import keras
@@ -144,26 +145,252 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
   raise ValueError(f"--strategy must be one of {STRATEGIES}, got {name!r}")
 
 
+class BackupError(data.DataError):
+  """A backup folder that cannot be resumed from (corrupt or inconsistent)."""
+
+
+_WEIGHTS = "latest.weights.h5"
+_METADATA = "training_metadata.json"
+_PREVIOUS = ".bkp"  # BackupAndRestore's suffix for the double checkpoint
+_TOKEN = "mlc_backup_token"
+
+
+def _check_pair(weights: str, metadata: str) -> dict:
+  """The metadata of one (weights, metadata) backup pair; raises ValueError
+  saying what is wrong with it."""
+  import h5py  # pylint: disable=g-import-not-at-top
+  for path in (weights, metadata):
+    if not os.path.exists(path):
+      raise ValueError(f"{path} is missing")
+  try:
+    with open(metadata, encoding="utf-8") as f:
+      meta = json.load(f)
+    int(meta["epoch"])
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise ValueError(f"{metadata} is unreadable ({e})") from e
+  def read(_, obj):
+    if isinstance(obj, h5py.Dataset):
+      obj[()]  # pylint: disable=pointless-statement
+    # None: visititems stops at the first other return value.
+
+  try:
+    with h5py.File(weights, "r") as f:
+      token = f.attrs.get(_TOKEN)
+      # Read every array: a truncated file fails here, not halfway through
+      # load_weights.
+      f.visititems(read)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f"{weights} is unreadable ({e})") from e
+  if "token" in meta:
+    if isinstance(token, bytes):
+      token = token.decode()
+    if token != meta["token"]:
+      raise ValueError(f"{weights} and {metadata} come from different saves "
+                       "(the run stopped while writing its backup)")
+  return meta
+
+
+def check_backup(backup_dir: str) -> dict:
+  """Validates a BackupAndRestore folder before fit and returns the metadata
+  ({"epoch", ...}) that the run will resume from ({} when there is nothing to
+  resume).
+
+  Keras falls back to the previous (double_checkpoint) backup only when h5py
+  raises OSError; a garbled metadata file, a weights file without metadata or
+  metadata without weights make it crash obscurely or resume with untrained
+  weights. Here, when the latest pair is unusable, the previous pair is
+  copied over it (so Keras and the data pipeline agree on the epoch); when
+  neither is usable a BackupError names the files.
+  """
+  weights = os.path.join(backup_dir, _WEIGHTS)
+  metadata = os.path.join(backup_dir, _METADATA)
+  pairs = [(weights, metadata),
+           (weights + _PREVIOUS, metadata + _PREVIOUS)]
+  if not any(os.path.exists(p) for pair in pairs for p in pair):
+    return {}
+  problems = []
+  for i, (w, m) in enumerate(pairs):
+    try:
+      meta = _check_pair(w, m)
+    except ValueError as e:
+      problems.append(str(e))
+      continue
+    if i:
+      log.warning("the latest backup is unusable (%s); resuming from the "
+                  "previous one, epoch %d", problems[0], int(meta["epoch"]))
+      for src, dst in zip(pairs[i], pairs[0]):
+        shutil.copyfile(src, dst + ".tmp")
+        os.replace(dst + ".tmp", dst)
+    return meta
+  raise BackupError(
+      f"cannot resume from the backup in {backup_dir}: {problems[0]}; "
+      f"previous backup: {problems[1]}. Delete {backup_dir} to start the run "
+      "over from epoch 0.")
+
+
 def backup_epoch(backup_dir: str) -> int:
-  """The epoch a BackupAndRestore in ``backup_dir`` will resume at (0 if none)."""
-  path = os.path.join(backup_dir, "training_metadata.json")
+  """The epoch a BackupAndRestore in ``backup_dir`` will resume at (0 if
+  none), after check_backup has validated (or repaired) the folder."""
+  return int(check_backup(backup_dir).get("epoch", 0))
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+  tmp = dst + ".tmp"
+  if os.path.exists(tmp):
+    os.remove(tmp)
+  try:
+    os.link(src, tmp)  # no copy: src is replaced, never rewritten in place
+  except OSError:
+    shutil.copyfile(src, tmp)
+  os.replace(tmp, dst)
+
+
+def _drop_history_rows(path: str, first_epoch: int) -> None:
+  """Drops CSVLogger rows of epochs >= first_epoch, in place (a CSVLogger
+  that already opened the file in append mode keeps appending at its end)."""
   if not os.path.exists(path):
-    return 0
-  with open(path, encoding="utf-8") as f:
-    return int(json.load(f)["epoch"])
+    return
+  with open(path, "r+", newline="", encoding="utf-8") as f:
+    lines = f.readlines()
+    keep = lines[:1] + [l for l in lines[1:]
+                        if not l.strip() or int(l.split(",", 1)[0]) < first_epoch]
+    if len(keep) < len(lines):
+      f.seek(0)
+      f.writelines(keep)
+      f.truncate()
 
 
-def _optimizer(cfg: config_lib.TrainConfig, total_steps: int):
+class ResumableBackup(keras.callbacks.BackupAndRestore):
+  """BackupAndRestore (double_checkpoint) with these fixes, for Keras 3.15:
+
+  * A save never leaves a half-written latest backup: the new pair is
+    written beside it and renamed into place, the previous pair is kept as
+    the .bkp pair, and a token ties each weights file to its metadata (see
+    check_backup). Keras writes straight over its files.
+  * A mid-epoch backup (save_freq=N) resumes exactly: Keras restores the
+    mid-epoch weights but replays the epoch from its first batch, training
+    those batches twice. Here the first ``batches_done`` batches of the
+    resumed epoch are replayed (the data pipeline restarts the epoch too) and
+    the backup is loaded again after them, so training goes on from the
+    state it was saved in. The replay costs those batches' time, and the
+    epoch's training metrics include them.
+  * Keras sets the epoch it records only at an epoch's end, so a mid-epoch
+    save in the first epoch after a resume recorded epoch 0.
+
+  ``history_csv``: a CSVLogger file (append mode) whose rows for the epochs
+  about to be re-run are dropped on resume, so each epoch has one row even
+  when the run resumes from an older backup or was killed between logging an
+  epoch and backing it up.
+  """
+
+  def __init__(self, backup_dir, save_freq="epoch", delete_checkpoint=True,
+               history_csv=None):
+    super().__init__(backup_dir, save_freq=save_freq, double_checkpoint=True,
+                     delete_checkpoint=delete_checkpoint)
+    self.history_csv = history_csv
+    self._replay = 0
+
+  def on_train_begin(self, logs=None):
+    super().on_train_begin(logs)
+    self._replay = 0
+    if os.path.exists(self._training_metadata_path):
+      with open(self._training_metadata_path, encoding="utf-8") as f:
+        meta = json.load(f)
+      self._replay = int(meta.get("batches_done", 0))
+      if self.history_csv:
+        _drop_history_rows(self.history_csv, int(meta["epoch"]))
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self._current_epoch = epoch
+
+  def on_train_batch_end(self, batch, logs=None):
+    if self._replay:
+      if batch + 1 >= self._replay:
+        self.model.load_weights(self._weights_path)
+        self._replay = 0
+        self._last_batch_seen = batch
+        self._batches_seen_since_last_saving = 0
+      return
+    super().on_train_batch_end(batch, logs)
+
+  def _save_model(self):
+    import h5py  # pylint: disable=g-import-not-at-top
+    import uuid  # pylint: disable=g-import-not-at-top
+    os.makedirs(self.backup_dir, exist_ok=True)
+    token = uuid.uuid4().hex
+    done = 0 if self.save_freq == "epoch" else self._last_batch_seen + 1
+    new_weights = os.path.join(self.backup_dir, "incoming.weights.h5")
+    new_metadata = os.path.join(self.backup_dir, "incoming_metadata.json")
+    self.model.save_weights(new_weights, overwrite=True)
+    with h5py.File(new_weights, "a") as f:
+      f.attrs[_TOKEN] = token
+    with open(new_metadata, "w", encoding="utf-8") as f:
+      json.dump({"epoch": self._current_epoch, "batch": self._last_batch_seen,
+                 "batches_done": done, "token": token}, f)
+    # At every moment one of the two pairs is whole and consistent.
+    if (os.path.exists(self._weights_path)
+        and os.path.exists(self._training_metadata_path)):
+      _link_or_copy(self._weights_path, self._prev_weights_path)
+      _link_or_copy(self._training_metadata_path,
+                    self._prev_training_metadata_path)
+    os.replace(new_weights, self._weights_path)
+    os.replace(new_metadata, self._training_metadata_path)
+
+
+def _optimizer(cfg: config_lib.TrainConfig, total_steps: int,
+               lr_scale: float = 1.0):
+  peak = cfg.learning_rate * lr_scale
   warmup = min(max(total_steps // 10, 1), 1000)
   schedule = keras.optimizers.schedules.CosineDecay(
-      initial_learning_rate=cfg.learning_rate / 10,
+      initial_learning_rate=peak / 10,
       decay_steps=max(total_steps - warmup, 1), alpha=0.01,
-      warmup_target=cfg.learning_rate, warmup_steps=warmup)
+      warmup_target=peak, warmup_steps=warmup)
   if cfg.optimizer == "adamw":
     return keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay)
   if cfg.optimizer == "sgd":
     return keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True)
   raise ValueError(f"--optimizer must be 'adamw' or 'sgd', got {cfg.optimizer!r}")
+
+
+FROZEN_PHASE_WEIGHTS = "frozen_phase.npz"
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+  """Epochs [first_epoch, end_epoch) trained with one optimizer."""
+  first_epoch: int
+  end_epoch: int
+  frozen: bool
+  lr_scale: float
+  backup_dir: str
+
+
+def phases(tc: config_lib.TrainConfig, model_dir: str) -> list[Phase]:
+  """The run as phases: one, or frozen-backbone then fine-tuning (each with
+  its own backup folder, since the optimizer differs)."""
+  backup = os.path.join(model_dir, "backup")
+  if tc.freeze_epochs < 0 or not tc.finetune_lr_scale > 0:
+    raise ValueError("--freeze_epochs must be >= 0 and --finetune_lr_scale > 0")
+  if not tc.freeze_epochs:
+    return [Phase(0, tc.epochs, False, 1.0, backup)]
+  frozen = Phase(0, min(tc.freeze_epochs, tc.epochs), True, 1.0, backup)
+  if tc.freeze_epochs >= tc.epochs:
+    return [frozen]
+  return [frozen, Phase(tc.freeze_epochs, tc.epochs, False, tc.finetune_lr_scale,
+                        os.path.join(model_dir, "backup_finetune"))]
+
+
+def save_weights_npz(model: keras.Model, path: str) -> None:
+  """All layer weights, written to a temporary file then renamed, so a crash
+  leaves either the old file or the new one."""
+  tmp = path + ".tmp.npz"
+  np.savez(tmp, *model.get_weights())
+  os.replace(tmp, path)
+
+
+def load_weights_npz(model: keras.Model, path: str) -> None:
+  with np.load(path) as f:
+    model.set_weights([f[f"arr_{i}"] for i in range(len(f.files))])
 
 
 def compile_model(model: keras.Model, schema: heads_lib.LabelSchema,
@@ -224,14 +451,6 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str) -> dict:
 
   bundle, schema, steps, class_weights, quarantine_note = prepare_run(
       cfg, model_dir)
-  backup_dir = os.path.join(model_dir, "backup")
-  start_epoch = backup_epoch(backup_dir)
-  train_ds = data.train_dataset(
-      bundle.train, schema, image_size=dc.image_size, batch_size=tc.batch_size,
-      seed=tc.seed, start_epoch=start_epoch, end_epoch=tc.epochs,
-      steps_per_epoch=steps, augmentations=dc.augment, cache=dc.cache,
-      shuffle_buffer=dc.shuffle_buffer, deterministic=dc.deterministic,
-      class_weights=class_weights)
   val_ds = None
   if bundle.val is not None:
     val_ds = data.eval_dataset(bundle.val, schema, image_size=dc.image_size,
@@ -241,29 +460,72 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str) -> dict:
   with strategy.scope():
     model = model_lib.build_model(schema, dc.image_size, mc.backbone, mc.weights,
                                   mc.dropout, mc.bn_momentum)
-    compile_model(model, schema, _optimizer(tc, steps * tc.epochs), tc.top_k,
-                  tc.jit_compile)
 
   monitor = "val_loss" if val_ds is not None else "loss"
-  callbacks = [
-      keras.callbacks.BackupAndRestore(
-          backup_dir, save_freq=tc.backup_every_steps or "epoch",
-          double_checkpoint=True),
-      keras.callbacks.ModelCheckpoint(
-          os.path.join(model_dir, "best.keras"), monitor=monitor,
-          save_best_only=True),
-      keras.callbacks.TensorBoard(os.path.join(model_dir, "tensorboard")),
-      keras.callbacks.CSVLogger(os.path.join(model_dir, "history.csv"),
-                                append=start_epoch > 0),
-      # raise_error=True: a NaN run must fail loudly and keep its backup.
-      keras.callbacks.TerminateOnNaN(raise_error=True),
-  ]
-  if start_epoch:
-    log.info("resuming from the backup in %s at epoch %d", backup_dir, start_epoch)
-  model.fit(train_ds, epochs=tc.epochs, steps_per_epoch=steps,
-            validation_data=val_ds, callbacks=callbacks, shuffle=False,
-            verbose=1 if os.environ.get("MLC_QUIET") != "1" else 2)
+  # Shared by the phases, so best.keras is the best of the whole run.
+  best = keras.callbacks.ModelCheckpoint(
+      os.path.join(model_dir, "best.keras"), monitor=monitor,
+      save_best_only=True)
+  tensorboard = keras.callbacks.TensorBoard(os.path.join(model_dir, "tensorboard"))
+  run_phases = phases(tc, model_dir)
+  marker = os.path.join(model_dir, FROZEN_PHASE_WEIGHTS)
+  for i, phase in enumerate(run_phases):
+    hands_over = i < len(run_phases) - 1
+    if hands_over and os.path.exists(marker):
+      log.info("frozen-backbone phase already done (%s)", marker)
+      shutil.rmtree(phase.backup_dir, ignore_errors=True)
+      continue
+    if not phase.frozen and i > 0 and os.path.exists(marker):
+      load_weights_npz(model, marker)
+    model_lib.set_backbone_trainable(
+        model, not phase.frozen, top_layers=tc.unfreeze_layers,
+        train_batchnorm=len(run_phases) == 1)
+    start_epoch = max(phase.first_epoch, backup_epoch(phase.backup_dir))
+    train_ds = data.train_dataset(
+        bundle.train, schema, image_size=dc.image_size, batch_size=tc.batch_size,
+        seed=tc.seed, start_epoch=start_epoch, end_epoch=phase.end_epoch,
+        steps_per_epoch=steps, augmentations=dc.augment, cache=dc.cache,
+        shuffle_buffer=dc.shuffle_buffer, deterministic=dc.deterministic,
+        class_weights=class_weights)
+    with strategy.scope():
+      # A new optimizer per phase: the set of trainable variables changed.
+      compile_model(model, schema,
+                    _optimizer(tc, steps * (phase.end_epoch - phase.first_epoch),
+                               phase.lr_scale),
+                    tc.top_k, tc.jit_compile)
+    callbacks = [
+        best, tensorboard,
+        keras.callbacks.CSVLogger(os.path.join(model_dir, "history.csv"),
+                                  append=start_epoch > 0),
+        # raise_error=True: a NaN run must fail loudly and keep its backup.
+        keras.callbacks.TerminateOnNaN(raise_error=True),
+        # Last: an epoch is backed up only once the callbacks above logged it
+        # (a kill in between would lose its history.csv row), and a NaN step
+        # raises before its weights are backed up.
+        # A frozen phase keeps its backup until its end state is saved as
+        # the marker below: a crash in between then loses nothing.
+        ResumableBackup(
+            phase.backup_dir, save_freq=tc.backup_every_steps or "epoch",
+            delete_checkpoint=not hands_over,
+            history_csv=os.path.join(model_dir, "history.csv")),
+    ]
+    if start_epoch > phase.first_epoch:
+      log.info("resuming from the backup in %s at epoch %d", phase.backup_dir,
+               start_epoch)
+    if len(run_phases) > 1:
+      log.info("epochs %d-%d: backbone %s, learning rate x%g",
+               phase.first_epoch + 1, phase.end_epoch,
+               "frozen" if phase.frozen else "unfrozen", phase.lr_scale)
+    model.fit(train_ds, initial_epoch=phase.first_epoch, epochs=phase.end_epoch,
+              steps_per_epoch=steps, validation_data=val_ds,
+              callbacks=callbacks, shuffle=False,
+              verbose=1 if os.environ.get("MLC_QUIET") != "1" else 2)
+    if hands_over:
+      save_weights_npz(model, marker)
+      shutil.rmtree(phase.backup_dir, ignore_errors=True)
   model.save(os.path.join(model_dir, "model.keras"))
+  if os.path.exists(marker):
+    os.remove(marker)
 
   eval_source = bundle.val if bundle.val is not None else bundle.train
   eval_ds = val_ds if val_ds is not None else data.eval_dataset(
