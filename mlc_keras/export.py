@@ -67,7 +67,7 @@ _REPRESENTATIVE = flags.DEFINE_string(
     "training manifest (config.json).")
 _PARITY_IMAGES = flags.DEFINE_string(
     "parity_images", None,
-    "Manifest CSV, image folder or image for the parity check (up to 100 "
+    "Manifest CSV, image folder or image for the parity check (up to 400 "
     "images). Default: --representative, else the manifest the run was "
     "evaluated on (results.json).")
 _MAX_IMAGE_BYTES = flags.DEFINE_integer(
