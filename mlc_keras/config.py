@@ -149,3 +149,24 @@ def tiny() -> Config:
                       shuffle_buffer=64, augment=("flip", "crop")),
       train=TrainConfig(batch_size=8, epochs=1, steps_per_epoch=2, top_k=2),
   )
+
+
+def per_head_values(flag: str, items, bare: bool = False
+                    ) -> tuple[tuple[str, float], ...]:
+  """'head=value' items of a list flag -> ((head, value), ...). With
+  ``bare``, a lone number applies to every head (returned under "*").
+  Raises ValueError naming the flag."""
+  out = []
+  for item in items:
+    head, sep, value = item.partition("=")
+    if not sep and bare:
+      head, sep, value = "*", "=", item
+    try:
+      out.append((head.strip(), float(value)))
+    except ValueError:
+      sep = ""
+    if not sep or not out[-1][0]:
+      raise ValueError(
+          f"--{flag}: expected head=number{' or a number' if bare else ''}, "
+          f"got {item!r}")
+  return tuple(out)

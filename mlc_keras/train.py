@@ -136,24 +136,11 @@ _BACKUP_STEPS = flags.DEFINE_integer(
     "backup_every_steps", None, "Back up every N steps (default: each epoch).")
 
 
-def per_head_values(flag: str, items: list[str], bare: bool = False
-                    ) -> tuple[tuple[str, float], ...]:
-  """'head=value' items of a list flag -> ((head, value), ...). With
-  ``bare``, a lone number applies to every head (returned under "*")."""
-  out = []
-  for item in items:
-    head, sep, value = item.partition("=")
-    if not sep and bare:
-      head, sep, value = "*", "=", item
-    try:
-      out.append((head.strip(), float(value)))
-    except ValueError:
-      sep = ""
-    if not sep or not out[-1][0]:
-      raise app.UsageError(
-          f"--{flag}: expected head=number{' or a number' if bare else ''}, "
-          f"got {item!r}")
-  return tuple(out)
+def _per_head(flag: str, items: list[str], bare: bool = False):
+  try:
+    return config_lib.per_head_values(flag, items, bare)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
 
 
 def config_from_flags() -> config_lib.Config:
@@ -193,8 +180,8 @@ def config_from_flags() -> config_lib.Config:
       optimizer=_OPTIMIZER.value, seed=_SEED.value, precision=_PRECISION.value,
       jit_compile=_XLA.value, strategy=_STRATEGY.value,
       class_weight=_CLASS_WEIGHT.value,
-      loss_weights=per_head_values("loss_weights", _LOSS_WEIGHTS.value),
-      focal_loss=per_head_values("focal_loss", _FOCAL_LOSS.value, bare=True),
+      loss_weights=_per_head("loss_weights", _LOSS_WEIGHTS.value),
+      focal_loss=_per_head("focal_loss", _FOCAL_LOSS.value, bare=True),
       top_k=_TOP_K.value, freeze_epochs=_FREEZE_EPOCHS.value,
       unfreeze_layers=_UNFREEZE_LAYERS.value,
       finetune_lr_scale=_FINETUNE_LR_SCALE.value,

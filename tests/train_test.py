@@ -63,7 +63,7 @@ class TrainCliTest(tf.test.TestCase):
   def test_bad_flag_value(self):
     proc = run_cli("mlc_keras.train", "--loss_weights=shape", timeout=300)
     self.assertNotEqual(proc.returncode, 0)
-    self.assertIn("--loss_weights: expected head=weight, got 'shape'", proc.stderr)
+    self.assertIn("--loss_weights: expected head=number, got 'shape'", proc.stderr)
 
 
 if __name__ == "__main__":
