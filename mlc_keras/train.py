@@ -1,6 +1,6 @@
 r"""Trains a multi-head image classifier.
 
-With no flags: generates the embedded demo set and trains on it (a few
+With no flags: generates the embedded demo set and trains on it (about ten
 minutes on two CPU cores), leaving a model in mlc_runs/demo.
 
   python -m mlc_keras.train
