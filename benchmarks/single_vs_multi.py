@@ -45,7 +45,11 @@ _HELDOUT = flags.DEFINE_integer("heldout_size", 100,
 _FEW_SHARE = flags.DEFINE_float(
     "few_share", 0.1, "Share of training images where the few-label head "
     "(fill) is labelled, for (c).")
-_BACKBONE = flags.DEFINE_string("backbone", "ResNet50V2", "model.BACKBONES name.")
+_BACKBONE = flags.DEFINE_string(
+    "backbone", "ResNet50V2", "model.BACKBONES name, or 'small_cnn' (three "
+    "conv layers, the network of tests/compose_test.py): from scratch at 32px "
+    "it learns the demo's shapes in minutes, where the keras.applications "
+    "backbones need far more steps than a CPU run allows.")
 _LR = flags.DEFINE_float("learning_rate", 2e-3, "Peak learning rate.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of data and weights.")
 _FEW_HEAD = "fill"
@@ -66,6 +70,21 @@ def render_set(n: int, seed: int, held_out: bool, size: int):
   x = tf.image.resize(np.stack(images), (size, size), antialias=True)
   x = tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8).numpy()
   return x, {k: np.array(v, np.int32) for k, v in labels.items()}
+
+
+def small_cnn(schema, size: int):
+  """The multi-head contract (uint8 "image" in, a named softmax per head out)
+  over three conv layers."""
+  import keras
+  image = keras.Input((size, size, 3), dtype="uint8", name="image")
+  x = keras.layers.Rescaling(1 / 127.5, offset=-1.0)(image)
+  for filters in (32, 64, 128):
+    x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
+    x = keras.layers.MaxPooling2D()(x)
+  x = keras.layers.GlobalAveragePooling2D()(x)
+  return keras.Model(image, {
+      h.name: keras.layers.Dense(h.num_classes, activation="softmax",
+                                 name=h.name)(x) for h in schema.heads})
 
 
 def train(model, x, ys, ws, steps, batch, lr, seed):
@@ -135,6 +154,8 @@ def main(argv):
 
   def build(schema):
     keras.utils.set_random_seed(seed)
+    if _BACKBONE.value == "small_cnn":
+      return small_cnn(schema, size)
     return model_lib.build_model(schema, size, _BACKBONE.value, None,
                                  bn_momentum=0.9)
 
