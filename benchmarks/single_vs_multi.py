@@ -72,21 +72,6 @@ def render_set(n: int, seed: int, held_out: bool, size: int):
   return x, {k: np.array(v, np.int32) for k, v in labels.items()}
 
 
-def small_cnn(schema, size: int):
-  """The multi-head contract (uint8 "image" in, a named softmax per head out)
-  over three conv layers."""
-  import keras
-  image = keras.Input((size, size, 3), dtype="uint8", name="image")
-  x = keras.layers.Rescaling(1 / 127.5, offset=-1.0)(image)
-  for filters in (32, 64, 128):
-    x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
-    x = keras.layers.MaxPooling2D()(x)
-  x = keras.layers.GlobalAveragePooling2D()(x)
-  return keras.Model(image, {
-      h.name: keras.layers.Dense(h.num_classes, activation="softmax",
-                                 name=h.name)(x) for h in schema.heads})
-
-
 def train(model, x, ys, ws, steps, batch, lr, seed):
   import keras
   import numpy as np
@@ -155,7 +140,8 @@ def main(argv):
   def build(schema):
     keras.utils.set_random_seed(seed)
     if _BACKBONE.value == "small_cnn":
-      return small_cnn(schema, size)
+      from tests import testutil  # pylint: disable=g-import-not-at-top
+      return testutil.small_cnn(schema, size)
     return model_lib.build_model(schema, size, _BACKBONE.value, None,
                                  bn_momentum=0.9)
 

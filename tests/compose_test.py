@@ -16,6 +16,7 @@ from mlc_keras import compose
 from mlc_keras import demo
 from mlc_keras import heads as heads_lib
 from mlc_keras import model as model_lib
+from tests import testutil
 
 # The end-to-end check: a short from-scratch training at 32x32.
 E2E_SIZE = 32
@@ -200,22 +201,6 @@ class ModelOutputTest(tf.test.TestCase):
                         for h in table.heads))
 
 
-def _small_cnn(schema: heads_lib.LabelSchema, size: int) -> keras.Model:
-  """Same contract as model.build_model (uint8 "image" in, a named softmax
-  per head out) but small enough to learn the demo shapes in ~1 minute on
-  CPU: ResNet50V2 at 32px does not learn "shape" in 80 steps (measured:
-  0.33, chance) and takes 12 s/step on a loaded 2-core machine."""
-  image = keras.Input((size, size, 3), dtype="uint8", name="image")
-  x = keras.layers.Rescaling(1 / 127.5, offset=-1.0)(image)
-  for filters in (32, 64, 128):
-    x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
-    x = keras.layers.MaxPooling2D()(x)
-  x = keras.layers.GlobalAveragePooling2D()(x)
-  return keras.Model(image, {
-      h.name: keras.layers.Dense(h.num_classes, activation="softmax",
-                                 name=h.name)(x) for h in schema.heads})
-
-
 class HeldOutCombinationTest(tf.test.TestCase):
   """Large outlined blue triangles are never in training; the heads learn
   each of those values from other combinations and the table composes them.
@@ -238,7 +223,7 @@ class HeldOutCombinationTest(tf.test.TestCase):
         data.records_source(records), schema, image_size=E2E_SIZE,
         batch_size=32, seed=0, end_epoch=1, steps_per_epoch=E2E_STEPS,
         cache=True)
-    model = _small_cnn(schema, E2E_SIZE)
+    model = testutil.small_cnn(schema, E2E_SIZE)
     model.compile(keras.optimizers.Adam(3e-3), loss=losses.head_losses(schema))
     model.fit(train_ds, epochs=1, steps_per_epoch=E2E_STEPS, verbose=0)
 
