@@ -5,8 +5,8 @@ Demo images (demo.render, rendered in memory at the demo's 64 px and resized
 by the data pipeline). For each pair A:B, head A is labelled on every one of
 the --train_size training images and head B on only K of them (a seeded,
 class-balanced draw; blank elsewhere, i.e. masked through sample_weight by
-data.train_dataset). Two models, same backbone (tests/testutil.small_cnn),
-same image size, optimizer (train_lib's AdamW with warm-up + cosine), batch,
+data.train_dataset). Two models, same backbone (benchutil.small_cnn),
+same image size, optimizer (training.setup's AdamW with warm-up + cosine), batch,
 seed and initial backbone weights:
 
   alone   only head B, trained on its K labelled images;
@@ -138,15 +138,14 @@ def train_and_score(schema, train_src, test_src, b_head: str, steps: int,
   from mlc_keras import config as config_lib
   from mlc_keras import data
   from mlc_keras import metrics
-  from mlc_keras import train_lib
-  from tests import testutil  # pylint: disable=g-import-not-at-top
+  from mlc_keras.training import setup
 
   size = _IMAGE_SIZE.value
   keras.utils.set_random_seed(seed)
-  model = testutil.small_cnn(schema, size)
-  optimizer = train_lib._optimizer(  # pylint: disable=protected-access
+  model = benchutil.small_cnn(schema, size)
+  optimizer = setup.optimizer(
       config_lib.TrainConfig(learning_rate=_LR.value), steps)
-  train_lib.compile_model(model, schema, optimizer)
+  setup.compile_model(model, schema, optimizer)
   ds = data.train_dataset(train_src, schema, image_size=size, batch_size=batch,
                           seed=seed, cache=True, deterministic=True)
   test_ds = data.eval_dataset(test_src, schema, image_size=size,

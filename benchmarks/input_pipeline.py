@@ -132,7 +132,7 @@ def main(argv):
   import tensorflow as tf
   from mlc_keras import data
   from mlc_keras import model as model_lib
-  from mlc_keras import train_lib
+  from mlc_keras.training import setup
 
   if _SKIP.value < 1 or _STEPS.value <= _SKIP.value:
     raise app.UsageError("need 1 <= --skip_steps < --steps_per_arm")
@@ -161,7 +161,7 @@ def main(argv):
     # (b) a training step fed by the pipeline vs by memory.
     keras.utils.set_random_seed(0)
     model = model_lib.build_model(schema, size_b, "ResNet50V2")
-    train_lib.compile_model(model, schema, keras.optimizers.AdamW(1e-3))
+    setup.compile_model(model, schema, keras.optimizers.AdamW(1e-3))
     real = data.train_dataset(source, schema, image_size=size_b,
                               batch_size=batch_b, seed=0,
                               augmentations=augment)

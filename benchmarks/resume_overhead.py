@@ -1,4 +1,4 @@
-r"""Wall-time cost of the fit path's backups (train_lib.ResumableBackup).
+r"""Wall-time cost of the fit path's backups (training.backup.ResumableBackup).
 
 One model (--backbone, weights=None, --image_size px, batch --batch_size,
 AdamW, the project's compile_model) on the demo set through the real
@@ -68,7 +68,8 @@ def main(argv):
   from mlc_keras import data  # pylint: disable=g-import-not-at-top
   from mlc_keras import demo  # pylint: disable=g-import-not-at-top
   from mlc_keras import model as model_lib  # pylint: disable=g-import-not-at-top
-  from mlc_keras import train_lib  # pylint: disable=g-import-not-at-top
+  from mlc_keras.training import backup  # pylint: disable=g-import-not-at-top
+  from mlc_keras.training import setup  # pylint: disable=g-import-not-at-top
 
   print(f"{benchutil.machine()}; other processes may share the cores",
         flush=True)
@@ -86,7 +87,7 @@ def main(argv):
         seed=0, steps_per_epoch=steps, augmentations=("flip", "crop"),
         cache=True)
     model = model_lib.build_model(schema, _IMAGE_SIZE.value, _BACKBONE.value)
-    train_lib.compile_model(model, schema, keras.optimizers.AdamW(1e-3),
+    setup.compile_model(model, schema, keras.optimizers.AdamW(1e-3),
                             top_k=2)
     model.fit(train_ds, epochs=1, steps_per_epoch=2, verbose=0,
               shuffle=False)  # traces the step
@@ -109,8 +110,8 @@ def main(argv):
 
     arms = {
         "none": lambda: [],
-        "epoch": lambda: [timed(train_lib.ResumableBackup)(backup_dir)],
-        "steps": lambda: [timed(train_lib.ResumableBackup)(
+        "epoch": lambda: [timed(backup.ResumableBackup)(backup_dir)],
+        "steps": lambda: [timed(backup.ResumableBackup)(
             backup_dir, save_freq=_EVERY.value)],
         "keras": lambda: [timed(keras.callbacks.BackupAndRestore)(
             backup_dir, save_freq=_EVERY.value, double_checkpoint=True)],

@@ -32,6 +32,7 @@ import time
 
 from absl import app
 from absl import flags
+import benchutil  # benchmarks/ is sys.path[0] when a script runs
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -140,8 +141,7 @@ def main(argv):
   def build(schema):
     keras.utils.set_random_seed(seed)
     if _BACKBONE.value == "small_cnn":
-      from tests import testutil  # pylint: disable=g-import-not-at-top
-      return testutil.small_cnn(schema, size)
+      return benchutil.small_cnn(schema, size)
     return model_lib.build_model(schema, size, _BACKBONE.value, None,
                                  bn_momentum=0.9)
 

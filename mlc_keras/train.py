@@ -205,15 +205,16 @@ def main(argv):
   from mlc_keras import data  # pylint: disable=g-import-not-at-top
   from mlc_keras import heads  # pylint: disable=g-import-not-at-top
   from mlc_keras import train_lib  # pylint: disable=g-import-not-at-top
+  from mlc_keras.training import setup  # pylint: disable=g-import-not-at-top
+  # MLC_QUIET=1 (tests, logs): one line per epoch instead of a progress bar.
+  verbose = 2 if os.environ.get("MLC_QUIET") == "1" else 1
   try:
-    train_lib.train_and_evaluate(cfg, _MODEL_DIR.value)
+    train_lib.train_and_evaluate(cfg, _MODEL_DIR.value, verbose=verbose)
   except (data.DataError, heads.SchemaError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  except RuntimeError as e:
-    if "NaN" not in str(e) and "Inf" not in str(e):
-      raise
-    # The fine-tuning phase has its own folder (train_lib.phases).
+  except setup.NonFiniteLossError as e:
+    # The fine-tuning phase has its own folder (training.fit.phases).
     kept = [d for d in ("backup", "backup_finetune")
             if os.path.isdir(os.path.join(_MODEL_DIR.value, d))]
     if kept:

@@ -14,7 +14,7 @@ import tensorflow as tf
 from mlc_keras import config as config_lib
 from mlc_keras import data
 from mlc_keras import imageio
-from mlc_keras import train_lib
+from mlc_keras.training import setup
 from tests import testutil
 
 
@@ -236,7 +236,7 @@ class HostileDataTest(tf.test.TestCase):
     cfg = dataclasses.replace(
         config_lib.tiny().data, manifest=path, val_fraction=0.0,
         image_root=self.dir, quarantine=True)
-    bundle = train_lib.load_data(cfg, seed=0)
+    bundle = setup.load_data(cfg, seed=0)
     self.assertEqual(bundle.train_size, len(self.good))
     got = {q.line: q.reason for q in bundle.quarantined}
     # Lines: header is 1, good rows 2..7, bad rows from 8 on, in order.
@@ -250,7 +250,7 @@ class HostileDataTest(tf.test.TestCase):
     self.assertEqual(got[14], "file not found")
     model_dir = os.path.join(self.dir, "run")
     os.makedirs(model_dir)
-    note = train_lib.write_quarantine(bundle, model_dir)
+    note = setup.write_quarantine(bundle, model_dir)
     self.assertStartsWith(note, "7 manifest row(s) quarantined")
     with open(os.path.join(model_dir, "quarantine.csv"), encoding="utf-8") as f:
       table = list(csv.DictReader(f))
@@ -258,7 +258,7 @@ class HostileDataTest(tf.test.TestCase):
     self.assertEqual(table[4]["path"], os.path.join(self.dir, "../../etc/passwd"))
     # Without --quarantine the same manifest stops at its first problem.
     with self.assertRaisesRegex(data.DataError, r"train\.csv:12: "):
-      train_lib.load_data(dataclasses.replace(cfg, quarantine=False), seed=0)
+      setup.load_data(dataclasses.replace(cfg, quarantine=False), seed=0)
 
 
   def test_label_columns_choose_the_heads(self):
@@ -275,18 +275,18 @@ class HostileDataTest(tf.test.TestCase):
                               val_fraction=0.0)
     with self.assertRaisesRegex(data.DataError,
                                 "'notes' has 1 .*--label_columns"):
-      train_lib.load_data(cfg, seed=0)
-    bundle = train_lib.load_data(
+      setup.load_data(cfg, seed=0)
+    bundle = setup.load_data(
         dataclasses.replace(cfg, label_columns=("colour", "shape")), seed=0)
     self.assertEqual(bundle.schema.names, ("colour", "shape"))
     self.assertEqual(bundle.train_size, len(self.good))
     with self.assertRaisesRegex(data.DataError, "no column 'size'"):
-      train_lib.load_data(dataclasses.replace(cfg, label_columns=("size",)),
+      setup.load_data(dataclasses.replace(cfg, label_columns=("size",)),
                           seed=0)
     heads_file = os.path.join(self.dir, "heads.json")
     bundle.schema.save(heads_file)
     with self.assertRaisesRegex(ValueError, "give one"):
-      train_lib.load_data(dataclasses.replace(
+      setup.load_data(dataclasses.replace(
           cfg, label_columns=("shape",), heads_file=heads_file), seed=0)
 
 

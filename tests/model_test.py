@@ -9,7 +9,7 @@ import tensorflow as tf
 from mlc_keras import losses
 from mlc_keras import metrics
 from mlc_keras import model as model_lib
-from mlc_keras import train_lib
+from mlc_keras.training import setup
 from tests import testutil
 
 
@@ -77,7 +77,7 @@ class MaskedLossTest(tf.test.TestCase):
     super().setUpClass()
     keras.utils.set_random_seed(1)
     cls.model = model_lib.build_model(testutil.SCHEMA, 32)
-    train_lib.compile_model(cls.model, testutil.SCHEMA, keras.optimizers.SGD(0.0), top_k=2)
+    setup.compile_model(cls.model, testutil.SCHEMA, keras.optimizers.SGD(0.0), top_k=2)
     rng = np.random.default_rng(0)
     cls.x = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
 

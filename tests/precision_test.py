@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from mlc_keras import model as model_lib
-from mlc_keras import train_lib
+from mlc_keras.training import setup
 from tests import testutil
 
 
@@ -28,7 +28,7 @@ def _train(precision: str, jit_compile: bool, steps: int = 2):
     keras.utils.set_random_seed(0)
     model = model_lib.build_model(testutil.SCHEMA, 32, "MobileNetV2")
     # Adam without weight decay: a zero gradient gives exactly a zero update.
-    train_lib.compile_model(model, testutil.SCHEMA, keras.optimizers.Adam(1e-3),
+    setup.compile_model(model, testutil.SCHEMA, keras.optimizers.Adam(1e-3),
                             top_k=2, jit_compile=jit_compile)
     colour0 = [np.array(v) for v in model.get_layer("colour").weights]
     shape0 = [np.array(v) for v in model.get_layer("shape").weights]

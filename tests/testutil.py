@@ -60,7 +60,7 @@ def small_cnn(schema: heads_lib.LabelSchema, size: int):
   per head out) over three conv layers: it learns the demo shapes at 32px in
   about a minute on CPU, where ResNet50V2 at 32px stays at chance on "shape"
   after 80 steps (measured 0.33) at 12 s/step on a loaded 2-core machine.
-  Used by compose_test and benchmarks/single_vs_multi.py."""
+  Used by compose_test and imageio_test."""
   import keras  # pylint: disable=g-import-not-at-top
   image = keras.Input((size, size, 3), dtype="uint8", name="image")
   x = keras.layers.Rescaling(1 / 127.5, offset=-1.0)(image)

@@ -22,7 +22,6 @@ all workers resume at the same epoch.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 import shutil
@@ -39,6 +38,7 @@ from mlc_keras import heads as heads_lib
 from mlc_keras import losses
 from mlc_keras import metrics
 from mlc_keras import model as model_lib
+from mlc_keras.training import setup
 
 log = logging.getLogger("mlc_keras")
 
@@ -184,16 +184,10 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
   supported here: mixed precision, XLA, best.keras, per-epoch validation.
   ``build_model(schema, image_size)`` replaces the configured backbone (tests).
   """
-  from mlc_keras import train_lib  # pylint: disable=g-import-not-at-top
-  tc, dc, mc = cfg.train, cfg.data, cfg.model
+  tc, dc = cfg.train, cfg.data
   # MultiWorkerMirroredStrategy must exist before any other TF op runs.
-  strategy = train_lib.make_strategy(tc.strategy)
-  if tc.precision != "float32" or tc.jit_compile:
-    raise ValueError(f"--strategy={tc.strategy} supports float32 without "
-                     "--xla only")
-  if tc.freeze_epochs:
-    raise ValueError(f"--freeze_epochs is not supported with --strategy="
-                     f"{tc.strategy} yet; use the default strategy")
+  strategy = setup.make_strategy(tc.strategy)
+  _check_supported(tc)
   chief = is_chief(strategy)
   out_dir = model_dir if chief else tempfile.mkdtemp(prefix="mlc_worker_")
   os.makedirs(out_dir, exist_ok=True)
@@ -201,21 +195,9 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
   if dc.deterministic:
     tf.config.experimental.enable_op_determinism()
 
-  bundle, schema, steps, class_weights, quarantine_note = train_lib.prepare_run(
-      cfg, out_dir)
-
-  with strategy.scope():
-    if build_model is None:
-      model = model_lib.build_model(schema, dc.image_size, mc.backbone,
-                                    mc.weights, mc.dropout, mc.bn_momentum)
-    else:
-      model = build_model(schema, dc.image_size)
-    optimizer = train_lib._optimizer(tc, steps * tc.epochs)  # pylint: disable=protected-access
-    # Built now so that a checkpoint restores the slots instead of deferring.
-    optimizer.build(model.trainable_variables)
-    epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-  checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer,
-                                   epoch=epoch_var)
+  run = setup.prepare_run(cfg, out_dir)
+  model, optimizer, checkpoint = _train_state(strategy, cfg, run, build_model)
+  epoch_var = checkpoint.epoch
   chief_ckpt = os.path.join(model_dir, CHECKPOINT_DIR)
   manager = tf.train.CheckpointManager(
       checkpoint, os.path.join(out_dir, CHECKPOINT_DIR), max_to_keep=2)
@@ -224,39 +206,19 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
 
   def make_global():
     return data.train_dataset(
-        bundle.train, schema, image_size=dc.image_size,
+        run.bundle.train, run.schema, image_size=dc.image_size,
         batch_size=tc.batch_size, seed=tc.seed, start_epoch=start_epoch,
-        end_epoch=tc.epochs, steps_per_epoch=steps, augmentations=dc.augment,
-        cache=dc.cache, shuffle_buffer=dc.shuffle_buffer,
-        deterministic=dc.deterministic, class_weights=class_weights)
+        end_epoch=tc.epochs, steps_per_epoch=run.steps_per_epoch,
+        augmentations=dc.augment, cache=dc.cache,
+        shuffle_buffer=dc.shuffle_buffer, deterministic=dc.deterministic,
+        class_weights=run.class_weights)
   iterator = iter(distribute(strategy, make_global, tc.batch_size))
-  step = make_train_step(strategy, model, optimizer, schema)
-  head_metrics = metrics.weighted_metrics(schema, tc.top_k)
-
+  step = make_train_step(strategy, model, optimizer, run.schema)
+  head_metrics = metrics.weighted_metrics(run.schema, tc.top_k)
   history_path = os.path.join(out_dir, "history.csv")
   for epoch in range(start_epoch, tc.epochs):
-    for ms in head_metrics.values():
-      for m in ms:
-        m.reset_state()
-    loss_sum = 0.0
-    for i in range(steps):
-      total, _, batch = step(iterator)
-      total = float(total)
-      if not np.isfinite(total):
-        raise RuntimeError(
-            f"NaN or Inf loss at epoch {epoch + 1} step {i + 1}; the last "
-            f"checkpoint (epoch {epoch}) is kept in {chief_ckpt}")
-      loss_sum += total
-      for out, ys, ws in local_batches(strategy, batch):
-        for h, ms in head_metrics.items():
-          for m in ms:
-            m.update_state(ys[h], out[h], sample_weight=ws[h])
-    sum_metrics_over_workers(
-        strategy, [m for ms in head_metrics.values() for m in ms])
-    row = {"epoch": epoch, "loss": loss_sum / steps}
-    for h, ms in head_metrics.items():
-      for m in ms:
-        row[f"{h}_{m.name}"] = float(m.result())
+    row = _train_epoch(strategy, step, iterator, head_metrics, epoch,
+                       run.steps_per_epoch, chief_ckpt)
     log.info("epoch %d/%d: %s", epoch + 1, tc.epochs,
              ", ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "epoch"))
     _append_csv(history_path, row)
@@ -264,27 +226,71 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
     manager.save(checkpoint_number=epoch + 1)
 
   model.save(os.path.join(out_dir, "model.keras"))
-  eval_source = bundle.val if bundle.val is not None else bundle.train
-  eval_ds = data.eval_dataset(eval_source, schema, image_size=dc.image_size,
-                              batch_size=tc.batch_size)
-  rows = metrics.head_table(metrics.collect(model, eval_ds, schema), schema,
-                            tc.top_k)
-  results = {"evaluated_on": eval_source.name, "train_size": bundle.train_size,
-             "epochs": tc.epochs, "steps_per_epoch": steps, "heads": rows,
-             "strategy": tc.strategy,
-             "replicas": strategy.num_replicas_in_sync}
-  with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as f:
-    json.dump(results, f, indent=2)
-    f.write("\n")
-  if chief:
-    print(metrics.format_table(
-        rows, title=f"Per-head results on {eval_source.name} "
-        f"(inference mode, labelled samples only):"))
-    if quarantine_note:
-      print(quarantine_note)
-  else:
+  results = setup.write_results(
+      model, run, cfg, out_dir, show=chief,
+      extra={"strategy": tc.strategy,
+             "replicas": strategy.num_replicas_in_sync})
+  if not chief:
     shutil.rmtree(out_dir, ignore_errors=True)
   return results
+
+
+def _check_supported(tc: config_lib.TrainConfig) -> None:
+  if tc.precision != "float32" or tc.jit_compile:
+    raise ValueError(f"--strategy={tc.strategy} supports float32 without "
+                     "--xla only")
+  if tc.freeze_epochs:
+    raise ValueError(f"--freeze_epochs is not supported with --strategy="
+                     f"{tc.strategy} yet; use the default strategy")
+
+
+def _train_state(strategy, cfg: config_lib.Config, run: setup.Run,
+                 build_model: Optional[Callable[..., keras.Model]]):
+  """(model, optimizer, checkpoint of both and of the epoch), built under
+  ``strategy``."""
+  tc, dc, mc = cfg.train, cfg.data, cfg.model
+  with strategy.scope():
+    if build_model is None:
+      model = model_lib.build_model(run.schema, dc.image_size, mc.backbone,
+                                    mc.weights, mc.dropout, mc.bn_momentum)
+    else:
+      model = build_model(run.schema, dc.image_size)
+    optimizer = setup.optimizer(tc, run.steps_per_epoch * tc.epochs)
+    # Built now so that a checkpoint restores the slots instead of deferring.
+    optimizer.build(model.trainable_variables)
+    epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+  return model, optimizer, tf.train.Checkpoint(model=model,
+                                               optimizer=optimizer,
+                                               epoch=epoch)
+
+
+def _train_epoch(strategy, step, iterator, head_metrics: dict, epoch: int,
+                 steps: int, chief_ckpt: str) -> dict:
+  """Runs one epoch of ``step``; returns its history.csv row (mean loss and
+  every metric over the global batches)."""
+  for ms in head_metrics.values():
+    for m in ms:
+      m.reset_state()
+  loss_sum = 0.0
+  for i in range(steps):
+    total, _, batch = step(iterator)
+    total = float(total)
+    if not np.isfinite(total):
+      raise setup.NonFiniteLossError(
+          f"NaN or Inf loss at epoch {epoch + 1} step {i + 1}; the last "
+          f"checkpoint (epoch {epoch}) is kept in {chief_ckpt}")
+    loss_sum += total
+    for out, ys, ws in local_batches(strategy, batch):
+      for h, ms in head_metrics.items():
+        for m in ms:
+          m.update_state(ys[h], out[h], sample_weight=ws[h])
+  sum_metrics_over_workers(
+      strategy, [m for ms in head_metrics.values() for m in ms])
+  row = {"epoch": epoch, "loss": loss_sum / steps}
+  for h, ms in head_metrics.items():
+    for m in ms:
+      row[f"{h}_{m.name}"] = float(m.result())
+  return row
 
 
 def _restore(checkpoint: tf.train.Checkpoint, folder: str) -> int:

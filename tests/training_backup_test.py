@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from mlc_keras import config as config_lib
-from mlc_keras import train_lib
+from mlc_keras.training import backup as backup_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Small enough that tracing dominates; 3 epochs so a kill can land at epoch 2
@@ -132,7 +132,7 @@ class ResumeCliTest(tf.test.TestCase):
         "steps": (("--backup_every_steps=2",),
                   lambda m: m["epoch"] >= 1 and m.get("batches_done", 0) > 0,
                   None),
-        "corrupt": ((), lambda m: m["epoch"] >= 2, train_lib.BACKUP_STATE),
+        "corrupt": ((), lambda m: m["epoch"] >= 2, backup_lib.BACKUP_STATE),
     }
     # Generate the demo set once so concurrent runs do not race writing it.
     from mlc_keras import demo  # pylint: disable=g-import-not-at-top
@@ -204,10 +204,10 @@ class ResumeCliTest(tf.test.TestCase):
     self.assertIn(f"The last backup is kept in {model_dir}/backup", proc.stderr)
     self.assertFalse(os.path.exists(os.path.join(model_dir, "model.keras")))
     backup = os.path.join(model_dir, "backup")
-    meta = train_lib.check_backup(backup)
+    meta = backup_lib.check_backup(backup)
     self.assertIn("epoch", meta)
-    _, paths, arrays = train_lib.read_state(
-        os.path.join(backup, train_lib.BACKUP_STATE))
+    _, paths, arrays = backup_lib.read_state(
+        os.path.join(backup, backup_lib.BACKUP_STATE))
     self.assertNotEmpty(arrays)
     # The optimizer's state is in the backup too.
     self.assertTrue(any(p.endswith("iteration") for p in paths), paths[-5:])
@@ -241,7 +241,7 @@ class _Interrupt(keras.callbacks.Callback):
 
 
 class BackupCallbackTest(tf.test.TestCase):
-  """train_lib.ResumableBackup and check_backup on a small model."""
+  """backup_lib.ResumableBackup and check_backup on a small model."""
 
   def setUp(self):
     super().setUp()
@@ -255,7 +255,7 @@ class BackupCallbackTest(tf.test.TestCase):
     run started (like train_dataset)."""
     keras.utils.set_random_seed(0)
     model = _tiny_model()
-    start = train_lib.backup_epoch(backup_dir)
+    start = backup_lib.backup_epoch(backup_dir)
     xs = np.concatenate([np.roll(self.x, e, 0) for e in range(start, epochs)])
     ys = np.concatenate([np.roll(self.y, e, 0) for e in range(start, epochs)])
     ds = tf.data.Dataset.from_tensor_slices((xs, ys)).batch(8)
@@ -264,7 +264,7 @@ class BackupCallbackTest(tf.test.TestCase):
       callbacks.append(_Interrupt(*interrupt))
     if history:
       callbacks.append(keras.callbacks.CSVLogger(history, append=True))
-    callbacks.append(train_lib.ResumableBackup(backup_dir, save_freq=save_freq,
+    callbacks.append(backup_lib.ResumableBackup(backup_dir, save_freq=save_freq,
                                                history_csv=history))
     try:
       model.fit(ds, epochs=epochs, steps_per_epoch=5, verbose=0, shuffle=False,
@@ -302,7 +302,7 @@ class BackupCallbackTest(tf.test.TestCase):
     start (epoch 3), previous = epoch 2."""
     backup = os.path.join(self.get_temp_dir(), "backup")
     self.assertIsNone(self.fit(backup, interrupt=(3, 0)))
-    self.assertEqual(train_lib.backup_epoch(backup), 3)
+    self.assertEqual(backup_lib.backup_epoch(backup), 3)
     return backup
 
   def test_keras_alone_does_not_survive_these_corruptions(self):
@@ -318,7 +318,7 @@ class BackupCallbackTest(tf.test.TestCase):
       callback.on_train_begin()
     # Metadata without weights: Keras resumes at epoch 3 with fresh weights.
     backup = self._interrupted_backup()
-    os.remove(os.path.join(backup, train_lib.BACKUP_STATE))
+    os.remove(os.path.join(backup, backup_lib.BACKUP_STATE))
     model = _tiny_model()
     callback = keras.callbacks.BackupAndRestore(backup, double_checkpoint=True)
     callback.set_model(model)
@@ -331,10 +331,10 @@ class BackupCallbackTest(tf.test.TestCase):
     # Keras falls back to epoch 2, and the resumed weights differ.
     reference = self.fit(os.path.join(self.get_temp_dir(), "ref"))
     corruptions = {
-        "truncated weights": (train_lib.BACKUP_STATE, lambda d: d[:len(d) // 2]),
-        "garbled weights": (train_lib.BACKUP_STATE, lambda d: b"\0" * len(d)),
+        "truncated weights": (backup_lib.BACKUP_STATE, lambda d: d[:len(d) // 2]),
+        "garbled weights": (backup_lib.BACKUP_STATE, lambda d: b"\0" * len(d)),
         "garbled metadata": ("training_metadata.json", lambda d: d[:5]),
-        "missing weights": (train_lib.BACKUP_STATE, None),
+        "missing weights": (backup_lib.BACKUP_STATE, None),
         "missing metadata": ("training_metadata.json", None),
     }
     for name, (filename, damage) in corruptions.items():
@@ -349,7 +349,7 @@ class BackupCallbackTest(tf.test.TestCase):
           with open(path, "wb") as f:
             f.write(damage(blob))
         with self.assertLogs("mlc_keras", "WARNING") as logs:
-          self.assertEqual(train_lib.backup_epoch(backup), 2)
+          self.assertEqual(backup_lib.backup_epoch(backup), 2)
         self.assertIn(path, logs.output[0])
         self.assertAllSame(reference, self.fit(backup))
         shutil.rmtree(backup, ignore_errors=True)
@@ -360,7 +360,7 @@ class BackupCallbackTest(tf.test.TestCase):
     backup = os.path.join(self.get_temp_dir(), "backup")
     history = os.path.join(self.get_temp_dir(), "history.csv")
     self.assertIsNone(self.fit(backup, interrupt=(3, 0), history=history))
-    with open(os.path.join(backup, train_lib.BACKUP_STATE), "r+b") as f:
+    with open(os.path.join(backup, backup_lib.BACKUP_STATE), "r+b") as f:
       f.truncate(100)
     self.fit(backup, history=history)
     with open(history) as f:
@@ -374,24 +374,24 @@ class BackupCallbackTest(tf.test.TestCase):
     backup = self._interrupted_backup()
     newer = os.path.join(self.get_temp_dir(), "newer")
     self.assertIsNone(self.fit(newer, interrupt=(3, 1), save_freq=1))
-    shutil.copyfile(os.path.join(newer, train_lib.BACKUP_STATE),
-                    os.path.join(backup, train_lib.BACKUP_STATE))
+    shutil.copyfile(os.path.join(newer, backup_lib.BACKUP_STATE),
+                    os.path.join(backup, backup_lib.BACKUP_STATE))
     with self.assertLogs("mlc_keras", "WARNING") as logs:
-      self.assertEqual(train_lib.backup_epoch(backup), 2)
+      self.assertEqual(backup_lib.backup_epoch(backup), 2)
     self.assertIn("different saves", logs.output[0])
 
   def test_both_backups_corrupt_is_a_clear_error(self):
     # Checked to fail with check_backup returning {} when nothing is usable
     # (a silent restart from epoch 0).
     backup = self._interrupted_backup()
-    for name in (train_lib.BACKUP_STATE, train_lib.BACKUP_STATE + ".bkp"):
+    for name in (backup_lib.BACKUP_STATE, backup_lib.BACKUP_STATE + ".bkp"):
       with open(os.path.join(backup, name), "r+b") as f:
         f.truncate(100)
     with self.assertRaisesRegex(
-        train_lib.BackupError,
+        backup_lib.BackupError,
         r"latest\.state\.npz is unreadable.*latest\.state\.npz\.bkp is "
         r"unreadable.*Delete .*backup to start the run over"):
-      train_lib.backup_epoch(backup)
+      backup_lib.backup_epoch(backup)
 
   def test_backup_of_another_model_is_a_clear_error(self):
     # A re-run with a flag that changes the model (or the optimizer) must
@@ -404,18 +404,18 @@ class BackupCallbackTest(tf.test.TestCase):
                               keras.layers.BatchNormalization(name="bn"),
                               keras.layers.Dense(2, name="out")])
     wider.compile(keras.optimizers.Adam(0.01), "mse")
-    callback = train_lib.ResumableBackup(backup)
+    callback = backup_lib.ResumableBackup(backup)
     callback.set_model(wider)
     with self.assertRaisesRegex(
-        train_lib.BackupError,
+        backup_lib.BackupError,
         r"latest\.state\.npz was written by another model or optimizer.*"
         r"Resume with the flags of the interrupted run"):
       callback.on_train_begin()
     other_optimizer = _tiny_model()
     other_optimizer.compile(keras.optimizers.SGD(0.01, momentum=0.9), "mse")
-    callback = train_lib.ResumableBackup(backup)
+    callback = backup_lib.ResumableBackup(backup)
     callback.set_model(other_optimizer)
-    with self.assertRaisesRegex(train_lib.BackupError,
+    with self.assertRaisesRegex(backup_lib.BackupError,
                                 # Optimizer names are numbered per process
                                 # (adam_7/...) like layer names.
                                 r"adam\S*/\S+ \(4, 3\) float32 in the "
@@ -434,15 +434,15 @@ class BackupCallbackTest(tf.test.TestCase):
     callback = keras.callbacks.BackupAndRestore(backup)
     callback.set_model(model)
     callback._save_model()  # pylint: disable=protected-access
-    with self.assertRaisesRegex(train_lib.BackupError,
+    with self.assertRaisesRegex(backup_lib.BackupError,
                                 r"latest\.weights\.h5 is a backup in Keras' "
                                 r"own format.*delete .*legacy"):
-      train_lib.backup_epoch(backup)
+      backup_lib.backup_epoch(backup)
 
   def test_state_holds_every_model_and_optimizer_variable(self):
     backup = self._interrupted_backup()
-    token, paths, arrays = train_lib.read_state(
-        os.path.join(backup, train_lib.BACKUP_STATE))
+    token, paths, arrays = backup_lib.read_state(
+        os.path.join(backup, backup_lib.BACKUP_STATE))
     model = _tiny_model()
     model.optimizer.build(model.trainable_variables)
     expected = model.variables + model.optimizer.variables
@@ -461,7 +461,7 @@ class BackupCallbackTest(tf.test.TestCase):
                     paths[len(model.variables)])
 
   def test_no_backup_starts_at_zero(self):
-    self.assertEqual(train_lib.check_backup(
+    self.assertEqual(backup_lib.check_backup(
         os.path.join(self.get_temp_dir(), "none")), {})
 
 

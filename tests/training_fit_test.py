@@ -1,6 +1,7 @@
 """Tests of the fine-tuning schedule: a frozen backbone does not move (not
 even its BatchNorm statistics), unfreezing the top N layers moves only those,
-and a run interrupted between the phases resumes at the fine-tuning phase."""
+a run interrupted between the phases resumes at the fine-tuning phase, and a
+NaN loss stops the fit trainer with its own exception type."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import tensorflow as tf
 
 from mlc_keras import config as config_lib
 from mlc_keras import model as model_lib
-from mlc_keras import train_lib
+from mlc_keras.training import fit
+from mlc_keras.training import setup
 from tests import testutil
 
 
@@ -23,7 +25,7 @@ def _fit(model, steps=3, seed=0):
   rng = np.random.default_rng(seed)
   x = rng.integers(0, 256, (8 * steps, 32, 32, 3), dtype=np.uint8)
   y = {"shape": rng.integers(0, 3, 8 * steps), "colour": rng.integers(0, 2, 8 * steps)}
-  train_lib.compile_model(model, testutil.SCHEMA, keras.optimizers.Adam(1e-2),
+  setup.compile_model(model, testutil.SCHEMA, keras.optimizers.Adam(1e-2),
                           top_k=2)
   model.fit(x, y, batch_size=8, epochs=1, verbose=0)
 
@@ -68,18 +70,41 @@ class FreezeTest(tf.test.TestCase):
     self.assertTrue(any(l.trainable_weights for l in net.layers[-top:]))
 
 
+class NonFiniteLossTest(tf.test.TestCase):
+
+  def test_nan_loss_raises_its_own_type_before_later_callbacks(self):
+    # train.py tells this stop from other errors by its type (exit code 3).
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    x = np.full((8, 4), np.inf, np.float32)
+    later = []
+    after = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: later.append(batch))
+    with self.assertRaisesRegex(setup.NonFiniteLossError,
+                                "NaN or Inf loss encountered at batch 0"):
+      model.fit(x, np.zeros((8, 2), np.float32), batch_size=4, verbose=0,
+                callbacks=[fit.StopOnNonFiniteLoss(), after])
+    self.assertEmpty(later)
+
+
 class PhasesTest(tf.test.TestCase):
 
   def test_phases(self):
     tc = config_lib.TrainConfig(epochs=5, freeze_epochs=2, finetune_lr_scale=0.1)
-    first, second = train_lib.phases(tc, "/m")
+    first, second = fit.phases(tc, "/m")
     self.assertEqual((first.first_epoch, first.end_epoch, first.frozen), (0, 2, True))
     self.assertEqual((second.first_epoch, second.end_epoch, second.frozen,
                       second.lr_scale), (2, 5, False, 0.1))
     self.assertNotEqual(first.backup_dir, second.backup_dir)
-    self.assertLen(train_lib.phases(dataclasses.replace(tc, freeze_epochs=0), "/m"), 1)
-    only = train_lib.phases(dataclasses.replace(tc, freeze_epochs=9), "/m")
+    # The frozen phase hands its end state to the fine-tuning phase.
+    self.assertEqual(first.hands_over, os.path.join("/m", fit.FROZEN_PHASE_WEIGHTS))
+    self.assertEqual(second.starts_from, first.hands_over)
+    self.assertIsNone(second.hands_over)
+    self.assertFalse(second.train_batchnorm)
+    self.assertLen(fit.phases(dataclasses.replace(tc, freeze_epochs=0), "/m"), 1)
+    only = fit.phases(dataclasses.replace(tc, freeze_epochs=9), "/m")
     self.assertEqual([(p.end_epoch, p.frozen) for p in only], [(5, True)])
+    self.assertIsNone(only[0].hands_over)
 
   def test_run_killed_between_phases_resumes_at_fine_tuning(self):
     tmp = self.get_temp_dir()
@@ -90,25 +115,25 @@ class PhasesTest(tf.test.TestCase):
         model=dataclasses.replace(cfg.model, backbone="MobileNetV2"),
         train=dataclasses.replace(cfg.train, epochs=2, freeze_epochs=1))
     model_dir = os.path.join(tmp, "run")
-    marker = os.path.join(model_dir, train_lib.FROZEN_PHASE_WEIGHTS)
-    real_save = train_lib.save_weights_npz
+    marker = os.path.join(model_dir, fit.FROZEN_PHASE_WEIGHTS)
+    real_save = fit.save_weights_npz
 
     def save_then_crash(model, path):
       real_save(model, path)
       raise KeyboardInterrupt("killed after the frozen phase")
 
-    with mock.patch.object(train_lib, "save_weights_npz", save_then_crash):
+    with mock.patch.object(fit, "save_weights_npz", save_then_crash):
       with self.assertRaises(KeyboardInterrupt):
-        train_lib.train_and_evaluate(cfg, model_dir)
+        fit.train_and_evaluate(cfg, model_dir)
     self.assertTrue(os.path.exists(marker))
     with np.load(marker) as f:
       frozen_end = [f[k] for k in sorted(f.files, key=lambda k: int(k[4:]))]
 
     loads = []
-    real_load = train_lib.load_weights_npz
-    with mock.patch.object(train_lib, "load_weights_npz",
+    real_load = fit.load_weights_npz
+    with mock.patch.object(fit, "load_weights_npz",
                            lambda m, p: (loads.append(p), real_load(m, p))):
-      train_lib.train_and_evaluate(cfg, model_dir)
+      fit.train_and_evaluate(cfg, model_dir)
     # The frozen phase was not re-run: the fine-tuning phase started from its
     # saved end state and only epoch 2 was trained again.
     self.assertEqual(loads, [marker])

@@ -1,4 +1,4 @@
-"""Tests of mlc_keras.distributed: the custom step equals fit's masked loss,
+"""Tests of mlc_keras.training.distributed: the custom step equals fit's masked loss,
 two local workers under MultiWorkerMirroredStrategy end with identical
 weights equal to a one-process run, MirroredStrategy over 2 logical CPUs
 matches too, and a damaged checkpoint falls back to the previous one.
@@ -10,7 +10,7 @@ amplifies float summation-order noise in near-zero gradients.
 
 Duration: ~1-2 minutes on 2 busy cores (4 subprocesses of tiny runs).
 
-Run as a script (``python tests/distributed_test.py --run CFG_JSON DIR OUT
+Run as a script (``python tests/training_distributed_test.py --run CFG_JSON DIR OUT
 [--logical_cpus N]``) it is one training process of the tests below.
 """
 
@@ -53,7 +53,7 @@ def _run(cfg_json, model_dir, out, logical_cpus=0):
         tf.config.list_physical_devices("CPU")[0],
         [tf.config.LogicalDeviceConfiguration()] * logical_cpus)
   from mlc_keras import config as config_lib  # pylint: disable=g-import-not-at-top
-  from mlc_keras import distributed  # pylint: disable=g-import-not-at-top
+  from mlc_keras.training import distributed  # pylint: disable=g-import-not-at-top
   cfg = config_lib.Config.from_dict(json.loads(cfg_json))
   built = []
 
@@ -93,8 +93,8 @@ import tensorflow as tf
 
 from mlc_keras import config as config_lib
 from mlc_keras import data
-from mlc_keras import distributed
-from mlc_keras import train_lib
+from mlc_keras.training import distributed
+from mlc_keras.training import setup
 from tests import testutil
 
 
@@ -224,10 +224,10 @@ class DistributedTest(tf.test.TestCase):
     fitted = tiny_model(schema, 32)
     custom = tiny_model(schema, 32)
     custom.set_weights(fitted.get_weights())
-    train_lib.compile_model(fitted, schema, train_lib._optimizer(tc, 2), top_k=2)
+    setup.compile_model(fitted, schema, setup.optimizer(tc, 2), top_k=2)
     fitted.fit(ds, epochs=1, steps_per_epoch=2, verbose=0, shuffle=False)
     strategy = tf.distribute.get_strategy()
-    optimizer = train_lib._optimizer(tc, 2)
+    optimizer = setup.optimizer(tc, 2)
     step = distributed.make_train_step(strategy, custom, optimizer, schema)
     it = iter(distributed.distribute(strategy, lambda: ds, 8))
     total, head, _ = step(it)

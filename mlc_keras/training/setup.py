@@ -1,0 +1,238 @@
+"""What both trainers share: the data of a run, its strategy, optimizer and
+compiled losses/metrics, the files written before training (labels.json,
+config.json, quarantine.csv) and the results written after it (results.json
+and the per-head table)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from typing import Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from mlc_keras import config as config_lib
+from mlc_keras import data
+from mlc_keras import demo
+from mlc_keras import heads as heads_lib
+from mlc_keras import losses
+from mlc_keras import metrics
+
+log = logging.getLogger("mlc_keras")
+
+STRATEGIES = ("default", "mirrored", "multi_worker")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+
+
+class NonFiniteLossError(RuntimeError):
+  """Training stopped on a NaN or Inf loss; the last backup is kept."""
+
+
+@dataclasses.dataclass
+class DataBundle:
+  schema: heads_lib.LabelSchema
+  train: data.Source
+  val: Optional[data.Source]
+  train_size: int
+  # Rows left out under --quarantine (see write_quarantine).
+  quarantined: list = dataclasses.field(default_factory=list)
+
+
+def load_data(cfg: config_lib.DataConfig, seed: int) -> DataBundle:
+  """Resolves the configured source into a schema and train/val sources,
+  validating labels and (for manifests) every image before training."""
+  sources = [s for s in (cfg.manifest, cfg.tfrecord, cfg.tfds) if s]
+  if len(sources) > 1:
+    raise data.DataError(
+        "give one of --manifest, --tfrecord or --tfds, not several")
+  schema = heads_lib.LabelSchema.load(cfg.heads_file) if cfg.heads_file else None
+
+  if cfg.tfds:
+    pairs = data.parse_tfds_heads(cfg.tfds_heads)
+    train, tfds_schema = data.tfds_source(cfg.tfds, cfg.tfds_train_split, pairs,
+                                          cfg.tfds_data_dir)
+    val = None
+    if cfg.tfds_val_split:
+      val, _ = data.tfds_source(cfg.tfds, cfg.tfds_val_split, pairs,
+                                cfg.tfds_data_dir)
+    if schema is not None and schema.names != tfds_schema.names:
+      raise data.DataError(
+          f"{cfg.heads_file}: heads {list(schema.names)} do not match "
+          f"--tfds_heads {list(tfds_schema.names)}")
+    schema = schema or tfds_schema
+    return DataBundle(schema, train, val, data.count(train))
+
+  if cfg.tfrecord:
+    if schema is None:
+      folder = os.path.dirname(os.path.abspath(cfg.tfrecord))
+      schema = heads_lib.LabelSchema.load(os.path.join(folder, "labels.json"))
+    train = data.tfrecord_source(cfg.tfrecord, schema)
+    val = data.tfrecord_source(cfg.val_tfrecord, schema) if cfg.val_tfrecord else None
+    return DataBundle(schema, train, val, data.count(train))
+
+  if cfg.manifest:
+    manifest, val_manifest = cfg.manifest, cfg.val_manifest
+  else:
+    log.info("no data source given: generating the demo set in %s", cfg.demo_dir)
+    paths = demo.generate(cfg.demo_dir, cfg.demo_train_size, cfg.demo_val_size)
+    manifest, val_manifest = paths["train"], paths["val"]
+    schema = schema or heads_lib.LabelSchema.load(paths["labels"])
+
+  quarantined = [] if cfg.quarantine else None
+  if cfg.label_columns and cfg.heads_file:
+    raise ValueError("--label_columns and --heads_file both choose the heads; "
+                     "give one")
+  train_rec, schema = data.read_manifest(
+      manifest, schema, cfg.image_column,
+      label_columns=cfg.label_columns or None, image_root=cfg.image_root,
+      quarantine=quarantined)
+  if val_manifest:
+    val_rec, _ = data.read_manifest(
+        val_manifest, schema, cfg.image_column, image_root=cfg.image_root,
+        quarantine=quarantined)
+  elif cfg.val_fraction > 0:
+    train_rec, val_rec = data.split_records(train_rec, cfg.val_fraction, seed)
+  else:
+    val_rec = None
+  if cfg.validate_images or cfg.quarantine:
+    train_rec, val_rec = (_checked(rec, cfg.max_image_pixels, quarantined)
+                          for rec in (train_rec, val_rec))
+  if quarantined:
+    quarantined.sort(key=lambda b: (b.origin, b.line))
+  train = data.records_source(train_rec)
+  val = data.records_source(val_rec) if val_rec is not None and len(val_rec) else None
+  return DataBundle(schema, train, val, len(train_rec), quarantined or [])
+
+
+def _checked(rec, max_pixels: int, quarantined: Optional[list]):
+  """``rec`` with every image decoded once: an unusable one raises, or with
+  ``quarantined`` (a list) is appended there and left out."""
+  if rec is None:
+    return None
+  if quarantined is None:
+    data.check_images(rec, max_pixels=max_pixels)
+    return rec
+  bad = data.screen_images(rec, max_pixels=max_pixels)
+  quarantined.extend(bad)
+  bad_lines = {b.line for b in bad}
+  return rec.take(np.array([l not in bad_lines for l in rec.lines], bool))
+
+
+def write_quarantine(bundle: DataBundle, model_dir: str) -> Optional[str]:
+  """Writes model_dir/quarantine.csv when rows were left out (before training,
+  so it survives a crash); returns the message to print at the end."""
+  if not bundle.quarantined:
+    return None
+  path = os.path.join(model_dir, "quarantine.csv")
+  data.write_quarantine(path, bundle.quarantined)
+  return (f"{len(bundle.quarantined)} manifest row(s) quarantined (not trained "
+          f"on or evaluated); listed in {path}")
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+  if name == "default":
+    return tf.distribute.get_strategy()
+  if name == "mirrored":
+    return tf.distribute.MirroredStrategy()
+  if name == "multi_worker":
+    # The cluster comes from the TF_CONFIG environment variable.
+    return tf.distribute.MultiWorkerMirroredStrategy()
+  raise ValueError(f"--strategy must be one of {STRATEGIES}, got {name!r}")
+
+
+
+def optimizer(cfg: config_lib.TrainConfig, total_steps: int,
+              lr_scale: float = 1.0) -> keras.optimizers.Optimizer:
+  """The configured optimizer on a warm-up + cosine schedule over
+  ``total_steps``, peaking at ``cfg.learning_rate * lr_scale``."""
+  peak = cfg.learning_rate * lr_scale
+  warmup = min(max(total_steps // 10, 1), 1000)
+  schedule = keras.optimizers.schedules.CosineDecay(
+      initial_learning_rate=peak / 10,
+      decay_steps=max(total_steps - warmup, 1), alpha=0.01,
+      warmup_target=peak, warmup_steps=warmup)
+  if cfg.optimizer == "adamw":
+    return keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay)
+  if cfg.optimizer == "sgd":
+    return keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True)
+  raise ValueError(f"--optimizer must be 'adamw' or 'sgd', got {cfg.optimizer!r}")
+
+
+def compile_model(model: keras.Model, schema: heads_lib.LabelSchema,
+                  optimizer, top_k: int = 5, jit_compile: bool = False) -> None:
+  model.compile(optimizer=optimizer,
+                loss=losses.head_losses(schema),
+                loss_weights=losses.loss_weights(schema),
+                weighted_metrics=metrics.weighted_metrics(schema, top_k),
+                jit_compile=jit_compile)
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """A run ready to train: its data, final schema (with loss weights and
+  focal gammas applied), steps per epoch and per-head class weights."""
+  bundle: DataBundle
+  schema: heads_lib.LabelSchema
+  steps_per_epoch: int
+  class_weights: Optional[dict]
+  # Printed after the results table (see write_quarantine).
+  quarantine_note: Optional[str]
+
+
+def prepare_run(cfg: config_lib.Config, out_dir: str) -> Run:
+  """Loads the data, writes labels.json, config.json (and quarantine.csv) to
+  ``out_dir``."""
+  tc = cfg.train
+  bundle = load_data(cfg.data, tc.seed)
+  quarantine_note = write_quarantine(bundle, out_dir)
+  schema = bundle.schema
+  if tc.loss_weights:
+    schema = schema.with_loss_weights(dict(tc.loss_weights))
+  if tc.focal_loss:
+    gammas = dict(tc.focal_loss)
+    if "*" in gammas:
+      gammas = {**{n: gammas["*"] for n in schema.names},
+                **{k: v for k, v in gammas.items() if k != "*"}}
+    schema = schema.with_focal_gammas(gammas)
+  schema.save(os.path.join(out_dir, "labels.json"))
+  with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
+    f.write(cfg.to_json() + "\n")
+  # steps_for also refuses a training set smaller than one batch.
+  full_steps = data.steps_for(bundle.train_size, tc.batch_size, bundle.train.name)
+  steps = tc.steps_per_epoch or full_steps
+  class_weights = data.class_weights_from(tc.class_weight, bundle.train, schema)
+  return Run(bundle, schema, steps, class_weights, quarantine_note)
+
+
+def write_results(model: keras.Model, run: Run, cfg: config_lib.Config,
+                  out_dir: str, eval_ds: Optional[tf.data.Dataset] = None,
+                  extra: Optional[dict] = None, show: bool = True) -> dict:
+  """Evaluates ``model`` on the validation data (the training data when there
+  is none), writes results.json to ``out_dir`` and, when ``show``, prints the
+  per-head table. ``eval_ds``: the evaluation dataset if already built;
+  ``extra``: more keys for results.json."""
+  tc, bundle = cfg.train, run.bundle
+  eval_source = bundle.val if bundle.val is not None else bundle.train
+  if eval_ds is None:
+    eval_ds = data.eval_dataset(eval_source, run.schema,
+                                image_size=cfg.data.image_size,
+                                batch_size=tc.batch_size)
+  rows = metrics.head_table(metrics.collect(model, eval_ds, run.schema),
+                            run.schema, tc.top_k)
+  results = {"evaluated_on": eval_source.name, "train_size": bundle.train_size,
+             "epochs": tc.epochs, "steps_per_epoch": run.steps_per_epoch,
+             "heads": rows, **(extra or {})}
+  with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as f:
+    json.dump(results, f, indent=2)
+    f.write("\n")
+  if show:
+    print(metrics.format_table(
+        rows, title=f"Per-head results on {eval_source.name} "
+        f"(inference mode, labelled samples only):"))
+    if run.quarantine_note:
+      print(run.quarantine_note)
+  return results
