@@ -8,6 +8,8 @@ decoding it, so serving can refuse a decompression bomb before decoding.
 
 from __future__ import annotations
 
+import re
+
 import tensorflow as tf
 
 
@@ -224,3 +226,10 @@ def decoded_extent(encoded: tf.Tensor) -> tf.Tensor:
       is_gif, lambda: _gif_frames(encoded),
       lambda: tf.concat([size, tf.where(size[:1] >= 0, tf.constant([1], tf.int64),
                                         -1)], 0))
+
+
+def op_reason(e: tf.errors.OpError) -> str:
+  """TF's reason for a failed op, without its "{{function_node ...}}" and
+  "[Op:...]" noise (first line, at most 160 characters)."""
+  first = e.message.splitlines()[0] if e.message else type(e).__name__
+  return re.sub(r"\{\{.*?\}\}|\[Op:.*$", "", first).strip()[:160]
