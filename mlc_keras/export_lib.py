@@ -54,7 +54,6 @@ import tensorflow as tf
 from mlc_keras import config as config_lib
 from mlc_keras import heads as heads_lib
 from mlc_keras.data import imageio
-from mlc_keras.data import imageio
 from mlc_keras.data import sources
 
 FORMATS = ("saved_model", "tflite", "onnx")

@@ -5,6 +5,7 @@ import os
 import tensorflow as tf
 
 from mlc_keras.data import manifest
+from mlc_keras.data import sources
 from tests import testutil
 
 
