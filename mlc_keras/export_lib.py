@@ -52,9 +52,9 @@ import numpy as np
 import tensorflow as tf
 
 from mlc_keras import config as config_lib
-from mlc_keras import data as data_lib
 from mlc_keras import heads as heads_lib
-from mlc_keras import imageio
+from mlc_keras.data import imageio
+from mlc_keras.data import sources
 
 FORMATS = ("saved_model", "tflite", "onnx")
 QUANTIZATIONS = ("fp32", "fp16", "dynamic", "int8")
@@ -72,7 +72,7 @@ MAX_IMAGE_BYTES = 20 * 1024 * 1024
 # Per-image cap on width x height, read from the header before decoding (a
 # few hundred KB can declare a decode of gigabytes): the limit training
 # applies to its files.
-MAX_IMAGE_PIXELS = data_lib.MAX_IMAGE_PIXELS
+MAX_IMAGE_PIXELS = sources.MAX_IMAGE_PIXELS
 
 ONNX_OPSET = 17
 LABELS_FILE = "labels.json"
@@ -1286,7 +1286,7 @@ def read_image(path: str, image_size: int) -> np.ndarray:
     return imageio.decode_and_resize(tf.constant(data), image_size).numpy()
   except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
     raise ExportError(f"{path}: not a decodable image "
-                      f"({data_lib.op_reason(e)})") from None
+                      f"({imageio.op_reason(e)})") from None
 
 
 def load_images(paths: Sequence[str], image_size: int) -> np.ndarray:

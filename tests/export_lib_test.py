@@ -21,10 +21,10 @@ import numpy as np
 import tensorflow as tf
 
 from mlc_keras import config as config_lib
-from mlc_keras import data as data_lib
 from mlc_keras import export_lib
 from mlc_keras import heads as heads_lib
-from mlc_keras import imageio
+from mlc_keras.data import imageio
+from mlc_keras.data import sources
 from tests import export_fixture
 from tests.export_fixture import make_images
 from tests.export_fixture import OLD_TABLE
@@ -384,7 +384,7 @@ class ExportLibTest(tf.test.TestCase):
     with self.assertRaisesRegex(export_lib.ExportError, "max_image_pixels"):
       export_lib.build_serving_module(self.model, SCHEMA, max_image_pixels=0)
     # One limit for training's file screen, the library and the export CLI.
-    self.assertEqual(export_lib.MAX_IMAGE_PIXELS, data_lib.MAX_IMAGE_PIXELS)
+    self.assertEqual(export_lib.MAX_IMAGE_PIXELS, sources.MAX_IMAGE_PIXELS)
     self.assertEqual(export_lib.MAX_IMAGE_PIXELS,
                      config_lib.DataConfig.max_image_pixels)
 

@@ -13,12 +13,12 @@ import uuid
 import keras
 import numpy as np
 
-from mlc_keras import data
+from mlc_keras.data import manifest as manifest_lib
 
 log = logging.getLogger("mlc_keras")
 
 
-class BackupError(data.DataError):
+class BackupError(manifest_lib.DataError):
   """A backup folder that cannot be resumed from (corrupt or inconsistent)."""
 
 

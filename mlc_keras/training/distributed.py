@@ -33,11 +33,11 @@ import numpy as np
 import tensorflow as tf
 
 from mlc_keras import config as config_lib
-from mlc_keras import data
 from mlc_keras import heads as heads_lib
 from mlc_keras import losses
 from mlc_keras import metrics
 from mlc_keras import model as model_lib
+from mlc_keras.data import pipeline
 from mlc_keras.training import setup
 
 log = logging.getLogger("mlc_keras")
@@ -205,7 +205,7 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
   epoch_var.assign(start_epoch)
 
   def make_global():
-    return data.train_dataset(
+    return pipeline.train_dataset(
         run.bundle.train, run.schema, image_size=dc.image_size,
         batch_size=tc.batch_size, seed=tc.seed, start_epoch=start_epoch,
         end_epoch=tc.epochs, steps_per_epoch=run.steps_per_epoch,

@@ -15,8 +15,8 @@ import numpy as np
 import tensorflow as tf
 
 from mlc_keras import config as config_lib
-from mlc_keras import data
 from mlc_keras import model as model_lib
+from mlc_keras.data import pipeline
 from mlc_keras.training import backup
 from mlc_keras.training import setup
 
@@ -113,7 +113,7 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
   run = setup.prepare_run(cfg, model_dir)
   val_ds = None
   if run.bundle.val is not None:
-    val_ds = data.eval_dataset(run.bundle.val, run.schema,
+    val_ds = pipeline.eval_dataset(run.bundle.val, run.schema,
                                image_size=dc.image_size,
                                batch_size=tc.batch_size, cache=True)
   strategy = setup.make_strategy(tc.strategy)
@@ -160,7 +160,7 @@ def _train_phase(model: keras.Model, phase: Phase, run: setup.Run,
       train_batchnorm=phase.train_batchnorm)
   start_epoch = max(phase.first_epoch, backup.backup_epoch(phase.backup_dir))
   steps = run.steps_per_epoch
-  train_ds = data.train_dataset(
+  train_ds = pipeline.train_dataset(
       run.bundle.train, run.schema, image_size=dc.image_size,
       batch_size=tc.batch_size, seed=tc.seed, start_epoch=start_epoch,
       end_epoch=phase.end_epoch, steps_per_epoch=steps,

@@ -16,11 +16,14 @@ import numpy as np
 import tensorflow as tf
 
 from mlc_keras import config as config_lib
-from mlc_keras import data
-from mlc_keras import demo
 from mlc_keras import heads as heads_lib
 from mlc_keras import losses
 from mlc_keras import metrics
+from mlc_keras.data import demo
+from mlc_keras.data import manifest as manifest_lib
+from mlc_keras.data import pipeline
+from mlc_keras.data import sources as sources_lib
+from mlc_keras.data import tfrecords
 
 log = logging.getLogger("mlc_keras")
 
@@ -35,8 +38,8 @@ class NonFiniteLossError(RuntimeError):
 @dataclasses.dataclass
 class DataBundle:
   schema: heads_lib.LabelSchema
-  train: data.Source
-  val: Optional[data.Source]
+  train: sources_lib.Source
+  val: Optional[sources_lib.Source]
   train_size: int
   # Rows left out under --quarantine (see write_quarantine).
   quarantined: list = dataclasses.field(default_factory=list)
@@ -47,32 +50,21 @@ def load_data(cfg: config_lib.DataConfig, seed: int) -> DataBundle:
   validating labels and (for manifests) every image before training."""
   sources = [s for s in (cfg.manifest, cfg.tfrecord, cfg.tfds) if s]
   if len(sources) > 1:
-    raise data.DataError(
+    raise manifest_lib.DataError(
         "give one of --manifest, --tfrecord or --tfds, not several")
   schema = heads_lib.LabelSchema.load(cfg.heads_file) if cfg.heads_file else None
 
   if cfg.tfds:
-    pairs = data.parse_tfds_heads(cfg.tfds_heads)
-    train, tfds_schema = data.tfds_source(cfg.tfds, cfg.tfds_train_split, pairs,
-                                          cfg.tfds_data_dir)
-    val = None
-    if cfg.tfds_val_split:
-      val, _ = data.tfds_source(cfg.tfds, cfg.tfds_val_split, pairs,
-                                cfg.tfds_data_dir)
-    if schema is not None and schema.names != tfds_schema.names:
-      raise data.DataError(
-          f"{cfg.heads_file}: heads {list(schema.names)} do not match "
-          f"--tfds_heads {list(tfds_schema.names)}")
-    schema = schema or tfds_schema
-    return DataBundle(schema, train, val, data.count(train))
+    return _tfds_bundle(cfg, schema)
 
   if cfg.tfrecord:
     if schema is None:
       folder = os.path.dirname(os.path.abspath(cfg.tfrecord))
       schema = heads_lib.LabelSchema.load(os.path.join(folder, "labels.json"))
-    train = data.tfrecord_source(cfg.tfrecord, schema)
-    val = data.tfrecord_source(cfg.val_tfrecord, schema) if cfg.val_tfrecord else None
-    return DataBundle(schema, train, val, data.count(train))
+    train = tfrecords.tfrecord_source(cfg.tfrecord, schema)
+    val = (tfrecords.tfrecord_source(cfg.val_tfrecord, schema)
+           if cfg.val_tfrecord else None)
+    return DataBundle(schema, train, val, sources_lib.count(train))
 
   if cfg.manifest:
     manifest, val_manifest = cfg.manifest, cfg.val_manifest
@@ -86,16 +78,16 @@ def load_data(cfg: config_lib.DataConfig, seed: int) -> DataBundle:
   if cfg.label_columns and cfg.heads_file:
     raise ValueError("--label_columns and --heads_file both choose the heads; "
                      "give one")
-  train_rec, schema = data.read_manifest(
+  train_rec, schema = manifest_lib.read_manifest(
       manifest, schema, cfg.image_column,
       label_columns=cfg.label_columns or None, image_root=cfg.image_root,
       quarantine=quarantined)
   if val_manifest:
-    val_rec, _ = data.read_manifest(
+    val_rec, _ = manifest_lib.read_manifest(
         val_manifest, schema, cfg.image_column, image_root=cfg.image_root,
         quarantine=quarantined)
   elif cfg.val_fraction > 0:
-    train_rec, val_rec = data.split_records(train_rec, cfg.val_fraction, seed)
+    train_rec, val_rec = sources_lib.split_records(train_rec, cfg.val_fraction, seed)
   else:
     val_rec = None
   if cfg.validate_images or cfg.quarantine:
@@ -103,9 +95,26 @@ def load_data(cfg: config_lib.DataConfig, seed: int) -> DataBundle:
                           for rec in (train_rec, val_rec))
   if quarantined:
     quarantined.sort(key=lambda b: (b.origin, b.line))
-  train = data.records_source(train_rec)
-  val = data.records_source(val_rec) if val_rec is not None and len(val_rec) else None
+  train = sources_lib.records_source(train_rec)
+  val = (sources_lib.records_source(val_rec)
+         if val_rec is not None and len(val_rec) else None)
   return DataBundle(schema, train, val, len(train_rec), quarantined or [])
+
+
+def _tfds_bundle(cfg: config_lib.DataConfig,
+                 schema: Optional[heads_lib.LabelSchema]) -> DataBundle:
+  pairs = sources_lib.parse_tfds_heads(cfg.tfds_heads)
+  train, tfds_schema = sources_lib.tfds_source(
+      cfg.tfds, cfg.tfds_train_split, pairs, cfg.tfds_data_dir)
+  val = None
+  if cfg.tfds_val_split:
+    val, _ = sources_lib.tfds_source(cfg.tfds, cfg.tfds_val_split, pairs,
+                                     cfg.tfds_data_dir)
+  if schema is not None and schema.names != tfds_schema.names:
+    raise manifest_lib.DataError(
+        f"{cfg.heads_file}: heads {list(schema.names)} do not match "
+        f"--tfds_heads {list(tfds_schema.names)}")
+  return DataBundle(schema or tfds_schema, train, val, sources_lib.count(train))
 
 
 def _checked(rec, max_pixels: int, quarantined: Optional[list]):
@@ -114,9 +123,9 @@ def _checked(rec, max_pixels: int, quarantined: Optional[list]):
   if rec is None:
     return None
   if quarantined is None:
-    data.check_images(rec, max_pixels=max_pixels)
+    sources_lib.check_images(rec, max_pixels=max_pixels)
     return rec
-  bad = data.screen_images(rec, max_pixels=max_pixels)
+  bad = sources_lib.screen_images(rec, max_pixels=max_pixels)
   quarantined.extend(bad)
   bad_lines = {b.line for b in bad}
   return rec.take(np.array([l not in bad_lines for l in rec.lines], bool))
@@ -128,7 +137,7 @@ def write_quarantine(bundle: DataBundle, model_dir: str) -> Optional[str]:
   if not bundle.quarantined:
     return None
   path = os.path.join(model_dir, "quarantine.csv")
-  data.write_quarantine(path, bundle.quarantined)
+  sources_lib.write_quarantine(path, bundle.quarantined)
   return (f"{len(bundle.quarantined)} manifest row(s) quarantined (not trained "
           f"on or evaluated); listed in {path}")
 
@@ -202,9 +211,11 @@ def prepare_run(cfg: config_lib.Config, out_dir: str) -> Run:
   with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
     f.write(cfg.to_json() + "\n")
   # steps_for also refuses a training set smaller than one batch.
-  full_steps = data.steps_for(bundle.train_size, tc.batch_size, bundle.train.name)
+  full_steps = pipeline.steps_for(bundle.train_size, tc.batch_size,
+                                  bundle.train.name)
   steps = tc.steps_per_epoch or full_steps
-  class_weights = data.class_weights_from(tc.class_weight, bundle.train, schema)
+  class_weights = pipeline.class_weights_from(tc.class_weight, bundle.train,
+                                              schema)
   return Run(bundle, schema, steps, class_weights, quarantine_note)
 
 
@@ -218,7 +229,7 @@ def write_results(model: keras.Model, run: Run, cfg: config_lib.Config,
   tc, bundle = cfg.train, run.bundle
   eval_source = bundle.val if bundle.val is not None else bundle.train
   if eval_ds is None:
-    eval_ds = data.eval_dataset(eval_source, run.schema,
+    eval_ds = pipeline.eval_dataset(eval_source, run.schema,
                                 image_size=cfg.data.image_size,
                                 batch_size=tc.batch_size)
   rows = metrics.head_table(metrics.collect(model, eval_ds, run.schema),
