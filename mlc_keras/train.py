@@ -202,15 +202,15 @@ def main(argv):
   logging.getLogger("mlc_keras").setLevel(logging.INFO)
   cfg = config_from_flags()
   # Imported here so --help answers without loading TensorFlow.
-  from mlc_keras import data  # pylint: disable=g-import-not-at-top
   from mlc_keras import heads  # pylint: disable=g-import-not-at-top
   from mlc_keras import train_lib  # pylint: disable=g-import-not-at-top
+  from mlc_keras.data import manifest  # pylint: disable=g-import-not-at-top
   from mlc_keras.training import setup  # pylint: disable=g-import-not-at-top
   # MLC_QUIET=1 (tests, logs): one line per epoch instead of a progress bar.
   verbose = 2 if os.environ.get("MLC_QUIET") == "1" else 1
   try:
     train_lib.train_and_evaluate(cfg, _MODEL_DIR.value, verbose=verbose)
-  except (data.DataError, heads.SchemaError) as e:
+  except (manifest.DataError, heads.SchemaError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   except setup.NonFiniteLossError as e:
