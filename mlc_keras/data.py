@@ -88,40 +88,8 @@ def read_manifest(path: str,
   Raises:
     DataError: naming the file, line and column of the first problem.
   """
-  if not os.path.isfile(path):
-    raise DataError(f"{path}: manifest not found")
+  header, body = read_table(path, image_column)
   root = os.path.dirname(os.path.abspath(path))
-  try:
-    with open(path, newline="", encoding="utf-8-sig") as f:
-      rows = list(csv.reader(f))
-  except UnicodeDecodeError as e:
-    line = _line_of_offset(path, e.start)
-    raise DataError(
-        f"{path}:{line}: not UTF-8 text ({e.reason} at byte {e.start}); save "
-        "the manifest as UTF-8") from None
-  if not rows or not any(cell.strip() for cell in rows[0]):
-    raise DataError(f"{path}: empty manifest (no header row)")
-  header = [c.strip() for c in rows[0]]
-  for i, name in enumerate(header):
-    if not name:
-      raise DataError(
-          f"{path}:1: column {i + 1} has no name (columns are {header}); name "
-          "it or delete it")
-    if header.index(name) != i:
-      raise DataError(
-          f"{path}:1: columns {header.index(name) + 1} and {i + 1} are both "
-          f"named {name!r}; rename one")
-  if image_column not in header:
-    raise DataError(
-        f"{path}: no image column {image_column!r}; columns are {header} "
-        "(set --image_column)")
-  body = [(i + 2, r) for i, r in enumerate(rows[1:]) if any(c.strip() for c in r)]
-  if not body:
-    raise DataError(f"{path}: the manifest has a header but no rows")
-  for line, r in body:
-    if len(r) != len(header):
-      raise DataError(
-          f"{path}:{line}: {len(r)} cells, the header has {len(header)}")
   col = {name: i for i, name in enumerate(header)}
   if schema is None:
     names = list(label_columns) if label_columns else [
@@ -178,6 +146,62 @@ def read_manifest(path: str,
               "list the class in a --heads_file and train again") from None
   records = Records(tuple(paths), labels, tuple(lines), path)
   return records.take(np.array(keep, bool)), schema
+
+
+def read_table(path: str, image_column: str = "image"
+               ) -> tuple[list[str], list[tuple[int, list[str]]]]:
+  """A manifest's header (names stripped) and its non-blank rows as (line,
+  cells), checked as training checks them: UTF-8, named and distinct columns,
+  an image column, at least one row, one cell per column. Raises DataError."""
+  if not os.path.isfile(path):
+    raise DataError(f"{path}: manifest not found")
+  try:
+    with open(path, newline="", encoding="utf-8-sig") as f:
+      rows = list(csv.reader(f))
+  except UnicodeDecodeError as e:
+    line = _line_of_offset(path, e.start)
+    raise DataError(
+        f"{path}:{line}: not UTF-8 text ({e.reason} at byte {e.start}); save "
+        "the manifest as UTF-8") from None
+  if not rows or not any(cell.strip() for cell in rows[0]):
+    raise DataError(f"{path}: empty manifest (no header row)")
+  header = [c.strip() for c in rows[0]]
+  for i, name in enumerate(header):
+    if not name:
+      raise DataError(
+          f"{path}:1: column {i + 1} has no name (columns are {header}); name "
+          "it or delete it")
+    if header.index(name) != i:
+      raise DataError(
+          f"{path}:1: columns {header.index(name) + 1} and {i + 1} are both "
+          f"named {name!r}; rename one")
+  if image_column not in header:
+    raise DataError(
+        f"{path}: no image column {image_column!r}; columns are {header} "
+        "(set --image_column)")
+  body = [(i + 2, r) for i, r in enumerate(rows[1:]) if any(c.strip() for c in r)]
+  if not body:
+    raise DataError(f"{path}: the manifest has a header but no rows")
+  for line, r in body:
+    if len(r) != len(header):
+      raise DataError(
+          f"{path}:{line}: {len(r)} cells, the header has {len(header)}")
+  return header, body
+
+
+def image_paths(path: str, image_column: str = "image") -> list[str]:
+  """The image paths a manifest lists, relative ones resolved against its
+  folder, as read_manifest resolves them; its other columns are not read."""
+  header, body = read_table(path, image_column)
+  root = os.path.dirname(os.path.abspath(path))
+  i = header.index(image_column)
+  paths = []
+  for line, r in body:
+    cell = r[i].strip()
+    if not cell:
+      raise DataError(f"{path}:{line}: blank {image_column!r} cell")
+    paths.append(cell if os.path.isabs(cell) else os.path.join(root, cell))
+  return paths
 
 
 def _line_of_offset(path: str, offset: int) -> int:

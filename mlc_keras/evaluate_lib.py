@@ -21,8 +21,8 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from mlc_keras import config as config_lib
 from mlc_keras import heads as heads_lib
+from mlc_keras import run_dir
 
 NO_LABELS = "no labelled samples"
 ECE_BINS = 15
@@ -311,13 +311,14 @@ def report_from_collected(collected, schema: heads_lib.LabelSchema, *,
 def default_manifest(model_dir: str) -> str:
   """The validation manifest of the run in ``model_dir`` (its config.json):
   val_manifest, else the demo set's val.csv when the run used the demo set."""
-  d = config_lib.run_data(model_dir)
+  d = run_dir.run_data(model_dir)
   if d is None:
     raise ValueError(f"{model_dir}: no config.json; give --manifest")
   if d.get("val_manifest"):
     return d["val_manifest"]
-  if not (d.get("manifest") or d.get("tfrecord") or d.get("tfds")):
-    val = os.path.join(d.get("demo_dir", "mlc_runs/demo_data"), "val.csv")
+  demo = run_dir.demo_dir(d)
+  if demo:
+    val = os.path.join(demo, "val.csv")
     if os.path.exists(val):
       return val
     raise ValueError(f"{model_dir}: the run used the demo set but {val} is "
@@ -356,7 +357,7 @@ def evaluate(model_dir: str, manifest: Optional[str] = None,
   from mlc_keras import model as model_lib  # pylint: disable=g-import-not-at-top
 
   schema = heads_lib.LabelSchema.load(model_dir)
-  image_column = image_column or config_lib.run_image_column(model_dir)
+  image_column = image_column or run_dir.run_image_column(model_dir)
   table = compose.load(class_table, schema) if class_table else None
   manifest = manifest or default_manifest(model_dir)
   model = model_lib.load_model(os.path.join(model_dir, "model.keras"))

@@ -18,6 +18,7 @@ from mlc_keras import evaluate_lib
 from mlc_keras import heads as heads_lib
 from mlc_keras import metrics
 from mlc_keras import model as model_lib
+from mlc_keras import run_dir
 from tests import testutil
 
 SHAPE = heads_lib.HeadSpec("shape", ("circle", "square", "triangle"))
@@ -140,8 +141,9 @@ class EvaluateTest(tf.test.TestCase):
         val_manifest=manifest, image_column="filename"))
     with open(os.path.join(model_dir, "config.json"), "w") as f:
       f.write(cfg.to_json())
-    self.assertEqual(config_lib.run_image_column(model_dir), "filename")
-    self.assertEqual(config_lib.run_image_column(root), "image")
+    self.assertEqual(run_dir.run_image_column(model_dir), "filename")
+    with self.assertRaisesRegex(run_dir.RunDirError, "config.json: no such"):
+      run_dir.run_image_column(root)
     with open(os.path.join(model_dir, "history.csv"), "w", newline="") as f:
       w = csv.writer(f)
       w.writerow(["epoch", "loss", "shape_acc", "val_loss", "val_shape_acc"])

@@ -14,10 +14,11 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
+from mlc_keras import artefacts
 from mlc_keras import compose
-from mlc_keras import export_lib
 from mlc_keras import model as model_lib
-from mlc_keras import predict
+from mlc_keras import predict_lib
+from mlc_keras import run_dir
 from tests import export_fixture
 from tests.export_fixture import make_images
 from tests.export_fixture import SCHEMA
@@ -67,7 +68,7 @@ class PredictTest(tf.test.TestCase):
     # (its ComposeClasses layer names the classes) and the SavedModel,
     # TFLite and ONNX files exported with the table (classes.csv beside).
     cls.calibrated_file = os.path.join(composed.model_dir,
-                                       export_lib.CALIBRATED_FILE)
+                                       run_dir.CALIBRATED_FILE)
     cls.carrying = {
         "keras_file": composed.carrying_keras,
         "saved_model": composed.result.saved_model,
@@ -82,7 +83,7 @@ class PredictTest(tf.test.TestCase):
 
   def predict_lines(self, model, inputs, **kwargs):
     out = io.StringIO()
-    n = predict.run(model, inputs, out=out, batch_size=5, **kwargs)
+    n = predict_lib.run(model, inputs, out=out, batch_size=5, **kwargs)
     lines = [json.loads(l) for l in out.getvalue().splitlines()]
     self.assertLen(lines, n)
     return lines
@@ -135,7 +136,7 @@ class PredictTest(tf.test.TestCase):
     # "flag": the plain artefacts with --class_table; "carried": the
     # calibrated exports with their own "class" output, compared with the
     # table applied to calibrated.keras's (temperature-scaled) heads.
-    for kind, artefacts, reference in (
+    for kind, artefact_set, reference in (
         ("flag", self.artefacts, self.artefacts["keras_file"]),
         ("carried", self.carrying, self.calibrated_file)):
       expected = self.expected_classes(reference)
@@ -146,7 +147,7 @@ class PredictTest(tf.test.TestCase):
       self.assertEqual(
           [max(e["scores"], key=e["scores"].get) for e in expected], truth)
       want = np.array([list(e["scores"].values()) for e in expected])
-      for name, path in artefacts.items():
+      for name, path in artefact_set.items():
         with self.subTest(f"{kind}: {name}"):
           lines = self.predict_lines(
               path, [self.image_dir],
@@ -188,7 +189,7 @@ class PredictTest(tf.test.TestCase):
         self.assertEqual(result["class"], "unknown")
       else:
         self.assertEqual(result["scores"][result["class"]], result["score"])
-    with self.assertRaisesRegex(export_lib.ExportError, "threshold"):
+    with self.assertRaisesRegex(artefacts.ExportError, "threshold"):
       self.predict_lines(self.artefacts["onnx"], self.paths[:1], threshold=2.0)
 
   def test_bad_class_tables(self):
@@ -208,7 +209,7 @@ class PredictTest(tf.test.TestCase):
                     os.path.join(folder, "labels.json"))
     compose.save(compose.from_dict({"reddish": {"colour": "red"}}, SCHEMA),
                  SCHEMA, os.path.join(folder, "classes.csv"))
-    with self.assertRaisesRegex(export_lib.ExportError,
+    with self.assertRaisesRegex(artefacts.ExportError,
                                 "4 columns but the class table"):
       self.predict_lines(copy, self.paths[:1])
 
@@ -258,10 +259,10 @@ class PredictTest(tf.test.TestCase):
     bad = os.path.join(self.root, "broken.png")
     with open(bad, "wb") as f:
       f.write(b"\x89PNG but not really")
-    with self.assertRaisesRegex(export_lib.ExportError,
+    with self.assertRaisesRegex(artefacts.ExportError,
                                 "broken.png: not a decodable image"):
       self.predict_lines(self.artefacts["saved_model"], [self.paths[0], bad])
-    with self.assertRaisesRegex(export_lib.ExportError, "missing.png"):
+    with self.assertRaisesRegex(artefacts.ExportError, "missing.png"):
       self.predict_lines(self.artefacts["saved_model"],
                          [os.path.join(self.root, "missing.png")])
 
@@ -270,12 +271,12 @@ class PredictTest(tf.test.TestCase):
     os.makedirs(lonely)
     copy = os.path.join(lonely, "model.onnx")
     shutil.copyfile(self.artefacts["onnx"], copy)
-    with self.assertRaisesRegex(export_lib.ExportError, "no labels.json found"):
+    with self.assertRaisesRegex(artefacts.ExportError, "no labels.json found"):
       self.predict_lines(copy, [self.paths[0]])
-    with self.assertRaisesRegex(export_lib.ExportError, "unknown model format"):
+    with self.assertRaisesRegex(artefacts.ExportError, "unknown model format"):
       self.predict_lines(os.path.join(self.model_dir, "labels.json"),
                          [self.paths[0]])
-    with self.assertRaisesRegex(export_lib.ExportError, "no images given"):
+    with self.assertRaisesRegex(artefacts.ExportError, "no images given"):
       self.predict_lines(self.artefacts["onnx"], [])
 
   def test_real_cli(self):
