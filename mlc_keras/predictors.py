@@ -52,8 +52,8 @@ class Predictor:
     output (classes.csv beside it), or None: no such output or no table.
     Raises compose.ClassTableError if the table does not fit labels.json."""
     if self._table is _NOT_LOOKED_UP:
-      self._table = self._find_table() if artefacts.CLASS_OUTPUT in self.output_names \
-          else None
+      has_class = artefacts.CLASS_OUTPUT in self.output_names
+      self._table = self._find_table() if has_class else None
     return self._table
 
   def _find_table(self):
