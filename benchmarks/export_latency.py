@@ -53,7 +53,7 @@ _WORKDIR = flags.DEFINE_string(
 
 def demo_images(schema, n: int, size: int, seed: int):
   import numpy as np
-  from mlc_keras import demo
+  from mlc_keras.data import demo
   rng = np.random.default_rng(seed)
   images, labels = [], {h.name: [] for h in schema.heads}
   for _ in range(n):
@@ -66,8 +66,8 @@ def demo_images(schema, n: int, size: int, seed: int):
 
 def fitted_demo_model(size: int):
   import keras
-  from mlc_keras import demo
   from mlc_keras import model as model_lib
+  from mlc_keras.data import demo
   keras.utils.set_random_seed(0)
   model = model_lib.build_model(demo.SCHEMA, size)
   images, labels = demo_images(demo.SCHEMA, 256, size, seed=0)

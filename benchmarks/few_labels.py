@@ -5,7 +5,7 @@ Demo images (demo.render, rendered in memory at the demo's 64 px and resized
 by the data pipeline). For each pair A:B, head A is labelled on every one of
 the --train_size training images and head B on only K of them (a seeded,
 class-balanced draw; blank elsewhere, i.e. masked through sample_weight by
-data.train_dataset). Two models, same backbone (tests/testutil.small_cnn),
+pipeline.train_dataset). Two models, same backbone (tests/testutil.small_cnn),
 same image size, optimizer (train_lib's AdamW with warm-up + cosine), batch,
 seed and initial backbone weights:
 
@@ -27,7 +27,7 @@ Budgets (why two: neither alone is a fair fight on its own terms):
                    converged, so it is the budget most favourable to sharing.
 
 Head-B accuracy is measured in inference mode on a fresh, fully labelled test
-set (data.eval_dataset + metrics.collect). The equal-steps arms are also
+set (pipeline.eval_dataset + metrics.collect). The equal-steps arms are also
 scored at 1/3 and 2/3 of their steps, to show whether they have plateaued
 (diagnostic only: nothing is selected on the test set).
 
@@ -76,7 +76,7 @@ _RENDER = 64  # the demo's render size; the pipeline resizes to --image_size
 def render_set(n: int, seed: int):
   """n demo images (uint8 [n, 64, 64, 3]) and {head: int32 labels [n]}."""
   import numpy as np
-  from mlc_keras import demo
+  from mlc_keras.data import demo
   rng = np.random.default_rng(seed)
   images, labels = [], {h.name: [] for h in demo.SCHEMA}
   for _ in range(n):
@@ -105,11 +105,11 @@ def balanced_draw(labels, k: int, num_classes: int, seed: int):
 
 
 def source(images, labels: dict, schema, name: str, rows=None):
-  """A decoded-pixels data.Source over the given rows; labels [N, heads]
+  """A decoded-pixels sources.Source over the given rows; labels [N, heads]
   with -1 where a head is unlabelled (the layout every source produces)."""
   import numpy as np
   import tensorflow as tf
-  from mlc_keras import data
+  from mlc_keras.data import sources
   if rows is None:
     rows = np.ones(len(images), bool)
   x = images[rows]
@@ -117,7 +117,7 @@ def source(images, labels: dict, schema, name: str, rows=None):
 
   def make():
     return tf.data.Dataset.from_tensor_slices((x, y))
-  return data.Source(make, len(x), False, name)
+  return sources.Source(make, len(x), False, name)
 
 
 def masked(labels: dict, head: str, keep):
@@ -130,15 +130,15 @@ def masked(labels: dict, head: str, keep):
 def train_and_score(schema, train_src, test_src, b_head: str, steps: int,
                     batch: int, seed: int, checkpoints: int = 1):
   """Builds small_cnn (seeded), compiles it with the project's losses,
-  metrics and optimizer, fits `steps` steps of data.train_dataset and
+  metrics and optimizer, fits `steps` steps of pipeline.train_dataset and
   returns (head-B test accuracy at each checkpoint, {head: final test
   accuracy}, seconds)."""
   import keras
   import numpy as np
   from mlc_keras import config as config_lib
-  from mlc_keras import data
   from mlc_keras import metrics
   from mlc_keras import train_lib
+  from mlc_keras.data import pipeline
   from tests import testutil  # pylint: disable=g-import-not-at-top
 
   size = _IMAGE_SIZE.value
@@ -147,9 +147,9 @@ def train_and_score(schema, train_src, test_src, b_head: str, steps: int,
   optimizer = train_lib._optimizer(  # pylint: disable=protected-access
       config_lib.TrainConfig(learning_rate=_LR.value), steps)
   train_lib.compile_model(model, schema, optimizer)
-  ds = data.train_dataset(train_src, schema, image_size=size, batch_size=batch,
+  ds = pipeline.train_dataset(train_src, schema, image_size=size, batch_size=batch,
                           seed=seed, cache=True, deterministic=True)
-  test_ds = data.eval_dataset(test_src, schema, image_size=size,
+  test_ds = pipeline.eval_dataset(test_src, schema, image_size=size,
                               batch_size=200, cache=True)
 
   def score():
@@ -183,7 +183,7 @@ def train_and_score(schema, train_src, test_src, b_head: str, steps: int,
 def main(argv):
   del argv
   import numpy as np
-  from mlc_keras import demo
+  from mlc_keras.data import demo
 
   started = time.time()
   batch, n = _BATCH.value, _TRAIN.value

@@ -1,6 +1,6 @@
 r"""Input pipeline throughput, alone and under a training step.
 
-(a) Images/s of data.train_dataset alone (no model): JPEG read + decode +
+(a) Images/s of pipeline.train_dataset alone (no model): JPEG read + decode +
     antialiased resize to --pipeline_size + flip/crop/colour augmentation +
     batching, over --num_images generated JPEGs of --min_side..--max_side px
     listed in a CSV manifest (smooth random content with noise, so the files
@@ -113,8 +113,8 @@ def write_jpegs(folder: str, n: int, min_side: int, max_side: int,
 
 def pipeline_images_per_s(source, schema, size: int, batch: int,
                           images: int, augment) -> float:
-  from mlc_keras import data
-  ds = data.train_dataset(source, schema, image_size=size, batch_size=batch,
+  from mlc_keras.data import pipeline
+  ds = pipeline.train_dataset(source, schema, image_size=size, batch_size=batch,
                           seed=0, augmentations=augment)
   it = iter(ds)
   for _ in range(3):  # tracing, thread pools, autotune's first guesses
@@ -130,9 +130,11 @@ def main(argv):
   del argv
   import keras
   import tensorflow as tf
-  from mlc_keras import data
   from mlc_keras import model as model_lib
   from mlc_keras import train_lib
+  from mlc_keras.data import manifest as manifest_lib
+  from mlc_keras.data import pipeline
+  from mlc_keras.data import sources
 
   if _SKIP.value < 1 or _STEPS.value <= _SKIP.value:
     raise app.UsageError("need 1 <= --skip_steps < --steps_per_arm")
@@ -143,8 +145,8 @@ def main(argv):
     print(f"{machine()}; other processes may share the cores", flush=True)
     manifest, kb = write_jpegs(workdir, _NUM_IMAGES.value, _MIN_SIDE.value,
                                _MAX_SIDE.value)
-    records, schema = data.read_manifest(manifest)
-    source = data.records_source(records)
+    records, schema = manifest_lib.read_manifest(manifest)
+    source = sources.records_source(records)
     print(f"wrote {len(records)} JPEGs ({_MIN_SIDE.value}-{_MAX_SIDE.value} px,"
           f" mean {kb:.0f} KB) in {time.time() - started:.0f} s", flush=True)
 
@@ -162,7 +164,7 @@ def main(argv):
     keras.utils.set_random_seed(0)
     model = model_lib.build_model(schema, size_b, "ResNet50V2")
     train_lib.compile_model(model, schema, keras.optimizers.AdamW(1e-3))
-    real = data.train_dataset(source, schema, image_size=size_b,
+    real = pipeline.train_dataset(source, schema, image_size=size_b,
                               batch_size=batch_b, seed=0,
                               augmentations=augment)
     if _HELD.value == 1:

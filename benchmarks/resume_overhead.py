@@ -2,7 +2,7 @@ r"""Wall-time cost of the fit path's backups (train_lib.ResumableBackup).
 
 One model (--backbone, weights=None, --image_size px, batch --batch_size,
 AdamW, the project's compile_model) on the demo set through the real
-data.train_dataset, traced once by an untimed warm-up fit. Then each arm is
+pipeline.train_dataset, traced once by an untimed warm-up fit. Then each arm is
 one fit() of --epochs x --steps_per_epoch steps with the same traced step:
 
   none     no backup callback
@@ -65,10 +65,12 @@ def main(argv):
   del argv
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   import keras  # pylint: disable=g-import-not-at-top
-  from mlc_keras import data  # pylint: disable=g-import-not-at-top
-  from mlc_keras import demo  # pylint: disable=g-import-not-at-top
   from mlc_keras import model as model_lib  # pylint: disable=g-import-not-at-top
   from mlc_keras import train_lib  # pylint: disable=g-import-not-at-top
+  from mlc_keras.data import demo  # pylint: disable=g-import-not-at-top
+  from mlc_keras.data import manifest  # pylint: disable=g-import-not-at-top
+  from mlc_keras.data import pipeline  # pylint: disable=g-import-not-at-top
+  from mlc_keras.data import sources  # pylint: disable=g-import-not-at-top
 
   print(f"{benchutil.machine()}; other processes may share the cores",
         flush=True)
@@ -78,10 +80,10 @@ def main(argv):
     keras.utils.set_random_seed(0)
     paths = demo.generate(os.path.join(workdir, "demo"), train_size=400,
                           val_size=8, heldout_size=8)
-    records, schema = data.read_manifest(paths["train"])
-    source = data.records_source(records)
+    records, schema = manifest.read_manifest(paths["train"])
+    source = sources.records_source(records)
     steps = _STEPS.value
-    train_ds = data.train_dataset(
+    train_ds = pipeline.train_dataset(
         source, schema, image_size=_IMAGE_SIZE.value, batch_size=_BATCH.value,
         seed=0, steps_per_epoch=steps, augmentations=("flip", "crop"),
         cache=True)

@@ -58,7 +58,7 @@ _FEW_HEAD = "fill"
 def render_set(n: int, seed: int, held_out: bool, size: int):
   import numpy as np
   import tensorflow as tf
-  from mlc_keras import demo
+  from mlc_keras.data import demo
   rng = np.random.default_rng(seed)
   images, labels = [], {h.name: [] for h in demo.SCHEMA}
   for _ in range(n):
@@ -108,9 +108,9 @@ def main(argv):
   del argv
   import keras
   import numpy as np
-  from mlc_keras import demo
   from mlc_keras import heads as heads_lib
   from mlc_keras import model as model_lib
+  from mlc_keras.data import demo
 
   size, steps, batch = _IMAGE_SIZE.value, _STEPS.value, _BATCH.value
   seed = _SEED.value

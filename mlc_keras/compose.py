@@ -363,7 +363,7 @@ def classes_of(labels_by_head: Mapping[str, np.ndarray],
 def demo_classes() -> dict[str, dict[str, str]]:
   """Every combination of the demo's four attributes as a class, named like
   "large_outline_blue_triangle" (the held-out one among them)."""
-  from mlc_keras import demo  # pylint: disable=g-import-not-at-top
+  from mlc_keras.data import demo  # pylint: disable=g-import-not-at-top
   heads = demo.SCHEMA.heads
   classes = {}
   for combo in itertools.product(*(h.classes for h in heads)):
@@ -378,7 +378,7 @@ def write_demo_table(path: str,
   """Writes the demo class table (the 36 attribute combinations, among them
   large_outline_blue_triangle, which is never in training). ``path`` may be a
   folder (then ``classes.csv`` in it). Returns the file path."""
-  from mlc_keras import demo  # pylint: disable=g-import-not-at-top
+  from mlc_keras.data import demo  # pylint: disable=g-import-not-at-top
   schema = schema or demo.SCHEMA
   if os.path.isdir(path):
     path = os.path.join(path, "classes.csv")

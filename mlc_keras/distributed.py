@@ -34,11 +34,11 @@ import numpy as np
 import tensorflow as tf
 
 from mlc_keras import config as config_lib
-from mlc_keras import data
 from mlc_keras import heads as heads_lib
 from mlc_keras import losses
 from mlc_keras import metrics
 from mlc_keras import model as model_lib
+from mlc_keras.data import pipeline
 
 log = logging.getLogger("mlc_keras")
 
@@ -223,7 +223,7 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
   epoch_var.assign(start_epoch)
 
   def make_global():
-    return data.train_dataset(
+    return pipeline.train_dataset(
         bundle.train, schema, image_size=dc.image_size,
         batch_size=tc.batch_size, seed=tc.seed, start_epoch=start_epoch,
         end_epoch=tc.epochs, steps_per_epoch=steps, augmentations=dc.augment,
@@ -265,7 +265,7 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
 
   model.save(os.path.join(out_dir, "model.keras"))
   eval_source = bundle.val if bundle.val is not None else bundle.train
-  eval_ds = data.eval_dataset(eval_source, schema, image_size=dc.image_size,
+  eval_ds = pipeline.eval_dataset(eval_source, schema, image_size=dc.image_size,
                               batch_size=tc.batch_size)
   rows = metrics.head_table(metrics.collect(model, eval_ds, schema), schema,
                             tc.top_k)

@@ -48,9 +48,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from mlc_keras import compose  # pylint: disable=g-import-not-at-top
-  from mlc_keras import data  # pylint: disable=g-import-not-at-top
   from mlc_keras import evaluate_lib  # pylint: disable=g-import-not-at-top
   from mlc_keras import heads  # pylint: disable=g-import-not-at-top
+  from mlc_keras.data import manifest  # pylint: disable=g-import-not-at-top
   try:
     evaluate_lib.evaluate(
         _MODEL_DIR.value, _MANIFEST.value, _CLASS_TABLE.value,
@@ -58,7 +58,7 @@ def main(argv):
         calibration_manifest=_CALIBRATION_MANIFEST.value,
         batch_size=_BATCH_SIZE.value, top_k=_TOP_K.value,
         image_column=_IMAGE_COLUMN.value)
-  except (ValueError, heads.SchemaError, data.DataError,
+  except (ValueError, heads.SchemaError, manifest.DataError,
           compose.ClassTableError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -352,9 +352,11 @@ def evaluate(model_dir: str, manifest: Optional[str] = None,
   evaluation.json)."""
   from mlc_keras import calibrate as calibrate_lib  # pylint: disable=g-import-not-at-top
   from mlc_keras import compose  # pylint: disable=g-import-not-at-top
-  from mlc_keras import data  # pylint: disable=g-import-not-at-top
   from mlc_keras import metrics  # pylint: disable=g-import-not-at-top
   from mlc_keras import model as model_lib  # pylint: disable=g-import-not-at-top
+  from mlc_keras.data import manifest as manifest_lib  # pylint: disable=g-import-not-at-top
+  from mlc_keras.data import pipeline  # pylint: disable=g-import-not-at-top
+  from mlc_keras.data import sources  # pylint: disable=g-import-not-at-top
 
   schema = heads_lib.LabelSchema.load(model_dir)
   image_column = image_column or run_dir.run_image_column(model_dir)
@@ -362,8 +364,8 @@ def evaluate(model_dir: str, manifest: Optional[str] = None,
   manifest = manifest or default_manifest(model_dir)
   model = model_lib.load_model(os.path.join(model_dir, "model.keras"))
   image_size = int(model.input_shape[1])
-  records, _ = data.read_manifest(manifest, schema, image_column)
-  ds = data.eval_dataset(data.records_source(records), schema,
+  records, _ = manifest_lib.read_manifest(manifest, schema, image_column)
+  ds = pipeline.eval_dataset(sources.records_source(records), schema,
                          image_size=image_size, batch_size=batch_size)
   collected = metrics.collect(model, ds, schema)
   report = {"model": os.path.join(model_dir, "model.keras"), "data": manifest,
@@ -373,10 +375,10 @@ def evaluate(model_dir: str, manifest: Optional[str] = None,
   if calibrate:
     if calibration_manifest and (os.path.abspath(calibration_manifest)
                                  != os.path.abspath(manifest)):
-      fit_records, _ = data.read_manifest(calibration_manifest, schema,
+      fit_records, _ = manifest_lib.read_manifest(calibration_manifest, schema,
                                           image_column)
-      fit_collected = metrics.collect(model, data.eval_dataset(
-          data.records_source(fit_records), schema, image_size=image_size,
+      fit_collected = metrics.collect(model, pipeline.eval_dataset(
+          sources.records_source(fit_records), schema, image_size=image_size,
           batch_size=batch_size), schema)
       shown = collected
       cal = {"fitted_on": calibration_manifest, "reported_on": manifest}

@@ -94,10 +94,10 @@ def main(argv):
   # Imported here so --help answers without loading TensorFlow.
   from mlc_keras import artefacts  # pylint: disable=g-import-not-at-top
   from mlc_keras import compose  # pylint: disable=g-import-not-at-top
-  from mlc_keras import data  # pylint: disable=g-import-not-at-top
   from mlc_keras import export_lib  # pylint: disable=g-import-not-at-top
   from mlc_keras import heads  # pylint: disable=g-import-not-at-top
   from mlc_keras import run_dir  # pylint: disable=g-import-not-at-top
+  from mlc_keras.data import manifest  # pylint: disable=g-import-not-at-top
   try:
     result = export_lib.export(
         _MODEL_DIR.value,
@@ -115,7 +115,7 @@ def main(argv):
         model_file=_MODEL_FILE.value,
         class_table=_CLASS_TABLE.value,
         threshold=_THRESHOLD.value)
-  except (artefacts.ExportError, run_dir.RunDirError, data.DataError,
+  except (artefacts.ExportError, run_dir.RunDirError, manifest.DataError,
           heads.SchemaError, compose.ClassTableError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -1,6 +1,6 @@
 """Per-head losses that ignore missing labels.
 
-Missing labels arrive with sample weight 0 (see data.py). The reduction
+Missing labels arrive with sample weight 0 (see data/pipeline.py). The reduction
 "mean_with_sample_weight" divides each head's summed loss by the weight
 present in the batch, so a head labelled on 10% of a batch still gets a full
 gradient from those labels, and a head with no labels in a batch adds exactly

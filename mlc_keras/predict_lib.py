@@ -13,11 +13,11 @@ import tensorflow as tf
 
 from mlc_keras import artefacts
 from mlc_keras import compose
-from mlc_keras import data as data_lib
 from mlc_keras import heads as heads_lib
-from mlc_keras import imageio
 from mlc_keras import predictors
 from mlc_keras.artefacts import ExportError
+from mlc_keras.data import imageio
+from mlc_keras.data import manifest
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 
@@ -28,7 +28,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 def list_images(source: str, image_column: str = "image") -> list[str]:
   """Image paths from a folder (recursive), a manifest CSV (its image column,
   read by training's reader: relative paths against the CSV's folder) or a
-  single image file. Raises ExportError, or data.DataError for a manifest
+  single image file. Raises ExportError, or manifest.DataError for a manifest
   training would refuse."""
   if os.path.isdir(source):
     found = []
@@ -43,7 +43,7 @@ def list_images(source: str, image_column: str = "image") -> list[str]:
   if not os.path.isfile(source):
     raise ExportError(f"{source}: no such image, folder or manifest")
   if source.lower().endswith(".csv"):
-    return data_lib.image_paths(source, image_column)
+    return list(manifest.read_images(source, image_column).paths)
   return [source]
 
 
@@ -68,7 +68,7 @@ def read_image(path: str, image_size: int) -> np.ndarray:
     return imageio.decode_and_resize(tf.constant(data), image_size).numpy()
   except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
     raise ExportError(f"{path}: not a decodable image "
-                      f"({data_lib.op_reason(e)})") from None
+                      f"({imageio.op_reason(e)})") from None
 
 
 def load_images(paths: Sequence[str], image_size: int) -> np.ndarray:
@@ -161,7 +161,7 @@ def run(model: str, inputs: Sequence[str], out: TextIO = sys.stdout,
   (notes to ``err``). Returns the number of images. ``class_table``: a class
   table CSV to compose the heads with (see mlc_keras/predict.py).
 
-  Raises ExportError, data.DataError, heads.SchemaError or
+  Raises ExportError, manifest.DataError, heads.SchemaError or
   compose.ClassTableError (a class table that does not fit the model's
   labels.json).
   """

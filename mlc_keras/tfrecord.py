@@ -24,17 +24,19 @@ _IMAGE_COLUMN = flags.DEFINE_string("image_column", "image", "Image column.")
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from mlc_keras import data  # pylint: disable=g-import-not-at-top
   from mlc_keras import heads  # pylint: disable=g-import-not-at-top
+  from mlc_keras.data import manifest  # pylint: disable=g-import-not-at-top
+  from mlc_keras.data import sources  # pylint: disable=g-import-not-at-top
+  from mlc_keras.data import tfrecords  # pylint: disable=g-import-not-at-top
   try:
     schema = heads.LabelSchema.load(_HEADS_FILE.value) if _HEADS_FILE.value else None
-    records, schema = data.read_manifest(_MANIFEST.value, schema,
+    records, schema = manifest.read_manifest(_MANIFEST.value, schema,
                                          _IMAGE_COLUMN.value)
-    data.check_images(records)
-  except (data.DataError, heads.SchemaError) as e:
+    sources.check_images(records)
+  except (manifest.DataError, heads.SchemaError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  shards = data.write_tfrecords(records, schema, _OUTPUT.value, _NUM_SHARDS.value)
+  shards = tfrecords.write_tfrecords(records, schema, _OUTPUT.value, _NUM_SHARDS.value)
   print(f"wrote {len(records)} examples to {len(shards)} shard(s): {shards[0]} ...")
 
 

@@ -202,12 +202,12 @@ def main(argv):
   logging.getLogger("mlc_keras").setLevel(logging.INFO)
   cfg = config_from_flags()
   # Imported here so --help answers without loading TensorFlow.
-  from mlc_keras import data  # pylint: disable=g-import-not-at-top
   from mlc_keras import heads  # pylint: disable=g-import-not-at-top
   from mlc_keras import train_lib  # pylint: disable=g-import-not-at-top
+  from mlc_keras.data import manifest  # pylint: disable=g-import-not-at-top
   try:
     train_lib.train_and_evaluate(cfg, _MODEL_DIR.value)
-  except (data.DataError, heads.SchemaError) as e:
+  except (manifest.DataError, heads.SchemaError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   except RuntimeError as e:

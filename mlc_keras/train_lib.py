@@ -27,12 +27,15 @@ import numpy as np
 import tensorflow as tf
 
 from mlc_keras import config as config_lib
-from mlc_keras import data
-from mlc_keras import demo
 from mlc_keras import heads as heads_lib
 from mlc_keras import losses
 from mlc_keras import metrics
 from mlc_keras import model as model_lib
+from mlc_keras.data import demo
+from mlc_keras.data import manifest as manifest_lib
+from mlc_keras.data import pipeline
+from mlc_keras.data import sources as sources_lib
+from mlc_keras.data import tfrecords
 
 log = logging.getLogger("mlc_keras")
 
@@ -43,8 +46,8 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 @dataclasses.dataclass
 class DataBundle:
   schema: heads_lib.LabelSchema
-  train: data.Source
-  val: Optional[data.Source]
+  train: sources_lib.Source
+  val: Optional[sources_lib.Source]
   train_size: int
   # Rows left out under --quarantine (see write_quarantine).
   quarantined: list = dataclasses.field(default_factory=list)
@@ -55,32 +58,32 @@ def load_data(cfg: config_lib.DataConfig, seed: int) -> DataBundle:
   validating labels and (for manifests) every image before training."""
   sources = [s for s in (cfg.manifest, cfg.tfrecord, cfg.tfds) if s]
   if len(sources) > 1:
-    raise data.DataError(
+    raise manifest_lib.DataError(
         "give one of --manifest, --tfrecord or --tfds, not several")
   schema = heads_lib.LabelSchema.load(cfg.heads_file) if cfg.heads_file else None
 
   if cfg.tfds:
-    pairs = data.parse_tfds_heads(cfg.tfds_heads)
-    train, tfds_schema = data.tfds_source(cfg.tfds, cfg.tfds_train_split, pairs,
+    pairs = sources_lib.parse_tfds_heads(cfg.tfds_heads)
+    train, tfds_schema = sources_lib.tfds_source(cfg.tfds, cfg.tfds_train_split, pairs,
                                           cfg.tfds_data_dir)
     val = None
     if cfg.tfds_val_split:
-      val, _ = data.tfds_source(cfg.tfds, cfg.tfds_val_split, pairs,
+      val, _ = sources_lib.tfds_source(cfg.tfds, cfg.tfds_val_split, pairs,
                                 cfg.tfds_data_dir)
     if schema is not None and schema.names != tfds_schema.names:
-      raise data.DataError(
+      raise manifest_lib.DataError(
           f"{cfg.heads_file}: heads {list(schema.names)} do not match "
           f"--tfds_heads {list(tfds_schema.names)}")
     schema = schema or tfds_schema
-    return DataBundle(schema, train, val, data.count(train))
+    return DataBundle(schema, train, val, sources_lib.count(train))
 
   if cfg.tfrecord:
     if schema is None:
       folder = os.path.dirname(os.path.abspath(cfg.tfrecord))
       schema = heads_lib.LabelSchema.load(os.path.join(folder, "labels.json"))
-    train = data.tfrecord_source(cfg.tfrecord, schema)
-    val = data.tfrecord_source(cfg.val_tfrecord, schema) if cfg.val_tfrecord else None
-    return DataBundle(schema, train, val, data.count(train))
+    train = tfrecords.tfrecord_source(cfg.tfrecord, schema)
+    val = tfrecords.tfrecord_source(cfg.val_tfrecord, schema) if cfg.val_tfrecord else None
+    return DataBundle(schema, train, val, sources_lib.count(train))
 
   if cfg.manifest:
     manifest, val_manifest = cfg.manifest, cfg.val_manifest
@@ -94,16 +97,16 @@ def load_data(cfg: config_lib.DataConfig, seed: int) -> DataBundle:
   if cfg.label_columns and cfg.heads_file:
     raise ValueError("--label_columns and --heads_file both choose the heads; "
                      "give one")
-  train_rec, schema = data.read_manifest(
+  train_rec, schema = manifest_lib.read_manifest(
       manifest, schema, cfg.image_column,
       label_columns=cfg.label_columns or None, image_root=cfg.image_root,
       quarantine=quarantined)
   if val_manifest:
-    val_rec, _ = data.read_manifest(
+    val_rec, _ = manifest_lib.read_manifest(
         val_manifest, schema, cfg.image_column, image_root=cfg.image_root,
         quarantine=quarantined)
   elif cfg.val_fraction > 0:
-    train_rec, val_rec = data.split_records(train_rec, cfg.val_fraction, seed)
+    train_rec, val_rec = sources_lib.split_records(train_rec, cfg.val_fraction, seed)
   else:
     val_rec = None
   if cfg.validate_images or cfg.quarantine:
@@ -112,10 +115,10 @@ def load_data(cfg: config_lib.DataConfig, seed: int) -> DataBundle:
       if rec is None:
         checked.append(rec)
       elif quarantined is None:
-        data.check_images(rec, max_pixels=cfg.max_image_pixels)
+        sources_lib.check_images(rec, max_pixels=cfg.max_image_pixels)
         checked.append(rec)
       else:
-        bad = data.screen_images(rec, max_pixels=cfg.max_image_pixels)
+        bad = sources_lib.screen_images(rec, max_pixels=cfg.max_image_pixels)
         quarantined.extend(bad)
         bad_lines = {b.line for b in bad}
         checked.append(rec.take(np.array(
@@ -123,8 +126,8 @@ def load_data(cfg: config_lib.DataConfig, seed: int) -> DataBundle:
     train_rec, val_rec = checked
   if quarantined:
     quarantined.sort(key=lambda b: (b.origin, b.line))
-  train = data.records_source(train_rec)
-  val = data.records_source(val_rec) if val_rec is not None and len(val_rec) else None
+  train = sources_lib.records_source(train_rec)
+  val = sources_lib.records_source(val_rec) if val_rec is not None and len(val_rec) else None
   return DataBundle(schema, train, val, len(train_rec), quarantined or [])
 
 
@@ -134,7 +137,7 @@ def write_quarantine(bundle: DataBundle, model_dir: str) -> Optional[str]:
   if not bundle.quarantined:
     return None
   path = os.path.join(model_dir, "quarantine.csv")
-  data.write_quarantine(path, bundle.quarantined)
+  sources_lib.write_quarantine(path, bundle.quarantined)
   return (f"{len(bundle.quarantined)} manifest row(s) quarantined (not trained "
           f"on or evaluated); listed in {path}")
 
@@ -150,7 +153,7 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
   raise ValueError(f"--strategy must be one of {STRATEGIES}, got {name!r}")
 
 
-class BackupError(data.DataError):
+class BackupError(manifest_lib.DataError):
   """A backup folder that cannot be resumed from (corrupt or inconsistent)."""
 
 
@@ -488,9 +491,9 @@ def prepare_run(cfg: config_lib.Config, out_dir: str):
   with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
     f.write(cfg.to_json() + "\n")
   # steps_for also refuses a training set smaller than one batch.
-  full_steps = data.steps_for(bundle.train_size, tc.batch_size, bundle.train.name)
+  full_steps = pipeline.steps_for(bundle.train_size, tc.batch_size, bundle.train.name)
   steps = tc.steps_per_epoch or full_steps
-  class_weights = data.class_weights_from(tc.class_weight, bundle.train, schema)
+  class_weights = pipeline.class_weights_from(tc.class_weight, bundle.train, schema)
   return bundle, schema, steps, class_weights, quarantine_note
 
 
@@ -519,7 +522,7 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str) -> dict:
       cfg, model_dir)
   val_ds = None
   if bundle.val is not None:
-    val_ds = data.eval_dataset(bundle.val, schema, image_size=dc.image_size,
+    val_ds = pipeline.eval_dataset(bundle.val, schema, image_size=dc.image_size,
                                batch_size=tc.batch_size, cache=True)
 
   strategy = make_strategy(tc.strategy)
@@ -547,7 +550,7 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str) -> dict:
         model, not phase.frozen, top_layers=tc.unfreeze_layers,
         train_batchnorm=len(run_phases) == 1)
     start_epoch = max(phase.first_epoch, backup_epoch(phase.backup_dir))
-    train_ds = data.train_dataset(
+    train_ds = pipeline.train_dataset(
         bundle.train, schema, image_size=dc.image_size, batch_size=tc.batch_size,
         seed=tc.seed, start_epoch=start_epoch, end_epoch=phase.end_epoch,
         steps_per_epoch=steps, augmentations=dc.augment, cache=dc.cache,
@@ -594,7 +597,7 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str) -> dict:
     os.remove(marker)
 
   eval_source = bundle.val if bundle.val is not None else bundle.train
-  eval_ds = val_ds if val_ds is not None else data.eval_dataset(
+  eval_ds = val_ds if val_ds is not None else pipeline.eval_dataset(
       bundle.train, schema, image_size=dc.image_size, batch_size=tc.batch_size)
   rows = metrics.head_table(metrics.collect(model, eval_ds, schema), schema,
                             tc.top_k)

@@ -13,9 +13,9 @@ import numpy as np
 import tensorflow as tf
 
 from mlc_keras import compose
-from mlc_keras import demo
 from mlc_keras import heads as heads_lib
 from mlc_keras import model as model_lib
+from mlc_keras.data import demo
 from tests import testutil
 
 # The end-to-end check: a short from-scratch training at 32x32.
@@ -207,20 +207,22 @@ class HeldOutCombinationTest(tf.test.TestCase):
   Plain training, no augmentation that could fake the held-out pixels."""
 
   def test_recognises_unseen_combination(self):
-    from mlc_keras import data  # pylint: disable=g-import-not-at-top
     from mlc_keras import losses  # pylint: disable=g-import-not-at-top
     from mlc_keras import metrics  # pylint: disable=g-import-not-at-top
+    from mlc_keras.data import manifest  # pylint: disable=g-import-not-at-top
+    from mlc_keras.data import pipeline  # pylint: disable=g-import-not-at-top
+    from mlc_keras.data import sources  # pylint: disable=g-import-not-at-top
     root = self.get_temp_dir()
     schema = demo.SCHEMA
     paths = demo.generate(os.path.join(root, "demo"), E2E_TRAIN_SIZE, 100)
     keras.utils.set_random_seed(0)
-    records, _ = data.read_manifest(paths["train"], schema)
+    records, _ = manifest.read_manifest(paths["train"], schema)
     # No training row is labelled with the held-out combination.
     cols = [schema.names.index(h) for h in demo.HELD_OUT]
     held_values = [schema.head(h).index(v) for h, v in demo.HELD_OUT.items()]
     self.assertFalse(np.all(records.labels[:, cols] == held_values, axis=1).any())
-    train_ds = data.train_dataset(
-        data.records_source(records), schema, image_size=E2E_SIZE,
+    train_ds = pipeline.train_dataset(
+        sources.records_source(records), schema, image_size=E2E_SIZE,
         batch_size=32, seed=0, end_epoch=1, steps_per_epoch=E2E_STEPS,
         cache=True)
     model = testutil.small_cnn(schema, E2E_SIZE)
@@ -228,8 +230,8 @@ class HeldOutCombinationTest(tf.test.TestCase):
     model.fit(train_ds, epochs=1, steps_per_epoch=E2E_STEPS, verbose=0)
 
     table = compose.load(compose.write_demo_table(root), schema)
-    held, _ = data.read_manifest(paths["heldout"], schema)
-    held_ds = data.eval_dataset(data.records_source(held), schema,
+    held, _ = manifest.read_manifest(paths["heldout"], schema)
+    held_ds = pipeline.eval_dataset(sources.records_source(held), schema,
                                 image_size=E2E_SIZE, batch_size=50)
     collected = metrics.collect(model, held_ds, schema)
     probs = compose.compose_probs({h: collected[h][0] for h in table.heads},

@@ -92,9 +92,11 @@ import keras
 import tensorflow as tf
 
 from mlc_keras import config as config_lib
-from mlc_keras import data
 from mlc_keras import distributed
 from mlc_keras import train_lib
+from mlc_keras.data import manifest as manifest_lib
+from mlc_keras.data import pipeline
+from mlc_keras.data import sources
 from tests import testutil
 
 
@@ -215,8 +217,8 @@ class DistributedTest(tf.test.TestCase):
   def test_custom_step_matches_fit(self):
     cfg = _config(self.manifest)
     tc, dc = cfg.train, cfg.data
-    rec, schema = data.read_manifest(self.manifest)
-    ds = data.train_dataset(data.records_source(rec), schema, image_size=32,
+    rec, schema = manifest_lib.read_manifest(self.manifest)
+    ds = pipeline.train_dataset(sources.records_source(rec), schema, image_size=32,
                             batch_size=8, seed=0, end_epoch=1,
                             steps_per_epoch=2, augmentations=dc.augment,
                             deterministic=True)

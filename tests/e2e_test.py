@@ -24,7 +24,7 @@ import tempfile
 import tensorflow as tf
 
 from mlc_keras import compose
-from mlc_keras import demo
+from mlc_keras.data import demo
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_IMAGES = 6

@@ -13,12 +13,14 @@ import tensorflow as tf
 from mlc_keras import calibrate
 from mlc_keras import compose
 from mlc_keras import config as config_lib
-from mlc_keras import data
 from mlc_keras import evaluate_lib
 from mlc_keras import heads as heads_lib
 from mlc_keras import metrics
 from mlc_keras import model as model_lib
 from mlc_keras import run_dir
+from mlc_keras.data import manifest as manifest_lib
+from mlc_keras.data import pipeline
+from mlc_keras.data import sources
 from tests import testutil
 
 SHAPE = heads_lib.HeadSpec("shape", ("circle", "square", "triangle"))
@@ -177,9 +179,9 @@ class EvaluateTest(tf.test.TestCase):
     fit = evaluate_lib.calibration_split(10)
     self.assertEqual(int(fit.sum()), 5)
     self.assertIn("seeded half: 5 rows", report["calibration"]["fitted_on"])
-    records, _ = data.read_manifest(manifest, schema, "filename")
-    collected = metrics.collect(model, data.eval_dataset(
-        data.records_source(records), schema, image_size=32, batch_size=4),
+    records, _ = manifest_lib.read_manifest(manifest, schema, "filename")
+    collected = metrics.collect(model, pipeline.eval_dataset(
+        sources.records_source(records), schema, image_size=32, batch_size=4),
         schema)
     probs, y, m = collected["shape"]
     self.assertAllClose(cal["shape"]["temperature"],

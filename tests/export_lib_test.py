@@ -22,7 +22,6 @@ import tensorflow as tf
 
 from mlc_keras import artefacts
 from mlc_keras import config as config_lib
-from mlc_keras import data as data_lib
 from mlc_keras import export_lib
 from mlc_keras.exporters import isolated
 from mlc_keras.exporters import onnx as onnx_lib
@@ -30,10 +29,11 @@ from mlc_keras.exporters import parity as parity_lib
 from mlc_keras.exporters import saved_model as saved_model_lib
 from mlc_keras.exporters import tflite as tflite_lib
 from mlc_keras import heads as heads_lib
-from mlc_keras import imageio
 from mlc_keras import predict_lib
 from mlc_keras import predictors
 from mlc_keras import run_dir
+from mlc_keras.data import imageio
+from mlc_keras.data import sources
 from tests import export_fixture
 from tests.export_fixture import make_images
 from tests.export_fixture import OLD_TABLE
@@ -393,7 +393,7 @@ class ExportLibTest(tf.test.TestCase):
     with self.assertRaisesRegex(artefacts.ExportError, "max_image_pixels"):
       saved_model_lib.build_serving_module(self.model, SCHEMA, max_image_pixels=0)
     # One limit for training's file screen, the library and the export CLI.
-    self.assertEqual(saved_model_lib.MAX_IMAGE_PIXELS, data_lib.MAX_IMAGE_PIXELS)
+    self.assertEqual(saved_model_lib.MAX_IMAGE_PIXELS, sources.MAX_IMAGE_PIXELS)
     self.assertEqual(saved_model_lib.MAX_IMAGE_PIXELS,
                      config_lib.DataConfig.max_image_pixels)
 

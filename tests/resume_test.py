@@ -135,7 +135,7 @@ class ResumeCliTest(tf.test.TestCase):
         "corrupt": ((), lambda m: m["epoch"] >= 2, train_lib.BACKUP_STATE),
     }
     # Generate the demo set once so concurrent runs do not race writing it.
-    from mlc_keras import demo  # pylint: disable=g-import-not-at-top
+    from mlc_keras.data import demo  # pylint: disable=g-import-not-at-top
     tiny = config_lib.tiny()
     demo.generate(os.path.join(tmp, "demo"), tiny.data.demo_train_size,
                   tiny.data.demo_val_size)

@@ -22,8 +22,8 @@ import tensorflow as tf
 from mlc_keras import artefacts
 from mlc_keras import config as config_lib
 from mlc_keras import heads as heads_lib
-from mlc_keras import imageio
 from mlc_keras import run_dir
+from mlc_keras.data import imageio
 from mlc_keras.artefacts import ExportError
 
 # Per-image cap on encoded bytes in the serving signature. 20 MB holds any

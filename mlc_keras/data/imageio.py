@@ -8,6 +8,8 @@ decoding it, so serving can refuse a decompression bomb before decoding.
 
 from __future__ import annotations
 
+import re
+
 import tensorflow as tf
 
 
@@ -141,6 +143,13 @@ _RUN = 256  # equal-size sub-blocks skipped per loop iteration at most
 _MAX_GIF_STEPS = 20_000  # a GIF needing more is refused (bounds the CPU)
 
 
+def _colour_table(packed: tf.Tensor) -> tf.Tensor:
+  # Present when bit 7 is set; 3 * 2^(size + 1) bytes.
+  return tf.where(packed >= 128,
+                  3 * tf.bitwise.left_shift(tf.constant(2, tf.int64),
+                                            packed % 8), 0)
+
+
 @tf.function(input_signature=[tf.TensorSpec([], tf.string)])
 def _gif_frames(encoded: tf.Tensor) -> tf.Tensor:
   """int64 [width, height, frames] of a GIF as TF decodes it: the largest
@@ -165,15 +174,9 @@ def _gif_frames(encoded: tf.Tensor) -> tf.Tensor:
   def read(pos, size):
     return tf.cast(data[pos:pos + size], tf.int64)
 
-  def colour_table(packed):
-    # Present when bit 7 is set; 3 * 2^(size + 1) bytes.
-    return tf.where(packed >= 128,
-                    3 * tf.bitwise.left_shift(tf.constant(2, tf.int64),
-                                              packed % 8), 0)
-
   run = tf.range(_RUN, dtype=tf.int64)
   screen = read(6, 5)
-  first_block = 13 + colour_table(screen[4])
+  first_block = 13 + _colour_table(screen[4])
 
   def body(pos, in_blocks, right, bottom, frames, done):
     b = read(pos, 10)
@@ -189,7 +192,7 @@ def _gif_frames(encoded: tf.Tensor) -> tf.Tensor:
     next_pos = tf.where(
         in_blocks, pos + (b[0] + 1) * tf.maximum(same, 1),
         tf.where(is_extension, pos + 2,
-                 pos + 10 + colour_table(b[9]) + 1))  # +1: LZW code size
+                 pos + 10 + _colour_table(b[9]) + 1))  # +1: LZW code size
     return (next_pos,
             tf.where(in_blocks, b[0] > 0, is_extension | is_image),
             tf.where(is_image, tf.maximum(right, left + width), right),
@@ -224,3 +227,10 @@ def decoded_extent(encoded: tf.Tensor) -> tf.Tensor:
       is_gif, lambda: _gif_frames(encoded),
       lambda: tf.concat([size, tf.where(size[:1] >= 0, tf.constant([1], tf.int64),
                                         -1)], 0))
+
+
+def op_reason(e: tf.errors.OpError) -> str:
+  """TF's reason for a failed op, without its "{{function_node ...}}" and
+  "[Op:...]" noise (first line, at most 160 characters)."""
+  first = e.message.splitlines()[0] if e.message else type(e).__name__
+  return re.sub(r"\{\{.*?\}\}|\[Op:.*$", "", first).strip()[:160]

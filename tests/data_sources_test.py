@@ -1,4 +1,6 @@
-"""Hostile inputs: each unusable manifest row is an error naming the file and
+"""Tests for sources: screening hostile inputs, splits and TFDS.
+
+Hostile inputs: each unusable manifest row is an error naming the file and
 line, or (with quarantine) a row of quarantine.csv; none is dropped silently.
 Fast (seconds, no model)."""
 
@@ -12,9 +14,11 @@ import numpy as np
 import tensorflow as tf
 
 from mlc_keras import config as config_lib
-from mlc_keras import data
-from mlc_keras import imageio
 from mlc_keras import train_lib
+from mlc_keras.data import imageio
+from mlc_keras.data import manifest
+from mlc_keras.data import pipeline
+from mlc_keras.data import sources
 from tests import testutil
 
 
@@ -87,11 +91,11 @@ class HostileDataTest(tf.test.TestCase):
   def _check(self, bad_name, payload, pattern, **kwargs):
     _write(os.path.join(self.dir, bad_name), payload)
     path = _manifest(self.dir, self.good[:2] + [bad_name])
-    records, _ = data.read_manifest(path)
+    records, _ = manifest.read_manifest(path)
     # Line 4: header, two good rows, then the bad one.
     with self.assertRaisesRegex(
-        data.DataError, r"train\.csv:4: .*" + bad_name + r".*" + pattern):
-      data.check_images(records, **kwargs)
+        manifest.DataError, r"train\.csv:4: .*" + bad_name + r".*" + pattern):
+      sources.check_images(records, **kwargs)
     return records
 
   def test_truncated_jpeg(self):
@@ -120,11 +124,11 @@ class HostileDataTest(tf.test.TestCase):
     # TF decodes every frame of a GIF at the frames' size, whatever the
     # header's logical screen says. Checked to fail with header_size (the
     # screen, one frame) in screen_images: both GIFs passed.
-    from tests import imageio_test  # pylint: disable=g-import-not-at-top
-    self._check("img/frames.gif", imageio_test.gif([(10, 10)] * 12),
+    from tests import data_imageio_test  # pylint: disable=g-import-not-at-top
+    self._check("img/frames.gif", data_imageio_test.gif([(10, 10)] * 12),
                 r"10x10 x 12 frames = 1,200 pixels is over the limit of 1,000",
                 max_pixels=1000)
-    self._check("img/screen.gif", imageio_test.gif([(40, 30)], (8, 8)),
+    self._check("img/screen.gif", data_imageio_test.gif([(40, 30)], (8, 8)),
                 r"40x30 = 1,200 pixels is over the limit of 1,000",
                 max_pixels=1000)
 
@@ -133,9 +137,9 @@ class HostileDataTest(tf.test.TestCase):
     os.rename(os.path.join(self.dir, "img/real.png"),
               os.path.join(self.dir, "img/liar.jpg"))
     path = _manifest(self.dir, self.good[:2] + ["img/liar.jpg"])
-    records, schema = data.read_manifest(path)
-    data.check_images(records)  # no error
-    ds = data.eval_dataset(data.records_source(records), schema,
+    records, schema = manifest.read_manifest(path)
+    sources.check_images(records)  # no error
+    ds = pipeline.eval_dataset(sources.records_source(records), schema,
                            image_size=32, batch_size=3)
     images, _, _ = next(iter(ds))
     self.assertAllEqual(images[2], pixels)  # lossless: really read as PNG
@@ -151,12 +155,12 @@ class HostileDataTest(tf.test.TestCase):
                                          "WEBP", lossless=True)
     path = _manifest(self.dir, self.good[:1] + ["img/lossless.webp",
                                                 "img/alpha.webp"])
-    records, schema = data.read_manifest(path)
-    data.check_images(records)  # was "not a JPEG, PNG, GIF or BMP image"
+    records, schema = manifest.read_manifest(path)
+    sources.check_images(records)  # was "not a JPEG, PNG, GIF or BMP image"
     self.assertEqual(_header_size(
         open(records.paths[2], "rb").read()), (32, 32))
-    images = next(iter(data.eval_dataset(
-        data.records_source(records), schema, image_size=32, batch_size=3)))[0]
+    images = next(iter(pipeline.eval_dataset(
+        sources.records_source(records), schema, image_size=32, batch_size=3)))[0]
     # Lossless: exactly the pixels written; the (opaque) alpha is dropped.
     self.assertAllEqual(images[1], rgb)
     self.assertAllEqual(images[2], rgb)
@@ -190,8 +194,8 @@ class HostileDataTest(tf.test.TestCase):
     self.assertEqual(_header_size(big), (40, 24))
     _write(os.path.join(self.dir, "img/icc.jpg"), big)
     path = _manifest(self.dir, self.good[:2] + ["img/icc.jpg"])
-    records, _ = data.read_manifest(path)
-    data.check_images(records)  # was "header is cut short"
+    records, _ = manifest.read_manifest(path)
+    sources.check_images(records)  # was "header is cut short"
 
   def test_decode_reasons_are_tf_messages_without_noise(self):
     jpeg = tf.io.encode_jpeg(np.full((64, 64, 3), 90, np.uint8)).numpy()
@@ -202,11 +206,11 @@ class HostileDataTest(tf.test.TestCase):
   def test_path_escaping_image_root(self):
     path = _manifest(self.dir, self.good[:2] + ["../../etc/passwd"])
     with self.assertRaisesRegex(
-        data.DataError, r"train\.csv:4: \.\./\.\./etc/passwd: resolves to "
+        manifest.DataError, r"train\.csv:4: \.\./\.\./etc/passwd: resolves to "
         r"\S*/etc/passwd, outside --image_root"):
-      data.read_manifest(path, image_root=self.dir)
+      manifest.read_manifest(path, image_root=self.dir)
     # Without a declared root, relative paths are the user's business.
-    records, _ = data.read_manifest(path)
+    records, _ = manifest.read_manifest(path)
     self.assertLen(records, 3)
 
   def test_non_utf8_manifest(self):
@@ -214,14 +218,14 @@ class HostileDataTest(tf.test.TestCase):
     with open(path, "wb") as f:
       f.write(b"image,shape,colour\nimg/good0.png,circle,blue\n"
               b"img/caf\xe9.png,square,red\n")
-    with self.assertRaisesRegex(data.DataError, r"latin1\.csv:3: not UTF-8"):
-      data.read_manifest(path)
+    with self.assertRaisesRegex(manifest.DataError, r"latin1\.csv:3: not UTF-8"):
+      manifest.read_manifest(path)
 
   def test_duplicated_rows_name_both_lines(self):
     path = _manifest(self.dir, [self.good[0], self.good[1], "./" + self.good[0]])
     with self.assertRaisesRegex(
-        data.DataError, r"train\.csv:4: \./img/good0\.png: same image as line 2"):
-      data.read_manifest(path)
+        manifest.DataError, r"train\.csv:4: \./img/good0\.png: same image as line 2"):
+      manifest.read_manifest(path)
 
   def test_quarantine_lists_every_bad_row_and_trains_on_the_rest(self):
     jpeg = tf.io.encode_jpeg(np.full((64, 64, 3), 90, np.uint8)).numpy()
@@ -257,7 +261,7 @@ class HostileDataTest(tf.test.TestCase):
     self.assertEqual([int(r["line"]) for r in table], sorted(got))
     self.assertEqual(table[4]["path"], os.path.join(self.dir, "../../etc/passwd"))
     # Without --quarantine the same manifest stops at its first problem.
-    with self.assertRaisesRegex(data.DataError, r"train\.csv:12: "):
+    with self.assertRaisesRegex(manifest.DataError, r"train\.csv:12: "):
       train_lib.load_data(dataclasses.replace(cfg, quarantine=False), seed=0)
 
 
@@ -273,14 +277,14 @@ class HostileDataTest(tf.test.TestCase):
                     ("blue", "red")[i % 2]])
     cfg = dataclasses.replace(config_lib.tiny().data, manifest=path,
                               val_fraction=0.0)
-    with self.assertRaisesRegex(data.DataError,
+    with self.assertRaisesRegex(manifest.DataError,
                                 "'notes' has 1 .*--label_columns"):
       train_lib.load_data(cfg, seed=0)
     bundle = train_lib.load_data(
         dataclasses.replace(cfg, label_columns=("colour", "shape")), seed=0)
     self.assertEqual(bundle.schema.names, ("colour", "shape"))
     self.assertEqual(bundle.train_size, len(self.good))
-    with self.assertRaisesRegex(data.DataError, "no column 'size'"):
+    with self.assertRaisesRegex(manifest.DataError, "no column 'size'"):
       train_lib.load_data(dataclasses.replace(cfg, label_columns=("size",)),
                           seed=0)
     heads_file = os.path.join(self.dir, "heads.json")
@@ -288,6 +292,52 @@ class HostileDataTest(tf.test.TestCase):
     with self.assertRaisesRegex(ValueError, "give one"):
       train_lib.load_data(dataclasses.replace(
           cfg, label_columns=("shape",), heads_file=heads_file), seed=0)
+
+
+class SplitAndCheckTest(tf.test.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.dir = self.get_temp_dir()
+
+  def test_missing_and_undecodable_images_are_listed(self):
+    rows = testutil.simple_rows(4)
+    path = testutil.write_manifest(self.dir, rows)
+    os.remove(os.path.join(self.dir, rows[1]["image"]))
+    records, _ = manifest.read_manifest(path, testutil.SCHEMA)
+    with self.assertRaisesRegex(manifest.DataError, r"1 image file\(s\) not found:\n.*train.csv:3: .*001.png"):
+      sources.check_images(records)
+    with open(os.path.join(self.dir, rows[1]["image"]), "wb") as f:
+      f.write(b"this is not an image")
+    with self.assertRaisesRegex(manifest.DataError, r"1 image\(s\) could not be decoded:\n.*train.csv:3: .*001.png"):
+      sources.check_images(records)
+
+  def test_split_is_stable_and_disjoint(self):
+    path = testutil.write_manifest(self.dir, testutil.simple_rows(40))
+    records, _ = manifest.read_manifest(path, testutil.SCHEMA)
+    train, val = sources.split_records(records, 0.25, seed=3)
+    train2, val2 = sources.split_records(records, 0.25, seed=3)
+    self.assertEqual(val.paths, val2.paths)
+    self.assertEqual(len(train) + len(val), 40)
+    self.assertEmpty(set(train.paths) & set(val.paths))
+    self.assertBetween(len(val), 3, 20)
+
+
+class TFDSTest(tf.test.TestCase):
+
+  def test_classlabel_feature_becomes_head(self):
+    import tensorflow_datasets as tfds
+    with tfds.testing.mock_data(num_examples=10):
+      source, schema = sources.tfds_source("mnist", "train", [("label", "digit")])
+      self.assertEqual(schema.names, ("digit",))
+      self.assertEqual(schema.head("digit").num_classes, 10)
+      ds = pipeline.train_dataset(source, schema, image_size=16, batch_size=5,
+                              seed=0, end_epoch=1)
+      images, labels, weights = next(iter(ds))
+    self.assertEqual(images.shape, (5, 16, 16, 3))
+    self.assertAllEqual(weights["digit"], np.ones(5))
+    with self.assertRaisesRegex(manifest.DataError, "no feature 'nope'"):
+      sources.tfds_source("mnist", "train", [("nope", "x")])
 
 
 if __name__ == "__main__":

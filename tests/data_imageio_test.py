@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from mlc_keras.exporters import saved_model as saved_model_lib
 from mlc_keras import heads as heads_lib
-from mlc_keras import imageio
+from mlc_keras.data import imageio
 from tests import testutil
 
 SCHEMA = heads_lib.LabelSchema((heads_lib.HeadSpec("colour", ("red", "blue")),))

@@ -1,0 +1,198 @@
+"""The tf.data pipeline: a Source -> decode -> resize/augment -> batches.
+
+Every element the model sees is ``(image, {head: label}, {head: weight})``:
+``image`` is uint8 [S, S, 3], ``label`` an int32 class index and ``weight`` a
+float32 that is 0 wherever the label is missing. Missing labels are -1 in
+stored data; the loss is handed a clamped 0 there (a -1 crashes it on CPU) and
+the zero weight removes it from loss, gradients and metrics.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from mlc_keras import heads as heads_lib
+from mlc_keras.data import imageio
+from mlc_keras.data import manifest
+from mlc_keras.data import sources
+
+AUTOTUNE = tf.data.AUTOTUNE
+AUGMENTATIONS = ("flip", "crop", "colour")
+_GRAPH_SEED = 87654321
+
+
+def _to_pixels(item, image_size: int, encoded: bool):
+  if encoded:
+    return imageio.decode_and_resize(item, image_size)
+  return imageio.resize(item, image_size)
+
+
+def augment(image: tf.Tensor, seed: tf.Tensor, kinds: Sequence[str]) -> tf.Tensor:
+  """Seeded (stateless) augmentation of one uint8 image: the same seed gives
+  the same pixels, so runs and resumed runs are reproducible."""
+  unknown = set(kinds) - set(AUGMENTATIONS)
+  if unknown:
+    raise ValueError(f"unknown augmentation(s) {sorted(unknown)}; choose from "
+                     f"{AUGMENTATIONS}")
+  seeds = tf.random.split(seed, 5)
+  if "flip" in kinds:
+    image = tf.image.stateless_random_flip_left_right(image, seeds[0])
+  if "crop" in kinds:
+    size = tf.shape(image)[0]
+    pad = tf.maximum(size // 8, 1)
+    padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
+    image = tf.image.stateless_random_crop(padded, tf.shape(image), seeds[1])
+  if "colour" in kinds:
+    x = tf.cast(image, tf.float32) / 255.0
+    x = tf.image.stateless_random_brightness(x, 0.1, seeds[2])
+    x = tf.image.stateless_random_contrast(x, 0.8, 1.2, seeds[3])
+    x = tf.image.stateless_random_saturation(x, 0.8, 1.2, seeds[4])
+    image = tf.cast(tf.round(tf.clip_by_value(x, 0.0, 1.0) * 255.0), tf.uint8)
+  return image
+
+
+def _targets(labels: tf.Tensor, schema: heads_lib.LabelSchema,
+             class_weights: Optional[Sequence[np.ndarray]]):
+  ys, ws = {}, {}
+  for k, head in enumerate(schema.heads):
+    y = labels[..., k]
+    present = y >= 0
+    clamped = tf.where(present, y, tf.zeros_like(y))
+    w = tf.cast(present, tf.float32)
+    if class_weights is not None:
+      w = w * tf.gather(tf.constant(class_weights[k], tf.float32), clamped)
+    ys[head.name] = clamped
+    ws[head.name] = w
+  return ys, ws
+
+
+def _options(deterministic: bool) -> tf.data.Options:
+  options = tf.data.Options()
+  options.deterministic = deterministic
+  options.experimental_optimization.map_parallelization = True
+  return options
+
+
+def _epoch_fn(base: tf.data.Dataset, source: sources.Source, *, decoded: bool,
+              buffer: int, image_size: int, batch_size: int, seed: int,
+              steps_per_epoch: Optional[int], augmentations: Sequence[str]):
+  """epoch -> that epoch's batches, keyed by (seed, epoch) alone."""
+
+  def one_epoch(epoch):
+    # tf.data pairs an op seed with the graph's global seed, and with a
+    # global seed of 0 a tensor op seed fails inside TF's get_seed; pin this
+    # function graph's seed instead.
+    tf.compat.v1.get_default_graph().seed = _GRAPH_SEED
+    epoch_seed = tf.cast(seed, tf.int64) * 1_000_003 + epoch
+    ds = base.shuffle(buffer, seed=epoch_seed, reshuffle_each_iteration=False)
+    if not decoded:
+      ds = ds.map(lambda x, y: (_to_pixels(x, image_size, source.encoded), y),
+                  num_parallel_calls=AUTOTUNE)
+    ds = ds.enumerate()
+
+    def finish(i, item):
+      image, labels = item
+      if augmentations:
+        image = augment(image, tf.stack([epoch_seed, i]), augmentations)
+      return image, labels
+    ds = ds.map(finish, num_parallel_calls=AUTOTUNE).batch(
+        batch_size, drop_remainder=True)
+    if steps_per_epoch:
+      ds = ds.repeat().take(steps_per_epoch)
+    return ds
+  return one_epoch
+
+
+def train_dataset(source: sources.Source, schema: heads_lib.LabelSchema, *,
+                  image_size: int, batch_size: int, seed: int,
+                  start_epoch: int = 0, end_epoch: int = 1_000_000,
+                  steps_per_epoch: Optional[int] = None,
+                  augmentations: Sequence[str] = (),
+                  cache: bool | str = False, shuffle_buffer: int = 10_000,
+                  deterministic: bool = False,
+                  class_weights: Optional[Sequence[np.ndarray]] = None,
+                  ) -> tf.data.Dataset:
+  """Batches for training, epochs ``start_epoch`` .. ``end_epoch - 1`` back
+  to back; each epoch holds ``len // batch_size`` full batches.
+
+  Epoch e is shuffled with a seed made of (seed, e), and each image is
+  augmented with a seed made of (seed, e, position), so a run resumed at
+  epoch e sees exactly the batches an uninterrupted run would have.
+  ``cache`` is False, True (in memory) or a file path prefix; it keeps
+  decoded, resized pixels, so augmentation still differs per epoch.
+  With ``steps_per_epoch`` every epoch is exactly that many batches (the
+  epoch's order repeats if it needs more than one pass).
+  """
+  if source.size is not None:
+    steps_for(source.size, batch_size, source.name)
+  base = source.make()
+  decoded = cache is not False
+  if decoded:
+    base = base.map(lambda x, y: (_to_pixels(x, image_size, source.encoded), y),
+                    num_parallel_calls=AUTOTUNE)
+    base = base.cache("" if cache is True else cache)
+  buffer = shuffle_buffer
+  if source.size is not None and (not decoded or source.size <= shuffle_buffer):
+    # Undecoded records are a path or a few KB of bytes: shuffle them all.
+    buffer = max(source.size, 1)
+  one_epoch = _epoch_fn(
+      base, source, decoded=decoded, buffer=buffer, image_size=image_size,
+      batch_size=batch_size, seed=seed, steps_per_epoch=steps_per_epoch,
+      augmentations=augmentations)
+  ds = tf.data.Dataset.range(start_epoch, end_epoch).flat_map(one_epoch)
+  ds = ds.map(lambda x, y: (x, *_targets(y, schema, class_weights)),
+              num_parallel_calls=AUTOTUNE)
+  return ds.prefetch(AUTOTUNE).with_options(_options(deterministic))
+
+
+def eval_dataset(source: sources.Source, schema: heads_lib.LabelSchema, *,
+                 image_size: int, batch_size: int,
+                 cache: bool = False) -> tf.data.Dataset:
+  """One ordered pass, no augmentation, last batch kept."""
+  ds = source.make().map(
+      lambda x, y: (_to_pixels(x, image_size, source.encoded), y),
+      num_parallel_calls=AUTOTUNE)
+  if cache:
+    ds = ds.cache()
+  ds = ds.batch(batch_size).map(
+      lambda x, y: (x, *_targets(y, schema, None)), num_parallel_calls=AUTOTUNE)
+  return ds.prefetch(AUTOTUNE)
+
+
+# --- sample weights -------------------------------------------------------------
+
+
+def balanced_class_weights(counts: Sequence[np.ndarray]) -> list[np.ndarray]:
+  """n / (k * n_c) per class (sklearn's "balanced"); 0 for unseen classes."""
+  out = []
+  for c in counts:
+    c = np.asarray(c, np.float64)
+    w = np.zeros_like(c)
+    seen = c > 0
+    if seen.any():
+      w[seen] = c.sum() / (seen.sum() * c[seen])
+    out.append(w.astype(np.float32))
+  return out
+
+
+def class_weights_from(mode: str, source: sources.Source,
+                       schema: heads_lib.LabelSchema
+                       ) -> Optional[list[np.ndarray]]:
+  """Per-head class weights for ``--class_weight`` ("none" or "balanced")."""
+  if mode == "none":
+    return None
+  if mode == "balanced":
+    return balanced_class_weights(sources.label_counts(source, schema))
+  raise ValueError(f"--class_weight must be 'none' or 'balanced', got {mode!r}")
+
+
+def steps_for(size: int, batch_size: int, origin: str) -> int:
+  """Full batches in an epoch of ``size``; raises if not even one."""
+  if size < batch_size:
+    raise manifest.DataError(
+        f"{origin}: {size} training examples is fewer than one batch of "
+        f"{batch_size}; lower --batch_size")
+  return size // batch_size

@@ -1,0 +1,241 @@
+"""Where examples come from, before any pixels are decoded.
+
+Manifest records are screened (every image read and its header checked
+against a pixel cap, so a bad file fails before training, naming its line),
+split into train/val, and wrapped with TFRecord shards (see tfrecords) and
+TFDS splits as a ``Source``: a tf.data view of (encoded bytes or pixels,
+labels) that the pipeline decodes.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import csv
+import dataclasses
+import hashlib
+import os
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from mlc_keras import config as config_lib
+from mlc_keras import heads as heads_lib
+from mlc_keras.data import imageio
+from mlc_keras.data import manifest
+
+# Pillow's default Image.MAX_IMAGE_PIXELS: above it an image is treated as a
+# decompression bomb (a small file that decodes to gigabytes).
+MAX_IMAGE_PIXELS = config_lib.DataConfig.max_image_pixels
+
+
+# --- screening: every image read once before training -------------------------
+
+
+def _screen_one(origin: str, line: int, p: str,
+                max_pixels: Optional[int]) -> Optional[manifest.Problem]:
+  if not os.path.isfile(p):
+    return manifest.Problem(origin, line, p, "file not found")
+  try:
+    # The whole file: a JPEG's frame header can sit behind 64 KB+ of EXIF
+    # and ICC segments. The pixel limit guards the decode, not this read.
+    with open(p, "rb") as f:
+      encoded = f.read()
+    if not encoded:
+      return manifest.Problem(origin, line, p, "empty file")
+    # A JPEG whose frame header cannot be read raises: "cannot decode".
+    # The serving signature's check: a GIF counts every frame, at the size
+    # of the largest (imageio.decoded_extent).
+    width, height, frames = imageio.decoded_extent(
+        tf.constant(encoded)).numpy().tolist()
+    if width < 0:
+      return manifest.Problem(
+          origin, line, p, "not a JPEG, PNG, GIF, BMP or WebP image (or its "
+          "header is cut short)")
+    pixels = width * height * frames
+    if max_pixels and pixels > max_pixels:
+      size = f"{width}x{height}" + (f" x {frames} frames" if frames > 1
+                                    else "")
+      return manifest.Problem(
+          origin, line, p,
+          f"{size} = {pixels:,} pixels is over the limit of "
+          f"{max_pixels:,} (--max_image_pixels)")
+    imageio.decode(tf.constant(encoded))
+  except OSError as e:
+    return manifest.Problem(origin, line, p, f"cannot read: {e.strerror}")
+  except tf.errors.OpError as e:
+    return manifest.Problem(origin, line, p,
+                            "cannot decode: " + imageio.op_reason(e))
+  return None
+
+
+def screen_images(records: manifest.Records, workers: int = 8,
+                  max_pixels: Optional[int] = MAX_IMAGE_PIXELS
+                  ) -> list[manifest.Problem]:
+  """Every record whose image is missing, empty, not a JPEG/PNG/GIF/BMP/WebP,
+  larger than ``max_pixels`` (read from the header, before decoding) or not
+  decodable (truncated, corrupt). The format is judged by content, not by
+  the file extension."""
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    found = pool.map(
+        lambda item: _screen_one(records.origin, *item, max_pixels),
+        zip(records.lines, records.paths))
+    return [b for b in found if b]
+
+
+def check_images(records: manifest.Records, workers: int = 8,
+                 max_pixels: Optional[int] = MAX_IMAGE_PIXELS) -> None:
+  """Reads and decodes every image once; raises DataError listing each file
+  that is missing, too large or cannot be decoded, with its manifest line
+  (see screen_images)."""
+  bad = screen_images(records, workers, max_pixels)
+  missing = [(b.line, b.path) for b in bad if b.reason == "file not found"]
+  if missing:
+    raise manifest.DataError(
+        _listing(records.origin, "image file(s) not found", missing))
+  if bad:
+    raise manifest.DataError(
+        _listing(records.origin, "image(s) could not be decoded",
+                 [(b.line, f"{b.path} ({b.reason})") for b in bad]))
+
+
+def write_quarantine(path: str, problems: Sequence[manifest.Problem]) -> None:
+  """Writes quarantined rows as CSV: manifest, line, path, reason."""
+  with open(path, "w", newline="", encoding="utf-8") as f:
+    writer = csv.writer(f)
+    writer.writerow(["manifest", "line", "path", "reason"])
+    for b in problems:
+      writer.writerow([b.origin, b.line, b.path, b.reason])
+
+
+def _listing(origin: str, what: str, items: list, limit: int = 20) -> str:
+  shown = "\n".join(f"  {origin}:{line}: {p}" for line, p in items[:limit])
+  more = f"\n  ... and {len(items) - limit} more" if len(items) > limit else ""
+  return f"{len(items)} {what}:\n{shown}{more}"
+
+
+def split_records(records: manifest.Records, val_fraction: float,
+                  seed: int) -> tuple[manifest.Records, manifest.Records]:
+  """Deterministic train/val split by a seeded hash of each path (stable
+  when rows are added or reordered)."""
+  def bucket(p):
+    digest = hashlib.sha256(f"{seed}:{p}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0 ** 64
+  is_val = np.array([bucket(p) < val_fraction for p in records.paths])
+  return records.take(~is_val), records.take(is_val)
+
+
+# --- sources: a tf.data view of records or TFDS ---------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """Elements (pixels_or_bytes, labels int32 [heads]) before decoding.
+
+  ``encoded`` tells whether the first item is encoded bytes (manifests,
+  TFRecords) or an already-decoded uint8 image (TFDS).
+  """
+
+  make: Callable[[], tf.data.Dataset]
+  size: Optional[int]
+  encoded: bool
+  name: str
+  # The records behind a manifest source: their labels count classes
+  # without a pass over the data.
+  records: Optional[manifest.Records] = None
+
+
+def records_source(records: manifest.Records) -> Source:
+  paths = np.array(records.paths, dtype=object)
+  labels = records.labels
+
+  def make():
+    ds = tf.data.Dataset.from_tensor_slices((paths, labels))
+    return ds.map(lambda p, y: (tf.io.read_file(p), y),
+                  num_parallel_calls=tf.data.AUTOTUNE)
+  return Source(make, len(records), True, records.origin, records)
+
+
+def parse_tfds_heads(spec: str) -> list[tuple[str, str]]:
+  """"label:digit,other" -> [("label", "digit"), ("other", "other")]."""
+  pairs = []
+  for item in spec.split(","):
+    item = item.strip()
+    if not item:
+      continue
+    feature, _, head = item.partition(":")
+    pairs.append((feature.strip(), (head or feature).strip()))
+  if not pairs:
+    raise manifest.DataError("--tfds_heads is empty: name at least one feature")
+  return pairs
+
+
+def _tfds_schema(name: str, features, feature_heads: Sequence[tuple[str, str]],
+                 image_feature: str) -> heads_lib.LabelSchema:
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  if image_feature not in features:
+    raise manifest.DataError(
+        f"TFDS {name!r} has no {image_feature!r} feature (features: "
+        f"{sorted(features.keys())})")
+  heads = []
+  for feature, head in feature_heads:
+    if feature not in features:
+      raise manifest.DataError(
+          f"--tfds_heads: TFDS {name!r} has no feature {feature!r} "
+          f"(features: {sorted(features.keys())})")
+    f = features[feature]
+    if not isinstance(f, tfds.features.ClassLabel):
+      raise manifest.DataError(
+          f"--tfds_heads: feature {feature!r} of {name!r} is "
+          f"{type(f).__name__}, not a ClassLabel")
+    names = f.names if f.names else [str(i) for i in range(f.num_classes)]
+    heads.append(heads_lib.HeadSpec(head, tuple(names)))
+  return heads_lib.LabelSchema(tuple(heads))
+
+
+def tfds_source(name: str, split: str, feature_heads: Sequence[tuple[str, str]],
+                data_dir: Optional[str] = None,
+                image_feature: str = "image",
+                ) -> tuple[Source, heads_lib.LabelSchema]:
+  """A TFDS split; each ClassLabel feature in ``feature_heads`` becomes a head
+  whose classes are the feature's names."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder = tfds.builder(name, data_dir=data_dir)
+  schema = _tfds_schema(name, builder.info.features, feature_heads,
+                        image_feature)
+  try:
+    size = builder.info.splits[split].num_examples
+  except KeyError:  # not downloaded yet: counted after tfds.load prepares it
+    size = None
+
+  def make():
+    # tfds.load downloads and prepares the data on first use.
+    ds = tfds.load(name, split=split, data_dir=data_dir, shuffle_files=False)
+
+    def pick(ex):
+      image = ex[image_feature]
+      if image.shape.rank == 3 and image.shape[-1] == 1:
+        image = tf.image.grayscale_to_rgb(image)
+      labels = tf.stack([tf.cast(ex[f], tf.int32) for f, _ in feature_heads])
+      return image, labels
+    return ds.map(pick, num_parallel_calls=tf.data.AUTOTUNE)
+  return Source(make, size, False, f"tfds:{name}/{split}"), schema
+
+
+def count(source: Source) -> int:
+  if source.size is not None:
+    return source.size
+  return int(source.make().reduce(np.int64(0), lambda n, _: n + 1))
+
+
+def label_counts(source: Source,
+                 schema: heads_lib.LabelSchema) -> list[np.ndarray]:
+  """Per head, the number of labelled examples of each class."""
+  if source.records is not None:
+    labels = source.records.labels
+  else:
+    labels = np.stack(list(source.make().map(
+        lambda _, y: y).as_numpy_iterator())) if count(source) else np.zeros(
+            (0, len(schema)), np.int32)
+  return [np.bincount(labels[:, k][labels[:, k] >= 0], minlength=h.num_classes)
+          for k, h in enumerate(schema.heads)]

@@ -1,0 +1,82 @@
+"""Manifest records as sharded tf.Example TFRecords, and those shards as a Source.
+
+An example holds ``image/encoded`` (the file's bytes as stored),
+``image/path`` and one int64 ``label/<head>`` per head, -1 where missing;
+labels.json beside the shards is the schema that reads them back.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import tensorflow as tf
+
+from mlc_keras import heads as heads_lib
+from mlc_keras.data import manifest
+from mlc_keras.data import sources
+
+
+def _example_spec(schema: heads_lib.LabelSchema) -> dict:
+  spec = {f"label/{h}": tf.io.FixedLenFeature([], tf.int64, heads_lib.MISSING)
+          for h in schema.names}
+  spec["image/encoded"] = tf.io.FixedLenFeature([], tf.string)
+  return spec
+
+
+def tfrecord_source(pattern: str,
+                    schema: heads_lib.LabelSchema) -> sources.Source:
+  """The shards matching ``pattern`` as a Source of (bytes, labels)."""
+  files = sorted(glob.glob(pattern))
+  if not files:
+    raise manifest.DataError(f"{pattern}: no TFRecord files match")
+  spec = _example_spec(schema)
+
+  def parse(serialized):
+    ex = tf.io.parse_single_example(serialized, spec)
+    labels = tf.stack([tf.cast(ex[f"label/{h}"], tf.int32) for h in schema.names])
+    return ex["image/encoded"], labels
+
+  def make():
+    return tf.data.TFRecordDataset(
+        files, num_parallel_reads=tf.data.AUTOTUNE).map(
+            parse, num_parallel_calls=tf.data.AUTOTUNE)
+  return sources.Source(make, None, True, pattern)
+
+
+def _example(path: str, labels, schema: heads_lib.LabelSchema) -> tf.train.Example:
+  with open(path, "rb") as f:
+    encoded = f.read()
+  feature = {
+      "image/encoded": tf.train.Feature(
+          bytes_list=tf.train.BytesList(value=[encoded])),
+      "image/path": tf.train.Feature(
+          bytes_list=tf.train.BytesList(value=[path.encode()])),
+  }
+  for k, h in enumerate(schema.names):
+    feature[f"label/{h}"] = tf.train.Feature(
+        int64_list=tf.train.Int64List(value=[int(labels[k])]))
+  return tf.train.Example(features=tf.train.Features(feature=feature))
+
+
+def write_tfrecords(records: manifest.Records, schema: heads_lib.LabelSchema,
+                    output_prefix: str, num_shards: int = 1) -> list[str]:
+  """Writes records as tf.Example shards ``<prefix>-00000-of-0000N.tfrecord``
+  (encoded bytes as stored, labels as int64 with -1 = missing) and
+  labels.json beside them. Returns the shard paths."""
+  if num_shards < 1:
+    raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+  folder = os.path.dirname(os.path.abspath(output_prefix))
+  os.makedirs(folder, exist_ok=True)
+  names = [f"{output_prefix}-{i:05d}-of-{num_shards:05d}.tfrecord"
+           for i in range(num_shards)]
+  writers = [tf.io.TFRecordWriter(n) for n in names]
+  try:
+    for i, (p, y) in enumerate(zip(records.paths, records.labels)):
+      writers[i % num_shards].write(
+          _example(p, y, schema).SerializeToString())
+  finally:
+    for w in writers:
+      w.close()
+  schema.save(os.path.join(folder, "labels.json"))
+  return names

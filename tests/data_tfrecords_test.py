@@ -1,0 +1,38 @@
+"""Tests for TFRecord writing and reading."""
+
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from mlc_keras import heads as heads_lib
+from mlc_keras.data import manifest
+from mlc_keras.data import pipeline
+from mlc_keras.data import sources
+from mlc_keras.data import tfrecords
+from tests import testutil
+
+
+class TFRecordTest(tf.test.TestCase):
+
+  def test_round_trip_matches_manifest(self):
+    folder = self.get_temp_dir()
+    path = testutil.write_manifest(folder, testutil.simple_rows(6))
+    records, schema = manifest.read_manifest(path, testutil.SCHEMA)
+    shards = tfrecords.write_tfrecords(records, schema, os.path.join(folder, "tfr", "train"), 2)
+    self.assertLen(shards, 2)
+    self.assertEqual(heads_lib.LabelSchema.load(os.path.join(folder, "tfr")), schema)
+    source = tfrecords.tfrecord_source(os.path.join(folder, "tfr", "train-*"), schema)
+    self.assertEqual(sources.count(source), 6)
+    ds = pipeline.eval_dataset(source, schema, image_size=32, batch_size=6)
+    _, labels, weights = next(iter(ds))
+    # Shards interleave rows; compare as multisets of (shape, colour, weight).
+    got = sorted(zip(labels["shape"].numpy(), labels["colour"].numpy(),
+                     weights["colour"].numpy()))
+    want = sorted(zip(records.labels[:, 0], np.maximum(records.labels[:, 1], 0),
+                      (records.labels[:, 1] >= 0).astype(np.float32)))
+    self.assertEqual([tuple(map(float, g)) for g in got],
+                     [tuple(map(float, w)) for w in want])
+
+if __name__ == "__main__":
+  tf.test.main()
