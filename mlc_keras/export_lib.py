@@ -291,15 +291,15 @@ def load_trained(model_dir: str, model_file: Optional[str] = None):
 
 
 def _load_checked(model_path: str, schema: heads_lib.LabelSchema):
-  from mlc_keras import model as model_lib  # keras import kept at the edge
-  model = model_lib.load_model(model_path)
+  from mlc_keras.modeling import saving  # keras import kept at the edge
+  model = saving.load_model(model_path)
   shapes = {n: tuple(t.shape) for n, t in _symbolic_outputs(model).items()}
   check_outputs_match_schema(shapes, schema, model_path)
   return model
 
 
 def _symbolic_outputs(model) -> dict:
-  from mlc_keras import model as model_lib  # pylint: disable=g-import-not-at-top
+  from mlc_keras.modeling import model as model_lib  # pylint: disable=g-import-not-at-top
   return model_lib.named_outputs(model)
 
 
@@ -933,16 +933,16 @@ class KerasPredictor(Predictor):
   def __init__(self, path: str, model=None):
     super().__init__(path)
     if model is None:
-      from mlc_keras import model as model_lib
-      model = model_lib.load_model(path)
+      from mlc_keras.modeling import saving
+      model = saving.load_model(path)
     self.model = model
     self.image_size = image_size_of(model)
     self.output_names = list(_symbolic_outputs(model))
 
   def _find_table(self):
     # The model's own ComposeClasses layer knows its classes.
-    from mlc_keras import compose  # pylint: disable=g-import-not-at-top
-    return compose.table_of(self.model) or super()._find_table()
+    from mlc_keras.modeling import outputs as outputs_lib  # pylint: disable=g-import-not-at-top
+    return outputs_lib.table_of(self.model) or super()._find_table()
 
   def _run(self, images):
     out = self.model.predict_on_batch(images)
@@ -1456,13 +1456,14 @@ def export(model_dir: str,
   log(f"exporting {model_path}: {why}")
   schema = load_schema(model_path)
   from mlc_keras import compose  # pylint: disable=g-import-not-at-top
+  from mlc_keras.modeling import outputs as outputs_lib  # pylint: disable=g-import-not-at-top
   # Before loading the model: a bad table fails in a second, not after it.
   table = compose.load(class_table, schema) if class_table else None
   model = _load_checked(model_path, schema)
   if table is not None:
-    model = compose.with_class_output(model, table)
+    model = outputs_lib.with_class_output(model, table)
   else:
-    table = compose.table_of(model)
+    table = outputs_lib.table_of(model)
     if table is not None:
       log(f"the model has a {CLASS_OUTPUT!r} output ({len(table)} classes); "
           f"it is exported with its table as {CLASSES_FILE}")
