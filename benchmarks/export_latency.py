@@ -66,7 +66,7 @@ def demo_images(schema, n: int, size: int, seed: int):
 
 def fitted_demo_model(size: int):
   import keras
-  from mlc_keras import model as model_lib
+  from mlc_keras.modeling import model as model_lib
   from mlc_keras.data import demo
   keras.utils.set_random_seed(0)
   model = model_lib.build_model(demo.SCHEMA, size)

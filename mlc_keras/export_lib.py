@@ -181,14 +181,15 @@ def load_model(request: Request, class_table: Optional[str] = None,
   """The model to export, its labels.json and class table (the one given,
   else the one the model carries, else None): (model, schema, table)."""
   from mlc_keras import compose  # pylint: disable=g-import-not-at-top
+  from mlc_keras.modeling import outputs as outputs_lib  # pylint: disable=g-import-not-at-top
   log(f"exporting {request.model_path}: {request.why}")
   schema = run_dir.load_schema(request.model_path)
   # Before loading the model: a bad table fails in a second, not after it.
   table = compose.load(class_table, schema) if class_table else None
   model = run_dir.load_checked(request.model_path, schema)
   if table is not None:
-    return compose.with_class_output(model, table), schema, table
-  table = compose.table_of(model)
+    return outputs_lib.with_class_output(model, table), schema, table
+  table = outputs_lib.table_of(model)
   if table is not None:
     log(f"the model has a {artefacts.CLASS_OUTPUT!r} output ({len(table)} "
         f"classes); it is exported with its table as {artefacts.CLASSES_FILE}")

@@ -96,16 +96,16 @@ class KerasPredictor(Predictor):
   def __init__(self, path: str, model=None):
     super().__init__(path)
     if model is None:
-      from mlc_keras import model as model_lib
-      model = model_lib.load_model(path)
+      from mlc_keras.modeling import saving  # pylint: disable=g-import-not-at-top
+      model = saving.load_model(path)
     self.model = model
     self.image_size = run_dir.image_size_of(model)
     self.output_names = list(run_dir.symbolic_outputs(model))
 
   def _find_table(self):
     # The model's own ComposeClasses layer knows its classes.
-    from mlc_keras import compose  # pylint: disable=g-import-not-at-top
-    return compose.table_of(self.model) or super()._find_table()
+    from mlc_keras.modeling import outputs as outputs_lib  # pylint: disable=g-import-not-at-top
+    return outputs_lib.table_of(self.model) or super()._find_table()
 
   def _run(self, images):
     out = self.model.predict_on_batch(images)

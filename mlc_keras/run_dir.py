@@ -231,8 +231,8 @@ def load_trained(model_dir: str, model_file: Optional[str] = None):
 
 def load_checked(model_path: str, schema: heads_lib.LabelSchema):
   """Loads a .keras file and checks its outputs against ``schema``."""
-  from mlc_keras import model as model_lib  # keras import kept at the edge
-  model = model_lib.load_model(model_path)
+  from mlc_keras.modeling import saving  # keras import kept at the edge
+  model = saving.load_model(model_path)
   shapes = {n: tuple(t.shape) for n, t in symbolic_outputs(model).items()}
   check_outputs_match_schema(shapes, schema, model_path)
   return model
@@ -240,7 +240,7 @@ def load_checked(model_path: str, schema: heads_lib.LabelSchema):
 
 def symbolic_outputs(model) -> dict:
   """The model's output tensors by name (no call made)."""
-  from mlc_keras import model as model_lib  # pylint: disable=g-import-not-at-top
+  from mlc_keras.modeling import model as model_lib  # pylint: disable=g-import-not-at-top
   return model_lib.named_outputs(model)
 
 

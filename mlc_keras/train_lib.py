@@ -28,9 +28,9 @@ import tensorflow as tf
 
 from mlc_keras import config as config_lib
 from mlc_keras import heads as heads_lib
-from mlc_keras import losses
-from mlc_keras import metrics
-from mlc_keras import model as model_lib
+from mlc_keras.modeling import losses
+from mlc_keras.modeling import metrics
+from mlc_keras.modeling import model as model_lib
 from mlc_keras.data import demo
 from mlc_keras.data import manifest as manifest_lib
 from mlc_keras.data import pipeline

@@ -32,7 +32,7 @@ import tensorflow as tf
 
 from mlc_keras import export_lib
 from mlc_keras import heads as heads_lib
-from mlc_keras import model as model_lib
+from mlc_keras.modeling import model as model_lib
 from mlc_keras import run_dir
 
 SIZE = 32
@@ -153,8 +153,8 @@ def composed() -> types.SimpleNamespace:
   OLD_TABLE's class output), table_path, table, carrying_keras, cal_dir,
   base, log (export's log lines), result (ExportResult).
   """
-  from mlc_keras import calibrate  # pylint: disable=g-import-not-at-top
   from mlc_keras import compose  # pylint: disable=g-import-not-at-top
+  from mlc_keras.modeling import outputs  # pylint: disable=g-import-not-at-top
   source = plain()
   root = _temp_root("export_fixture_composed_")
   model_dir = os.path.join(root, "run")
@@ -162,8 +162,8 @@ def composed() -> types.SimpleNamespace:
   shutil.copyfile(source.model_file,
                   os.path.join(model_dir, run_dir.MODEL_FILE))
   SCHEMA.save(model_dir)
-  calibrated_heads = calibrate.with_temperatures(source.model, TEMPERATURES)
-  calibrated = compose.with_class_output(calibrated_heads,
+  calibrated_heads = outputs.with_temperatures(source.model, TEMPERATURES)
+  calibrated = outputs.with_class_output(calibrated_heads,
                                          compose.from_dict(OLD_TABLE, SCHEMA))
   # Saved after model.keras: export picks it only when it is not older.
   calibrated.save(os.path.join(model_dir, run_dir.CALIBRATED_FILE))
@@ -174,7 +174,7 @@ def composed() -> types.SimpleNamespace:
   carrying_dir = os.path.join(root, "carrying")
   os.makedirs(carrying_dir)
   carrying_keras = os.path.join(carrying_dir, run_dir.MODEL_FILE)
-  compose.with_class_output(calibrated, table).save(carrying_keras)
+  outputs.with_class_output(calibrated, table).save(carrying_keras)
   SCHEMA.save(carrying_dir)
   base = os.path.join(root, "export")
   log = []

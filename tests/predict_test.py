@@ -16,7 +16,9 @@ import tensorflow as tf
 
 from mlc_keras import artefacts
 from mlc_keras import compose
-from mlc_keras import model as model_lib
+from mlc_keras.modeling import model as model_lib
+from mlc_keras.modeling import outputs
+from mlc_keras.modeling import saving
 from mlc_keras import predict_lib
 from mlc_keras import run_dir
 from tests import export_fixture
@@ -120,11 +122,15 @@ class PredictTest(tf.test.TestCase):
       self.assertEqual([l["class"]["class"] for l in lines], expected_names)
 
   def expected_classes(self, keras_file):
-    """describe_classes over the heads predict gives for ``keras_file``."""
+    """The composed class per image (compose's rule) from the heads predict
+    gives for ``keras_file``: {"class", "scores"}."""
     lines = self.predict_lines(keras_file, [self.image_dir])
     heads = {h: np.array([[l[h]["scores"][c] for c in SCHEMA.head(h).classes]
                           for l in lines]) for h in SCHEMA.names}
-    return compose.describe_classes(heads, self.table)
+    probs = compose.compose_probs(heads, self.table)
+    names = compose.predict_classes(probs, self.table)
+    return [{"class": n, "scores": dict(zip(self.table.classes, map(float, p)))}
+            for n, p in zip(names, probs)]
 
   def test_class_table_with_every_artefact(self):
     # The images are dark/light red, green or blue: each is its own class.
@@ -214,14 +220,13 @@ class PredictTest(tf.test.TestCase):
       self.predict_lines(copy, self.paths[:1])
 
   def test_model_folder_uses_the_calibrated_model_as_export_does(self):
-    from mlc_keras import calibrate
     folder = os.path.join(self.get_temp_dir(), "calibrated_run")
     os.makedirs(folder)
     for name in ("model.keras", "labels.json"):
       shutil.copyfile(os.path.join(self.model_dir, name),
                       os.path.join(folder, name))
-    calibrated = calibrate.with_temperatures(
-        model_lib.load_model(os.path.join(folder, "model.keras")),
+    calibrated = outputs.with_temperatures(
+        saving.load_model(os.path.join(folder, "model.keras")),
         {"colour": 3.0})
     calibrated.save(os.path.join(folder, "calibrated.keras"))
     scores = {}
