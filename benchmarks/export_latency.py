@@ -66,7 +66,7 @@ def demo_images(schema, n: int, size: int, seed: int):
 
 def fitted_demo_model(size: int):
   import keras
-  from mlc_keras import model as model_lib
+  from mlc_keras.modeling import model as model_lib
   from mlc_keras.data import demo
   keras.utils.set_random_seed(0)
   model = model_lib.build_model(demo.SCHEMA, size)
@@ -116,25 +116,30 @@ def folder_size(path: str) -> int:
 def main(argv):
   del argv
   import tensorflow as tf
-  from mlc_keras import export_lib
+  from mlc_keras.exporters import onnx as onnx_lib
+  from mlc_keras.exporters import parity as parity_lib
+  from mlc_keras.exporters import saved_model as saved_model_lib
+  from mlc_keras.exporters import tflite as tflite_lib
+  from mlc_keras import predictors
+  from mlc_keras import run_dir
 
   workdir = _WORKDIR.value or tempfile.mkdtemp(prefix="export_latency_")
   started = time.time()
   try:
     keras_path = os.path.join(workdir, "model.keras")
     saved_model = os.path.join(workdir, "mlc", "1")
-    tflite = {q: export_lib.tflite_path(os.path.join(workdir, "litert"), "mlc", q)
-              for q in export_lib.QUANTIZATIONS}
+    tflite = {q: tflite_lib.tflite_path(os.path.join(workdir, "litert"), "mlc", q)
+              for q in tflite_lib.QUANTIZATIONS}
     onnx = os.path.join(workdir, "onnx", "mlc.onnx")
     reuse = all(os.path.exists(p) for p in
                 [keras_path, saved_model, onnx, *tflite.values()])
     if reuse:  # a --workdir kept from an earlier run: time it again
-      model, schema = export_lib.load_trained(workdir)
+      model, schema = run_dir.load_trained(workdir)
     elif _MODEL_DIR.value:
-      model, schema = export_lib.load_trained(_MODEL_DIR.value)
+      model, schema = run_dir.load_trained(_MODEL_DIR.value)
     else:
       model, schema = fitted_demo_model(_IMAGE_SIZE.value)
-    size = export_lib.image_size_of(model)
+    size = run_dir.image_size_of(model)
     images, _ = demo_images(schema, max(_IMAGES.value, 32), size, seed=1)
     calibration, _ = demo_images(schema, 100, size, seed=2)
     print(f"model {model.name} at {size}x{size}, {len(schema)} heads; "
@@ -143,44 +148,44 @@ def main(argv):
     if not reuse:
       if os.path.exists(saved_model):
         shutil.rmtree(saved_model)
-      export_lib.to_saved_model(model, schema, saved_model)
-      tflite = export_lib.to_tflite_variants(
+      saved_model_lib.to_saved_model(model, schema, saved_model)
+      tflite = tflite_lib.to_tflite_variants(
           saved_model, os.path.join(workdir, "litert"), "mlc",
-          export_lib.QUANTIZATIONS, calibration, isolate=True)
-      onnx = export_lib.to_onnx_with_labels(
+          tflite_lib.QUANTIZATIONS, calibration, isolate=True)
+      onnx = onnx_lib.to_onnx_with_labels(
           saved_model, os.path.join(workdir, "onnx"), "mlc", isolate=True)
       model.save(keras_path)
       schema.save(workdir)
       print(f"exported in {time.time() - started:.0f} s", flush=True)
 
-    sm = export_lib.SavedModelPredictor(saved_model)
-    sm_bytes = export_lib.SavedModelBytesPredictor(saved_model, sm.loaded)
-    predictors = [("keras", export_lib.KerasPredictor(keras_path, model),
+    sm = predictors.SavedModelPredictor(saved_model)
+    sm_bytes = predictors.SavedModelBytesPredictor(saved_model, sm.loaded)
+    runners = [("keras", predictors.KerasPredictor(keras_path, model),
                    os.path.getsize(keras_path)),
                   ("saved_model", sm, folder_size(saved_model)),
                   ("saved_model_bytes", sm_bytes, folder_size(saved_model))]
-    predictors += [(f"tflite_{q}", export_lib.TFLitePredictor(p),
+    runners += [(f"tflite_{q}", predictors.TFLitePredictor(p),
                     os.path.getsize(p)) for q, p in tflite.items()]
-    predictors.append(("onnx", export_lib.OnnxPredictor(onnx),
+    runners.append(("onnx", predictors.OnnxPredictor(onnx),
                        os.path.getsize(onnx)))
 
-    reference = predictors[0][1].predict(images)
+    reference = runners[0][1].predict(images)
     batches = {1: images[:1], 32: images[:32]}
     # The bytes signature is timed on encoded JPEGs, as a client sends them:
     # decoding is part of its cost.
     encoded = {b: [tf.io.encode_jpeg(i, quality=95).numpy() for i in x]
                for b, x in batches.items()}
-    latency = {name: {} for name, _, _ in predictors}
+    latency = {name: {} for name, _, _ in runners}
     for b in batches:
       calls = {name: ((p.predict_encoded, encoded[b])
                       if name == "saved_model_bytes" else (p, batches[b]))
-               for name, p, _ in predictors}
+               for name, p, _ in runners}
       for name, ms in median_ms(calls, _REPEATS.value).items():
         latency[name][b] = ms
       print(f"  timed batch {b}", flush=True)
     rows = {}
-    for name, predictor, nbytes in predictors:
-      report = export_lib.parity(predictor, reference, images, name=name)
+    for name, predictor, nbytes in runners:
+      report = parity_lib.parity(predictor, reference, images, name=name)
       agree = min(v["top1_agreement"] for v in report["outputs"].values())
       diff = max(v["max_abs_diff"] for v in report["outputs"].values())
       rows[name] = (latency[name], nbytes, agree, diff)

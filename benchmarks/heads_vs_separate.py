@@ -63,7 +63,7 @@ def main(argv):
   del argv
   import keras
   import numpy as np
-  from mlc_keras import model as model_lib
+  from mlc_keras.modeling import model as model_lib
 
   started = time.time()
   n, size, batch = _HEADS.value, _IMAGE_SIZE.value, _BATCH.value

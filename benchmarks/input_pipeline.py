@@ -130,7 +130,7 @@ def main(argv):
   del argv
   import keras
   import tensorflow as tf
-  from mlc_keras import model as model_lib
+  from mlc_keras.modeling import model as model_lib
   from mlc_keras.data import manifest as manifest_lib
   from mlc_keras.data import pipeline
   from mlc_keras.data import sources

@@ -65,7 +65,7 @@ def main(argv):
   del argv
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   import keras  # pylint: disable=g-import-not-at-top
-  from mlc_keras import model as model_lib  # pylint: disable=g-import-not-at-top
+  from mlc_keras.modeling import model as model_lib  # pylint: disable=g-import-not-at-top
   from mlc_keras.data import demo  # pylint: disable=g-import-not-at-top
   from mlc_keras.data import manifest  # pylint: disable=g-import-not-at-top
   from mlc_keras.data import pipeline  # pylint: disable=g-import-not-at-top

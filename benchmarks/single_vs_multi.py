@@ -110,7 +110,7 @@ def main(argv):
   import keras
   import numpy as np
   from mlc_keras import heads as heads_lib
-  from mlc_keras import model as model_lib
+  from mlc_keras.modeling import model as model_lib
   from mlc_keras.data import demo
 
   size, steps, batch = _IMAGE_SIZE.value, _STEPS.value, _BATCH.value

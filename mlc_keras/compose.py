@@ -15,10 +15,9 @@ classes. The classes need not appear in the training data: that is the point
 (fur + bill + tail = platypus). When the best class's normalised probability
 is below a threshold, the answer is "unknown".
 
-The same math is available three ways: ``compose_probs`` (numpy, for
-evaluation), ``ComposeClasses`` (a Keras layer, so a model can carry a
-"class" output into every export) and ``describe_classes`` (per-row JSON-ready
-answers for predict).
+This module is the numpy maths and the one "unknown below the threshold" rule
+(``predict_classes``); its graph form, the ``ComposeClasses`` layer that lets a
+model carry a "class" output into every export, is in modeling/layers.py.
 """
 
 from __future__ import annotations
@@ -29,7 +28,6 @@ import itertools
 import os
 from typing import Mapping, Optional, Sequence
 
-import keras
 import numpy as np
 
 from mlc_keras import heads as heads_lib
@@ -41,7 +39,7 @@ DEFAULT_THRESHOLD = 0.5
 # Probabilities are clipped before the log so that a head that is certain a
 # value is impossible (p = 0 in float32) gives a large finite penalty, not -inf
 # (which would make every class -inf and the softmax NaN).
-_EPS = 1e-7
+EPS = 1e-7
 
 
 class ClassTableError(ValueError):
@@ -214,7 +212,7 @@ def compose_probs(head_probs: Mapping[str, np.ndarray],
   n = probs[table.heads[0]].shape[0]
   scores = np.zeros((n, len(table)), np.float64)
   for h in table.heads:
-    scores += np.log(np.clip(probs[h], _EPS, 1.0)) @ mats[h]
+    scores += np.log(np.clip(probs[h], EPS, 1.0)) @ mats[h]
   scores -= scores.max(axis=1, keepdims=True)
   out = np.exp(scores)
   out /= out.sum(axis=1, keepdims=True)
@@ -229,102 +227,6 @@ def predict_classes(class_probs: np.ndarray, table: ClassTable,
   best = np.argmax(p, axis=1)
   return [table.classes[b] if p[i, b] >= threshold else UNKNOWN
           for i, b in enumerate(best)]
-
-
-def describe_classes(outputs: Mapping[str, np.ndarray], table: ClassTable,
-                     threshold: float = DEFAULT_THRESHOLD) -> list[dict]:
-  """For predict: model outputs {head: probs [N, k]} (a "class" output, if
-  present, is ignored and recomputed from the table given) -> per row
-  {"class": name or "unknown", "score": p, "scores": {class: p}}."""
-  heads_only = {h: p for h, p in outputs.items() if h != CLASS_OUTPUT}
-  p = np.atleast_2d(compose_probs(heads_only, table))
-  names = predict_classes(p, table, threshold)
-  return [{"class": names[i], "score": float(np.max(p[i])),
-           "scores": {c: float(p[i, j]) for j, c in enumerate(table.classes)}}
-          for i in range(p.shape[0])]
-
-
-# --- in the model -----------------------------------------------------------------
-
-
-@keras.saving.register_keras_serializable(package="mlc_keras")
-class ComposeClasses(keras.layers.Layer):
-  """{head: probs} -> class probabilities over a class table's classes.
-
-  Args:
-    classes: the table's class names (the output's column order).
-    heads: the heads the table uses.
-    values: per class, per head, the class index asked for or -1.
-  """
-
-  def __init__(self, classes, heads, values, **kwargs):
-    super().__init__(**kwargs)
-    self.classes = [str(c) for c in classes]
-    self.heads = [str(h) for h in heads]
-    self.values = [[int(v) for v in row] for row in values]
-    if len(self.values) != len(self.classes) or any(
-        len(r) != len(self.heads) for r in self.values):
-      raise ValueError(
-          f"values must be [{len(self.classes)} classes][{len(self.heads)} "
-          "heads]")
-    self._table = ClassTable(tuple(self.classes), tuple(self.heads),
-                             tuple(tuple(r) for r in self.values))
-    self._mats = None
-
-  @classmethod
-  def from_table(cls, table: ClassTable, name: str = CLASS_OUTPUT,
-                 **kwargs) -> "ComposeClasses":
-    return cls(table.classes, table.heads, table.values, name=name, **kwargs)
-
-  def build(self, input_shape):
-    widths = {h: int(input_shape[h][-1]) for h in self.heads}
-    for j, h in enumerate(self.heads):
-      top = max(r[j] for r in self.values)
-      if top >= widths[h]:
-        raise ValueError(
-            f"class table asks head {h!r} for class index {top} but the head "
-            f"has {widths[h]} classes")
-    self._mats = self._table.matrices(widths)
-    self.built = True
-
-  def call(self, inputs):
-    ops = keras.ops
-    scores = None
-    for h in self.heads:
-      p = ops.cast(inputs[h], "float32")
-      logp = ops.log(ops.clip(p, _EPS, 1.0))
-      term = ops.matmul(logp, ops.convert_to_tensor(self._mats[h], "float32"))
-      scores = term if scores is None else scores + term
-    return ops.softmax(scores, axis=-1)
-
-  def compute_output_shape(self, input_shape):
-    return (input_shape[self.heads[0]][0], len(self.classes))
-
-  def get_config(self):
-    config = super().get_config()
-    config.update(classes=list(self.classes), heads=list(self.heads),
-                  values=[list(r) for r in self.values])
-    return config
-
-
-def named_outputs(model: keras.Model) -> dict:
-  """A functional model's symbolic outputs keyed by name."""
-  from mlc_keras import model as model_lib  # pylint: disable=g-import-not-at-top
-  return model_lib.named_outputs(model)
-
-
-def with_class_output(model: keras.Model, table: ClassTable) -> keras.Model:
-  """The same model (shared weights) with an extra "class" output: the
-  table's class probabilities. An existing "class" output is replaced."""
-  outputs = {k: v for k, v in named_outputs(model).items() if k != CLASS_OUTPUT}
-  missing = [h for h in table.heads if h not in outputs]
-  if missing:
-    raise ClassTableError(
-        f"{table.source}: head(s) {missing} are not outputs of the model "
-        f"({', '.join(sorted(outputs))})")
-  composed = ComposeClasses.from_table(table)({h: outputs[h] for h in table.heads})
-  return keras.Model(model.inputs, {**outputs, CLASS_OUTPUT: composed},
-                     name=model.name)
 
 
 def classes_of(labels_by_head: Mapping[str, np.ndarray],
@@ -384,22 +286,3 @@ def write_demo_table(path: str,
     path = os.path.join(path, "classes.csv")
   save(from_dict(demo_classes(), schema, "demo classes"), schema, path)
   return path
-
-
-# --- the table a model carries ------------------------------------------------------
-
-
-def table_of(model: keras.Model) -> Optional[ClassTable]:
-  """The class table of ``model``'s "class" output (its ComposeClasses layer
-  holds the class names and head values), or None when it has no such output.
-  Lets export and predict name the classes of a model that was composed
-  earlier (e.g. evaluate --calibrate --class_table)."""
-  try:
-    layer = model.get_layer(CLASS_OUTPUT)
-  except ValueError:
-    return None
-  if not isinstance(layer, ComposeClasses):
-    return None
-  return ClassTable(tuple(layer.classes), tuple(layer.heads),
-                    tuple(tuple(r) for r in layer.values),
-                    f"the {CLASS_OUTPUT!r} layer of model {model.name!r}")

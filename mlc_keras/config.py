@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Optional
 
 
@@ -176,24 +175,3 @@ def per_head_values(flag: str, items, bare: bool = False
           f"--{flag}: expected head=number{' or a number' if bare else ''}, "
           f"got {item!r}")
   return tuple(out)
-
-
-def run_data(model_dir: str) -> Optional[dict]:
-  """The "data" section of the config.json a training run wrote to
-  ``model_dir`` (as a dict), or None when there is no such file."""
-  path = os.path.join(model_dir, "config.json")
-  if not os.path.isfile(path):
-    return None
-  with open(path, encoding="utf-8") as f:
-    return json.load(f).get("data", {})
-
-
-def run_image_column(model_dir: str) -> str:
-  """The manifest image column of the run in ``model_dir`` (its config.json
-  data.image_column; "image" when there is none), so evaluate and export
-  read the run's manifests as training did."""
-  try:
-    column = (run_data(model_dir) or {}).get("image_column")
-  except (OSError, ValueError, AttributeError):
-    return DataConfig.image_column
-  return column if isinstance(column, str) and column else DataConfig.image_column

@@ -21,8 +21,16 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from mlc_keras import config as config_lib
+from mlc_keras import calibrate as calibrate_lib
+from mlc_keras import compose
+from mlc_keras.data import manifest as manifest_lib
+from mlc_keras.data import pipeline
+from mlc_keras.data import sources
 from mlc_keras import heads as heads_lib
+from mlc_keras.modeling import metrics
+from mlc_keras.modeling import outputs
+from mlc_keras.modeling import saving
+from mlc_keras import run_dir
 
 NO_LABELS = "no labelled samples"
 ECE_BINS = 15
@@ -80,11 +88,6 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray,
   return float(ece)
 
 
-def top_k_accuracy(probs: np.ndarray, labels: np.ndarray, k: int) -> float:
-  topk = np.argsort(-np.asarray(probs), axis=1, kind="stable")[:, :k]
-  return float(np.mean((topk == np.asarray(labels)[:, None]).any(axis=1)))
-
-
 def head_report(spec: heads_lib.HeadSpec, probs: np.ndarray, labels: np.ndarray,
                 mask: np.ndarray, top_k: int = 5) -> dict:
   """Every per-head number, on the samples where ``mask`` is true."""
@@ -101,28 +104,22 @@ def head_report(spec: heads_lib.HeadSpec, probs: np.ndarray, labels: np.ndarray,
       accuracy=float(np.trace(cm) / cm.sum()),
       macro_f1=macro_f1(cm),
       ece=expected_calibration_error(p, y),
-      nll=_nll(p, y),
-      majority=float(cm.sum(axis=1).max() / cm.sum()),
+      nll=calibrate_lib.nll(p, y),
+      majority=metrics.majority(y, spec.num_classes),
       per_class={c: {"support": int(cm[i].sum()),
                      "precision": float(precision[i]),
                      "recall": float(recall[i])}
                  for i, c in enumerate(spec.classes)},
       confusion=cm.tolist())
-  k = min(top_k, spec.num_classes - 1)
-  if k >= 2:
-    row[f"top{k}"] = top_k_accuracy(p, y, k)
+  k = metrics.reported_top_k(spec.num_classes, top_k)
+  if k is not None:
+    row[f"top{k}"] = metrics.top_k_accuracy(p, y, k)
   return row
-
-
-def _nll(probs, labels) -> float:
-  p = np.clip(probs[np.arange(len(labels)), labels], 1e-7, 1.0)
-  return float(-np.mean(np.log(p)))
 
 
 def composed_report(collected, table, threshold: float) -> dict:
   """Accuracy of the table's classes on rows whose heads in the table are all
   labelled and whose labels match a table class."""
-  from mlc_keras import compose  # pylint: disable=g-import-not-at-top
   labels = {h: collected[h][1] for h in table.heads}
   masks = {h: collected[h][2] for h in table.heads}
   target, usable = compose.classes_of(labels, masks, table)
@@ -311,13 +308,14 @@ def report_from_collected(collected, schema: heads_lib.LabelSchema, *,
 def default_manifest(model_dir: str) -> str:
   """The validation manifest of the run in ``model_dir`` (its config.json):
   val_manifest, else the demo set's val.csv when the run used the demo set."""
-  d = config_lib.run_data(model_dir)
+  d = run_dir.run_data(model_dir)
   if d is None:
     raise ValueError(f"{model_dir}: no config.json; give --manifest")
   if d.get("val_manifest"):
     return d["val_manifest"]
-  if not (d.get("manifest") or d.get("tfrecord") or d.get("tfds")):
-    val = os.path.join(d.get("demo_dir", "mlc_runs/demo_data"), "val.csv")
+  demo = run_dir.demo_dir(d)
+  if demo:
+    val = os.path.join(demo, "val.csv")
     if os.path.exists(val):
       return val
     raise ValueError(f"{model_dir}: the run used the demo set but {val} is "
@@ -337,6 +335,82 @@ def _rows(collected, rows: np.ndarray):
   return {h: tuple(a[rows] for a in v) for h, v in collected.items()}
 
 
+def _collect(model, manifest: str, schema, image_column: str,
+             batch_size: int):
+  """(number of rows, metrics.collect() output) of ``model`` on ``manifest``."""
+  records, _ = manifest_lib.read_manifest(manifest, schema, image_column)
+  ds = pipeline.eval_dataset(sources.records_source(records), schema,
+                             image_size=int(model.input_shape[1]),
+                             batch_size=batch_size)
+  return len(records), metrics.collect(model, ds, schema)
+
+
+def calibration_report(fit_collected, shown, schema) -> tuple[dict, dict]:
+  """({head: T} fitted on ``fit_collected``, {head: {"temperature", ECE and
+  NLL before/after}} measured on ``shown``)."""
+  temps = calibrate_lib.fit_temperatures(fit_collected, schema)
+  heads = {}
+  for h in schema.names:
+    probs, y, m = shown[h]
+    entry = {"temperature": temps[h]}
+    if m.any():
+      after = calibrate_lib.scale(probs[m], temps[h])
+      entry.update(
+          ece_before=expected_calibration_error(probs[m], y[m]),
+          ece_after=expected_calibration_error(after, y[m]),
+          nll_before=calibrate_lib.nll(probs[m], y[m]),
+          nll_after=calibrate_lib.nll(after, y[m]))
+    heads[h] = entry
+  return temps, heads
+
+
+def _calibrate(model, model_dir: str, schema, manifest: str, collected,
+               n: int, calibration_manifest: Optional[str], table,
+               load) -> dict:
+  """Fits temperatures, writes calibrated.keras, returns the report's
+  "calibration" entry. ``load(manifest)`` collects another manifest."""
+  if calibration_manifest and (os.path.abspath(calibration_manifest)
+                               != os.path.abspath(manifest)):
+    _, fit_collected = load(calibration_manifest)
+    shown = collected
+    cal = {"fitted_on": calibration_manifest, "reported_on": manifest}
+  else:
+    # One data set: fit on a seeded half, report on the other half, so the
+    # after-numbers are not measured on the data the temperature saw.
+    fit_rows = calibration_split(n)
+    fit_collected = _rows(collected, fit_rows)
+    shown = _rows(collected, ~fit_rows)
+    cal = {"fitted_on": f"{manifest} (seeded half: {int(fit_rows.sum())} rows)",
+           "reported_on": f"{manifest} (the other {int((~fit_rows).sum())} rows)"}
+  temps, cal["heads"] = calibration_report(fit_collected, shown, schema)
+  calibrated = outputs.with_temperatures(model, temps)
+  if table is not None:
+    calibrated = outputs.with_class_output(calibrated, table)
+  cal["model"] = os.path.join(model_dir, "calibrated.keras")
+  calibrated.save(cal["model"])
+  return cal
+
+
+def _plot(report: dict, model_dir: str) -> None:
+  for r in report["heads"]:
+    if "confusion" in r:
+      plot_confusion(np.array(r["confusion"]), r["classes"], r["head"],
+                     os.path.join(model_dir, f"confusion_{r['head']}.png"))
+  history = os.path.join(model_dir, "history.csv")
+  if os.path.exists(history) and plot_history(
+      read_history(history), os.path.join(model_dir, "curves.png")):
+    report["curves"] = "curves.png"
+
+
+def _write(report: dict, model_dir: str) -> None:
+  with open(os.path.join(model_dir, "evaluation.json"), "w",
+            encoding="utf-8") as f:
+    json.dump(report, f, indent=2)
+    f.write("\n")
+  with open(os.path.join(model_dir, "evaluation.md"), "w", encoding="utf-8") as f:
+    f.write(markdown(report))
+
+
 def evaluate(model_dir: str, manifest: Optional[str] = None,
              class_table: Optional[str] = None, *, threshold: float = 0.5,
              calibrate: bool = False,
@@ -349,77 +423,25 @@ def evaluate(model_dir: str, manifest: Optional[str] = None,
   ``calibration_manifest`` (or on a seeded half of ``manifest``) and ECE/NLL
   before and after are reported on the rest. Returns the report dict (also
   evaluation.json)."""
-  from mlc_keras import calibrate as calibrate_lib  # pylint: disable=g-import-not-at-top
-  from mlc_keras import compose  # pylint: disable=g-import-not-at-top
-  from mlc_keras import metrics  # pylint: disable=g-import-not-at-top
-  from mlc_keras import model as model_lib  # pylint: disable=g-import-not-at-top
-  from mlc_keras.data import manifest as manifest_lib  # pylint: disable=g-import-not-at-top
-  from mlc_keras.data import pipeline  # pylint: disable=g-import-not-at-top
-  from mlc_keras.data import sources  # pylint: disable=g-import-not-at-top
-
   schema = heads_lib.LabelSchema.load(model_dir)
-  image_column = image_column or config_lib.run_image_column(model_dir)
+  image_column = image_column or run_dir.run_image_column(model_dir)
   table = compose.load(class_table, schema) if class_table else None
   manifest = manifest or default_manifest(model_dir)
-  model = model_lib.load_model(os.path.join(model_dir, "model.keras"))
-  image_size = int(model.input_shape[1])
-  records, _ = manifest_lib.read_manifest(manifest, schema, image_column)
-  ds = pipeline.eval_dataset(sources.records_source(records), schema,
-                         image_size=image_size, batch_size=batch_size)
-  collected = metrics.collect(model, ds, schema)
-  report = {"model": os.path.join(model_dir, "model.keras"), "data": manifest,
-            "samples": len(records),
+  model_path = os.path.join(model_dir, "model.keras")
+  model = saving.load_model(model_path)
+
+  def load(path):
+    return _collect(model, path, schema, image_column, batch_size)
+
+  n, collected = load(manifest)
+  report = {"model": model_path, "data": manifest, "samples": n,
             **report_from_collected(collected, schema, top_k=top_k,
                                     table=table, threshold=threshold)}
   if calibrate:
-    if calibration_manifest and (os.path.abspath(calibration_manifest)
-                                 != os.path.abspath(manifest)):
-      fit_records, _ = manifest_lib.read_manifest(calibration_manifest, schema,
-                                          image_column)
-      fit_collected = metrics.collect(model, pipeline.eval_dataset(
-          sources.records_source(fit_records), schema, image_size=image_size,
-          batch_size=batch_size), schema)
-      shown = collected
-      cal = {"fitted_on": calibration_manifest, "reported_on": manifest}
-    else:
-      # One data set: fit on a seeded half, report on the other half, so the
-      # after-numbers are not measured on the data the temperature saw.
-      fit_rows = calibration_split(len(records))
-      fit_collected = _rows(collected, fit_rows)
-      shown = _rows(collected, ~fit_rows)
-      cal = {"fitted_on": f"{manifest} (seeded half: {int(fit_rows.sum())} rows)",
-             "reported_on": f"{manifest} (the other {int((~fit_rows).sum())} rows)"}
-    temps = calibrate_lib.fit_temperatures(fit_collected, schema)
-    cal["heads"] = {}
-    for h in schema.names:
-      probs, y, m = shown[h]
-      entry = {"temperature": temps[h]}
-      if m.any():
-        after = calibrate_lib.scale(probs[m], temps[h])
-        entry.update(
-            ece_before=expected_calibration_error(probs[m], y[m]),
-            ece_after=expected_calibration_error(after, y[m]),
-            nll_before=_nll(probs[m], y[m]), nll_after=_nll(after, y[m]))
-      cal["heads"][h] = entry
-    calibrated = calibrate_lib.with_temperatures(model, temps)
-    if table is not None:
-      calibrated = compose.with_class_output(calibrated, table)
-    cal["model"] = os.path.join(model_dir, "calibrated.keras")
-    calibrated.save(cal["model"])
-    report["calibration"] = cal
+    report["calibration"] = _calibrate(model, model_dir, schema, manifest,
+                                       collected, n, calibration_manifest,
+                                       table, load)
   if plots:
-    for r in report["heads"]:
-      if "confusion" in r:
-        plot_confusion(np.array(r["confusion"]), r["classes"], r["head"],
-                       os.path.join(model_dir, f"confusion_{r['head']}.png"))
-    history = os.path.join(model_dir, "history.csv")
-    if os.path.exists(history) and plot_history(
-        read_history(history), os.path.join(model_dir, "curves.png")):
-      report["curves"] = "curves.png"
-  with open(os.path.join(model_dir, "evaluation.json"), "w",
-            encoding="utf-8") as f:
-    json.dump(report, f, indent=2)
-    f.write("\n")
-  with open(os.path.join(model_dir, "evaluation.md"), "w", encoding="utf-8") as f:
-    f.write(markdown(report))
+    _plot(report, model_dir)
+  _write(report, model_dir)
   return report

@@ -1,5 +1,5 @@
 r"""Exports a trained model for TF Serving, LiteRT and ONNX Runtime, and fails
-unless every artefact matches the Keras model (see export_lib for tolerances).
+unless every artefact matches the Keras model (see exporters/parity.py for tolerances).
 
   python -m mlc_keras.export --model_dir=mlc_runs/demo
   python -m mlc_keras.export --model_dir=runs/logos --output=/srv/models \
@@ -92,9 +92,12 @@ def main(argv):
   # TF's INFO lines (renamed captures, asset writes) bury the parity table.
   logging.set_verbosity(logging.WARNING)
   # Imported here so --help answers without loading TensorFlow.
+  from mlc_keras import artefacts  # pylint: disable=g-import-not-at-top
   from mlc_keras import compose  # pylint: disable=g-import-not-at-top
   from mlc_keras import export_lib  # pylint: disable=g-import-not-at-top
   from mlc_keras import heads  # pylint: disable=g-import-not-at-top
+  from mlc_keras import run_dir  # pylint: disable=g-import-not-at-top
+  from mlc_keras.data import manifest  # pylint: disable=g-import-not-at-top
   try:
     result = export_lib.export(
         _MODEL_DIR.value,
@@ -112,8 +115,8 @@ def main(argv):
         model_file=_MODEL_FILE.value,
         class_table=_CLASS_TABLE.value,
         threshold=_THRESHOLD.value)
-  except (export_lib.ExportError, heads.SchemaError,
-          compose.ClassTableError) as e:
+  except (artefacts.ExportError, run_dir.RunDirError, manifest.DataError,
+          heads.SchemaError, compose.ClassTableError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   print("\nWritten:")

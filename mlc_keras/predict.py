@@ -26,9 +26,7 @@ overrides it.
 
 from __future__ import annotations
 
-import json
 import sys
-from typing import Iterator, Optional, Sequence, TextIO
 
 from absl import app
 from absl import flags
@@ -49,81 +47,18 @@ _THRESHOLD = flags.DEFINE_float(
     "is 'unknown'.", lower_bound=0.0, upper_bound=1.0)
 
 
-def expand_inputs(inputs: Sequence[str], image_column: str = "image"
-                  ) -> list[str]:
-  """Files, folders and manifest CSVs -> image paths, in the order given."""
-  from mlc_keras import export_lib  # pylint: disable=g-import-not-at-top
-  paths = []
-  for item in inputs:
-    paths += export_lib.list_images(item, image_column)
-  return paths
-
-
-def predict_files(predictor, paths: Sequence[str], batch_size: int = 32,
-                  table=None, threshold: float = 0.5) -> Iterator[dict]:
-  """Yields one result dict per path (see the module docstring). An
-  unreadable image raises ExportError naming the file.
-
-  table: a compose.ClassTable to compose the heads with (replacing any
-  "class" output of the artefact); None uses the artefact's own table
-  (predictor.class_table), if any.
-  """
-  from mlc_keras import export_lib  # pylint: disable=g-import-not-at-top
-  names = table if table is not None else predictor.class_table
-  for start in range(0, len(paths), batch_size):
-    chunk = paths[start:start + batch_size]
-    images = export_lib.load_images(chunk, predictor.image_size)
-    outputs = predictor(images)
-    if table is not None:
-      outputs = export_lib.compose_outputs(outputs, table)
-    for i, path in enumerate(chunk):
-      yield {"image": path,
-             **export_lib.describe(outputs, i, predictor.schema, names,
-                                   threshold)}
-
-
-def run(model: str, inputs: Sequence[str], out: TextIO = sys.stdout,
-        batch_size: int = 32, image_column: str = "image",
-        class_table: Optional[str] = None, threshold: float = 0.5) -> int:
-  """Loads ``model``, classifies ``inputs`` and writes JSON lines to ``out``.
-  Returns the number of images. ``class_table``: a class table CSV to
-  compose the heads with (see the module docstring).
-
-  Raises ExportError, heads.SchemaError or compose.ClassTableError (a class
-  table that does not fit the model's labels.json).
-  """
-  from mlc_keras import export_lib  # pylint: disable=g-import-not-at-top
-  threshold = export_lib.check_threshold(threshold)
-  if not inputs:
-    raise export_lib.ExportError("no images given")
-  paths = expand_inputs(inputs, image_column)
-  predictor = export_lib.load_predictor(model)
-  why = getattr(predictor, "chosen_because", None)
-  if why:  # a model folder: say which .keras file (stdout is the JSON)
-    print(f"predict: {predictor.path}: {why}", file=sys.stderr)
-  table = None
-  if class_table:
-    from mlc_keras import compose  # pylint: disable=g-import-not-at-top
-    table = compose.load(class_table, predictor.schema)
-  else:
-    predictor.class_table  # a bad classes.csv fails before any image is read
-  n = 0
-  for result in predict_files(predictor, paths, batch_size, table, threshold):
-    out.write(json.dumps(result) + "\n")
-    n += 1
-  out.flush()
-  return n
-
-
 def main(argv):
+  # Imported here so --help answers without loading TensorFlow.
+  from mlc_keras import artefacts  # pylint: disable=g-import-not-at-top
   from mlc_keras import compose  # pylint: disable=g-import-not-at-top
-  from mlc_keras import export_lib  # pylint: disable=g-import-not-at-top
   from mlc_keras import heads  # pylint: disable=g-import-not-at-top
+  from mlc_keras import predict_lib  # pylint: disable=g-import-not-at-top
+  from mlc_keras.data import manifest  # pylint: disable=g-import-not-at-top
   try:
-    run(_MODEL.value, argv[1:], batch_size=_BATCH_SIZE.value,
-        image_column=_IMAGE_COLUMN.value, class_table=_CLASS_TABLE.value,
-        threshold=_THRESHOLD.value)
-  except (export_lib.ExportError, heads.SchemaError,
+    predict_lib.run(_MODEL.value, argv[1:], batch_size=_BATCH_SIZE.value,
+                    image_column=_IMAGE_COLUMN.value,
+                    class_table=_CLASS_TABLE.value, threshold=_THRESHOLD.value)
+  except (artefacts.ExportError, manifest.DataError, heads.SchemaError,
           compose.ClassTableError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

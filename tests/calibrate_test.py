@@ -11,7 +11,10 @@ import tensorflow as tf
 from mlc_keras import calibrate
 from mlc_keras import evaluate_lib
 from mlc_keras import heads as heads_lib
-from mlc_keras import model as model_lib
+from mlc_keras.modeling import layers
+from mlc_keras.modeling import model as model_lib
+from mlc_keras.modeling import outputs
+from mlc_keras.modeling import saving
 
 SCHEMA = heads_lib.LabelSchema((
     heads_lib.HeadSpec("shape", ("circle", "square", "triangle")),
@@ -47,16 +50,16 @@ class TemperatureTest(tf.test.TestCase):
     # p^(1/2) normalised.
     expected = np.sqrt(p) / np.sqrt(p).sum()
     self.assertAllClose(calibrate.scale(p, 2.0), expected)
-    layer = calibrate.Temperature(2.0)
+    layer = layers.Temperature(2.0)
     self.assertAllClose(layer(tf.constant(p, tf.float32)), expected, atol=1e-6)
     with self.assertRaises(ValueError):
-      calibrate.Temperature(0.0)
+      layers.Temperature(0.0)
 
   def test_model_round_trip(self):
     model = model_lib.build_model(SCHEMA, 32, "MobileNetV2", None)
-    scaled = calibrate.with_temperatures(model, {"shape": 2.0, "colour": 0.5})
-    again = calibrate.with_temperatures(scaled, {"shape": 3.0})
-    self.assertEqual(calibrate.temperatures_of(again),
+    scaled = outputs.with_temperatures(model, {"shape": 2.0, "colour": 0.5})
+    again = outputs.with_temperatures(scaled, {"shape": 3.0})
+    self.assertEqual(outputs.temperatures_of(again),
                      {"shape": 3.0, "colour": 0.5})
     images = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3), np.uint8)
     raw = model(images, training=False)
@@ -68,13 +71,13 @@ class TemperatureTest(tf.test.TestCase):
                         atol=1e-5)
     path = os.path.join(self.get_temp_dir(), "cal.keras")
     again.save(path)
-    loaded = model_lib.load_model(path)
-    self.assertEqual(calibrate.temperatures_of(loaded),
+    loaded = saving.load_model(path)
+    self.assertEqual(outputs.temperatures_of(loaded),
                      {"shape": 3.0, "colour": 0.5})
     self.assertAllClose(loaded(images, training=False)["shape"], out["shape"],
                         atol=1e-6)
     with self.assertRaisesRegex(ValueError, "size"):
-      calibrate.with_temperatures(model, {"size": 2.0})
+      outputs.with_temperatures(model, {"size": 2.0})
 
 
 if __name__ == "__main__":

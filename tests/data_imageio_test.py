@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 import tensorflow as tf
 
-from mlc_keras import export_lib
+from mlc_keras.exporters import saved_model as saved_model_lib
 from mlc_keras import heads as heads_lib
 from mlc_keras.data import imageio
 from tests import testutil
@@ -97,7 +97,7 @@ class ServingGifCapTest(tf.test.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.module = export_lib.build_serving_module(
+    cls.module = saved_model_lib.build_serving_module(
         testutil.small_cnn(SCHEMA, 16), SCHEMA, max_image_pixels=1000)
 
   def test_gif_frames_count_against_the_pixel_cap(self):

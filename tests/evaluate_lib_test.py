@@ -13,13 +13,15 @@ import tensorflow as tf
 from mlc_keras import calibrate
 from mlc_keras import compose
 from mlc_keras import config as config_lib
-from mlc_keras import evaluate_lib
-from mlc_keras import heads as heads_lib
-from mlc_keras import metrics
-from mlc_keras import model as model_lib
 from mlc_keras.data import manifest as manifest_lib
 from mlc_keras.data import pipeline
 from mlc_keras.data import sources
+from mlc_keras import evaluate_lib
+from mlc_keras import heads as heads_lib
+from mlc_keras.modeling import metrics
+from mlc_keras.modeling import model as model_lib
+from mlc_keras.modeling import saving
+from mlc_keras import run_dir
 from tests import testutil
 
 SHAPE = heads_lib.HeadSpec("shape", ("circle", "square", "triangle"))
@@ -142,8 +144,9 @@ class EvaluateTest(tf.test.TestCase):
         val_manifest=manifest, image_column="filename"))
     with open(os.path.join(model_dir, "config.json"), "w") as f:
       f.write(cfg.to_json())
-    self.assertEqual(config_lib.run_image_column(model_dir), "filename")
-    self.assertEqual(config_lib.run_image_column(root), "image")
+    self.assertEqual(run_dir.run_image_column(model_dir), "filename")
+    with self.assertRaisesRegex(run_dir.RunDirError, "config.json: no such"):
+      run_dir.run_image_column(root)
     with open(os.path.join(model_dir, "history.csv"), "w", newline="") as f:
       w = csv.writer(f)
       w.writerow(["epoch", "loss", "shape_acc", "val_loss", "val_shape_acc"])
@@ -187,7 +190,7 @@ class EvaluateTest(tf.test.TestCase):
     shown = ~fit & m
     self.assertAllClose(cal["shape"]["ece_before"],
                         evaluate_lib.expected_calibration_error(probs[shown], y[shown]))
-    calibrated = model_lib.load_model(report["calibration"]["model"])
+    calibrated = saving.load_model(report["calibration"]["model"])
     images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), np.uint8)
     before = model(images, training=False)
     after = calibrated(images, training=False)
@@ -202,6 +205,35 @@ class EvaluateTest(tf.test.TestCase):
       f.write(cfg.to_json())
     with self.assertRaisesRegex(ValueError, "give --manifest"):
       evaluate_lib.default_manifest(model_dir)
+
+
+class ReportsAgreeTest(tf.test.TestCase):
+  """results.json (metrics.head_table) and evaluation.json
+  (evaluate_lib.head_report) on the same head give the same top-k key and
+  value and the same majority baseline."""
+
+  def test_same_head_same_top_k_and_majority(self):
+    rng = np.random.default_rng(0)
+    for n_classes, top_k in ((4, 5), (5, 5), (6, 5), (3, 2), (2, 2)):
+      spec = heads_lib.HeadSpec("h", tuple(f"c{i}" for i in range(n_classes)))
+      schema = heads_lib.LabelSchema((spec,))
+      probs = rng.dirichlet(np.ones(n_classes), size=40)
+      labels = rng.integers(0, n_classes, size=40)
+      mask = rng.random(40) < 0.8
+      results = metrics.head_table({"h": (probs, labels, mask)}, schema,
+                                   top_k=top_k)[0]
+      evaluation = evaluate_lib.head_report(spec, probs, labels, mask,
+                                            top_k=top_k)
+      top_r = {k: v for k, v in results.items() if k.startswith("top")}
+      top_e = {k: v for k, v in evaluation.items() if k.startswith("top")}
+      self.assertEqual(list(top_r), list(top_e), (n_classes, top_k))
+      for k in top_r:
+        self.assertAllClose(top_r[k], top_e[k])
+      keras_names = [m.name for m in
+                     metrics.weighted_metrics(schema, top_k)["h"]][1:]
+      self.assertEqual(keras_names, list(top_r))
+      self.assertAllClose(results["majority"], evaluation["majority"])
+      self.assertEqual(n_classes > top_k, bool(top_r))
 
 
 if __name__ == "__main__":

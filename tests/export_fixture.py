@@ -32,7 +32,8 @@ import tensorflow as tf
 
 from mlc_keras import export_lib
 from mlc_keras import heads as heads_lib
-from mlc_keras import model as model_lib
+from mlc_keras.modeling import model as model_lib
+from mlc_keras import run_dir
 
 SIZE = 32
 SCHEMA = heads_lib.LabelSchema((
@@ -117,7 +118,7 @@ def plain() -> types.SimpleNamespace:
   model_dir = os.path.join(root, "tiny")
   os.makedirs(model_dir)
   model = confident_model()
-  model_file = os.path.join(model_dir, export_lib.MODEL_FILE)
+  model_file = os.path.join(model_dir, run_dir.MODEL_FILE)
   model.save(model_file)
   SCHEMA.save(model_dir)
   calibration, _ = make_images(48, seed=1)
@@ -152,28 +153,28 @@ def composed() -> types.SimpleNamespace:
   OLD_TABLE's class output), table_path, table, carrying_keras, cal_dir,
   base, log (export's log lines), result (ExportResult).
   """
-  from mlc_keras import calibrate  # pylint: disable=g-import-not-at-top
   from mlc_keras import compose  # pylint: disable=g-import-not-at-top
+  from mlc_keras.modeling import outputs  # pylint: disable=g-import-not-at-top
   source = plain()
   root = _temp_root("export_fixture_composed_")
   model_dir = os.path.join(root, "run")
   os.makedirs(model_dir)
   shutil.copyfile(source.model_file,
-                  os.path.join(model_dir, export_lib.MODEL_FILE))
+                  os.path.join(model_dir, run_dir.MODEL_FILE))
   SCHEMA.save(model_dir)
-  calibrated_heads = calibrate.with_temperatures(source.model, TEMPERATURES)
-  calibrated = compose.with_class_output(calibrated_heads,
+  calibrated_heads = outputs.with_temperatures(source.model, TEMPERATURES)
+  calibrated = outputs.with_class_output(calibrated_heads,
                                          compose.from_dict(OLD_TABLE, SCHEMA))
   # Saved after model.keras: export picks it only when it is not older.
-  calibrated.save(os.path.join(model_dir, export_lib.CALIBRATED_FILE))
+  calibrated.save(os.path.join(model_dir, run_dir.CALIBRATED_FILE))
   table_path = os.path.join(root, "classes.csv")
   with open(table_path, "w") as f:
     f.write(CLASS_TABLE)
   table = compose.load(table_path, SCHEMA)
   carrying_dir = os.path.join(root, "carrying")
   os.makedirs(carrying_dir)
-  carrying_keras = os.path.join(carrying_dir, export_lib.MODEL_FILE)
-  compose.with_class_output(calibrated, table).save(carrying_keras)
+  carrying_keras = os.path.join(carrying_dir, run_dir.MODEL_FILE)
+  outputs.with_class_output(calibrated, table).save(carrying_keras)
   SCHEMA.save(carrying_dir)
   base = os.path.join(root, "export")
   log = []

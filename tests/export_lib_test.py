@@ -20,9 +20,18 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from mlc_keras import artefacts
 from mlc_keras import config as config_lib
 from mlc_keras import export_lib
+from mlc_keras.exporters import isolated
+from mlc_keras.exporters import onnx as onnx_lib
+from mlc_keras.exporters import parity as parity_lib
+from mlc_keras.exporters import saved_model as saved_model_lib
+from mlc_keras.exporters import tflite as tflite_lib
 from mlc_keras import heads as heads_lib
+from mlc_keras import predict_lib
+from mlc_keras import predictors
+from mlc_keras import run_dir
 from mlc_keras.data import imageio
 from mlc_keras.data import sources
 from tests import export_fixture
@@ -88,7 +97,7 @@ class ExportLibTest(tf.test.TestCase):
     cls.parity_dir = fixture.parity_dir
     # Held out from calibration and from export's own parity check.
     cls.images, cls.labels = make_images(48, seed=3)
-    cls.reference = export_lib.KerasPredictor(
+    cls.reference = predictors.KerasPredictor(
         fixture.model_file, cls.model).predict(cls.images)
     cls.base = fixture.base
     cls.result = fixture.result
@@ -103,7 +112,7 @@ class ExportLibTest(tf.test.TestCase):
     self.assertEqual(
         heads_lib.LabelSchema.load(
             os.path.join(self.saved_model, "assets", "labels.json")), SCHEMA)
-    self.assertEqual(sorted(self.result.tflite), sorted(export_lib.QUANTIZATIONS))
+    self.assertEqual(sorted(self.result.tflite), sorted(tflite_lib.QUANTIZATIONS))
     for q, path in self.result.tflite.items():
       self.assertEqual(path, os.path.join(self.base, "litert", "tiny", "3",
                                           f"tiny_{q}.tflite"))
@@ -114,7 +123,7 @@ class ExportLibTest(tf.test.TestCase):
         os.path.dirname(self.result.onnx)), SCHEMA)
     self.assertFalse(os.path.exists(os.path.join(self.base, ".staging")))
 
-    logs = export_lib.read_warmup_requests(self.saved_model)
+    logs = saved_model_lib.read_warmup_requests(self.saved_model)
     self.assertLen(logs, 1)
     request = logs[0].predict_log.request
     self.assertEqual(request.model_spec.signature_name, "serving_default")
@@ -126,8 +135,8 @@ class ExportLibTest(tf.test.TestCase):
     with open(self.result.parity_path) as f:
       report = json.load(f)
     self.assertEqual(report["parity_images"], self.parity_dir)
-    self.assertEqual(report["max_image_pixels"], export_lib.MAX_IMAGE_PIXELS)
-    self.assertEqual(report["max_image_bytes"], export_lib.MAX_IMAGE_BYTES)
+    self.assertEqual(report["max_image_pixels"], saved_model_lib.MAX_IMAGE_PIXELS)
+    self.assertEqual(report["max_image_bytes"], saved_model_lib.MAX_IMAGE_BYTES)
     self.assertIsNone(report["class_table"])
     self.assertEqual(report["calibration_images"], self.cal_dir)
     self.assertEqual(
@@ -166,17 +175,17 @@ class ExportLibTest(tf.test.TestCase):
       np.testing.assert_array_equal(probs.argmax(-1), self.labels[head])
 
   def test_every_artefact_matches_keras(self):
-    artefacts = [("saved_model", self.saved_model, False, "fp32"),
+    candidates = [("saved_model", self.saved_model, False, "fp32"),
                  ("saved_model_bytes", self.saved_model, True, "fp32"),
                  ("onnx", self.result.onnx, False, "fp32")]
-    artefacts += [(f"tflite_{q}", p, False, q)
+    candidates += [(f"tflite_{q}", p, False, q)
                   for q, p in self.result.tflite.items()]
-    for name, path, use_bytes, variant in artefacts:
+    for name, path, use_bytes, variant in candidates:
       with self.subTest(name):
-        predictor = export_lib.load_predictor(path, bytes_signature=use_bytes)
+        predictor = predictors.load_predictor(path, bytes_signature=use_bytes)
         self.assertEqual(predictor.image_size, SIZE)
-        report = export_lib.parity(predictor, self.reference, self.images,
-                                   export_lib.TOLERANCES[variant], name)
+        report = parity_lib.parity(predictor, self.reference, self.images,
+                                   parity_lib.TOLERANCES[variant], name)
         self.assertTrue(report["passed"], report["failures"])
         self.assertEqual(sorted(report["outputs"]), ["colour", "tone"])
         for head, stats in report["outputs"].items():
@@ -184,7 +193,7 @@ class ExportLibTest(tf.test.TestCase):
             self.assertLessEqual(stats["max_abs_diff"], 1e-4, head)
           elif variant in ("fp16", "dynamic"):
             self.assertLessEqual(stats["max_abs_diff"],
-                                 export_lib.TOLERANCES[variant].max_abs_diff)
+                                 parity_lib.TOLERANCES[variant].max_abs_diff)
           # Every held-out image has a margin > 0.5, so no variant, int8
           # included, may flip a single one.
           self.assertEqual(stats["top1_agreement"], 1.0, head)
@@ -211,7 +220,7 @@ class ExportLibTest(tf.test.TestCase):
     pixels = np.stack([imageio.decode_and_resize(tf.constant(e), SIZE).numpy()
                        for e in encoded])
     expected = {k: v.numpy() for k, v in
-                export_lib.model_outputs(self.model, pixels).items()}
+                run_dir.model_outputs(self.model, pixels).items()}
     return encoded, expected
 
   def test_rest_body_with_b64_matches_keras_on_decoded_pixels(self):
@@ -285,7 +294,7 @@ class ExportLibTest(tf.test.TestCase):
     self.assertIn("DecodeImage", report["ops"])  # in-graph decoding is there
     self.assertIn("ExtractJpegShape", report["ops"])  # and the pixel cap
     self.assertIn("Conv2D", report["ops"])
-    self.assertEmpty(set(report["ops"]) & export_lib.PYTHON_OPS)
+    self.assertEmpty(set(report["ops"]) & saved_model_lib.PYTHON_OPS)
     self.assertEqual(report["ran"]["colour"], [2, 3])
     self.assertEqual(report["ran"]["tone_class"], [2])
     self.assertEqual(sorted(report["signatures"]),
@@ -299,12 +308,12 @@ class ExportLibTest(tf.test.TestCase):
     path = os.path.join(self.get_temp_dir(), "py_function_model")
     tf.saved_model.save(module, path,
                         signatures={"serving_default": module.f.get_concrete_function()})
-    with self.assertRaisesRegex(export_lib.ExportError, "EagerPyFunc"):
-      export_lib.check_saved_model(path)
+    with self.assertRaisesRegex(artefacts.ExportError, "EagerPyFunc"):
+      saved_model_lib.check_saved_model(path)
 
   def test_forbidden_ops(self):
-    self.assertEqual(export_lib.forbidden_ops(["Conv2D", "DecodeImage"]), [])
-    problems = export_lib.forbidden_ops(["Conv2D", "PyFunc", "MyOp"],
+    self.assertEqual(saved_model_lib.forbidden_ops(["Conv2D", "DecodeImage"]), [])
+    problems = saved_model_lib.forbidden_ops(["Conv2D", "PyFunc", "MyOp"],
                                         unregistered=["MyOp"])
     self.assertLen(problems, 2)
     self.assertIn("PyFunc", problems[0])
@@ -318,8 +327,8 @@ class ExportLibTest(tf.test.TestCase):
           fn_output_signature=tf.TensorSpec([3], tf.float32))}
 
     path = os.path.join(self.get_temp_dir(), "broken.onnx")
-    with self.assertRaisesRegex(export_lib.ExportError, "DecodeImage"):
-      export_lib.function_to_onnx(
+    with self.assertRaisesRegex(artefacts.ExportError, "DecodeImage"):
+      onnx_lib.function_to_onnx(
           decode_first_pixel, [tf.TensorSpec([None], tf.string, name="b")], path)
     self.assertFalse(os.path.exists(path))
 
@@ -337,7 +346,7 @@ class ExportLibTest(tf.test.TestCase):
     self.assertEqual(out["colour"].shape, (1, 3))
 
   def test_oversized_image_is_rejected(self):
-    module = export_lib.build_serving_module(self.model, SCHEMA,
+    module = saved_model_lib.build_serving_module(self.model, SCHEMA,
                                              max_image_bytes=500)
     small = tf.io.encode_png(np.zeros((SIZE, SIZE, 3), np.uint8)).numpy()
     large = tf.io.encode_png(self.images[0]).numpy()
@@ -349,7 +358,7 @@ class ExportLibTest(tf.test.TestCase):
       module.serve_bytes(tf.constant([small, large]))
 
   def test_pixel_cap_refuses_before_decoding(self):
-    module = export_lib.build_serving_module(self.model, SCHEMA,
+    module = saved_model_lib.build_serving_module(self.model, SCHEMA,
                                              max_image_pixels=100)
     png = tf.io.encode_png(self.images[0]).numpy()
     jpeg = tf.io.encode_jpeg(self.images[0]).numpy()
@@ -381,11 +390,11 @@ class ExportLibTest(tf.test.TestCase):
     expected = module.serve_image(pixels)
     for head in ("colour", "tone"):
       self.assertAllClose(served[head], expected[head], atol=1e-6)
-    with self.assertRaisesRegex(export_lib.ExportError, "max_image_pixels"):
-      export_lib.build_serving_module(self.model, SCHEMA, max_image_pixels=0)
+    with self.assertRaisesRegex(artefacts.ExportError, "max_image_pixels"):
+      saved_model_lib.build_serving_module(self.model, SCHEMA, max_image_pixels=0)
     # One limit for training's file screen, the library and the export CLI.
-    self.assertEqual(export_lib.MAX_IMAGE_PIXELS, sources.MAX_IMAGE_PIXELS)
-    self.assertEqual(export_lib.MAX_IMAGE_PIXELS,
+    self.assertEqual(saved_model_lib.MAX_IMAGE_PIXELS, sources.MAX_IMAGE_PIXELS)
+    self.assertEqual(saved_model_lib.MAX_IMAGE_PIXELS,
                      config_lib.DataConfig.max_image_pixels)
 
   def test_saved_model_refuses_decompression_bombs(self):
@@ -396,30 +405,42 @@ class ExportLibTest(tf.test.TestCase):
     for bomb in (claim_size(jpeg, 12000, 12000),
                  claim_size(png, 50000, 50000)):
       with self.assertRaisesRegex(tf.errors.InvalidArgumentError,
-                                  f"too large.* {export_lib.MAX_IMAGE_PIXELS} "
+                                  f"too large.* {saved_model_lib.MAX_IMAGE_PIXELS} "
                                   "pixels"):
         serving(image_bytes=tf.constant([bomb]))
 
   def test_bad_arguments_name_the_thing(self):
-    with self.assertRaisesRegex(export_lib.ExportError, "format 'tfjs'"):
+    with self.assertRaisesRegex(artefacts.ExportError, "format 'tfjs'"):
       export_lib.export(self.model_dir, formats="saved_model,tfjs")
-    with self.assertRaisesRegex(export_lib.ExportError, "quantization 'int4'"):
+    with self.assertRaisesRegex(artefacts.ExportError, "quantization 'int4'"):
       export_lib.export(self.model_dir, quantizations="fp32,int4")
-    with self.assertRaisesRegex(export_lib.ExportError, "version"):
+    with self.assertRaisesRegex(artefacts.ExportError, "version"):
       export_lib.export(self.model_dir, version=0)
-    with self.assertRaisesRegex(export_lib.ExportError, "max_image_pixels"):
+    with self.assertRaisesRegex(artefacts.ExportError, "max_image_pixels"):
       export_lib.export(self.model_dir, max_image_pixels=0)
-    with self.assertRaisesRegex(export_lib.ExportError, "already exists"):
+    with self.assertRaisesRegex(artefacts.ExportError, "already exists"):
       export_lib.export(self.model_dir, output=self.base, version=3)
+    with self.assertRaisesRegex(artefacts.ExportError,
+                                r"'bad name' \(--model_name\)"):
+      export_lib.export(self.model_dir, model_name="bad name")
+    badly_named = os.path.join(self.get_temp_dir(), "parity")
+    os.makedirs(badly_named)
+    os.symlink(os.path.join(self.model_dir, "model.keras"),
+               os.path.join(badly_named, "model.keras"))
+    # Once renamed to "mlc" in silence; now the name and the way out.
+    with self.assertRaisesRegex(artefacts.ExportError,
+                                "'parity' .the model folder's name; pass "
+                                "--model_name"):
+      export_lib.export(badly_named)
     no_labels = os.path.join(self.get_temp_dir(), "no_labels")
     os.makedirs(no_labels)
     os.symlink(os.path.join(self.model_dir, "model.keras"),
                os.path.join(no_labels, "model.keras"))
-    with self.assertRaisesRegex(export_lib.ExportError, "no labels.json"):
+    with self.assertRaisesRegex(artefacts.ExportError, "no labels.json"):
       export_lib.export(no_labels)
-    with self.assertRaisesRegex(export_lib.ExportError, "unknown model format"):
+    with self.assertRaisesRegex(artefacts.ExportError, "unknown model format"):
       open(os.path.join(no_labels, "model.pt"), "w").close()
-      export_lib.load_predictor(os.path.join(no_labels, "model.pt"))
+      predictors.load_predictor(os.path.join(no_labels, "model.pt"))
 
   def test_labels_must_match_model(self):
     other = os.path.join(self.get_temp_dir(), "wrong_labels")
@@ -427,8 +448,8 @@ class ExportLibTest(tf.test.TestCase):
     os.symlink(os.path.join(self.model_dir, "model.keras"),
                os.path.join(other, "model.keras"))
     heads_lib.LabelSchema((heads_lib.HeadSpec("colour", ("a", "b")),)).save(other)
-    with self.assertRaisesRegex(export_lib.ExportError, "'colour' has 2 classes"):
-      export_lib.load_trained(other)
+    with self.assertRaisesRegex(artefacts.ExportError, "'colour' has 2 classes"):
+      run_dir.load_trained(other)
 
   def test_export_cli_reports_bad_flag_value(self):
     proc = subprocess.run(
@@ -446,8 +467,8 @@ class ExportLibTest(tf.test.TestCase):
       out["colour"] = out["colour"][:, [1, 2, 0]]  # every decision wrong
       return out
 
-    report = export_lib.parity(shifted, self.reference, self.images,
-                               export_lib.INT8_TOLERANCE, "shifted")
+    report = parity_lib.parity(shifted, self.reference, self.images,
+                               parity_lib.INT8_TOLERANCE, "shifted")
     self.assertFalse(report["passed"])
     self.assertEqual(report["outputs"]["colour"]["top1_agreement"], 0.0)
     self.assertEqual(report["outputs"]["tone"]["top1_agreement"], 1.0)
@@ -455,7 +476,7 @@ class ExportLibTest(tf.test.TestCase):
     self.assertEqual(report["outputs"]["colour"]["near_tie_disagreements"], 0)
     self.assertLen(report["failures"], 1)
     self.assertIn("colour", report["failures"][0])
-    table = export_lib.format_parity_table([report])
+    table = parity_lib.format_parity_table([report])
     self.assertIn("shifted", table)
     self.assertIn("NO", table)
 
@@ -466,7 +487,7 @@ class ExportLibTest(tf.test.TestCase):
     outputs["class"] = keras.layers.Concatenate(name="class")(
         [outputs["colour"], outputs["tone"]])
     extended = keras.Model(self.model.input, outputs)
-    module = export_lib.build_serving_module(extended, SCHEMA)
+    module = saved_model_lib.build_serving_module(extended, SCHEMA)
     encoded = tf.constant([tf.io.encode_png(i).numpy() for i in self.images[:3]])
     served = module.serve_bytes(encoded)
     self.assertEqual(sorted(served),
@@ -477,37 +498,22 @@ class ExportLibTest(tf.test.TestCase):
     self.assertEqual(sorted(tensors), ["class", "colour", "tone"])
     self.assertAllClose(tensors["class"], served["class"], atol=1e-6)
 
-  def test_default_image_sources(self):
-    run = os.path.join(self.get_temp_dir(), "run")
-    demo_dir = os.path.join(self.get_temp_dir(), "demo")
-    os.makedirs(run)
-    os.makedirs(demo_dir)
-    self.assertEqual(export_lib.default_image_sources(run), (None, None))
-    train, val = (os.path.join(demo_dir, n) for n in ("train.csv", "val.csv"))
-    for path in (train, val):
-      open(path, "w").close()
-    with open(os.path.join(run, "config.json"), "w") as f:
-      json.dump({"data": {"demo_dir": demo_dir, "manifest": None}}, f)
-    self.assertEqual(export_lib.default_image_sources(run), (train, val))
-    os.remove(train)  # each falls back to the other
-    self.assertEqual(export_lib.default_image_sources(run), (val, val))
-
   def test_run_isolated_uses_another_process(self):
-    self.assertNotEqual(export_lib._run_isolated(os.getpid), os.getpid())
+    self.assertNotEqual(isolated.run(os.getpid), os.getpid())
 
   def test_list_images_folder_and_manifest(self):
     folder = self.parity_dir
-    paths = export_lib.list_images(folder)
+    paths = predict_lib.list_images(folder)
     self.assertLen(paths, 40)
     manifest = os.path.join(self.root, "list.csv")
     with open(manifest, "w") as f:
       f.write("image,colour\nparity/img_001.png,red\n"
               f"{os.path.join(folder, 'img_002.png')},blue\n")
-    self.assertEqual(export_lib.list_images(manifest),
+    self.assertEqual(predict_lib.list_images(manifest),
                      [os.path.join(self.root, "parity", "img_001.png"),
                       os.path.join(folder, "img_002.png")])
-    with self.assertRaisesRegex(export_lib.ExportError, "no such"):
-      export_lib.list_images(os.path.join(self.root, "missing"))
+    with self.assertRaisesRegex(artefacts.ExportError, "no such"):
+      predict_lib.list_images(os.path.join(self.root, "missing"))
 
 
 class HeaderSizeTest(tf.test.TestCase):
@@ -581,6 +587,30 @@ class ComposedExportTest(tf.test.TestCase):
             ("tflite_int8", self.result.tflite["int8"], False),
             ("onnx", self.result.onnx, False)]
 
+  def test_bytes_signature_and_compose_agree_at_the_threshold(self):
+    # One rule, two writings: the serving graph's tf.where and
+    # compose.predict_classes must both keep a best class scoring exactly
+    # the threshold, and both answer "unknown" just below it.
+    from mlc_keras import compose
+    table = compose.from_dict(OLD_TABLE, SCHEMA)  # the model's class output
+    png = tf.constant([saved_model_lib.encode_png(self.images[0])])
+    probe = saved_model_lib.build_serving_module(self.calibrated, SCHEMA,
+                                                 table=table)
+    score = probe.serve_bytes(png)["class_score"].numpy()[0]
+    above = float(np.nextafter(score, np.float32(1)))
+    for name, threshold in (("at", float(score)), ("above", above)):
+      with self.subTest(name):
+        path = os.path.join(self.root, f"threshold_{name}")
+        saved_model_lib.to_saved_model(self.calibrated, SCHEMA, path,
+                                       table=table, threshold=threshold)
+        serve = tf.saved_model.load(path).signatures["serving_default"]
+        served = serve(image_bytes=png)
+        self.assertEqual(served["class_score"].numpy()[0], score)
+        want = compose.predict_classes(served["class"].numpy(), table,
+                                       threshold)[0]
+        self.assertEqual(want == "unknown", name == "above")
+        self.assertEqual(served["class_class"].numpy()[0].decode(), want)
+
   def test_export_picked_the_calibrated_model_and_said_so(self):
     with open(self.result.parity_path) as f:
       report = json.load(f)
@@ -595,10 +625,10 @@ class ComposedExportTest(tf.test.TestCase):
 
   def test_artefacts_apply_the_temperatures_and_compose(self):
     from mlc_keras import compose
-    expected = {k: v.numpy() for k, v in export_lib.model_outputs(
+    expected = {k: v.numpy() for k, v in run_dir.model_outputs(
         self.calibrated, self.images).items() if k != "class"}
     expected["class"] = compose.compose_probs(expected, self.table)
-    uncalibrated = {k: v.numpy() for k, v in export_lib.model_outputs(
+    uncalibrated = {k: v.numpy() for k, v in run_dir.model_outputs(
         self.plain, self.images).items()}
     for head in ("colour", "tone"):
       # The premise: the temperatures change the probabilities noticeably.
@@ -606,7 +636,7 @@ class ComposedExportTest(tf.test.TestCase):
           np.abs(expected[head] - uncalibrated[head]).max(), 0.05, head)
     for name, path, use_bytes in self.artefacts():
       with self.subTest(name):
-        got = export_lib.load_predictor(path, use_bytes).predict(self.images)
+        got = predictors.load_predictor(path, use_bytes).predict(self.images)
         self.assertEqual(sorted(got), ["class", "colour", "tone"])
         self.assertEqual(got["class"].shape, (len(self.images), 4))
         if name == "tflite_int8":
@@ -628,7 +658,7 @@ class ComposedExportTest(tf.test.TestCase):
       self.assertEqual((table.classes, table.heads, table.values),
                        (self.table.classes, self.table.heads, self.table.values))
     for name, path, use_bytes in self.artefacts():
-      predictor = export_lib.load_predictor(path, use_bytes)
+      predictor = predictors.load_predictor(path, use_bytes)
       self.assertEqual(predictor.class_table.classes, self.table.classes, name)
 
   def test_bytes_signature_names_the_class(self):
@@ -638,7 +668,7 @@ class ComposedExportTest(tf.test.TestCase):
         sorted(serving.structured_outputs),
         ["class", "class_class", "class_score", "colour", "colour_class",
          "colour_score", "tone", "tone_class", "tone_score"])
-    encoded = tf.constant([encode for encode in map(export_lib.encode_png,
+    encoded = tf.constant([encode for encode in map(saved_model_lib.encode_png,
                                                     self.images)])
     out = serving(image_bytes=encoded)
     probs = out["class"].numpy()
@@ -663,14 +693,14 @@ class ComposedExportTest(tf.test.TestCase):
   def test_threshold_makes_weak_classes_unknown(self):
     from mlc_keras import compose
     old_table = compose_table(OLD_TABLE)
-    heads = {k: v.numpy() for k, v in export_lib.model_outputs(
+    heads = {k: v.numpy() for k, v in run_dir.model_outputs(
         self.calibrated, self.images).items() if k != "class"}
     # The median best-class probability: about half the images fall below.
     threshold = float(np.median(
         compose.compose_probs(heads, old_table).max(-1)))
-    module = export_lib.build_serving_module(
+    module = saved_model_lib.build_serving_module(
         self.calibrated, SCHEMA, table=old_table, threshold=threshold)
-    encoded = tf.constant([export_lib.encode_png(i) for i in self.images])
+    encoded = tf.constant([saved_model_lib.encode_png(i) for i in self.images])
     out = module.serve_bytes(encoded)
     scores = out["class_score"].numpy()
     names = [c.decode() for c in out["class_class"].numpy()]
@@ -679,12 +709,12 @@ class ComposedExportTest(tf.test.TestCase):
     for name, score, best in zip(names, scores, out["class"].numpy().argmax(-1)):
       self.assertEqual(name, ("reddish", "other")[best] if score >= threshold
                        else "unknown")
-    with self.assertRaisesRegex(export_lib.ExportError, "threshold"):
-      export_lib.build_serving_module(self.calibrated, SCHEMA,
+    with self.assertRaisesRegex(artefacts.ExportError, "threshold"):
+      saved_model_lib.build_serving_module(self.calibrated, SCHEMA,
                                       table=compose_table(OLD_TABLE),
                                       threshold=1.5)
-    with self.assertRaisesRegex(export_lib.ExportError, "4 classes"):
-      export_lib.build_serving_module(self.calibrated, SCHEMA, table=self.table)
+    with self.assertRaisesRegex(artefacts.ExportError, "4 classes"):
+      saved_model_lib.build_serving_module(self.calibrated, SCHEMA, table=self.table)
 
   def test_carried_class_output_is_exported_with_its_table(self):
     # No --class_table: calibrated.keras's own "class" output (from evaluate
@@ -720,43 +750,6 @@ class ComposedExportTest(tf.test.TestCase):
     self.assertEqual(proc.returncode, 2, proc.stderr[-2000:])
     self.assertIn("error: " + bad, proc.stderr)
     self.assertIn("'size' is not a head", proc.stderr)
-
-
-class ChooseModelFileTest(tf.test.TestCase):
-
-  def setUp(self):
-    super().setUp()
-    self.dir = self.get_temp_dir()
-    for name in ("model.keras", "calibrated.keras"):
-      open(os.path.join(self.dir, name), "w").close()
-
-  def test_current_calibrated_model_is_preferred(self):
-    os.utime(os.path.join(self.dir, "model.keras"), (1000, 1000))
-    os.utime(os.path.join(self.dir, "calibrated.keras"), (2000, 2000))
-    path, why = export_lib.choose_model_file(self.dir)
-    self.assertEqual(path, os.path.join(self.dir, "calibrated.keras"))
-    self.assertIn("--model_file=model.keras", why)
-
-  def test_stale_calibrated_model_is_not_used(self):
-    # Retrained after evaluate --calibrate: calibrated.keras holds old weights.
-    os.utime(os.path.join(self.dir, "calibrated.keras"), (1000, 1000))
-    os.utime(os.path.join(self.dir, "model.keras"), (2000, 2000))
-    path, why = export_lib.choose_model_file(self.dir)
-    self.assertEqual(path, os.path.join(self.dir, "model.keras"))
-    self.assertIn("warning", why)
-    self.assertIn("older", why)
-
-  def test_explicit_choice_and_errors(self):
-    path, _ = export_lib.choose_model_file(self.dir, "model.keras")
-    self.assertEqual(path, os.path.join(self.dir, "model.keras"))
-    with self.assertRaisesRegex(export_lib.ExportError,
-                                "no other.keras.*calibrated.keras, model.keras"):
-      export_lib.choose_model_file(self.dir, "other.keras")
-    with self.assertRaisesRegex(export_lib.ExportError, "a file name inside"):
-      export_lib.choose_model_file(self.dir, "../model.keras")
-    os.remove(os.path.join(self.dir, "calibrated.keras"))
-    path, _ = export_lib.choose_model_file(self.dir)
-    self.assertEqual(path, os.path.join(self.dir, "model.keras"))
 
 
 def compose_table(classes):

@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mlc_keras import model as model_lib
+from mlc_keras.modeling import model as model_lib
 from mlc_keras.training import setup
 from tests import testutil
 

@@ -14,10 +14,13 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
+from mlc_keras import artefacts
 from mlc_keras import compose
-from mlc_keras import export_lib
-from mlc_keras import model as model_lib
-from mlc_keras import predict
+from mlc_keras.modeling import model as model_lib
+from mlc_keras.modeling import outputs
+from mlc_keras.modeling import saving
+from mlc_keras import predict_lib
+from mlc_keras import run_dir
 from tests import export_fixture
 from tests.export_fixture import make_images
 from tests.export_fixture import SCHEMA
@@ -67,7 +70,7 @@ class PredictTest(tf.test.TestCase):
     # (its ComposeClasses layer names the classes) and the SavedModel,
     # TFLite and ONNX files exported with the table (classes.csv beside).
     cls.calibrated_file = os.path.join(composed.model_dir,
-                                       export_lib.CALIBRATED_FILE)
+                                       run_dir.CALIBRATED_FILE)
     cls.carrying = {
         "keras_file": composed.carrying_keras,
         "saved_model": composed.result.saved_model,
@@ -82,7 +85,7 @@ class PredictTest(tf.test.TestCase):
 
   def predict_lines(self, model, inputs, **kwargs):
     out = io.StringIO()
-    n = predict.run(model, inputs, out=out, batch_size=5, **kwargs)
+    n = predict_lib.run(model, inputs, out=out, batch_size=5, **kwargs)
     lines = [json.loads(l) for l in out.getvalue().splitlines()]
     self.assertLen(lines, n)
     return lines
@@ -119,11 +122,15 @@ class PredictTest(tf.test.TestCase):
       self.assertEqual([l["class"]["class"] for l in lines], expected_names)
 
   def expected_classes(self, keras_file):
-    """describe_classes over the heads predict gives for ``keras_file``."""
+    """The composed class per image (compose's rule) from the heads predict
+    gives for ``keras_file``: {"class", "scores"}."""
     lines = self.predict_lines(keras_file, [self.image_dir])
     heads = {h: np.array([[l[h]["scores"][c] for c in SCHEMA.head(h).classes]
                           for l in lines]) for h in SCHEMA.names}
-    return compose.describe_classes(heads, self.table)
+    probs = compose.compose_probs(heads, self.table)
+    names = compose.predict_classes(probs, self.table)
+    return [{"class": n, "scores": dict(zip(self.table.classes, map(float, p)))}
+            for n, p in zip(names, probs)]
 
   def test_class_table_with_every_artefact(self):
     # The images are dark/light red, green or blue: each is its own class.
@@ -135,7 +142,7 @@ class PredictTest(tf.test.TestCase):
     # "flag": the plain artefacts with --class_table; "carried": the
     # calibrated exports with their own "class" output, compared with the
     # table applied to calibrated.keras's (temperature-scaled) heads.
-    for kind, artefacts, reference in (
+    for kind, artefact_set, reference in (
         ("flag", self.artefacts, self.artefacts["keras_file"]),
         ("carried", self.carrying, self.calibrated_file)):
       expected = self.expected_classes(reference)
@@ -146,7 +153,7 @@ class PredictTest(tf.test.TestCase):
       self.assertEqual(
           [max(e["scores"], key=e["scores"].get) for e in expected], truth)
       want = np.array([list(e["scores"].values()) for e in expected])
-      for name, path in artefacts.items():
+      for name, path in artefact_set.items():
         with self.subTest(f"{kind}: {name}"):
           lines = self.predict_lines(
               path, [self.image_dir],
@@ -188,7 +195,7 @@ class PredictTest(tf.test.TestCase):
         self.assertEqual(result["class"], "unknown")
       else:
         self.assertEqual(result["scores"][result["class"]], result["score"])
-    with self.assertRaisesRegex(export_lib.ExportError, "threshold"):
+    with self.assertRaisesRegex(artefacts.ExportError, "threshold"):
       self.predict_lines(self.artefacts["onnx"], self.paths[:1], threshold=2.0)
 
   def test_bad_class_tables(self):
@@ -208,19 +215,18 @@ class PredictTest(tf.test.TestCase):
                     os.path.join(folder, "labels.json"))
     compose.save(compose.from_dict({"reddish": {"colour": "red"}}, SCHEMA),
                  SCHEMA, os.path.join(folder, "classes.csv"))
-    with self.assertRaisesRegex(export_lib.ExportError,
+    with self.assertRaisesRegex(artefacts.ExportError,
                                 "4 columns but the class table"):
       self.predict_lines(copy, self.paths[:1])
 
   def test_model_folder_uses_the_calibrated_model_as_export_does(self):
-    from mlc_keras import calibrate
     folder = os.path.join(self.get_temp_dir(), "calibrated_run")
     os.makedirs(folder)
     for name in ("model.keras", "labels.json"):
       shutil.copyfile(os.path.join(self.model_dir, name),
                       os.path.join(folder, name))
-    calibrated = calibrate.with_temperatures(
-        model_lib.load_model(os.path.join(folder, "model.keras")),
+    calibrated = outputs.with_temperatures(
+        saving.load_model(os.path.join(folder, "model.keras")),
         {"colour": 3.0})
     calibrated.save(os.path.join(folder, "calibrated.keras"))
     scores = {}
@@ -258,10 +264,10 @@ class PredictTest(tf.test.TestCase):
     bad = os.path.join(self.root, "broken.png")
     with open(bad, "wb") as f:
       f.write(b"\x89PNG but not really")
-    with self.assertRaisesRegex(export_lib.ExportError,
+    with self.assertRaisesRegex(artefacts.ExportError,
                                 "broken.png: not a decodable image"):
       self.predict_lines(self.artefacts["saved_model"], [self.paths[0], bad])
-    with self.assertRaisesRegex(export_lib.ExportError, "missing.png"):
+    with self.assertRaisesRegex(artefacts.ExportError, "missing.png"):
       self.predict_lines(self.artefacts["saved_model"],
                          [os.path.join(self.root, "missing.png")])
 
@@ -270,12 +276,12 @@ class PredictTest(tf.test.TestCase):
     os.makedirs(lonely)
     copy = os.path.join(lonely, "model.onnx")
     shutil.copyfile(self.artefacts["onnx"], copy)
-    with self.assertRaisesRegex(export_lib.ExportError, "no labels.json found"):
+    with self.assertRaisesRegex(artefacts.ExportError, "no labels.json found"):
       self.predict_lines(copy, [self.paths[0]])
-    with self.assertRaisesRegex(export_lib.ExportError, "unknown model format"):
+    with self.assertRaisesRegex(artefacts.ExportError, "unknown model format"):
       self.predict_lines(os.path.join(self.model_dir, "labels.json"),
                          [self.paths[0]])
-    with self.assertRaisesRegex(export_lib.ExportError, "no images given"):
+    with self.assertRaisesRegex(artefacts.ExportError, "no images given"):
       self.predict_lines(self.artefacts["onnx"], [])
 
   def test_real_cli(self):

@@ -15,7 +15,8 @@ import numpy as np
 import tensorflow as tf
 
 from mlc_keras import config as config_lib
-from mlc_keras import model as model_lib
+from mlc_keras.modeling import model as model_lib
+from mlc_keras.modeling import saving
 from mlc_keras.training import fit
 from mlc_keras.training import setup
 from tests import testutil
@@ -144,7 +145,7 @@ class PhasesTest(tf.test.TestCase):
     for name in ("backup", "backup_finetune"):
       self.assertFalse(os.path.exists(os.path.join(model_dir, name)), name)
     # Fine-tuning moved the backbone away from the frozen phase's end state.
-    final = model_lib.load_model(os.path.join(model_dir, "model.keras"))
+    final = saving.load_model(os.path.join(model_dir, "model.keras"))
     paths = [w.path for w in final.weights]
     moved = [p for p, a, b in zip(paths, final.get_weights(), frozen_end)
              if not np.array_equal(a, b)]

@@ -34,10 +34,10 @@ import tensorflow as tf
 
 from mlc_keras import config as config_lib
 from mlc_keras import heads as heads_lib
-from mlc_keras import losses
-from mlc_keras import metrics
-from mlc_keras import model as model_lib
 from mlc_keras.data import pipeline
+from mlc_keras.modeling import losses
+from mlc_keras.modeling import metrics
+from mlc_keras.modeling import model as model_lib
 from mlc_keras.training import setup
 
 log = logging.getLogger("mlc_keras")

@@ -15,8 +15,8 @@ import numpy as np
 import tensorflow as tf
 
 from mlc_keras import config as config_lib
-from mlc_keras import model as model_lib
 from mlc_keras.data import pipeline
+from mlc_keras.modeling import model as model_lib
 from mlc_keras.training import backup
 from mlc_keras.training import setup
 

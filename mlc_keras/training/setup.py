@@ -17,13 +17,13 @@ import tensorflow as tf
 
 from mlc_keras import config as config_lib
 from mlc_keras import heads as heads_lib
-from mlc_keras import losses
-from mlc_keras import metrics
 from mlc_keras.data import demo
 from mlc_keras.data import manifest as manifest_lib
 from mlc_keras.data import pipeline
 from mlc_keras.data import sources as sources_lib
 from mlc_keras.data import tfrecords
+from mlc_keras.modeling import losses
+from mlc_keras.modeling import metrics
 
 log = logging.getLogger("mlc_keras")
 

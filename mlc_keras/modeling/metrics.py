@@ -10,6 +10,30 @@ import numpy as np
 from mlc_keras import heads as heads_lib
 
 
+def reported_top_k(num_classes: int, top_k: int) -> Optional[int]:
+  """The k whose top-k accuracy a head of ``num_classes`` reports, or None.
+
+  The k asked for, and only where it is informative (fewer than all the
+  classes): results.json, evaluation.json and the Keras metrics all follow
+  this, so a "top5" key means top-5 wherever it appears.
+  """
+  return top_k if num_classes > top_k else None
+
+
+def top_k_accuracy(probs: np.ndarray, labels: np.ndarray, k: int) -> float:
+  """Share of rows whose label is among the k most probable classes (ties
+  broken by class order, so the number does not depend on the sort)."""
+  topk = np.argsort(-np.asarray(probs), axis=1, kind="stable")[:, :k]
+  return float(np.mean((topk == np.asarray(labels)[:, None]).any(axis=1)))
+
+
+def majority(labels: np.ndarray, num_classes: int) -> float:
+  """Accuracy of always answering the most common class of ``labels``: the
+  floor a head must beat on this data (not 1/k chance)."""
+  labels = np.asarray(labels, np.int64)
+  return float(np.bincount(labels, minlength=num_classes).max() / labels.size)
+
+
 def weighted_metrics(schema: heads_lib.LabelSchema,
                      top_k: int = 5) -> dict[str, list[keras.metrics.Metric]]:
   """Accuracy per head, plus top-k where a head has more than k classes.
@@ -20,9 +44,10 @@ def weighted_metrics(schema: heads_lib.LabelSchema,
   out = {}
   for h in schema.heads:
     ms = [keras.metrics.SparseCategoricalAccuracy(name="acc")]
-    if h.num_classes > top_k:
+    k = reported_top_k(h.num_classes, top_k)
+    if k is not None:
       ms.append(keras.metrics.SparseTopKCategoricalAccuracy(
-          k=top_k, name=f"top{top_k}"))
+          k=k, name=f"top{k}"))
     out[h.name] = ms
   return out
 
@@ -63,10 +88,10 @@ def head_table(collected, schema: heads_lib.LabelSchema,
     else:
       p, t = probs[m], y[m]
       row["accuracy"] = float(np.mean(np.argmax(p, axis=1) == t))
-      row["chance"] = float(np.max(np.bincount(t, minlength=h.num_classes)) / t.size)
-      if h.num_classes > top_k:
-        topk = np.argsort(-p, axis=1)[:, :top_k]
-        row[f"top{top_k}"] = float(np.mean((topk == t[:, None]).any(axis=1)))
+      row["majority"] = majority(t, h.num_classes)
+      k = reported_top_k(h.num_classes, top_k)
+      if k is not None:
+        row[f"top{k}"] = top_k_accuracy(p, t, k)
     rows.append(row)
   return rows
 
@@ -78,7 +103,7 @@ def format_table(rows: list[dict], title: Optional[str] = None) -> str:
                f"{'majority':>9}")
   for r in rows:
     acc = "-" if r["accuracy"] is None else f"{r['accuracy']:.3f}"
-    maj = f"{r['chance']:.3f}" if "chance" in r else "-"
+    maj = f"{r['majority']:.3f}" if "majority" in r else "-"
     note = f"  ({r['note']})" if "note" in r else ""
     lines.append(f"{r['head']:<16} {r['classes']:>7} "
                  f"{r['labelled']:>4}/{r['total']:<4} {acc:>9} {maj:>9}{note}")

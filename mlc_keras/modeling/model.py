@@ -122,19 +122,3 @@ def named_outputs(model: keras.Model) -> dict:
   if isinstance(out, (list, tuple)):
     return dict(zip(model.output_names, out))
   return {model.output_names[0]: out}
-
-
-def load_model(path: str) -> keras.Model:
-  """Loads a .keras model with safe_mode on (no arbitrary code on load)."""
-  if path.endswith((".h5", ".hdf5")):
-    raise ValueError(
-        f"{path}: legacy HDF5 models are not loaded (they bypass Keras' safe "
-        "mode); re-save the model as .keras")
-  # Our own layers (composed "class" output, temperature scaling) by name, so a
-  # model carrying them loads without the caller importing their modules.
-  from mlc_keras import calibrate  # pylint: disable=g-import-not-at-top
-  from mlc_keras import compose  # pylint: disable=g-import-not-at-top
-  custom = {"mlc_keras>ComposeClasses": compose.ComposeClasses,
-            "mlc_keras>Temperature": calibrate.Temperature}
-  return keras.models.load_model(path, safe_mode=True, compile=False,
-                                 custom_objects=custom)

@@ -6,9 +6,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mlc_keras import losses
-from mlc_keras import metrics
-from mlc_keras import model as model_lib
+from mlc_keras.modeling import losses
+from mlc_keras.modeling import metrics
+from mlc_keras.modeling import model as model_lib
+from mlc_keras.modeling import saving
 from mlc_keras.training import setup
 from tests import testutil
 
@@ -49,13 +50,13 @@ class ModelTest(tf.test.TestCase):
   def test_save_load_safe_mode_round_trip(self):
     path = os.path.join(self.get_temp_dir(), "m.keras")
     self.model.save(path)
-    loaded = model_lib.load_model(path)
+    loaded = saving.load_model(path)
     x = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     a, b = self.model(x), loaded(x)
     for h in ("shape", "colour"):
       self.assertAllClose(a[h], b[h], atol=1e-6)
     with self.assertRaisesRegex(ValueError, "legacy HDF5"):
-      model_lib.load_model(os.path.join(self.get_temp_dir(), "m.h5"))
+      saving.load_model(os.path.join(self.get_temp_dir(), "m.h5"))
 
   def test_old_keras_is_refused_at_import(self):
     import mlc_keras

@@ -1,0 +1,113 @@
+"""What an exported artefact exposes, for whoever writes or reads one.
+
+Every artefact takes uint8 RGB pixels [N, S, S, 3] on its input "image" and
+returns one float32 [N, k] output per head, named after it. The SavedModel
+also has a bytes signature (the default one) whose outputs add
+"<name>_class" / "<name>_score" for the heads and the composed "class"
+output. labels.json (and classes.csv, with a class table) sits beside each
+artefact, or in a SavedModel's assets/.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Optional, Sequence
+
+SERVING_SIGNATURE = "serving_default"  # bytes in, probabilities + labels out
+TENSOR_SIGNATURE = "serve_image"  # uint8 pixels in, probabilities out
+BYTES_INPUT = "image_bytes"
+IMAGE_INPUT = "image"
+CLASS_SUFFIX = "_class"
+SCORE_SUFFIX = "_score"
+LABELS_FILE = "labels.json"
+# The class table beside an artefact with a composed "class" output.
+CLASSES_FILE = "classes.csv"
+CLASS_OUTPUT = "class"  # compose.CLASS_OUTPUT, without importing keras here
+UNKNOWN_CLASS = "unknown"  # compose.UNKNOWN
+DEFAULT_THRESHOLD = 0.5
+WARMUP_FILE = "tf_serving_warmup_requests"
+INSTALL_HINT = "pip install -e .[export]"
+
+
+class ExportError(Exception):
+  """An artefact that cannot be made or read, or whose result is wrong."""
+
+
+def missing_dependency(package: str) -> ExportError:
+  return ExportError(
+      f"{package} is not installed; it is needed for this export format. "
+      f"Install the export extras: {INSTALL_HINT}")
+
+
+def parse_choices(text: str | Sequence[str], allowed: Sequence[str],
+                  what: str) -> tuple[str, ...]:
+  """'a,b' (or a list) -> ('a', 'b'), each checked against ``allowed``.
+
+  Raises ExportError naming the unknown value and the valid ones.
+  """
+  items = text.split(",") if isinstance(text, str) else list(text)
+  items = [i.strip() for i in items if i.strip()]
+  if not items:
+    raise ExportError(f"no {what} given; choose from: {', '.join(allowed)}")
+  for item in items:
+    if item not in allowed:
+      raise ExportError(
+          f"unknown {what} {item!r}; choose from: {', '.join(allowed)}")
+  return tuple(dict.fromkeys(items))
+
+
+def check_threshold(threshold: float) -> float:
+  """Raises ExportError unless 0 <= threshold <= 1."""
+  if isinstance(threshold, bool) or not 0.0 <= float(threshold) <= 1.0:
+    raise ExportError(
+        f"threshold must be a probability in [0, 1], got {threshold!r}")
+  return float(threshold)
+
+
+def find_labels(path: str) -> str:
+  """labels.json for an artefact: beside a file; in a SavedModel's assets/,
+  in the folder itself or beside it. Raises ExportError naming where it looked."""
+  path = os.path.abspath(path)
+  if os.path.isdir(path):
+    candidates = [os.path.join(path, "assets", LABELS_FILE),
+                  os.path.join(path, LABELS_FILE),
+                  os.path.join(os.path.dirname(path), LABELS_FILE)]
+  else:
+    candidates = [os.path.join(os.path.dirname(path), LABELS_FILE)]
+  for c in candidates:
+    if os.path.isfile(c):
+      return c
+  raise ExportError(
+      f"{path}: no {LABELS_FILE} found (looked in: {', '.join(candidates)})")
+
+
+def find_class_table(path: str) -> Optional[str]:
+  """classes.csv for an artefact, where find_labels looks for labels.json;
+  None if there is none."""
+  path = os.path.abspath(path)
+  if os.path.isdir(path):
+    candidates = [os.path.join(path, "assets", CLASSES_FILE),
+                  os.path.join(path, CLASSES_FILE)]
+  else:
+    candidates = [os.path.join(os.path.dirname(path), CLASSES_FILE)]
+  return next((c for c in candidates if os.path.isfile(c)), None)
+
+
+def latest_version(base: str) -> Optional[str]:
+  """The highest integer-named SavedModel folder under ``base`` (as TF Serving
+  picks it), or None."""
+  versions = [int(n) for n in os.listdir(base) if n.isdigit()
+              and os.path.exists(os.path.join(base, n, "saved_model.pb"))]
+  return os.path.join(base, str(max(versions))) if versions else None
+
+
+
+
+def copy_labels(saved_model_dir: str, folder: str) -> None:
+  """labels.json (and classes.csv, when the SavedModel has a "class" output)
+  from a SavedModel's assets/ into ``folder``, beside a converted file."""
+  for name in (LABELS_FILE, CLASSES_FILE):
+    src = os.path.join(saved_model_dir, "assets", name)
+    if name == LABELS_FILE or os.path.isfile(src):
+      shutil.copyfile(src, os.path.join(folder, name))

@@ -1,0 +1,1 @@
+"""Writers of each artefact format, and the parity check that gates them."""

@@ -1,0 +1,164 @@
+"""Parity: does an artefact compute what the Keras model computes, within the
+tolerance of its variant?"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Mapping, Optional, Sequence
+
+import numpy as np
+
+from mlc_keras import predictors
+from mlc_keras.artefacts import ExportError
+
+# A reference top-1 margin below this is a near-tie: the parity report counts
+# the disagreements that are near-ties (they say "the model is unsure", not
+# "the artefact is broken"), but the limits do not excuse them.
+NEAR_TIE = 0.05
+
+
+class ParityError(ExportError):
+  """An artefact whose outputs differ from the Keras model beyond tolerance."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Tolerance:
+  """What an artefact must meet against the Keras model, per output.
+
+  max_abs_diff bounds |p_artefact - p_keras| over all images and classes;
+  min_top1_agreement is the share of images whose argmax must match.
+  """
+
+  max_abs_diff: Optional[float] = None
+  min_top1_agreement: Optional[float] = None
+
+
+# fp32 artefacts run the same float graph; 1e-4 leaves room for a different
+# kernel summation order (observed: <= 1e-6).
+FP32_TOLERANCE = Tolerance(max_abs_diff=1e-4)
+# fp16 stores weights rounded to 11 significant bits (relative error <= 2^-11
+# ~ 5e-4) but computes in float32 on CPU. A logit error of e moves a softmax
+# probability by at most e/4, so a logit off by a few 1e-3 (weights error
+# summed over ~50 layers) stays well under 1e-2; observed: 1e-4 to 1e-3.
+FP16_TOLERANCE = Tolerance(max_abs_diff=1e-2)
+# Dynamic range: int8 weights plus int8 activations quantised on the fly per
+# batch, so errors are int8-sized rather than fp16-sized. 0.05 means top-1
+# can only flip where Keras' two best classes are within 0.1 of each other;
+# observed: 1e-3 to 1e-2.
+DYNAMIC_TOLERANCE = Tolerance(max_abs_diff=5e-2)
+# Full int8 has a 1/256 output grid and calibrated activation ranges: judge
+# it by decisions, as the issue asks, not by probabilities.
+INT8_TOLERANCE = Tolerance(min_top1_agreement=0.99)
+
+TOLERANCES = {
+    "fp32": FP32_TOLERANCE,
+    "fp16": FP16_TOLERANCE,
+    "dynamic": DYNAMIC_TOLERANCE,
+    "int8": INT8_TOLERANCE,
+}
+
+
+def parity(candidate: predictors.Predictor
+           | Callable[[np.ndarray], Mapping[str, np.ndarray]],
+           reference: predictors.Predictor | Mapping[str, np.ndarray],
+           images: np.ndarray,
+           tolerance: Optional[Tolerance] = None,
+           name: Optional[str] = None,
+           batch_size: int = 32) -> dict:
+  """Compares an artefact with the reference (the Keras model, or its outputs
+  already computed on ``images``) on the same uint8 images.
+
+  Returns a JSON-able report: per output, max absolute probability
+  difference and top-1 agreement; with a tolerance, whether it passed and
+  why not.
+  """
+  images = np.asarray(images, np.uint8)
+  if isinstance(reference, Mapping):
+    ref = dict(reference)
+  else:
+    ref = reference.predict(images, batch_size)
+
+  if isinstance(candidate, predictors.Predictor):
+    got = candidate.predict(images, batch_size)
+  else:
+    got = dict(candidate(images))
+  per_output, failures = {}, []
+  for key in sorted(ref):
+    if key not in got:
+      failures.append(f"{key}: missing from the artefact's outputs")
+      continue
+    numbers, problems = _compare(key, np.asarray(got[key]),
+                                 np.asarray(ref[key]), tolerance)
+    if numbers is not None:
+      per_output[key] = numbers
+    failures += problems
+  return {
+      "artefact": name or getattr(candidate, "kind", "candidate"),
+      "path": getattr(candidate, "path", None),
+      "images": int(len(images)),
+      "tolerance": dataclasses.asdict(tolerance) if tolerance else None,
+      "outputs": per_output,
+      "passed": not failures,
+      "failures": failures,
+  }
+
+
+def _compare(key: str, g: np.ndarray, r: np.ndarray,
+             tolerance: Optional[Tolerance]) -> tuple[Optional[dict], list]:
+  # One output: its numbers for the report (None if shapes differ), and the
+  # ways it misses the tolerance.
+  if g.shape != r.shape:
+    return None, [f"{key}: shape {list(g.shape)} != {list(r.shape)}"]
+  if not np.issubdtype(r.dtype, np.floating):
+    same = float(np.mean(g == r)) if r.size else 1.0
+    return {"max_abs_diff": None, "top1_agreement": same}, []
+  diff = float(np.max(np.abs(g.astype(np.float64) - r))) if r.size else 0.0
+  agree, near_ties, disagree = 1.0, 0, 0
+  if r.ndim >= 2 and len(r) and r.shape[-1] >= 2:
+    differs = np.argmax(g, -1) != np.argmax(r, -1)
+    top2 = np.sort(r, axis=-1)[..., -2:]
+    disagree = int(differs.sum())
+    near_ties = int((differs & (top2[..., 1] - top2[..., 0] < NEAR_TIE)).sum())
+    agree = 1.0 - float(differs.mean())
+  numbers = {"max_abs_diff": diff, "top1_agreement": agree,
+             "disagreements": disagree, "near_tie_disagreements": near_ties}
+  failures = []
+  if tolerance is None:
+    return numbers, failures
+  if tolerance.max_abs_diff is not None and not diff <= tolerance.max_abs_diff:
+    failures.append(f"{key}: max |diff| {diff:.3g} > "
+                    f"{tolerance.max_abs_diff:g}")
+  if (tolerance.min_top1_agreement is not None
+      and agree < tolerance.min_top1_agreement):
+    failures.append(
+        f"{key}: top-1 agreement {agree:.1%} < "
+        f"{tolerance.min_top1_agreement:.0%} ({near_ties} of {disagree} "
+        f"disagreements are near-ties: the reference's top two within "
+        f"{NEAR_TIE})")
+  return numbers, failures
+
+
+def format_parity_table(reports: Sequence[dict]) -> str:
+  """The parity reports as a fixed-width text table, one row per output."""
+  rows = [("artefact", "output", "max|diff|", "top-1 agree", "limit", "ok")]
+  for rep in reports:
+    tol = rep.get("tolerance") or {}
+    limit = []
+    if tol.get("max_abs_diff") is not None:
+      limit.append(f"diff<={tol['max_abs_diff']:g}")
+    if tol.get("min_top1_agreement") is not None:
+      limit.append(f"agree>={tol['min_top1_agreement']:.0%}")
+    for key, v in rep["outputs"].items():
+      diff = "-" if v["max_abs_diff"] is None else f"{v['max_abs_diff']:.2e}"
+      rows.append((rep["artefact"], key, diff, f"{v['top1_agreement']:.1%}",
+                   " ".join(limit) or "-",
+                   "NO" if any(f.startswith(key + ":") for f in rep["failures"])
+                   else "yes"))
+    for f in rep["failures"]:
+      if not any(f.startswith(k + ":") for k in rep["outputs"]):
+        rows.append((rep["artefact"], f, "", "", "", "NO"))
+  widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+  return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
+                   for r in rows)
+
+

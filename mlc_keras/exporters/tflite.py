@@ -1,0 +1,109 @@
+"""TFLite (LiteRT) files from the SavedModel's tensor signature: built-in ops
+only (never Flex), in fp32, fp16, dynamic-range or full int8 variants."""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from mlc_keras import artefacts
+from mlc_keras import predictors
+from mlc_keras.artefacts import ExportError
+from mlc_keras.exporters import isolated
+
+QUANTIZATIONS = ("fp32", "fp16", "dynamic", "int8")
+
+
+def to_tflite(saved_model_dir: str, output_path: str, quantization: str = "fp32",
+              calibration_images: Optional[np.ndarray] = None) -> str:
+  """Converts the SavedModel's tensor signature to a TFLite file with
+  built-in ops only (never Flex) and checks it loads in LiteRT with one
+  signature whose outputs are the signature's output names.
+
+  quantization: fp32 | fp16 (fp16 weights) | dynamic (int8 weights, dynamic
+  activations) | int8 (weights and activations int8, calibrated on
+  ``calibration_images``, uint8 [N, S, S, 3]; float32 probabilities out).
+  """
+  artefacts.parse_choices(quantization, QUANTIZATIONS, "quantization")
+  converter = tf.lite.TFLiteConverter.from_saved_model(
+      saved_model_dir, signature_keys=[artefacts.TENSOR_SIGNATURE])
+  converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+  if quantization != "fp32":
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+  if quantization == "fp16":
+    converter.target_spec.supported_types = [tf.float16]
+  elif quantization == "int8":
+    if calibration_images is None or not len(calibration_images):
+      raise ExportError(
+          "int8 needs calibration images (a representative manifest or folder)")
+    images = np.asarray(calibration_images, np.uint8)
+
+    def representative():
+      for i in range(len(images)):
+        yield {artefacts.IMAGE_INPUT: images[i:i + 1]}
+
+    converter.representative_dataset = representative
+    # Builtins only, int8 kernels: conversion fails rather than silently
+    # leaving float ops in a model called "int8".
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+  try:
+    flatbuffer = converter.convert()
+  except Exception as e:  # the converter raises many types; name the variant
+    raise ExportError(
+        f"TFLite {quantization} conversion of {saved_model_dir} failed: {e}"
+    ) from e
+  os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
+  with open(output_path, "wb") as f:
+    f.write(flatbuffer)
+  expected = _signature_output_names(saved_model_dir)
+  predictor = predictors.TFLitePredictor(output_path)
+  if set(predictor.output_names) != set(expected):
+    raise ExportError(
+        f"{output_path}: TFLite signature outputs {predictor.output_names} "
+        f"are not the model outputs {expected}")
+  return output_path
+
+
+def _signature_output_names(saved_model_dir: str) -> list[str]:
+  # Read from the proto: loading the whole SavedModel again is seconds.
+  from tensorflow.core.protobuf import saved_model_pb2
+  proto = saved_model_pb2.SavedModel()
+  with open(os.path.join(saved_model_dir, "saved_model.pb"), "rb") as f:
+    proto.ParseFromString(f.read())
+  return sorted(proto.meta_graphs[0].signature_def[artefacts.TENSOR_SIGNATURE].outputs)
+
+
+def tflite_path(folder: str, model_name: str, quantization: str) -> str:
+  """Where to_tflite_variants writes a variant."""
+  return os.path.join(folder, f"{model_name}_{quantization}.tflite")
+
+
+def to_tflite_variants(saved_model_dir: str, folder: str, model_name: str,
+                       quantizations: Sequence[str] = QUANTIZATIONS,
+                       calibration_images: Optional[np.ndarray] = None,
+                       isolate: bool = True,
+                       log: Callable[[str], None] = print) -> dict[str, str]:
+  """Converts every requested variant into ``folder`` (labels.json beside).
+  Returns {quantization: path}."""
+  quantizations = artefacts.parse_choices(quantizations, QUANTIZATIONS, "quantization")
+  if "int8" in quantizations and (calibration_images is None
+                                  or not len(calibration_images)):
+    raise ExportError(
+        "int8 needs calibration images: pass --representative=<manifest.csv "
+        "or image folder>, or leave int8 out of --quantization")
+  os.makedirs(folder, exist_ok=True)
+  artefacts.copy_labels(saved_model_dir, folder)
+  paths = {}
+  for q in quantizations:
+    path = tflite_path(folder, model_name, q)
+    log(f"converting TFLite {q} -> {path}")
+    cal = calibration_images if q == "int8" else None
+    if isolate:
+      isolated.run(to_tflite, saved_model_dir, path, q, cal)
+    else:
+      to_tflite(saved_model_dir, path, q, cal)
+    paths[q] = path
+  return paths

@@ -1,0 +1,1 @@
+"""The Keras side: the model, its custom layers, saving, losses and metrics."""

@@ -1,0 +1,186 @@
+"""Predict's library: image listing and reading, and each image's outputs as
+the JSON line the predict CLI prints (see mlc_keras/predict.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, Iterator, Mapping, Optional, Sequence, TextIO
+
+import numpy as np
+import tensorflow as tf
+
+from mlc_keras import artefacts
+from mlc_keras import compose
+from mlc_keras import heads as heads_lib
+from mlc_keras import predictors
+from mlc_keras.artefacts import ExportError
+from mlc_keras.data import imageio
+from mlc_keras.data import manifest
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
+
+
+# --- images ------------------------------------------------------------------------
+
+
+def list_images(source: str, image_column: str = "image") -> list[str]:
+  """Image paths from a folder (recursive), a manifest CSV (its image column,
+  read by training's reader: relative paths against the CSV's folder) or a
+  single image file. Raises ExportError, or manifest.DataError for a manifest
+  training would refuse."""
+  if os.path.isdir(source):
+    found = []
+    for root, dirs, files in os.walk(source):
+      dirs.sort()
+      found += [os.path.join(root, f) for f in sorted(files)
+                if f.lower().endswith(IMAGE_EXTENSIONS)]
+    if not found:
+      raise ExportError(f"{source}: no {'/'.join(IMAGE_EXTENSIONS)} images in "
+                        "this folder")
+    return found
+  if not os.path.isfile(source):
+    raise ExportError(f"{source}: no such image, folder or manifest")
+  if source.lower().endswith(".csv"):
+    return list(manifest.read_images(source, image_column).paths)
+  return [source]
+
+
+def expand_inputs(inputs: Sequence[str], image_column: str = "image"
+                  ) -> list[str]:
+  """Files, folders and manifest CSVs -> image paths, in the order given."""
+  paths = []
+  for item in inputs:
+    paths += list_images(item, image_column)
+  return paths
+
+
+def read_image(path: str, image_size: int) -> np.ndarray:
+  """One file -> uint8 [S, S, 3] through imageio.decode_and_resize (the
+  training path). Raises ExportError naming the file if it is unreadable."""
+  try:
+    with open(path, "rb") as f:
+      data = f.read()
+  except OSError as e:
+    raise ExportError(f"{path}: cannot read image ({e.strerror})") from None
+  try:
+    return imageio.decode_and_resize(tf.constant(data), image_size).numpy()
+  except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
+    raise ExportError(f"{path}: not a decodable image "
+                      f"({imageio.op_reason(e)})") from None
+
+
+def load_images(paths: Sequence[str], image_size: int) -> np.ndarray:
+  """Decodes and resizes each path; uint8 [N, S, S, 3]."""
+  if not paths:
+    return np.zeros((0, image_size, image_size, 3), np.uint8)
+  return np.stack([read_image(p, image_size) for p in paths])
+
+
+# --- predictions as JSON -----------------------------------------------------------
+
+
+def compose_outputs(outputs: Mapping[str, np.ndarray], table
+                    ) -> dict[str, np.ndarray]:
+  """``outputs`` with its "class" output (re)computed from the heads through
+  ``table`` (a compose.ClassTable): what a model exported with that table
+  would return."""
+  heads = {k: v for k, v in outputs.items() if k != artefacts.CLASS_OUTPUT}
+  probs = compose.compose_probs(heads, table).astype(np.float32)
+  return {**outputs, artefacts.CLASS_OUTPUT: np.atleast_2d(probs)}
+
+
+def describe(outputs: Mapping[str, np.ndarray], index: int,
+             schema: heads_lib.LabelSchema, table=None,
+             threshold: float = artefacts.DEFAULT_THRESHOLD) -> dict[str, Any]:
+  """One image's outputs as the predict CLI prints them: a head becomes
+  {"class", "score", "scores": {class: p}}; so does the "class" output when
+  ``table`` (a compose.ClassTable) names its columns, its "class" being
+  "unknown" when the best probability is below ``threshold``; any other
+  output its raw values."""
+  result = {}
+  for name in _ordered(outputs, schema):
+    row = np.asarray(outputs[name][index])
+    if name in schema.names:
+      classes = schema.head(name).classes
+      best = int(np.argmax(row))
+      result[name] = {"class": classes[best], "score": float(row[best]),
+                      "scores": {c: float(p) for c, p in zip(classes, row)}}
+    elif name == artefacts.CLASS_OUTPUT and table is not None:
+      if row.shape != (len(table),):
+        raise ExportError(
+            f"the {artefacts.CLASS_OUTPUT!r} output has {row.shape[-1]} columns but the "
+            f"class table {table.source} has {len(table)} classes")
+      result[name] = {
+          "class": compose.predict_classes(row, table, threshold)[0],
+          "score": float(np.max(row)),
+          "scores": {c: float(p) for c, p in zip(table.classes, row)}}
+    else:
+      result[name] = row.tolist() if row.dtype.kind != "S" else row.astype(str).tolist()
+  return result
+
+
+def _ordered(outputs: Mapping[str, np.ndarray],
+             schema: heads_lib.LabelSchema) -> list[str]:
+  heads = [n for n in schema.names if n in outputs]
+  return heads + sorted(n for n in outputs if n not in schema.names)
+
+
+
+# --- the whole predict -------------------------------------------------------------
+
+
+def predict_files(predictor, paths: Sequence[str], batch_size: int = 32,
+                  table=None, threshold: float = artefacts.DEFAULT_THRESHOLD
+                  ) -> Iterator[dict]:
+  """Yields one result dict per path (see mlc_keras/predict.py). An
+  unreadable image raises ExportError naming the file.
+
+  table: a compose.ClassTable to compose the heads with (replacing any
+  "class" output of the artefact); None uses the artefact's own table
+  (predictor.class_table), if any.
+  """
+  names = table if table is not None else predictor.class_table
+  for start in range(0, len(paths), batch_size):
+    chunk = paths[start:start + batch_size]
+    outputs = predictor(load_images(chunk, predictor.image_size))
+    if table is not None:
+      outputs = compose_outputs(outputs, table)
+    for i, path in enumerate(chunk):
+      yield {"image": path,
+             **describe(outputs, i, predictor.schema, names, threshold)}
+
+
+def run(model: str, inputs: Sequence[str], out: TextIO = sys.stdout,
+        batch_size: int = 32, image_column: str = "image",
+        class_table: Optional[str] = None,
+        threshold: float = artefacts.DEFAULT_THRESHOLD,
+        err: TextIO = sys.stderr) -> int:
+  """Loads ``model``, classifies ``inputs`` and writes JSON lines to ``out``
+  (notes to ``err``). Returns the number of images. ``class_table``: a class
+  table CSV to compose the heads with (see mlc_keras/predict.py).
+
+  Raises ExportError, manifest.DataError, heads.SchemaError or
+  compose.ClassTableError (a class table that does not fit the model's
+  labels.json).
+  """
+  threshold = artefacts.check_threshold(threshold)
+  if not inputs:
+    raise ExportError("no images given")
+  paths = expand_inputs(inputs, image_column)
+  predictor = predictors.load_predictor(model)
+  why = getattr(predictor, "chosen_because", None)
+  if why:  # a model folder: say which .keras file (stdout is the JSON)
+    print(f"predict: {predictor.path}: {why}", file=err)
+  table = None
+  if class_table:
+    table = compose.load(class_table, predictor.schema)
+  else:
+    predictor.class_table  # a bad classes.csv fails before any image is read
+  n = 0
+  for result in predict_files(predictor, paths, batch_size, table, threshold):
+    out.write(json.dumps(result) + "\n")
+    n += 1
+  out.flush()
+  return n
