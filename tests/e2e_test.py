@@ -34,13 +34,14 @@ class Cli:
   """``python -m mlc_keras.<module> <args>`` started in its own process;
   output goes to files (a full pipe cannot block it while another runs)."""
 
-  def __init__(self, folder: str, module: str, *args: str):
+  def __init__(self, folder: str, module: str, *args: str,
+               cwd: str = REPO):
     self.module = module
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     self.out = tempfile.TemporaryFile("w+", dir=folder)
     self.err = tempfile.TemporaryFile("w+", dir=folder)
     self.proc = subprocess.Popen(
-        [sys.executable, "-m", f"mlc_keras.{module}", *args], cwd=REPO,
+        [sys.executable, "-m", f"mlc_keras.{module}", *args], cwd=cwd,
         stdout=self.out, stderr=self.err, text=True, env=env)
 
   def result(self) -> str:
@@ -148,6 +149,39 @@ class EndToEndTest(tf.test.TestCase):
     self.assertLen(answers, 4)
     for name in answers:
       self.assertEqual(answers[name], answers["keras"], name)
+
+  def test_printed_next_steps_succeed_as_printed(self):
+    # A newcomer copies train's "Next:" lines into the same shell: run each
+    # as printed, from the folder where train ran, with relative paths and
+    # every other flag at its default (export: all formats and its default
+    # TFLite variants, published only if every one passes parity).
+    work = os.path.join(self.root, "newcomer")
+    os.makedirs(work)
+    printed = Cli(self.root, "train", "--preset=tiny", "--model_dir=run",
+                  "--demo_dir=demo_data", cwd=work).result()
+    steps = [l.strip() for l in printed.split("Next:", 1)[1].splitlines()
+             if l.strip().startswith("python -m mlc_keras.")]
+    self.assertEqual([s.split()[2] for s in steps],
+                     ["mlc_keras.export", "mlc_keras.predict"])
+    with open(os.path.join(work, "demo_data", "heldout.csv"), newline="") as f:
+      image = os.path.join("demo_data", next(csv.DictReader(f))["image"])
+    outputs = []
+    for step in steps:
+      args = [image if a == "<images>" else a for a in step.split()[3:]]
+      outputs.append(Cli(self.root, step.split()[2].split(".", 1)[1], *args,
+                         cwd=work).result())
+    with open(os.path.join(work, "run", "export", "parity", "run",
+                           "1.json")) as f:
+      reports = json.load(f)["reports"]
+    self.assertGreaterEqual(len(reports), 5)  # SavedModel, 3 TFLite, ONNX
+    for report in reports:
+      self.assertTrue(report["passed"], report)
+    self.assertTrue(os.path.isdir(os.path.join(work, "run", "export", "run",
+                                               "1")))
+    line = json.loads(outputs[1].splitlines()[0])
+    self.assertEqual(line["image"], image)
+    self.assertEqual(list(line), ["image", *demo.SCHEMA.names])
+
 
 if __name__ == "__main__":
   tf.test.main()
