@@ -5,7 +5,7 @@ Demo images (demo.render, rendered in memory at the demo's 64 px and resized
 by the data pipeline). For each pair A:B, head A is labelled on every one of
 the --train_size training images and head B on only K of them (a seeded,
 class-balanced draw; blank elsewhere, i.e. masked through sample_weight by
-pipeline.train_dataset). Two models, same backbone (benchutil.small_cnn),
+pipeline.train_dataset). Two models, same backbone (modeling.model.small_cnn),
 same image size, optimizer (training.setup's AdamW with warm-up + cosine), batch,
 seed and initial backbone weights:
 
@@ -138,11 +138,12 @@ def train_and_score(schema, train_src, test_src, b_head: str, steps: int,
   from mlc_keras import config as config_lib
   from mlc_keras.modeling import metrics
   from mlc_keras.data import pipeline
+  from mlc_keras.modeling import model as model_lib
   from mlc_keras.training import setup
 
   size = _IMAGE_SIZE.value
   keras.utils.set_random_seed(seed)
-  model = benchutil.small_cnn(schema, size)
+  model = model_lib.small_cnn(schema, size)
   optimizer = setup.optimizer(
       config_lib.TrainConfig(learning_rate=_LR.value), steps)
   setup.compile_model(model, schema, optimizer)

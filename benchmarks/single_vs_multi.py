@@ -141,7 +141,7 @@ def main(argv):
   def build(schema):
     keras.utils.set_random_seed(seed)
     if _BACKBONE.value == "small_cnn":
-      return benchutil.small_cnn(schema, size)
+      return model_lib.small_cnn(schema, size)
     return model_lib.build_model(schema, size, _BACKBONE.value, None,
                                  bn_momentum=0.9)
 

@@ -227,7 +227,7 @@ class HeldOutCombinationTest(tf.test.TestCase):
         sources.records_source(records), schema, image_size=E2E_SIZE,
         batch_size=32, seed=0, end_epoch=1, steps_per_epoch=E2E_STEPS,
         cache=True)
-    model = testutil.small_cnn(schema, E2E_SIZE)
+    model = model_lib.small_cnn(schema, E2E_SIZE)
     model.compile(keras.optimizers.Adam(3e-3), loss=losses.head_losses(schema))
     model.fit(train_ds, epochs=1, steps_per_epoch=E2E_STEPS, verbose=0)
 

@@ -11,6 +11,7 @@ import tensorflow as tf
 from mlc_keras.exporters import saved_model as saved_model_lib
 from mlc_keras import heads as heads_lib
 from mlc_keras.data import imageio
+from mlc_keras.modeling import model as model_lib
 from tests import testutil
 
 SCHEMA = heads_lib.LabelSchema((heads_lib.HeadSpec("colour", ("red", "blue")),))
@@ -98,7 +99,7 @@ class ServingGifCapTest(tf.test.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     cls.module = saved_model_lib.build_serving_module(
-        testutil.small_cnn(SCHEMA, 16), SCHEMA, max_image_pixels=1000)
+        model_lib.small_cnn(SCHEMA, 16), SCHEMA, max_image_pixels=1000)
 
   def test_gif_frames_count_against_the_pixel_cap(self):
     # Checked to fail with header_size (the logical screen, one frame) in

@@ -54,20 +54,3 @@ def simple_rows(n: int = 8) -> list[dict]:
            "colour": "" if i % 3 == 2 else colours[i % 2]}
           for i in range(n)]
 
-
-def small_cnn(schema: heads_lib.LabelSchema, size: int):
-  """Same contract as model.build_model (uint8 "image" in, a named softmax
-  per head out) over three conv layers: it learns the demo shapes at 32px in
-  about a minute on CPU, where ResNet50V2 at 32px stays at chance on "shape"
-  after 80 steps (measured 0.33) at 12 s/step on a loaded 2-core machine.
-  Used by compose_test and imageio_test."""
-  import keras  # pylint: disable=g-import-not-at-top
-  image = keras.Input((size, size, 3), dtype="uint8", name="image")
-  x = keras.layers.Rescaling(1 / 127.5, offset=-1.0)(image)
-  for filters in (32, 64, 128):
-    x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
-    x = keras.layers.MaxPooling2D()(x)
-  x = keras.layers.GlobalAveragePooling2D()(x)
-  return keras.Model(image, {
-      h.name: keras.layers.Dense(h.num_classes, activation="softmax",
-                                 name=h.name)(x) for h in schema.heads})
