@@ -27,6 +27,7 @@ The writers live in mlc_keras/exporters/, the readers in predictors.py.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import os
@@ -41,6 +42,7 @@ from mlc_keras import predict_lib
 from mlc_keras import predictors
 from mlc_keras import run_dir
 from mlc_keras.artefacts import ExportError
+from mlc_keras.exporters import isolated
 from mlc_keras.exporters import onnx as onnx_exporter
 from mlc_keras.exporters import parity as parity_lib
 from mlc_keras.exporters import saved_model
@@ -224,8 +226,10 @@ def gather_images(request: Request, image_size: int,
   if representative is None and parity_images is None:
     default_cal, default_par = run_dir.default_image_sources(request.folder)
     if default_par:
-      log(f"no --representative/--parity_images: calibrating on "
-          f"{default_cal}, checking parity on {default_par}")
+      calibrating = ("int8" in request.quantizations and default_cal)
+      log("no --representative/--parity_images: "
+          + (f"calibrating int8 on {default_cal}, " if calibrating else "")
+          + f"checking parity on {default_par}")
   cal_source = representative or parity_images or default_cal
   par_source = parity_images or representative or default_par
   calibration = None
@@ -266,20 +270,39 @@ def build_staged(request: Request, model, schema, table, images: Images,
       warmup_images=images.parity[:1], model_name=request.model_name,
       table=table, threshold=request.threshold,
       max_image_pixels=request.max_image_pixels)
-  check = result.saved_model_check = saved_model.check_saved_model(
-      staged["saved_model"])
+  # The plain-TF load check is a subprocess of its own and every conversion
+  # runs in a worker process: all of them run at once.
+  with concurrent.futures.ThreadPoolExecutor(max_workers=1) as checker:
+    check_future = checker.submit(saved_model.check_saved_model,
+                                  staged["saved_model"])
+    _convert(request, staged, images, result, isolate, log)
+    check = result.saved_model_check = check_future.result()
   log(f"SavedModel loads in plain TensorFlow; {sum(check['ops'].values())} "
       f"nodes, {len(check['ops'])} op types, no Python or custom ops")
-  if "tflite" in request.formats:
-    result.tflite = tflite.to_tflite_variants(
-        staged["saved_model"], staged["tflite"], request.model_name,
-        request.quantizations, images.calibration, isolate=isolate, log=log)
-  if "onnx" in request.formats:
-    log(f"converting ONNX -> {staged['onnx']}")
-    result.onnx = onnx_exporter.to_onnx_with_labels(
-        staged["saved_model"], staged["onnx"], request.model_name,
-        isolate=isolate)
   return result
+
+
+def _convert(request: Request, staged: dict, images: Images,
+             result: ExportResult, isolate: bool, log) -> None:
+  calls = {}
+  # ONNX first: the longest conversion, so the workers finish together.
+  if "onnx" in request.formats:
+    calls["onnx"] = onnx_exporter.onnx_call(
+        staged["saved_model"], staged["onnx"], request.model_name)
+  if "tflite" in request.formats:
+    calls.update({f"TFLite {q}": call for q, call in tflite.variant_calls(
+        staged["saved_model"], staged["tflite"], request.model_name,
+        request.quantizations, images.calibration).items()})
+  if not calls:
+    return
+  workers = isolated.workers_for(len(calls)) if isolate else 1
+  where = (f"{workers} worker process{'es' if workers > 1 else ''}"
+           if isolate else "this process")
+  log(f"converting {', '.join(calls)} (in {where})")
+  paths = dict(zip(calls, isolated.run_all(list(calls.values()), isolate,
+                                           workers)))
+  result.onnx = paths.pop("onnx", None)
+  result.tflite = {k.split()[1]: p for k, p in paths.items()}
 
 
 def _candidates(staged: ExportResult) -> list:

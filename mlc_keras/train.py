@@ -225,10 +225,14 @@ def main(argv):
               "re-run the same command.")
     print(f"error: {e}\n{hint}", file=sys.stderr)
     sys.exit(3)
+  from mlc_keras import run_dir  # pylint: disable=g-import-not-at-top
+  # Printed commands must run as printed: name real images when there are any.
+  images = run_dir.example_manifest(_MODEL_DIR.value) or "<images>"
   print(f"\nModel written to {_MODEL_DIR.value}/model.keras (labels.json beside "
         "it). Next:\n"
+        f"  python -m mlc_keras.evaluate --model_dir={_MODEL_DIR.value}\n"
         f"  python -m mlc_keras.export --model_dir={_MODEL_DIR.value}\n"
-        f"  python -m mlc_keras.predict --model={_MODEL_DIR.value} <images>")
+        f"  python -m mlc_keras.predict --model={_MODEL_DIR.value} {images}")
 
 
 def run():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import operator
 import os
 import shutil
 import struct
@@ -500,6 +501,18 @@ class ExportLibTest(tf.test.TestCase):
 
   def test_run_isolated_uses_another_process(self):
     self.assertNotEqual(isolated.run(os.getpid), os.getpid())
+
+  def test_run_all_keeps_call_order_and_raises_the_first_failure(self):
+    # Two workers share three calls: results come back in call order.
+    self.assertEqual(
+        isolated.run_all([(operator.add, (1, 2)), (operator.mul, (3, 4)),
+                          (operator.sub, (9, 5))], workers=2), [3, 12, 4])
+    pids = isolated.run_all([(os.getpid, ()), (os.getpid, ())], workers=2)
+    self.assertNotIn(os.getpid(), pids)
+    with self.assertRaisesRegex(ValueError, "invalid literal"):
+      isolated.run_all([(operator.add, (1, 2)), (int, ("x",))], workers=2)
+    self.assertEqual(isolated.run_all([(operator.add, (1, 2))], isolate=False),
+                     [3])
 
   def test_list_images_folder_and_manifest(self):
     folder = self.parity_dir

@@ -115,16 +115,18 @@ def to_onnx(saved_model_dir: str, output_path: str,
   return output_path
 
 
+def onnx_call(saved_model_dir: str, folder: str, model_name: str,
+              opset: int = ONNX_OPSET) -> tuple:
+  """The to_onnx call into ``folder``/<model_name>.onnx, for
+  isolated.run_all; writes labels.json into ``folder``."""
+  os.makedirs(folder, exist_ok=True)
+  artefacts.copy_labels(saved_model_dir, folder)
+  return (to_onnx, (saved_model_dir, os.path.join(folder, f"{model_name}.onnx"),
+                    opset))
+
+
 def to_onnx_with_labels(saved_model_dir: str, folder: str, model_name: str,
                         opset: int = ONNX_OPSET, isolate: bool = True) -> str:
   """to_onnx into ``folder``/<model_name>.onnx with labels.json beside."""
-  os.makedirs(folder, exist_ok=True)
-  artefacts.copy_labels(saved_model_dir, folder)
-  path = os.path.join(folder, f"{model_name}.onnx")
-  if isolate:
-    isolated.run(to_onnx, saved_model_dir, path, opset)
-  else:
-    to_onnx(saved_model_dir, path, opset)
-  return path
-
-
+  call = onnx_call(saved_model_dir, folder, model_name, opset)
+  return isolated.run_all([call], isolate)[0]

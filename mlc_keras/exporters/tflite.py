@@ -81,13 +81,13 @@ def tflite_path(folder: str, model_name: str, quantization: str) -> str:
   return os.path.join(folder, f"{model_name}_{quantization}.tflite")
 
 
-def to_tflite_variants(saved_model_dir: str, folder: str, model_name: str,
-                       quantizations: Sequence[str] = QUANTIZATIONS,
-                       calibration_images: Optional[np.ndarray] = None,
-                       isolate: bool = True,
-                       log: Callable[[str], None] = print) -> dict[str, str]:
-  """Converts every requested variant into ``folder`` (labels.json beside).
-  Returns {quantization: path}."""
+def variant_calls(saved_model_dir: str, folder: str, model_name: str,
+                  quantizations: Sequence[str] = QUANTIZATIONS,
+                  calibration_images: Optional[np.ndarray] = None
+                  ) -> dict[str, tuple]:
+  """The to_tflite call of every requested variant, for isolated.run_all:
+  {quantization: (to_tflite, args)}. Checks the request and writes
+  labels.json into ``folder``."""
   quantizations = artefacts.parse_choices(quantizations, QUANTIZATIONS, "quantization")
   if "int8" in quantizations and (calibration_images is None
                                   or not len(calibration_images)):
@@ -96,14 +96,19 @@ def to_tflite_variants(saved_model_dir: str, folder: str, model_name: str,
         "or image folder>, or leave int8 out of --quantization")
   os.makedirs(folder, exist_ok=True)
   artefacts.copy_labels(saved_model_dir, folder)
-  paths = {}
-  for q in quantizations:
-    path = tflite_path(folder, model_name, q)
-    log(f"converting TFLite {q} -> {path}")
-    cal = calibration_images if q == "int8" else None
-    if isolate:
-      isolated.run(to_tflite, saved_model_dir, path, q, cal)
-    else:
-      to_tflite(saved_model_dir, path, q, cal)
-    paths[q] = path
-  return paths
+  return {q: (to_tflite, (saved_model_dir, tflite_path(folder, model_name, q), q,
+                          calibration_images if q == "int8" else None))
+          for q in quantizations}
+
+
+def to_tflite_variants(saved_model_dir: str, folder: str, model_name: str,
+                       quantizations: Sequence[str] = QUANTIZATIONS,
+                       calibration_images: Optional[np.ndarray] = None,
+                       isolate: bool = True,
+                       log: Callable[[str], None] = print) -> dict[str, str]:
+  """Converts every requested variant into ``folder`` (labels.json beside),
+  in parallel worker processes with ``isolate``. Returns {quantization: path}."""
+  calls = variant_calls(saved_model_dir, folder, model_name, quantizations,
+                        calibration_images)
+  log(f"converting TFLite {', '.join(calls)} -> {folder}")
+  return dict(zip(calls, isolated.run_all(list(calls.values()), isolate)))
