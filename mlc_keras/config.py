@@ -45,6 +45,13 @@ class DataConfig:
   augment: tuple[str, ...] = ("flip", "crop")
   deterministic: bool = False
   validate_images: bool = True
+  # How deep that check goes: "header" (format by content, size from the
+  # header, pixel cap, end marker; ~0.1 ms per file) or "decode" (every file
+  # decoded once). Results are cached in <model_dir>/image_check.csv.
+  image_check: str = "header"
+  # Validation pixels are cached in memory up to this size; above it they
+  # are decoded again every epoch (streamed), so memory stays flat.
+  val_cache_max_mb: int = 1024
   # Image paths must resolve inside this folder (None: anywhere).
   image_root: Optional[str] = None
   # Header-checked before decoding; Pillow's default MAX_IMAGE_PIXELS.

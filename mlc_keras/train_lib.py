@@ -14,9 +14,22 @@ Artefacts written to model_dir:
 
 from __future__ import annotations
 
+import logging
+
+import tensorflow as tf
+
 from mlc_keras import config as config_lib
+from mlc_keras.data import manifest
 from mlc_keras.training import distributed
 from mlc_keras.training import fit
+from mlc_keras.training import setup
+
+log = logging.getLogger("mlc_keras")
+
+# Under --quarantine, images that fail mid-training are set aside one by one
+# (each costs a restart from the last backup); past this many the data needs
+# a full check first.
+MAX_SET_ASIDE = 20
 
 
 def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
@@ -28,7 +41,37 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
   last backup. Returns the results dict also written to results.json.
   ``verbose``: Keras fit's progress output (2: one line per epoch). Raises
   training.setup.NonFiniteLossError when the loss turns NaN or Inf.
+
+  An image that fails to read or decode during training (deleted, changed
+  or corrupt since the check) raises manifest.DataError naming its
+  manifest line; under cfg.data.quarantine it is set aside instead (listed
+  in quarantine.csv by the next check) and training resumes from its
+  last backup.
   """
+  for attempt in range(MAX_SET_ASIDE + 1):
+    try:
+      return _train(cfg, model_dir, verbose)
+    except tf.errors.OpError as e:
+      problem = setup.failed_image(cfg, model_dir, e)
+      if problem is None:
+        raise
+      where = f"{problem.origin}:{problem.line}: {problem.path}: {problem.reason}"
+      if not cfg.data.quarantine:
+        raise manifest.DataError(
+            f"training stopped at an image that failed after the check:\n"
+            f"  {where}\nFix or remove the row and re-run the same command "
+            "to resume (or add --quarantine to set such rows aside)") from None
+      if attempt == MAX_SET_ASIDE:
+        raise manifest.DataError(
+            f"{MAX_SET_ASIDE + 1} images failed during training, the last:\n"
+            f"  {where}\nRun with --image_check=decode to find them all "
+            "before training") from None
+      log.warning("%s: set aside (--quarantine); resuming from the last "
+                  "backup", where)
+  raise AssertionError("unreachable")
+
+
+def _train(cfg: config_lib.Config, model_dir: str, verbose: int) -> dict:
   if cfg.train.strategy in ("mirrored", "multi_worker"):
     # fit fails under MultiWorkerMirroredStrategy (keras#20585) and averages
     # per-replica masked means: these run a custom step.

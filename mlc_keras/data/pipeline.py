@@ -78,8 +78,10 @@ def _options(deterministic: bool) -> tf.data.Options:
 
 def _epoch_fn(base: tf.data.Dataset, source: sources.Source, *, decoded: bool,
               buffer: int, image_size: int, batch_size: int, seed: int,
-              steps_per_epoch: Optional[int], augmentations: Sequence[str]):
-  """epoch -> that epoch's batches, keyed by (seed, epoch) alone."""
+              steps_per_epoch: Optional[int], augmentations: Sequence[str],
+              unread: bool = False):
+  """epoch -> that epoch's batches, keyed by (seed, epoch) alone.
+  ``unread``: ``base`` holds file paths, read after the shuffle."""
 
   def one_epoch(epoch):
     # tf.data pairs an op seed with the graph's global seed, and with a
@@ -88,6 +90,9 @@ def _epoch_fn(base: tf.data.Dataset, source: sources.Source, *, decoded: bool,
     tf.compat.v1.get_default_graph().seed = _GRAPH_SEED
     epoch_seed = tf.cast(seed, tf.int64) * 1_000_003 + epoch
     ds = base.shuffle(buffer, seed=epoch_seed, reshuffle_each_iteration=False)
+    if unread:
+      ds = ds.map(lambda p, y: (tf.io.read_file(p), y),
+                  num_parallel_calls=AUTOTUNE)
     if not decoded:
       ds = ds.map(lambda x, y: (_to_pixels(x, image_size, source.encoded), y),
                   num_parallel_calls=AUTOTUNE)
@@ -128,8 +133,11 @@ def train_dataset(source: sources.Source, schema: heads_lib.LabelSchema, *,
   """
   if source.size is not None:
     steps_for(source.size, batch_size, source.name)
-  base = source.make()
   decoded = cache is not False
+  # Shuffle paths, not bytes: a shuffle buffer of every file's bytes would
+  # read the whole set before the first step and hold it in memory.
+  unread = not decoded and source.make_paths is not None
+  base = source.make_paths() if unread else source.make()
   if decoded:
     base = base.map(lambda x, y: (_to_pixels(x, image_size, source.encoded), y),
                     num_parallel_calls=AUTOTUNE)
@@ -141,11 +149,19 @@ def train_dataset(source: sources.Source, schema: heads_lib.LabelSchema, *,
   one_epoch = _epoch_fn(
       base, source, decoded=decoded, buffer=buffer, image_size=image_size,
       batch_size=batch_size, seed=seed, steps_per_epoch=steps_per_epoch,
-      augmentations=augmentations)
+      augmentations=augmentations, unread=unread)
   ds = tf.data.Dataset.range(start_epoch, end_epoch).flat_map(one_epoch)
   ds = ds.map(lambda x, y: (x, *_targets(y, schema, class_weights)),
               num_parallel_calls=AUTOTUNE)
   return ds.prefetch(AUTOTUNE).with_options(_options(deterministic))
+
+
+def cache_fits(size: Optional[int], image_size: int, max_mb: int) -> bool:
+  """Whether ``size`` decoded images of ``image_size`` fit in ``max_mb`` MB
+  (unknown sizes do not)."""
+  if size is None:
+    return False
+  return size * image_size * image_size * 3 <= max_mb * 2 ** 20
 
 
 def eval_dataset(source: sources.Source, schema: heads_lib.LabelSchema, *,
