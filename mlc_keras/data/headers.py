@@ -29,7 +29,12 @@ NOT_AN_IMAGE = ("not a JPEG, PNG, GIF, BMP or WebP image (or its header is "
 
 
 class HeaderError(ValueError):
-  """The file is not an image TF decodes, or its header is unreadable."""
+  """The file is not an image TF decodes, or its header is unreadable.
+  ``header``: what the header said, when only the tail check failed."""
+
+  def __init__(self, reason: str, header: Optional["Header"] = None):
+    super().__init__(reason)
+    self.header = header
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +87,10 @@ def read_header(f: BinaryIO, size: int, tail: bool = False) -> Header:
   else:
     header = {"png": _png, "bmp": _bmp, "webp": _webp}[kind](head)
   if tail:
-    _check_tail(f, kind, size, head)
+    try:
+      _check_tail(f, kind, size, head)
+    except HeaderError as e:
+      raise HeaderError(str(e), header) from None
   return header
 
 

@@ -59,7 +59,9 @@ def _header_entry(path: str, size: int, mtime_ns: int, tail: bool) -> Entry:
     with open(path, "rb") as f:
       h = headers.read_header(f, size, tail=tail)
   except headers.HeaderError as e:
-    return Entry(size, mtime_ns, "header", reason=str(e))
+    h = e.header or headers.Header("", -1, -1, -1)
+    return Entry(size, mtime_ns, "header", h.width, h.height, h.frames,
+                 reason=str(e))
   except OSError as e:
     return Entry(size, mtime_ns, "header", reason=f"cannot read: {e.strerror}")
   return Entry(size, mtime_ns, "header", h.width, h.height, h.frames)
@@ -219,7 +221,8 @@ def _problems(records: manifest.Records, known: dict,
               max_pixels: Optional[int]) -> Iterable[manifest.Problem]:
   for line, p in zip(records.lines, records.paths):
     e = known[p]
-    reason = e if isinstance(e, str) else e.reason or _over_cap(e, max_pixels)
+    # The cap first: a bomb's header is all there is of it.
+    reason = e if isinstance(e, str) else _over_cap(e, max_pixels) or e.reason
     if reason:
       yield manifest.Problem(records.origin, line, p, reason)
 
