@@ -720,9 +720,11 @@ class ComposedExportTest(tf.test.TestCase):
     # No --class_table: calibrated.keras's own "class" output (from evaluate
     # --calibrate --class_table) is kept and its table written beside it.
     from mlc_keras import compose
+    # This folder names no images (no config.json): noise, asked for.
     result = export_lib.export(
         self.model_dir, output=os.path.join(self.root, "carried"),
-        formats="saved_model", isolate=False, log=lambda _: None)
+        formats="saved_model", isolate=False, log=lambda _: None,
+        parity_images=export_lib.RANDOM_PARITY)
     table = compose.load(os.path.join(result.saved_model, "assets",
                                       "classes.csv"), SCHEMA)
     self.assertEqual(table.classes, ("reddish", "other"))
