@@ -55,7 +55,7 @@ RESUMABLE_CHANGES = frozenset({
 # folder training ran in.
 _PATH_FIELDS = ("data.manifest", "data.val_manifest", "data.tfrecord",
                 "data.val_tfrecord", "data.heads_file", "data.image_root",
-                "data.demo_dir", "data.tfds_data_dir")
+                "data.demo_dir", "data.tfds_data_dir", "model.weights")
 
 log = logging.getLogger("mlc_keras")
 
@@ -87,7 +87,8 @@ def _flat(config: Mapping) -> dict:
       key = f"{section}.{field}"
       if isinstance(value, list):
         value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
-      if key in _PATH_FIELDS and isinstance(value, str) and value:
+      if key in _PATH_FIELDS and isinstance(value, str) and value not in (
+          "", "imagenet"):
         value = os.path.abspath(value)
       out[key] = value
   return out

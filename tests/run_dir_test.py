@@ -203,6 +203,10 @@ class ClaimTest(tf.test.TestCase):
     new = _config()
     new["data"]["manifest"] = os.path.abspath("data/train.csv")
     self.assertEqual(run_dir.config_differences(old, new), [])
+    old["model"]["weights"], new["model"]["weights"] = (
+        "w.h5", os.path.abspath("w.h5"))
+    self.assertEqual(run_dir.config_differences(old, new), [])
+    old["model"]["weights"] = new["model"]["weights"] = "imagenet"
     new["data"]["manifest"] = "/elsewhere/train.csv"
     self.assertEqual(run_dir.config_differences(old, new), [(
         "--manifest", os.path.abspath("data/train.csv"),
