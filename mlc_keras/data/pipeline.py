@@ -165,6 +165,15 @@ def _check_train_args(augmentations, crop_scale, crop_ratio, cache,
     raise ValueError(config_lib.RESIZED_CROP_WITH_CACHE)
 
 
+def _base(source: sources.Source, decoded: bool
+          ) -> tuple[bool, tf.data.Dataset]:
+  """(unread, the elements to shuffle). Paths, not bytes, when they are to
+  be decoded after the shuffle: a shuffle buffer of every file's bytes
+  would read the whole set before the first step and hold it in memory."""
+  unread = not decoded and source.make_paths is not None
+  return unread, source.make_paths() if unread else source.make()
+
+
 def train_dataset(source: sources.Source, schema: heads_lib.LabelSchema, *,
                   image_size: int, batch_size: int, seed: int,
                   start_epoch: int = 0, end_epoch: int = 1_000_000,
@@ -201,10 +210,7 @@ def train_dataset(source: sources.Source, schema: heads_lib.LabelSchema, *,
   if source.size is not None:
     steps_for(source.size, batch_size, source.name)
   decoded = cache is not False
-  # Shuffle paths, not bytes: a shuffle buffer of every file's bytes would
-  # read the whole set before the first step and hold it in memory.
-  unread = not decoded and source.make_paths is not None
-  base = source.make_paths() if unread else source.make()
+  unread, base = _base(source, decoded)
   if decoded:
     base = base.map(lambda x, y: (_to_pixels(x, image_size, source.encoded), y),
                     num_parallel_calls=AUTOTUNE)
