@@ -165,6 +165,8 @@ def _train_phase(model: keras.Model, phase: Phase, run: setup.Run,
       batch_size=tc.batch_size, seed=tc.seed, start_epoch=start_epoch,
       end_epoch=phase.end_epoch, steps_per_epoch=steps,
       augmentations=dc.augment, cache=dc.cache,
+      crop_scale=dc.crop_scale, crop_ratio=dc.crop_ratio,
+      data_service=dc.data_service,
       shuffle_buffer=dc.shuffle_buffer, deterministic=dc.deterministic,
       class_weights=run.class_weights)
   with strategy.scope():
