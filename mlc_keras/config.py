@@ -15,7 +15,7 @@ from typing import Optional
 # tests/preflight_test.py keeps the lists equal).
 BACKBONES = ("ResNet50V2", "ResNet101V2", "ResNet152V2", "MobileNetV2",
              "ConvNeXtTiny")
-AUGMENTATIONS = ("flip", "crop", "colour")
+AUGMENTATIONS = ("flip", "crop", "resized_crop", "colour")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 OPTIMIZERS = ("adamw", "sgd")

@@ -27,8 +27,9 @@ _t = config_lib.TrainConfig()
 
 _MODEL_DIR = flags.DEFINE_string(
     "model_dir", "mlc_runs/demo",
-    "Where the model, labels.json, results and backups go. Re-running with the "
-    "same model_dir resumes an interrupted run.")
+    "Where the model, labels.json, results and backups go; one run at a time "
+    "(run.lock). Re-running with the same model_dir resumes an interrupted "
+    "run and leaves a finished one alone (see --overwrite).")
 _PRESET = flags.DEFINE_enum(
     "preset", None, ["default", "demo", "tiny"],
     "Starting config that the other flags override. Default: 'demo' when no "
