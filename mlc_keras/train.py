@@ -27,8 +27,9 @@ _t = config_lib.TrainConfig()
 
 _MODEL_DIR = flags.DEFINE_string(
     "model_dir", "mlc_runs/demo",
-    "Where the model, labels.json, results and backups go. Re-running with the "
-    "same model_dir resumes an interrupted run.")
+    "Where the model, labels.json, results and backups go; one run at a time "
+    "(run.lock). Re-running with the same model_dir resumes an interrupted "
+    "run and leaves a finished one alone (see --overwrite).")
 _PRESET = flags.DEFINE_enum(
     "preset", None, ["default", "demo", "tiny"],
     "Starting config that the other flags override. Default: 'demo' when no "
@@ -66,13 +67,37 @@ _VAL_FRACTION = flags.DEFINE_float(
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "Square input side.")
 _CACHE = flags.DEFINE_bool("cache", None, "Cache decoded images in memory.")
 _AUGMENT = flags.DEFINE_list(
-    "augment", None, "Training augmentations: flip, crop, colour ('' for none). "
+    "augment", None, "Training augmentations: flip, crop (pad and crop, for "
+    "small images), resized_crop (random resized crop cut while decoding, for "
+    "photos; needs --nocache), colour ('' for none). "
     "Turn off any that change a label (e.g. flip for text, colour for a colour "
     "head).")
+# Feeding (issue 14).
+_CROP_SCALE = flags.DEFINE_list(
+    "crop_scale", None,
+    "--augment=resized_crop: low,high share of the image area the random "
+    "window covers (default 0.08,1, as Inception/ResNet).")
+_CROP_RATIO = flags.DEFINE_list(
+    "crop_ratio", None,
+    "--augment=resized_crop: low,high aspect (width / height) of the window "
+    "(default 0.75,1.333..., i.e. 3/4,4/3).")
+_DATA_SERVICE = flags.DEFINE_string(
+    "data_service", None, "grpc://host:port of a tf.data service dispatcher: "
+    "its workers decode and augment the training input (README: 'Several "
+    "GPUs, several machines').")
 _DETERMINISTIC = flags.DEFINE_bool(
     "deterministic", False, "Deterministic data order and ops (slower).")
 _VALIDATE = flags.DEFINE_bool(
-    "validate_images", True, "Decode every image once before training.")
+    "validate_images", True, "Check every manifest image once before "
+    "training (see --image_check); cached in <model_dir>/image_check.csv.")
+_IMAGE_CHECK = flags.DEFINE_enum(
+    "image_check", _d.image_check, ["header", "decode"],
+    "header: format by content, size from the header, pixel cap, end marker "
+    "(~0.1 ms per file, in parallel); decode: also decode every file once.")
+_VAL_CACHE_MAX_MB = flags.DEFINE_integer(
+    "val_cache_max_mb", _d.val_cache_max_mb, "Validation pixels up to this "
+    "size are cached in memory; a larger validation set is decoded again "
+    "each epoch, so memory does not grow with it.", lower_bound=0)
 _IMAGE_ROOT = flags.DEFINE_string(
     "image_root", None, "If set, manifest image paths must resolve inside "
     "this folder (a row pointing elsewhere, e.g. ../../etc/passwd, is an "
@@ -139,6 +164,11 @@ _FINETUNE_LR_SCALE = flags.DEFINE_float(
     "after --freeze_epochs.", lower_bound=0)
 _BACKUP_STEPS = flags.DEFINE_integer(
     "backup_every_steps", None, "Back up every N steps (default: each epoch).")
+# Owning the model_dir.
+_OVERWRITE = flags.DEFINE_bool(
+    "overwrite", False, "Start over in a --model_dir that holds a finished "
+    "or interrupted run, deleting its model, backups and logs first (exports "
+    "are kept). Without it a finished run is not retrained.")
 
 
 def _per_head(flag: str, items: list[str], bare: bool = False):
@@ -146,6 +176,22 @@ def _per_head(flag: str, items: list[str], bare: bool = False):
     return config_lib.per_head_values(flag, items, bare)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
+
+
+def _feed(data: config_lib.DataConfig) -> config_lib.DataConfig:
+  """The feeding flags on top of ``data``, checked."""
+  try:
+    if _CROP_SCALE.value is not None:
+      data = dataclasses.replace(data, crop_scale=config_lib.crop_range(
+          "crop_scale", _CROP_SCALE.value, 1.0))
+    if _CROP_RATIO.value is not None:
+      data = dataclasses.replace(data, crop_ratio=config_lib.crop_range(
+          "crop_ratio", _CROP_RATIO.value, None))
+    data = dataclasses.replace(data, data_service=_DATA_SERVICE.value or None)
+    config_lib.check_feed(data)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  return data
 
 
 def config_from_flags() -> config_lib.Config:
@@ -174,8 +220,10 @@ def config_from_flags() -> config_lib.Config:
       image_size=pick(_IMAGE_SIZE.value, cfg.data.image_size),
       cache=pick(_CACHE.value, cfg.data.cache), augment=augment,
       deterministic=_DETERMINISTIC.value, validate_images=_VALIDATE.value,
+      image_check=_IMAGE_CHECK.value, val_cache_max_mb=_VAL_CACHE_MAX_MB.value,
       image_root=_IMAGE_ROOT.value, max_image_pixels=_MAX_PIXELS.value,
       quarantine=_QUARANTINE.value, demo_dir=_DEMO_DIR.value)
+  data = _feed(data)
   model = dataclasses.replace(
       cfg.model, backbone=_BACKBONE.value, weights=weights,
       dropout=_DROPOUT.value, bn_momentum=_BN_MOMENTUM.value)
@@ -201,19 +249,49 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.getLogger("mlc_keras").setLevel(logging.INFO)
   cfg = config_from_flags()
-  # Imported here so --help answers without loading TensorFlow.
-  from mlc_keras import heads  # pylint: disable=g-import-not-at-top
+  # None of these loads TensorFlow: a bad flag, a locked or finished
+  # model_dir is answered in milliseconds (--help too).
+  from mlc_keras import preflight  # pylint: disable=g-import-not-at-top
+  from mlc_keras import run_dir  # pylint: disable=g-import-not-at-top
+  from mlc_keras import run_lock  # pylint: disable=g-import-not-at-top
   from mlc_keras import train_lib  # pylint: disable=g-import-not-at-top
-  from mlc_keras.data import manifest  # pylint: disable=g-import-not-at-top
-  from mlc_keras.training import setup  # pylint: disable=g-import-not-at-top
   # MLC_QUIET=1 (tests, logs): one line per epoch instead of a progress bar.
   verbose = 2 if os.environ.get("MLC_QUIET") == "1" else 1
   try:
-    train_lib.train_and_evaluate(cfg, _MODEL_DIR.value, verbose=verbose)
-  except (manifest.DataError, heads.SchemaError) as e:
+    train_lib.train_and_evaluate(
+        cfg, _MODEL_DIR.value, verbose=verbose, overwrite=_OVERWRITE.value,
+        tf_config=os.environ.get("TF_CONFIG"),
+        keras_home=os.environ.get("KERAS_HOME"))
+  except run_dir.RunFinished as e:
+    # The same command again is not an error; other flags are.
+    print(("" if e.same_flags else "error: ") + str(e), file=sys.stderr)
+    sys.exit(0 if e.same_flags else 2)
+  except (preflight.FlagError, run_lock.LockedError, run_dir.RunDirError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  except setup.NonFiniteLossError as e:
+  except Exception as e:  # pylint: disable=broad-except
+    _exit_on_known(e)
+    raise
+  # Printed commands must run as printed: name real images when there are any.
+  images = run_dir.example_manifest(_MODEL_DIR.value) or "<images>"
+  print(f"\nModel written to {_MODEL_DIR.value}/model.keras (labels.json beside "
+        "it). Next:\n"
+        f"  python -m mlc_keras.evaluate --model_dir={_MODEL_DIR.value}\n"
+        f"  python -m mlc_keras.export --model_dir={_MODEL_DIR.value}\n"
+        f"  python -m mlc_keras.predict --model={_MODEL_DIR.value} {images}")
+
+
+def _exit_on_known(e: Exception) -> None:
+  """Exits with code 2 (bad data) or 3 (NaN loss) and a message for the
+  errors that are not bugs; returns for any other."""
+  # Loaded by training already when these can be raised.
+  from mlc_keras import heads  # pylint: disable=g-import-not-at-top
+  from mlc_keras.data import manifest  # pylint: disable=g-import-not-at-top
+  from mlc_keras.training import setup  # pylint: disable=g-import-not-at-top
+  if isinstance(e, (manifest.DataError, heads.SchemaError)):
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  if isinstance(e, setup.NonFiniteLossError):
     # The fine-tuning phase has its own folder (training.fit.phases).
     kept = [d for d in ("backup", "backup_finetune")
             if os.path.isdir(os.path.join(_MODEL_DIR.value, d))]
@@ -225,14 +303,6 @@ def main(argv):
               "re-run the same command.")
     print(f"error: {e}\n{hint}", file=sys.stderr)
     sys.exit(3)
-  from mlc_keras import run_dir  # pylint: disable=g-import-not-at-top
-  # Printed commands must run as printed: name real images when there are any.
-  images = run_dir.example_manifest(_MODEL_DIR.value) or "<images>"
-  print(f"\nModel written to {_MODEL_DIR.value}/model.keras (labels.json beside "
-        "it). Next:\n"
-        f"  python -m mlc_keras.evaluate --model_dir={_MODEL_DIR.value}\n"
-        f"  python -m mlc_keras.export --model_dir={_MODEL_DIR.value}\n"
-        f"  python -m mlc_keras.predict --model={_MODEL_DIR.value} {images}")
 
 
 def run():

@@ -5,30 +5,105 @@ Artefacts written to model_dir:
   best.keras         the best epoch by validation loss (training loss without
                      validation data)
   labels.json        the schema: head names and class order
-  config.json        the config of the run
+  config.json        the config of the run (absolute paths)
   results.json       per-head labelled count and accuracy on validation data
   history.csv        per-epoch losses and metrics
   tensorboard/       TensorBoard logs
   backup/            BackupAndRestore state while a run is unfinished
+  run.lock           held while the run trains (run_lock.py)
+
+Before any data is read or TensorFlow is loaded, the config is checked
+(preflight.py), the folder is locked and claimed (run_dir.claim): a finished
+run is not retrained and a resume with flags that change what its backup
+means is refused.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from typing import Optional
+
 from mlc_keras import config as config_lib
-from mlc_keras.training import distributed
-from mlc_keras.training import fit
+from mlc_keras import preflight
+from mlc_keras import run_dir
+from mlc_keras import run_lock
+
+log = logging.getLogger("mlc_keras")
+
+# Under --quarantine, images that fail mid-training are set aside one by one
+# (each costs a restart from the last backup); past this many the data needs
+# a full check first.
+MAX_SET_ASIDE = 20
 
 
 def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
-                       verbose: int = 1) -> dict:
+                       verbose: int = 1, overwrite: bool = False,
+                       tf_config: Optional[str] = None,
+                       keras_home: Optional[str] = None) -> dict:
   """Trains the multi-head model described by ``cfg`` and writes its
   artefacts to ``model_dir`` (see the module docstring).
 
   Re-running with the same model_dir resumes an interrupted run from its
-  last backup. Returns the results dict also written to results.json.
-  ``verbose``: Keras fit's progress output (2: one line per epoch). Raises
+  last backup; ``overwrite`` starts it over instead, deleting the previous
+  run's files. Returns the results dict also written to results.json.
+  ``verbose``: Keras fit's progress output (2: one line per epoch).
+  ``tf_config``, ``keras_home``: the TF_CONFIG and KERAS_HOME values (for
+  --strategy=multi_worker and --weights=imagenet).
+
+  Raises preflight.FlagError (a bad config value, named),
+  run_lock.LockedError (another run owns model_dir), run_dir.RunFinished,
+  run_dir.RunDirError (a resume with other settings), and
   training.setup.NonFiniteLossError when the loss turns NaN or Inf.
+
+  An image that fails to read or decode during training (deleted, changed
+  or corrupt since the check) raises manifest.DataError naming its
+  manifest line; under cfg.data.quarantine it is set aside instead (listed
+  in quarantine.csv by the next check) and training resumes from its
+  last backup.
   """
+  cfg = preflight.absolute_paths(cfg)
+  plan = preflight.check(cfg, tf_config=tf_config, keras_home=keras_home)
+  # Only the chief writes model_dir, so only it holds the lock (run_lock.py).
+  owner = run_lock.RunLock(model_dir) if plan.chief else contextlib.nullcontext()
+  with owner:
+    run_dir.claim(model_dir, cfg.to_dict(), overwrite, chief=plan.chief)
+    return _train_setting_aside(cfg, model_dir, verbose)
+
+
+def _train_setting_aside(cfg: config_lib.Config, model_dir: str,
+                         verbose: int) -> dict:
+  """Trains; an image failing mid-run is named, or set aside and resumed."""
+  # Loaded only now: the checks before answer in milliseconds.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from mlc_keras.data import manifest  # pylint: disable=g-import-not-at-top
+  from mlc_keras.training import setup  # pylint: disable=g-import-not-at-top
+  for attempt in range(MAX_SET_ASIDE + 1):
+    try:
+      return _train(cfg, model_dir, verbose)
+    except tf.errors.OpError as e:
+      problem = setup.failed_image(cfg, model_dir, e)
+      if problem is None:
+        raise
+      where = f"{problem.origin}:{problem.line}: {problem.path}: {problem.reason}"
+      if not cfg.data.quarantine:
+        raise manifest.DataError(
+            f"training stopped at an image that failed after the check:\n"
+            f"  {where}\nFix or remove the row and re-run the same command "
+            "to resume (or add --quarantine to set such rows aside)") from None
+      if attempt == MAX_SET_ASIDE:
+        raise manifest.DataError(
+            f"{MAX_SET_ASIDE + 1} images failed during training, the last:\n"
+            f"  {where}\nRun with --image_check=decode to find them all "
+            "before training") from None
+      log.warning("%s: set aside (--quarantine); resuming from the last "
+                  "backup", where)
+  raise AssertionError("unreachable")
+
+
+def _train(cfg: config_lib.Config, model_dir: str, verbose: int) -> dict:
+  from mlc_keras.training import distributed  # pylint: disable=g-import-not-at-top
+  from mlc_keras.training import fit  # pylint: disable=g-import-not-at-top
   if cfg.train.strategy in ("mirrored", "multi_worker"):
     # fit fails under MultiWorkerMirroredStrategy (keras#20585) and averages
     # per-replica masked means: these run a custom step.
