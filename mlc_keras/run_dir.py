@@ -272,22 +272,14 @@ def demo_dir(data: Mapping) -> Optional[str]:
 
 def example_manifest(model_dir: str) -> Optional[str]:
   """A manifest of images this run did not train on, for the predict command
-  train prints: the demo set's heldout.csv for a demo run, else the
-  manifest the run was evaluated on, else its validation manifest; None when
-  none exists on this machine (train then prints a placeholder)."""
+  train prints: the demo set's heldout.csv for a demo run, else the first
+  held-out manifest the run recorded (see default_image_sources) that exists
+  here; None when there is none (train then prints a placeholder)."""
   data = run_data(model_dir) or {}
-  candidates = []
   demo = demo_dir(data) if data else None
-  if demo:
-    candidates.append(os.path.join(demo, "heldout.csv"))
-  results = os.path.join(model_dir, RESULTS_FILE)
-  if os.path.isfile(results):
-    with open(results, encoding="utf-8") as f:
-      evaluated = json.load(f).get("evaluated_on")
-    if isinstance(evaluated, str) and evaluated.endswith(".csv"):
-      candidates.append(evaluated)
-  candidates.append(data.get("val_manifest"))
-  return next((c for c in candidates if c and os.path.isfile(c)), None)
+  candidates = [os.path.join(demo, "heldout.csv")] if demo else []
+  candidates += _recorded_sources(model_dir)[1]
+  return next((c for c in candidates if os.path.isfile(c)), None)
 
 
 def _recorded_sources(model_dir: str) -> tuple[list[str], list[str]]:
