@@ -30,6 +30,28 @@ class RunConfigTest(tf.test.TestCase):
     os.remove(train)  # each falls back to the other
     self.assertEqual(run_dir.default_image_sources(run), (val, val))
 
+  def test_example_manifest_names_images_train_did_not_use(self):
+    # train prints `predict ... <this>`: it must exist, and not be train.csv.
+    run = os.path.join(self.get_temp_dir(), "ex_run")
+    demo_dir = os.path.join(self.get_temp_dir(), "ex_demo")
+    os.makedirs(run)
+    os.makedirs(demo_dir)
+    self.assertIsNone(run_dir.example_manifest(run))
+    paths = {n: os.path.join(demo_dir, n + ".csv")
+             for n in ("train", "val", "heldout")}
+    for path in paths.values():
+      open(path, "w").close()
+    with open(os.path.join(run, "config.json"), "w") as f:
+      json.dump({"data": {"demo_dir": demo_dir, "manifest": None}}, f)
+    self.assertEqual(run_dir.example_manifest(run), paths["heldout"])
+    os.remove(paths["heldout"])
+    self.assertEqual(run_dir.example_manifest(run), paths["val"])
+    # A user's run: its validation manifest, never the training one.
+    with open(os.path.join(run, "config.json"), "w") as f:
+      json.dump({"data": {"manifest": paths["train"],
+                          "val_manifest": None}}, f)
+    self.assertIsNone(run_dir.example_manifest(run))
+
   def test_demo_dir_is_the_one_demo_rule(self):
     # evaluate's default manifest and export's default images both ask it.
     self.assertEqual(run_dir.demo_dir({"demo_dir": "d", "manifest": None}), "d")
