@@ -8,16 +8,10 @@ import keras
 import numpy as np
 
 from mlc_keras import heads as heads_lib
+from mlc_keras import scoring
 
 
-def reported_top_k(num_classes: int, top_k: int) -> Optional[int]:
-  """The k whose top-k accuracy a head of ``num_classes`` reports, or None.
-
-  The k asked for, and only where it is informative (fewer than all the
-  classes): results.json, evaluation.json and the Keras metrics all follow
-  this, so a "top5" key means top-5 wherever it appears.
-  """
-  return top_k if num_classes > top_k else None
+reported_top_k = scoring.reported_top_k
 
 
 def top_k_accuracy(probs: np.ndarray, labels: np.ndarray, k: int) -> float:
