@@ -281,6 +281,19 @@ def field_scores(collected: Mapping[str, tuple], heads: Sequence,
   return per_head, across
 
 
+def format_across(across: dict) -> str:
+  """One line of the across-head numbers, for the end-of-training table."""
+  def num(entry, key):
+    v = entry.get(key)
+    return "not defined" if v is None else f"{v:.3f}"
+  inst = across["instance"]
+  return (f"mean mA {num(across, 'mean_balanced_accuracy')} over "
+          f"{len(across['heads_in_mean'])} head(s); instance accuracy "
+          f"{num(inst, 'accuracy')}, precision {num(inst, 'precision')}, "
+          f"recall {num(inst, 'recall')}, F1 {num(inst, 'f1')}; every "
+          f"labelled head right {num(across, 'all_heads_right')}")
+
+
 # --- composed classes: seen / unseen ----------------------------------------------
 
 

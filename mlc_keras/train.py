@@ -137,6 +137,17 @@ _UNFREEZE_LAYERS = flags.DEFINE_integer(
 _FINETUNE_LR_SCALE = flags.DEFINE_float(
     "finetune_lr_scale", _t.finetune_lr_scale, "Learning rate multiplier "
     "after --freeze_epochs.", lower_bound=0)
+# Model selection (issue 12).
+_MONITOR = flags.DEFINE_string(
+    "monitor", None, "Which epoch best.keras holds (and --early_stopping_"
+    "patience watches): a quantity of the epoch logs, e.g. val_loss, "
+    "val_shape_balanced_acc. Default: val_mean_balanced_accuracy, the mean "
+    "over heads of the balanced accuracy on validation data "
+    "(mean_balanced_accuracy on training data when there is none).")
+_PATIENCE = flags.DEFINE_integer(
+    "early_stopping_patience", _t.early_stopping_patience, "Stop training "
+    "when --monitor has not improved for this many epochs (0: never; counted "
+    "across the fine-tuning phases and a resumed run).", lower_bound=0)
 _BACKUP_STEPS = flags.DEFINE_integer(
     "backup_every_steps", None, "Back up every N steps (default: each epoch).")
 
@@ -192,7 +203,9 @@ def config_from_flags() -> config_lib.Config:
       top_k=_TOP_K.value, freeze_epochs=_FREEZE_EPOCHS.value,
       unfreeze_layers=_UNFREEZE_LAYERS.value,
       finetune_lr_scale=_FINETUNE_LR_SCALE.value,
-      backup_every_steps=_BACKUP_STEPS.value)
+      backup_every_steps=_BACKUP_STEPS.value,
+      monitor=_MONITOR.value or None,
+      early_stopping_patience=_PATIENCE.value)
   return config_lib.Config(data=data, model=model, train=train)
 
 
@@ -205,12 +218,13 @@ def main(argv):
   from mlc_keras import heads  # pylint: disable=g-import-not-at-top
   from mlc_keras import train_lib  # pylint: disable=g-import-not-at-top
   from mlc_keras.data import manifest  # pylint: disable=g-import-not-at-top
+  from mlc_keras.training import selection  # pylint: disable=g-import-not-at-top
   from mlc_keras.training import setup  # pylint: disable=g-import-not-at-top
   # MLC_QUIET=1 (tests, logs): one line per epoch instead of a progress bar.
   verbose = 2 if os.environ.get("MLC_QUIET") == "1" else 1
   try:
     train_lib.train_and_evaluate(cfg, _MODEL_DIR.value, verbose=verbose)
-  except (manifest.DataError, heads.SchemaError) as e:
+  except (manifest.DataError, heads.SchemaError, selection.MonitorError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   except setup.NonFiniteLossError as e:

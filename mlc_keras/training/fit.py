@@ -18,6 +18,7 @@ from mlc_keras import config as config_lib
 from mlc_keras.data import pipeline
 from mlc_keras.modeling import model as model_lib
 from mlc_keras.training import backup
+from mlc_keras.training import selection
 from mlc_keras.training import setup
 
 log = logging.getLogger("mlc_keras")
@@ -120,14 +121,14 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
   with strategy.scope():
     model = model_lib.build_model(run.schema, dc.image_size, mc.backbone,
                                   mc.weights, mc.dropout, mc.bn_momentum)
-  # Shared by the phases, so best.keras is the best of the whole run.
-  shared = [
-      keras.callbacks.ModelCheckpoint(
-          os.path.join(model_dir, "best.keras"),
-          monitor="val_loss" if val_ds is not None else "loss",
-          save_best_only=True),
-      keras.callbacks.TensorBoard(os.path.join(model_dir, "tensorboard")),
-  ]
+  monitor, mode = selection.choose_monitor(tc.monitor, run.schema, tc.top_k,
+                                          val_ds is not None)
+  # Shared by the phases, so best.keras is the best of the whole run (and
+  # restored from history.csv before each phase: see training/selection.py).
+  shared = selection.make_callbacks(
+      run.schema, monitor, mode, os.path.join(model_dir, "best.keras"),
+      tc.early_stopping_patience) + [
+          keras.callbacks.TensorBoard(os.path.join(model_dir, "tensorboard"))]
   schedule = phases(tc, model_dir)
   for phase in schedule:
     if phase.is_done():
@@ -140,6 +141,12 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
                "frozen" if phase.frozen else "unfrozen", phase.lr_scale)
     _train_phase(model, phase, run, cfg, strategy, shared, val_ds, model_dir,
                  verbose)
+    stopped = selection.stopped_early(shared)
+    if stopped is not None:
+      log.info("early stopping at epoch %d: %s did not improve for %d "
+               "epochs; later phases are skipped", stopped + 1, monitor,
+               tc.early_stopping_patience)
+      break
   model.save(os.path.join(model_dir, "model.keras"))
   handover = os.path.join(model_dir, FROZEN_PHASE_WEIGHTS)
   if os.path.exists(handover):
@@ -185,6 +192,7 @@ def _train_phase(model: keras.Model, phase: Phase, run: setup.Run,
           phase.backup_dir, save_freq=tc.backup_every_steps or "epoch",
           delete_checkpoint=phase.hands_over is None, history_csv=history),
   ]
+  selection.restore_from_history(shared, history, start_epoch)
   if start_epoch > phase.first_epoch:
     log.info("resuming from the backup in %s at epoch %d", phase.backup_dir,
              start_epoch)
