@@ -26,14 +26,16 @@ import keras
 import numpy as np
 
 from mlc_keras import heads as heads_lib
+from mlc_keras import preflight
 from mlc_keras import scoring
 from mlc_keras.modeling import metrics
 
 MEAN_BALANCED_ACC = "mean_balanced_accuracy"
 
 
-class MonitorError(ValueError):
-  """--monitor names a quantity the run does not log."""
+class MonitorError(preflight.FlagError):
+  """--monitor names a quantity the run does not log (the train CLI prints
+  FlagErrors without a traceback)."""
 
 
 def log_names(schema: heads_lib.LabelSchema, top_k: int) -> list[str]:
