@@ -134,7 +134,11 @@ def training_labels(model_dir: str, schema: heads_lib.LabelSchema,
                   "read from a training manifest")
   path = d.get("manifest") or os.path.join(run_dir.demo_dir(d), "train.csv")
   if not os.path.isfile(path):
-    return None, f"{path} (the run's training manifest, from {config}) is gone"
+    rel = ("" if os.path.isabs(path) else
+           f", relative to the folder training ran in, not found from "
+           f"{os.getcwd()}")
+    return None, (f"{path} (the run's training manifest, from {config}"
+                  f"{rel}) is gone")
   records, _ = manifest_lib.read_manifest(path, schema, image_column)
   fraction = d.get("val_fraction", config_lib.DataConfig.val_fraction)
   if d.get("manifest") and not d.get("val_manifest") and fraction > 0:
