@@ -21,9 +21,9 @@ import numpy as np
 import tensorflow as tf
 
 from mlc_keras import config as config_lib
-from mlc_keras import export_lib
 from mlc_keras import heads as heads_lib
 from mlc_keras import predictors
+from mlc_keras.exporters import saved_model
 from mlc_keras.modeling import grow
 from mlc_keras.modeling import model as model_lib
 from mlc_keras.modeling import saving
@@ -164,12 +164,11 @@ class TrainHeadsTest(tf.test.TestCase):
     for name in ("best.keras", "model.keras"):
       self.assertEqual(_saved_groups(os.path.join(run, name)), ["layers"])
 
-    result = export_lib.export(
-        run, output=os.path.join(root, "export"), formats="saved_model",
-        parity_images=source.parity_dir, isolate=False, log=lambda _: None)
+    exported = saved_model.to_saved_model(
+        child, heads_lib.LabelSchema.load(run), os.path.join(root, "sm"))
     test_images, _ = export_fixture.make_images(12, seed=11)
     old = predictors.load_predictor(source.result.saved_model)(test_images)
-    new = predictors.load_predictor(result.saved_model)(test_images)
+    new = predictors.load_predictor(exported)(test_images)
     for head in ("colour", "tone"):
       np.testing.assert_array_equal(new[head], old[head], err_msg=head)
     self.assertEqual(new["bright"].shape, (12, 2))
