@@ -94,9 +94,11 @@ class ClientMetadataTest(tf.test.TestCase):
                      {"image": ["DT_UINT8", [-1, 32, 32, 3]]})
     self.assertEqual(grpc_view["serving_default"]["outputs"]["colour"],
                      ["DT_FLOAT", [-1, 3]])
-    # REST's GET .../metadata is the same proto as JSON.
+    # REST's GET .../metadata is the same proto as JSON (TF Serving keeps
+    # the proto's snake_case field names).
     rest = {"model_spec": {"name": "tiny"},
-            "metadata": {"signature_def": json_format.MessageToDict(sig_map)}}
+            "metadata": {"signature_def": json_format.MessageToDict(
+                sig_map, preserving_proto_field_name=True)}}
     self.assertEqual(client.parse_metadata_rest(rest), grpc_view)
 
   def test_labels_and_versions_in_requests(self):
