@@ -49,6 +49,7 @@ TRAINING_FILES = (MODEL_FILE, "best.keras", CALIBRATED_FILE, LABELS_FILE,
 RESUMABLE_CHANGES = frozenset({
     "data.cache", "data.deterministic", "data.validate_images",
     "data.image_root", "data.max_image_pixels", "data.quarantine",
+    "data.data_service",
     "train.epochs", "train.learning_rate", "train.jit_compile", "train.top_k",
     "train.backup_every_steps"})
 # Config paths: relative ones in an old config.json are relative to the
@@ -139,6 +140,20 @@ def _in_progress(model_dir: str) -> list[str]:
   return found
 
 
+def _epochs_done(model_dir: str) -> int:
+  """Epochs the fit trainer's backups record as done (0 if unreadable: the
+  backup's own check reports that)."""
+  done = 0
+  for name in FIT_RESUME_STATE[:2]:
+    path = os.path.join(model_dir, name, "training_metadata.json")
+    try:
+      with open(path, encoding="utf-8") as f:
+        done = max(done, int(json.load(f)["epoch"]))
+    except (OSError, ValueError, KeyError, TypeError):
+      continue
+  return done
+
+
 def _start_over(model_dir: str) -> None:
   removed = []
   for name in TRAINING_FILES:
@@ -188,6 +203,9 @@ def claim(model_dir: str, config: Mapping, overwrite: bool = False,
   if not in_progress or recorded is None:
     return "new"
   diffs = config_differences(recorded, config, ignore=RESUMABLE_CHANGES)
+  done, epochs = _epochs_done(model_dir), config.get("train", {}).get("epochs")
+  if isinstance(epochs, int) and epochs < done:
+    diffs.append(("--epochs", f"{done} already trained", str(epochs)))
   if diffs:
     lines = "\n  ".join(f"{f}: {a} in the interrupted run, {b} now"
                          for f, a, b in diffs)

@@ -163,6 +163,13 @@ class ClaimTest(tf.test.TestCase):
                                 "sgd now"):
       run_dir.claim(folder, _config(steps_per_epoch=2, optimizer="sgd"))
     self.assertEqual(self._snapshot(folder), before)
+    # Fewer epochs than the backup has trained cannot be resumed.
+    with open(os.path.join(folder, "backup", "training_metadata.json"),
+              "w") as f:
+      json.dump({"epoch": 2}, f)
+    with self.assertRaisesRegex(run_dir.RunDirError, "--epochs: 2 already "
+                                "trained in the interrupted run, 1 now"):
+      run_dir.claim(folder, _config(steps_per_epoch=2, epochs=1))
     # Epochs, the learning rate (the NaN way out) and logging may change.
     self.assertEqual(run_dir.claim(folder, _config(
         steps_per_epoch=2, epochs=5, learning_rate=1e-5, top_k=1,
