@@ -68,6 +68,13 @@ class DataConfig:
   augment: tuple[str, ...] = ("flip", "crop")
   deterministic: bool = False
   validate_images: bool = True
+  # How deep that check goes: "header" (format by content, size from the
+  # header, pixel cap, end marker; ~0.1 ms per file) or "decode" (every file
+  # decoded once). Results are cached in <model_dir>/image_check.csv.
+  image_check: str = "header"
+  # Validation pixels are cached in memory up to this size; above it they
+  # are decoded again every epoch (streamed), so memory stays flat.
+  val_cache_max_mb: int = 1024
   # Image paths must resolve inside this folder (None: anywhere).
   image_root: Optional[str] = None
   # Header-checked before decoding; Pillow's default MAX_IMAGE_PIXELS.
@@ -129,6 +136,14 @@ class TrainConfig:
   freeze_epochs: int = 0
   unfreeze_layers: int = 0
   finetune_lr_scale: float = 0.1
+  # Growing a trained model (modeling/grow.py): start from this run folder or
+  # .keras file (backbone and matching heads copied), re-initialise the
+  # listed heads whose classes changed, and train only train_heads (empty:
+  # every head), the backbone frozen unless train_backbone.
+  init_from: Optional[str] = None
+  reinit_heads: tuple[str, ...] = ()
+  train_heads: tuple[str, ...] = ()
+  train_backbone: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

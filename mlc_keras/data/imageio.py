@@ -342,3 +342,24 @@ def op_reason(e: tf.errors.OpError) -> str:
   "[Op:...]" noise (first line, at most 160 characters)."""
   first = e.message.splitlines()[0] if e.message else type(e).__name__
   return re.sub(r"\{\{.*?\}\}|\[Op:.*$", "", first).strip()[:160]
+
+
+
+def decode_reason(path: str) -> str:
+  """Why the file at ``path`` does not decode as training decodes it
+  ("cannot read: ..." or "cannot decode: ..."), or "" when it does. Eager,
+  for TF's own reason (a traced graph words some errors differently)."""
+  try:
+    with open(path, "rb") as f:
+      encoded = f.read()
+  except OSError as e:
+    return f"cannot read: {e.strerror}"
+  try:
+    if encoded.startswith(_JPEG):
+      # What the serving signature's header check runs (header_size):
+      # libjpeg reads the tables up to the scan, not just the frame size.
+      tf.image.extract_jpeg_shape(encoded)
+    decode(tf.constant(encoded))
+  except tf.errors.OpError as e:
+    return "cannot decode: " + op_reason(e)
+  return ""

@@ -121,8 +121,10 @@ def _options(deterministic: bool) -> tf.data.Options:
 def _epoch_fn(base: tf.data.Dataset, source: sources.Source, *, decoded: bool,
               buffer: int, image_size: int, batch_size: int, seed: int,
               steps_per_epoch: Optional[int], augmentations: Sequence[str],
-              crop_scale: Sequence[float], crop_ratio: Sequence[float]):
-  """epoch -> that epoch's batches, keyed by (seed, epoch) alone."""
+              crop_scale: Sequence[float], crop_ratio: Sequence[float],
+              unread: bool = False):
+  """epoch -> that epoch's batches, keyed by (seed, epoch) alone.
+  ``unread``: ``base`` holds file paths, read after the shuffle."""
 
   def one_epoch(epoch):
     # tf.data pairs an op seed with the graph's global seed, and with a
@@ -131,6 +133,9 @@ def _epoch_fn(base: tf.data.Dataset, source: sources.Source, *, decoded: bool,
     tf.compat.v1.get_default_graph().seed = _GRAPH_SEED
     epoch_seed = tf.cast(seed, tf.int64) * 1_000_003 + epoch
     ds = base.shuffle(buffer, seed=epoch_seed, reshuffle_each_iteration=False)
+    if unread:
+      ds = ds.map(lambda p, y: (tf.io.read_file(p), y),
+                  num_parallel_calls=AUTOTUNE)
     ds = ds.enumerate()
     pixel_kinds = [k for k in augmentations if k != "resized_crop"]
 
@@ -158,6 +163,15 @@ def _check_train_args(augmentations, crop_scale, crop_ratio, cache,
   check_augmentations(augmentations, crop_scale, crop_ratio)
   if "resized_crop" in augmentations and cache is not False:
     raise ValueError(config_lib.RESIZED_CROP_WITH_CACHE)
+
+
+def _base(source: sources.Source, decoded: bool
+          ) -> tuple[bool, tf.data.Dataset]:
+  """(unread, the elements to shuffle). Paths, not bytes, when they are to
+  be decoded after the shuffle: a shuffle buffer of every file's bytes
+  would read the whole set before the first step and hold it in memory."""
+  unread = not decoded and source.make_paths is not None
+  return unread, source.make_paths() if unread else source.make()
 
 
 def train_dataset(source: sources.Source, schema: heads_lib.LabelSchema, *,
@@ -195,8 +209,8 @@ def train_dataset(source: sources.Source, schema: heads_lib.LabelSchema, *,
                     data_service)
   if source.size is not None:
     steps_for(source.size, batch_size, source.name)
-  base = source.make()
   decoded = cache is not False
+  unread, base = _base(source, decoded)
   if decoded:
     base = base.map(lambda x, y: (_to_pixels(x, image_size, source.encoded), y),
                     num_parallel_calls=AUTOTUNE)
@@ -209,7 +223,7 @@ def train_dataset(source: sources.Source, schema: heads_lib.LabelSchema, *,
       base, source, decoded=decoded, buffer=buffer, image_size=image_size,
       batch_size=batch_size, seed=seed, steps_per_epoch=steps_per_epoch,
       augmentations=augmentations, crop_scale=tuple(crop_scale),
-      crop_ratio=tuple(crop_ratio))
+      crop_ratio=tuple(crop_ratio), unread=unread)
   ds = tf.data.Dataset.range(start_epoch, end_epoch).flat_map(one_epoch)
   ds = ds.map(lambda x, y: (x, *_targets(y, schema, class_weights)),
               num_parallel_calls=AUTOTUNE)
@@ -220,6 +234,14 @@ def train_dataset(source: sources.Source, schema: heads_lib.LabelSchema, *,
             processing_mode=tf.data.experimental.service.ShardingPolicy.DYNAMIC,
             service=data_service))
   return ds.prefetch(AUTOTUNE).with_options(_options(deterministic))
+
+
+def cache_fits(size: Optional[int], image_size: int, max_mb: int) -> bool:
+  """Whether ``size`` decoded images of ``image_size`` fit in ``max_mb`` MB
+  (unknown sizes do not)."""
+  if size is None:
+    return False
+  return size * image_size * image_size * 3 <= max_mb * 2 ** 20
 
 
 def eval_dataset(source: sources.Source, schema: heads_lib.LabelSchema, *,
