@@ -29,6 +29,7 @@ from mlc_keras import heads as heads_lib
 from mlc_keras import preflight
 from mlc_keras import scoring
 from mlc_keras.modeling import metrics
+from mlc_keras.modeling import saving
 
 MEAN_BALANCED_ACC = "mean_balanced_accuracy"
 
@@ -131,8 +132,9 @@ def make_callbacks(schema: heads_lib.LabelSchema, monitor: str, mode: str,
   """[MeanOverHeads, ModelCheckpoint(best.keras), EarlyStopping if
   ``patience``], in the order they must run."""
   out = [MeanOverHeads(schema),
-         keras.callbacks.ModelCheckpoint(best_path, monitor=monitor, mode=mode,
-                                         save_best_only=True)]
+         # No optimizer state in best.keras (saving.InferenceCheckpoint).
+         saving.InferenceCheckpoint(best_path, monitor=monitor, mode=mode,
+                                    save_best_only=True)]
   if patience:
     out.append(EarlyStopping(monitor=monitor, mode=mode, patience=patience,
                              verbose=1))
