@@ -128,15 +128,7 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
         run.schema, dc.image_size, mc.backbone,
         None if tc.init_from else mc.weights, mc.dropout, mc.bn_momentum)
   grown = init_from_parent(model, run.schema, tc)
-  monitor, mode = selection.choose_monitor(tc.monitor, run.schema, tc.top_k,
-                                          val_ds is not None)
-  # Shared by the phases, so best.keras is the best of the whole run (and
-  # restored from history.csv before each phase: see training/selection.py).
-  # No optimizer state in best.keras: resuming reads the backup.
-  shared = selection.make_callbacks(
-      run.schema, monitor, mode, os.path.join(model_dir, "best.keras"),
-      tc.early_stopping_patience) + [
-          keras.callbacks.TensorBoard(os.path.join(model_dir, "tensorboard"))]
+  monitor, shared = _shared_callbacks(run, tc, model_dir, val_ds is not None)
   schedule = phases(tc, model_dir)
   for phase in schedule:
     if phase.is_done():
@@ -181,6 +173,19 @@ def init_from_parent(model: keras.Model, schema, tc: config_lib.TrainConfig
   return {"init_from": {"model": path, "heads": {
       p.name: {"status": p.status, "added": list(p.added),
                "removed": list(p.removed)} for p in plans}}}
+
+
+def _shared_callbacks(run: setup.Run, tc: config_lib.TrainConfig,
+                      model_dir: str, has_val: bool) -> tuple[str, list]:
+  """(monitor, callbacks shared by the phases): best.keras is the best of
+  the whole run, its best value restored from history.csv before each phase
+  (training/selection.py); it holds no optimizer state (the backup does)."""
+  monitor, mode = selection.choose_monitor(tc.monitor, run.schema, tc.top_k,
+                                          has_val)
+  return monitor, selection.make_callbacks(
+      run.schema, monitor, mode, os.path.join(model_dir, "best.keras"),
+      tc.early_stopping_patience) + [
+          keras.callbacks.TensorBoard(os.path.join(model_dir, "tensorboard"))]
 
 
 def _cache_validation(val, dc: config_lib.DataConfig) -> bool:
