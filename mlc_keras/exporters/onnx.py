@@ -13,6 +13,7 @@ from mlc_keras import artefacts
 from mlc_keras import predictors
 from mlc_keras.artefacts import ExportError
 from mlc_keras.exporters import isolated
+from mlc_keras.exporters import metadata
 
 ONNX_OPSET = 17
 
@@ -115,18 +116,30 @@ def to_onnx(saved_model_dir: str, output_path: str,
   return output_path
 
 
+def to_labelled_onnx(saved_model_dir: str, output_path: str,
+                     opset: int = ONNX_OPSET) -> str:
+  """to_onnx, then labels.json (read from beside ``output_path``) embedded
+  as the model's metadata_props."""
+  to_onnx(saved_model_dir, output_path, opset)
+  labels = os.path.join(os.path.dirname(output_path), artefacts.LABELS_FILE)
+  with open(labels, encoding="utf-8") as f:
+    metadata.embed_onnx(output_path, f.read())
+  return output_path
+
+
 def onnx_call(saved_model_dir: str, folder: str, model_name: str,
               opset: int = ONNX_OPSET) -> tuple:
-  """The to_onnx call into ``folder``/<model_name>.onnx, for
+  """The to_labelled_onnx call into ``folder``/<model_name>.onnx, for
   isolated.run_all; writes labels.json into ``folder``."""
   os.makedirs(folder, exist_ok=True)
   artefacts.copy_labels(saved_model_dir, folder)
-  return (to_onnx, (saved_model_dir, os.path.join(folder, f"{model_name}.onnx"),
-                    opset))
+  return (to_labelled_onnx,
+          (saved_model_dir, os.path.join(folder, f"{model_name}.onnx"), opset))
 
 
 def to_onnx_with_labels(saved_model_dir: str, folder: str, model_name: str,
                         opset: int = ONNX_OPSET, isolate: bool = True) -> str:
-  """to_onnx into ``folder``/<model_name>.onnx with labels.json beside."""
+  """to_onnx into ``folder``/<model_name>.onnx with labels.json beside and
+  inside."""
   call = onnx_call(saved_model_dir, folder, model_name, opset)
   return isolated.run_all([call], isolate)[0]

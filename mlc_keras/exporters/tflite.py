@@ -13,6 +13,7 @@ from mlc_keras import artefacts
 from mlc_keras import predictors
 from mlc_keras.artefacts import ExportError
 from mlc_keras.exporters import isolated
+from mlc_keras.exporters import metadata
 
 QUANTIZATIONS = ("fp32", "fp16", "dynamic", "int8")
 
@@ -81,6 +82,21 @@ def tflite_path(folder: str, model_name: str, quantization: str) -> str:
   return os.path.join(folder, f"{model_name}_{quantization}.tflite")
 
 
+def _labels_text(saved_model_dir: str) -> str:
+  with open(os.path.join(saved_model_dir, "assets", artefacts.LABELS_FILE),
+            encoding="utf-8") as f:
+    return f.read()
+
+
+def to_labelled_tflite(saved_model_dir: str, output_path: str,
+                       quantization: str = "fp32",
+                       calibration_images: Optional[np.ndarray] = None) -> str:
+  """to_tflite, then labels.json embedded in the file as TFLite metadata."""
+  to_tflite(saved_model_dir, output_path, quantization, calibration_images)
+  metadata.embed_tflite(output_path, _labels_text(saved_model_dir))
+  return output_path
+
+
 def variant_calls(saved_model_dir: str, folder: str, model_name: str,
                   quantizations: Sequence[str] = QUANTIZATIONS,
                   calibration_images: Optional[np.ndarray] = None
@@ -96,7 +112,7 @@ def variant_calls(saved_model_dir: str, folder: str, model_name: str,
         "or image folder>, or leave int8 out of --quantization")
   os.makedirs(folder, exist_ok=True)
   artefacts.copy_labels(saved_model_dir, folder)
-  return {q: (to_tflite, (saved_model_dir, tflite_path(folder, model_name, q), q,
+  return {q: (to_labelled_tflite, (saved_model_dir, tflite_path(folder, model_name, q), q,
                           calibration_images if q == "int8" else None))
           for q in quantizations}
 

@@ -16,8 +16,11 @@ import tensorflow as tf
 
 from mlc_keras import config as config_lib
 from mlc_keras.data import pipeline
+from mlc_keras.modeling import grow
 from mlc_keras.modeling import model as model_lib
+from mlc_keras.modeling import saving
 from mlc_keras.training import backup
+from mlc_keras.training import selection
 from mlc_keras.training import setup
 
 log = logging.getLogger("mlc_keras")
@@ -119,16 +122,13 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
                                cache=_cache_validation(run.bundle.val, dc))
   strategy = setup.make_strategy(tc.strategy)
   with strategy.scope():
-    model = model_lib.build_model(run.schema, dc.image_size, mc.backbone,
-                                  mc.weights, mc.dropout, mc.bn_momentum)
-  # Shared by the phases, so best.keras is the best of the whole run.
-  shared = [
-      keras.callbacks.ModelCheckpoint(
-          os.path.join(model_dir, "best.keras"),
-          monitor="val_loss" if val_ds is not None else "loss",
-          save_best_only=True),
-      keras.callbacks.TensorBoard(os.path.join(model_dir, "tensorboard")),
-  ]
+    # A parent's backbone replaces whatever weights the flags name, so none
+    # are downloaded.
+    model = model_lib.build_model(
+        run.schema, dc.image_size, mc.backbone,
+        None if tc.init_from else mc.weights, mc.dropout, mc.bn_momentum)
+  grown = init_from_parent(model, run.schema, tc)
+  monitor, shared = _shared_callbacks(run, tc, model_dir, val_ds is not None)
   schedule = phases(tc, model_dir)
   for phase in schedule:
     if phase.is_done():
@@ -141,11 +141,51 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
                "frozen" if phase.frozen else "unfrozen", phase.lr_scale)
     _train_phase(model, phase, run, cfg, strategy, shared, val_ds, model_dir,
                  verbose)
-  model.save(os.path.join(model_dir, "model.keras"))
+    stopped = selection.stopped_early(shared)
+    if stopped is not None:
+      log.info("early stopping at epoch %d: %s did not improve for %d "
+               "epochs; later phases are skipped", stopped + 1, monitor,
+               tc.early_stopping_patience)
+      break
+  saving.save_for_inference(model, os.path.join(model_dir, "model.keras"))
   handover = os.path.join(model_dir, FROZEN_PHASE_WEIGHTS)
   if os.path.exists(handover):
     os.remove(handover)
-  return setup.write_results(model, run, cfg, model_dir, eval_ds=val_ds)
+  return setup.write_results(model, run, cfg, model_dir, eval_ds=val_ds,
+                             extra=grown)
+
+
+def init_from_parent(model: keras.Model, schema, tc: config_lib.TrainConfig
+                     ) -> Optional[dict]:
+  """Copies --init_from's backbone and heads into ``model`` (a resumed run
+  then overwrites them from its backup) and logs what each head got.
+  Returns {"init_from": {...}} for results.json, or None."""
+  if tc.train_heads:
+    grow.check_train_heads(schema, tc.train_heads)
+  if not tc.init_from:
+    if tc.reinit_heads:
+      raise grow.GrowError("--reinit_heads needs --init_from")
+    return None
+  parent, parent_schema, path = grow.load_parent(tc.init_from)
+  plans = grow.copy_from(parent, parent_schema, model, schema,
+                         tc.reinit_heads, origin=path)
+  log.info("%s", grow.format_plan(plans, path))
+  return {"init_from": {"model": path, "heads": {
+      p.name: {"status": p.status, "added": list(p.added),
+               "removed": list(p.removed)} for p in plans}}}
+
+
+def _shared_callbacks(run: setup.Run, tc: config_lib.TrainConfig,
+                      model_dir: str, has_val: bool) -> tuple[str, list]:
+  """(monitor, callbacks shared by the phases): best.keras is the best of
+  the whole run, its best value restored from history.csv before each phase
+  (training/selection.py); it holds no optimizer state (the backup does)."""
+  monitor, mode = selection.choose_monitor(tc.monitor, run.schema, tc.top_k,
+                                          has_val)
+  return monitor, selection.make_callbacks(
+      run.schema, monitor, mode, os.path.join(model_dir, "best.keras"),
+      tc.early_stopping_patience) + [
+          keras.callbacks.TensorBoard(os.path.join(model_dir, "tensorboard"))]
 
 
 def _cache_validation(val, dc: config_lib.DataConfig) -> bool:
@@ -171,6 +211,8 @@ def _train_phase(model: keras.Model, phase: Phase, run: setup.Run,
   model_lib.set_backbone_trainable(
       model, not phase.frozen, top_layers=tc.unfreeze_layers,
       train_batchnorm=phase.train_batchnorm)
+  if tc.train_heads:
+    grow.freeze_all_but(model, run.schema, tc.train_heads, tc.train_backbone)
   start_epoch = max(phase.first_epoch, backup.backup_epoch(phase.backup_dir))
   steps = run.steps_per_epoch
   train_ds = pipeline.train_dataset(
@@ -200,6 +242,7 @@ def _train_phase(model: keras.Model, phase: Phase, run: setup.Run,
           phase.backup_dir, save_freq=tc.backup_every_steps or "epoch",
           delete_checkpoint=phase.hands_over is None, history_csv=history),
   ]
+  selection.restore_from_history(shared, history, start_epoch)
   if start_epoch > phase.first_epoch:
     log.info("resuming from the backup in %s at epoch %d", phase.backup_dir,
              start_epoch)
