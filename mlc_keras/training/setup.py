@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from mlc_keras import config as config_lib
 from mlc_keras import heads as heads_lib
+from mlc_keras import tagging
 from mlc_keras.data import demo
 from mlc_keras.data import manifest as manifest_lib
 from mlc_keras.data import pipeline
@@ -81,7 +82,7 @@ def load_data(cfg: config_lib.DataConfig, seed: int) -> DataBundle:
   train_rec, schema = manifest_lib.read_manifest(
       manifest, schema, cfg.image_column,
       label_columns=cfg.label_columns or None, image_root=cfg.image_root,
-      quarantine=quarantined)
+      quarantine=quarantined, tag_columns=cfg.tag_columns)
   if val_manifest:
     val_rec, _ = manifest_lib.read_manifest(
         val_manifest, schema, cfg.image_column, image_root=cfg.image_root,
@@ -219,6 +220,21 @@ def prepare_run(cfg: config_lib.Config, out_dir: str) -> Run:
   return Run(bundle, schema, steps, class_weights, quarantine_note)
 
 
+def fit_tag_thresholds(schema: heads_lib.LabelSchema, collected,
+                       has_validation: bool, out_dir: str):
+  """Fits the tag heads' thresholds on the validation outputs (the default
+  for every tag without validation data: fitting on the training data would
+  fit its noise) and rewrites labels.json with them, so every export
+  carries them. Returns (schema, {head: {tag: fit}}); no-op without tag
+  heads."""
+  if not any(h.is_tags for h in schema.heads):
+    return schema, {}
+  schema, report = tagging.fit_schema(schema,
+                                      collected if has_validation else None)
+  schema.save(os.path.join(out_dir, "labels.json"))
+  return schema, report
+
+
 def write_results(model: keras.Model, run: Run, cfg: config_lib.Config,
                   out_dir: str, eval_ds: Optional[tf.data.Dataset] = None,
                   extra: Optional[dict] = None, show: bool = True) -> dict:
@@ -232,11 +248,15 @@ def write_results(model: keras.Model, run: Run, cfg: config_lib.Config,
     eval_ds = pipeline.eval_dataset(eval_source, run.schema,
                                 image_size=cfg.data.image_size,
                                 batch_size=tc.batch_size)
-  rows = metrics.head_table(metrics.collect(model, eval_ds, run.schema),
-                            run.schema, tc.top_k)
+  collected = metrics.collect(model, eval_ds, run.schema)
+  schema, thresholds = fit_tag_thresholds(run.schema, collected,
+                                          bundle.val is not None, out_dir)
+  rows = metrics.head_table(collected, schema, tc.top_k)
   results = {"evaluated_on": eval_source.name, "train_size": bundle.train_size,
              "epochs": tc.epochs, "steps_per_epoch": run.steps_per_epoch,
              "heads": rows, **(extra or {})}
+  if thresholds:
+    results["tag_thresholds"] = thresholds
   with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as f:
     json.dump(results, f, indent=2)
     f.write("\n")
