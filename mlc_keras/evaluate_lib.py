@@ -31,61 +31,18 @@ from mlc_keras.modeling import metrics
 from mlc_keras.modeling import outputs
 from mlc_keras.modeling import saving
 from mlc_keras import run_dir
+from mlc_keras import scoring
 
-NO_LABELS = "no labelled samples"
-ECE_BINS = 15
-
-
-# --- numbers (numpy only) -------------------------------------------------------
+NO_LABELS = scoring.NO_LABELS
+ECE_BINS = scoring.ECE_BINS
 
 
-def confusion_matrix(labels: np.ndarray, preds: np.ndarray,
-                     num_classes: int) -> np.ndarray:
-  """[true, predicted] counts."""
-  cm = np.zeros((num_classes, num_classes), np.int64)
-  np.add.at(cm, (np.asarray(labels, np.int64), np.asarray(preds, np.int64)), 1)
-  return cm
+# --- numbers (scoring: numpy + scikit-learn) ----------------------------------------
 
-
-def precision_recall_f1(cm: np.ndarray):
-  """Per-class precision, recall and F1 from a confusion matrix; 0 where a
-  ratio is undefined (no predictions / no samples of the class)."""
-  tp = np.diag(cm).astype(np.float64)
-  predicted = cm.sum(axis=0).astype(np.float64)
-  actual = cm.sum(axis=1).astype(np.float64)
-  precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
-  recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
-  denom = precision + recall
-  f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp),
-                 where=denom > 0)
-  return precision, recall, f1
-
-
-def macro_f1(cm: np.ndarray) -> float:
-  """Mean F1 over the classes that occur in the labels or the predictions
-  (sklearn's default): a class absent from both says nothing."""
-  _, _, f1 = precision_recall_f1(cm)
-  present = (cm.sum(axis=0) + cm.sum(axis=1)) > 0
-  return float(f1[present].mean()) if present.any() else 0.0
-
-
-def expected_calibration_error(probs: np.ndarray, labels: np.ndarray,
-                               bins: int = ECE_BINS) -> float:
-  """ECE: sum over equal-width confidence bins of |accuracy - mean
-  confidence| weighted by the bin's share of samples (confidence = max p)."""
-  probs = np.asarray(probs, np.float64)
-  if len(labels) == 0:
-    return 0.0
-  conf = probs.max(axis=1)
-  correct = (probs.argmax(axis=1) == np.asarray(labels)).astype(np.float64)
-  # Bin i holds (i/bins, (i+1)/bins]; a confidence of exactly 0 cannot occur.
-  idx = np.clip(np.ceil(conf * bins).astype(np.int64) - 1, 0, bins - 1)
-  ece = 0.0
-  for b in range(bins):
-    sel = idx == b
-    if sel.any():
-      ece += sel.mean() * abs(correct[sel].mean() - conf[sel].mean())
-  return float(ece)
+confusion_matrix = scoring.confusion_matrix
+precision_recall_f1 = scoring.precision_recall_f1
+macro_f1 = scoring.macro_f1
+expected_calibration_error = scoring.expected_calibration_error
 
 
 def head_report(spec: heads_lib.HeadSpec, probs: np.ndarray, labels: np.ndarray,

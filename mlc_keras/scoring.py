@@ -1,0 +1,319 @@
+"""The field's metrics, on labelled samples only (numpy + scikit-learn).
+
+Per head (``head_scores``): accuracy, balanced accuracy (the attribute
+literature's label-based mA: the mean per-class recall), macro-F1, per-class
+precision / recall / F1, the confusion matrix, top-k, ECE, and for a two-class
+head average precision and ROC-AUC of its second class. Across heads
+(``across_heads``): the mean of the per-head balanced accuracies, instance-based
+accuracy / precision / recall / F1 (the PA-100K protocol of Rethinking_of_PAR)
+and the share of images whose every labelled head is right. Composed classes
+(``seen_classes``, ``gzsl_scores``): seen and unseen mean per-class accuracy S
+and U and their harmonic mean H (the generalised zero-shot protocol of Xian et
+al.). Definitions and sources: BUILD_NOTES.md, "Issue 12".
+
+A number that is not defined on the data at hand (a head with no labelled
+sample, AUC with one class present, H without unseen classes) is None, and the
+entry's ``not_defined`` dict says why: never NaN.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Optional, Sequence
+import warnings
+
+import numpy as np
+from sklearn import metrics as skm
+
+NO_LABELS = "no labelled samples"
+ECE_BINS = 15
+# Images or classes whose ratio has an empty denominator count 0, as the
+# PA-100K reference code does (its eps); see instance_scores.
+ZERO_DIVISION = 0.0
+
+
+def _one_class(y: np.ndarray, classes: Sequence[str]) -> str:
+  present = sorted({classes[int(i)] for i in np.unique(y)})
+  return (f"only class {present[0]!r} among the {len(y)} labelled samples"
+          if present else NO_LABELS)
+
+
+# --- from a confusion matrix ------------------------------------------------------
+
+
+def confusion_matrix(labels, preds, num_classes: int) -> np.ndarray:
+  """[true, predicted] counts over classes 0..num_classes-1."""
+  return skm.confusion_matrix(np.asarray(labels, np.int64),
+                              np.asarray(preds, np.int64),
+                              labels=np.arange(num_classes)).astype(np.int64)
+
+
+def _expand(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """The (true, predicted) label arrays a confusion matrix counts."""
+  cm = np.asarray(cm, np.int64)
+  k = cm.shape[0]
+  true = np.repeat(np.repeat(np.arange(k), k), cm.ravel())
+  pred = np.repeat(np.tile(np.arange(k), k), cm.ravel())
+  return true, pred
+
+
+def precision_recall_f1(cm: np.ndarray):
+  """Per-class precision, recall and F1 from a confusion matrix; 0 where a
+  ratio is undefined (no predictions / no samples of the class)."""
+  true, pred = _expand(cm)
+  p, r, f, _ = skm.precision_recall_fscore_support(
+      true, pred, labels=np.arange(len(cm)), average=None,
+      zero_division=ZERO_DIVISION)
+  return p.astype(np.float64), r.astype(np.float64), f.astype(np.float64)
+
+
+def macro_f1(cm: np.ndarray) -> float:
+  """Mean F1 over the classes that occur in the labels or the predictions
+  (sklearn's default): a class absent from both says nothing."""
+  true, pred = _expand(cm)
+  if not true.size:
+    return 0.0
+  return float(skm.f1_score(true, pred, average="macro",
+                            zero_division=ZERO_DIVISION))
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray,
+                               bins: int = ECE_BINS) -> float:
+  """ECE: sum over equal-width confidence bins of |accuracy - mean
+  confidence| weighted by the bin's share of samples (confidence = max p).
+
+  Hand-written: scikit-learn has calibration_curve (per-class reliability
+  of a binary classifier) but no top-label ECE.
+  """
+  probs = np.asarray(probs, np.float64)
+  if len(labels) == 0:
+    return 0.0
+  conf = probs.max(axis=1)
+  correct = (probs.argmax(axis=1) == np.asarray(labels)).astype(np.float64)
+  # Bin i holds (i/bins, (i+1)/bins]; a confidence of exactly 0 cannot occur.
+  idx = np.clip(np.ceil(conf * bins).astype(np.int64) - 1, 0, bins - 1)
+  ece = 0.0
+  for b in range(bins):
+    sel = idx == b
+    if sel.any():
+      ece += sel.mean() * abs(correct[sel].mean() - conf[sel].mean())
+  return float(ece)
+
+
+# --- one head -----------------------------------------------------------------
+
+
+def balanced_accuracy(y: np.ndarray, pred: np.ndarray,
+                      classes: Sequence[str]) -> tuple[Optional[float], str]:
+  """(mean per-class recall over the classes present in ``y``, "") or
+  (None, why) when fewer than two classes are present."""
+  if len(np.unique(y)) < 2:
+    return None, _one_class(y, classes)
+  # sklearn averages over the classes of y_true; a predicted class absent
+  # from y_true only lowers the recall of the class it was mistaken for
+  # (sklearn warns about it; that is the definition, not a problem).
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", UserWarning)
+    return float(skm.balanced_accuracy_score(y, pred)), ""
+
+
+def binary_scores(y: np.ndarray, p_positive: np.ndarray,
+                  classes: Sequence[str]) -> tuple[dict, dict]:
+  """({"average_precision", "roc_auc"}, not_defined) of a two-class head,
+  its second class (index 1) the positive one."""
+  if len(np.unique(y)) < 2:
+    why = _one_class(y, classes)
+    return {"average_precision": None, "roc_auc": None}, {
+        "average_precision": why, "roc_auc": why}
+  positive = np.asarray(y) == 1
+  return {"average_precision": float(skm.average_precision_score(
+              positive, p_positive)),
+          "roc_auc": float(skm.roc_auc_score(positive, p_positive))}, {}
+
+
+def top_k(probs: np.ndarray, y: np.ndarray, k: int) -> float:
+  """Share of rows whose label is among the k most probable classes."""
+  return float(skm.top_k_accuracy_score(
+      y, probs, k=k, labels=np.arange(probs.shape[1])))
+
+
+def head_scores(probs: np.ndarray, labels: np.ndarray, mask: np.ndarray,
+                classes: Sequence[str], k: Optional[int] = None) -> dict:
+  """Every per-head number on the samples where ``mask`` is true. ``k``: the
+  top-k to report (None: none)."""
+  mask = np.asarray(mask, bool)
+  out = {"labelled": int(mask.sum()), "total": int(mask.size)}
+  if not mask.any():
+    out.update(accuracy=None, balanced_accuracy=None,
+               not_defined={"accuracy": NO_LABELS,
+                            "balanced_accuracy": NO_LABELS})
+    return out
+  p = np.asarray(probs, np.float64)[mask]
+  y = np.asarray(labels, np.int64)[mask]
+  pred = p.argmax(axis=1)
+  n = len(classes)
+  cm = confusion_matrix(y, pred, n)
+  precision, recall, f1 = precision_recall_f1(cm)
+  undefined = {}
+  bacc, why = balanced_accuracy(y, pred, classes)
+  if why:
+    undefined["balanced_accuracy"] = why
+  out.update(
+      accuracy=float(skm.accuracy_score(y, pred)), balanced_accuracy=bacc,
+      macro_f1=macro_f1(cm), ece=expected_calibration_error(p, y),
+      per_class={c: {"support": int(cm[i].sum()),
+                     "precision": float(precision[i]),
+                     "recall": float(recall[i]), "f1": float(f1[i])}
+                 for i, c in enumerate(classes)},
+      confusion=cm.tolist())
+  if n == 2:
+    binary, why2 = binary_scores(y, p[:, 1], classes)
+    out.update(binary)
+    undefined.update(why2)
+  if k is not None:
+    out[f"top{k}"] = top_k(p, y, k)
+  if undefined:
+    out["not_defined"] = undefined
+  return out
+
+
+# --- across heads ---------------------------------------------------------------
+
+
+def mean_balanced_accuracy(per_head: Mapping[str, Optional[float]]) -> dict:
+  """{"mean_balanced_accuracy", "heads_in_mean"} (+ "not_defined"): the mean
+  over the heads whose balanced accuracy is defined."""
+  defined = {h: v for h, v in per_head.items() if v is not None}
+  out = {"mean_balanced_accuracy": (float(np.mean(list(defined.values())))
+                                    if defined else None),
+         "heads_in_mean": sorted(defined)}
+  if not defined:
+    out["not_defined"] = {"mean_balanced_accuracy":
+                          "no head has a defined balanced accuracy"}
+  return out
+
+
+def attribute_matrix(labels_by_head: Mapping[str, np.ndarray],
+                     mask_by_head: Mapping[str, np.ndarray],
+                     num_classes: Mapping[str, int]) -> np.ndarray:
+  """[N, attributes] 0/1: a two-class head is one attribute (its second
+  class), a head of k > 2 classes is k one-hot attributes (how PA-100K
+  encodes its age and orientation groups). Unlabelled heads are all zeros,
+  so they add nothing to an image's sets."""
+  cols = []
+  for h, k in num_classes.items():
+    y = np.asarray(labels_by_head[h], np.int64)
+    m = np.asarray(mask_by_head[h], bool)
+    if k == 2:
+      cols.append(((y == 1) & m)[:, None])
+    else:
+      cols.append((y[:, None] == np.arange(k)[None, :]) & m[:, None])
+  return np.concatenate(cols, axis=1).astype(np.int64)
+
+
+def instance_scores(true_attrs: np.ndarray, pred_attrs: np.ndarray,
+                    labelled_any: np.ndarray) -> dict:
+  """Instance-based accuracy (|T and P| / |T or P|), precision (/ |P|) and
+  recall (/ |T|), each averaged over the images with a labelled head, and F1
+  as the harmonic mean of the averaged precision and recall (as the PA-100K
+  reference code computes it). An empty denominator counts 0 for that image
+  (the reference code's eps)."""
+  rows = np.asarray(labelled_any, bool)
+  if not rows.any():
+    return {"images": 0, "accuracy": None, "precision": None, "recall": None,
+            "f1": None, "not_defined": {"instance": NO_LABELS}}
+  # A zero column changes no image's sets, and keeps sklearn reading a
+  # single attribute as multilabel rather than as one binary target.
+  pad = np.zeros((int(rows.sum()), 1), np.int64)
+  t = np.concatenate([true_attrs[rows], pad], axis=1)
+  p = np.concatenate([pred_attrs[rows], pad], axis=1)
+  precision, recall, _, _ = skm.precision_recall_fscore_support(
+      t, p, average="samples", zero_division=ZERO_DIVISION)
+  accuracy = skm.jaccard_score(t, p, average="samples",
+                               zero_division=ZERO_DIVISION)
+  f1 = (2 * precision * recall / (precision + recall)
+        if precision + recall > 0 else 0.0)
+  return {"images": int(rows.sum()), "accuracy": float(accuracy),
+          "precision": float(precision), "recall": float(recall),
+          "f1": float(f1)}
+
+
+def across_heads(collected: Mapping[str, tuple], heads: Sequence,
+                 per_head_bacc: Mapping[str, Optional[float]]) -> dict:
+  """The across-head numbers from metrics.collect()-style
+  {head: (probs, labels, mask)}; ``heads``: HeadSpec-like (name, classes)."""
+  names = [h.name for h in heads]
+  k = {h.name: len(h.classes) for h in heads}
+  masks = {h: np.asarray(collected[h][2], bool) for h in names}
+  labels = {h: np.asarray(collected[h][1], np.int64) for h in names}
+  preds = {h: np.asarray(collected[h][0]).argmax(axis=1) for h in names}
+  labelled_any = np.any([masks[h] for h in names], axis=0)
+  wrong = np.any([masks[h] & (preds[h] != labels[h]) for h in names], axis=0)
+  out = mean_balanced_accuracy(per_head_bacc)
+  out["instance"] = instance_scores(attribute_matrix(labels, masks, k),
+                                    attribute_matrix(preds, masks, k),
+                                    labelled_any)
+  n = int(labelled_any.sum())
+  out["all_heads_right"] = (float(np.mean(~wrong[labelled_any])) if n
+                            else None)
+  if not n:
+    out.setdefault("not_defined", {})["all_heads_right"] = NO_LABELS
+  return out
+
+
+# --- composed classes: seen / unseen ----------------------------------------------
+
+
+def seen_classes(values: Sequence[Sequence[int]], heads: Sequence[str],
+                 train_labels: Mapping[str, np.ndarray]) -> np.ndarray:
+  """[classes] bool: some training image carries the class's combination,
+  i.e. is labelled with its value on every head the class specifies.
+  ``values``: a class table's (compose.ClassTable.values, -1 = any);
+  ``train_labels``: {head: [N] int, -1 = missing}."""
+  out = np.zeros(len(values), bool)
+  n = len(next(iter(train_labels.values()))) if train_labels else 0
+  for c, row in enumerate(values):
+    ok = np.ones(n, bool)
+    for j, h in enumerate(heads):
+      if row[j] >= 0:
+        ok &= np.asarray(train_labels[h]) == row[j]
+    out[c] = bool(ok.any())
+  return out
+
+
+def _mean_recall(recall: np.ndarray, support: np.ndarray,
+                 sel: np.ndarray) -> Optional[float]:
+  use = sel & (support > 0)
+  return float(recall[use].mean()) if use.any() else None
+
+
+def gzsl_scores(target: np.ndarray, pred: np.ndarray, seen: np.ndarray,
+                class_names: Sequence[str]) -> dict:
+  """S, U (mean per-class accuracy over the seen / unseen classes that have
+  evaluated rows), H = 2SU / (S + U), and the mean per-class accuracy over
+  every evaluated class; predictions range over all the table's classes."""
+  c = len(class_names)
+  seen = np.asarray(seen, bool)
+  support = np.bincount(np.asarray(target, np.int64), minlength=c)
+  recall = skm.recall_score(target, pred, labels=np.arange(c), average=None,
+                            zero_division=ZERO_DIVISION)
+  s = _mean_recall(recall, support, seen)
+  u = _mean_recall(recall, support, ~seen)
+  out = {"seen": s, "unseen": u, "harmonic": None,
+         "mean_per_class": _mean_recall(recall, support, np.ones(c, bool)),
+         "seen_classes": [n for n, x in zip(class_names, seen) if x],
+         "unseen_classes": [n for n, x in zip(class_names, seen) if not x],
+         "not_evaluated": [n for n, x in zip(class_names, support) if not x]}
+  undefined = {}
+  if s is None:
+    undefined["seen"] = "no evaluated row of a seen class"
+  if u is None:
+    undefined["unseen"] = "no evaluated row of an unseen class"
+  if s is not None and u is not None:
+    out["harmonic"] = 2 * s * u / (s + u) if s + u > 0 else 0.0
+  else:
+    undefined["harmonic"] = "needs both S and U"
+  if out["mean_per_class"] is None:
+    undefined["mean_per_class"] = NO_LABELS
+  if undefined:
+    out["not_defined"] = undefined
+  return out

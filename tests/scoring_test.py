@@ -1,0 +1,177 @@
+"""scoring: the field's metrics against hand-computed numbers; masked samples
+must not count and undefined numbers are None with a reason, never NaN."""
+
+import math
+
+import numpy as np
+import tensorflow as tf
+
+from mlc_keras import heads as heads_lib
+from mlc_keras import scoring
+
+# Three classes, seven rows, the last two masked. Labelled predictions
+# (argmax) [0, 1, 1, 1, 0] against labels [0, 0, 1, 1, 2].
+PROBS3 = np.array([[0.6, 0.3, 0.1], [0.3, 0.5, 0.2], [0.15, 0.8, 0.05],
+                   [0.2, 0.7, 0.1], [0.5, 0.3, 0.2],
+                   [0.1, 0.2, 0.7], [0.2, 0.7, 0.1]])
+LABELS3 = np.array([0, 0, 1, 1, 2, 2, 0])
+MASK3 = np.array([1, 1, 1, 1, 1, 0, 0], bool)
+CLASSES3 = ("a", "b", "c")
+
+
+class HeadScoresTest(tf.test.TestCase):
+
+  def test_three_classes_masked_rows_do_not_count(self):
+    r = scoring.head_scores(PROBS3, LABELS3, MASK3, CLASSES3, k=2)
+    self.assertEqual((r["labelled"], r["total"]), (5, 7))
+    self.assertAllClose(r["accuracy"], 3 / 5)
+    # Recalls 1/2, 2/2, 0/1 (with the masked rows: 1/3, 2/2, 1/2).
+    self.assertAllClose(r["balanced_accuracy"], 0.5)
+    self.assertEqual(r["confusion"], [[1, 1, 0], [0, 2, 0], [1, 0, 0]])
+    pc = r["per_class"]
+    self.assertAllClose([pc[c]["precision"] for c in CLASSES3], [0.5, 2 / 3, 0])
+    self.assertAllClose([pc[c]["recall"] for c in CLASSES3], [0.5, 1.0, 0])
+    self.assertAllClose([pc[c]["f1"] for c in CLASSES3], [0.5, 0.8, 0])
+    self.assertAllClose(r["macro_f1"], 1.3 / 3)
+    # Row 4 (label c) has c third: 4 of 5 in the top 2.
+    self.assertAllClose(r["top2"], 0.8)
+    # Correct at 0.6, 0.8, 0.7; wrong twice at 0.5:
+    # (0.4 + 0.2 + 0.3) / 5 + 2/5 * 0.5.
+    self.assertAllClose(r["ece"], 0.38)
+    self.assertNotIn("average_precision", r)
+    self.assertNotIn("not_defined", r)
+
+  def test_two_classes_ap_auc_on_labelled_rows(self):
+    # The masked row (a negative scored 0.95) would halve the AUC.
+    p_yes = np.array([0.9, 0.4, 0.6, 0.1, 0.95])
+    probs = np.stack([1 - p_yes, p_yes], axis=1)
+    labels = np.array([1, 1, 0, 0, 0])
+    mask = np.array([1, 1, 1, 1, 0], bool)
+    r = scoring.head_scores(probs, labels, mask, ("no", "yes"))
+    # Positive-negative pairs ranked right: 3 of 4.
+    self.assertAllClose(r["roc_auc"], 0.75)
+    # Ranked P N P N: precision 1 at recall 1/2, 2/3 at recall 1.
+    self.assertAllClose(r["average_precision"], 0.5 * 1 + 0.5 * 2 / 3)
+    # Predictions yes, no, yes, no: TPR 1/2, TNR 1/2.
+    self.assertAllClose(r["balanced_accuracy"], 0.5)
+    self.assertNotIn("top2", r)
+
+  def test_one_class_present_is_not_defined(self):
+    probs = np.array([[0.8, 0.2], [0.3, 0.7], [0.5, 0.5]])
+    r = scoring.head_scores(probs, np.array([0, 0, 1]),
+                            np.array([1, 1, 0], bool), ("no", "yes"))
+    self.assertAllClose(r["accuracy"], 0.5)
+    for key in ("balanced_accuracy", "average_precision", "roc_auc"):
+      self.assertIsNone(r[key], key)
+      self.assertIn("only class 'no'", r["not_defined"][key])
+
+  def test_no_labelled_sample_is_not_defined(self):
+    r = scoring.head_scores(PROBS3, LABELS3, np.zeros(7, bool), CLASSES3, k=2)
+    self.assertEqual(r["labelled"], 0)
+    self.assertIsNone(r["accuracy"])
+    self.assertIsNone(r["balanced_accuracy"])
+    self.assertEqual(r["not_defined"]["balanced_accuracy"], scoring.NO_LABELS)
+
+
+def _onehot(index, k):
+  out = np.full((len(index), k), 0.05)
+  out[np.arange(len(index)), index] = 1 - 0.05 * (k - 1)
+  return out
+
+
+# Head A (3 classes) and B (no/yes) on eight images; see the test for the
+# images' attribute sets.
+A_LABELS = np.array([0, 1, 2, 0, 0, 0, 1, 0])
+A_PREDS = np.array([0, 2, 2, 1, 0, 0, 1, 0])
+A_MASK = np.array([1, 1, 1, 0, 0, 1, 1, 0], bool)
+B_LABELS = np.array([1, 0, 1, 1, 1, 0, 1, 0])
+B_PREDS = np.array([1, 1, 0, 1, 0, 0, 0, 0])
+B_MASK = np.array([1, 1, 0, 1, 0, 1, 1, 1], bool)
+HEADS = (heads_lib.HeadSpec("a", ("a0", "a1", "a2")),
+         heads_lib.HeadSpec("b", ("no", "yes")))
+
+
+class AcrossHeadsTest(tf.test.TestCase):
+
+  def test_instance_metrics_and_all_right_share(self):
+    collected = {"a": (_onehot(A_PREDS, 3), A_LABELS, A_MASK),
+                 "b": (_onehot(B_PREDS, 2), B_LABELS, B_MASK)}
+    bacc = {h.name: scoring.head_scores(*collected[h.name], h.classes)[
+        "balanced_accuracy"] for h in HEADS}
+    # a: recalls 2/2, 1/2, 1/1; b: TPR 2/3, TNR 2/3.
+    self.assertAllClose([bacc["a"], bacc["b"]], [5 / 6, 2 / 3])
+    r = scoring.across_heads(collected, HEADS, bacc)
+    self.assertAllClose(r["mean_balanced_accuracy"], 0.75)
+    self.assertEqual(r["heads_in_mean"], ["a", "b"])
+    # Image: true set / predicted set (attributes a0 a1 a2 b=yes).
+    # 0 {a0,b}/{a0,b}  1 {a1}/{a2,b}  2 {a2}/{a2} (b masked)  3 {b}/{b}
+    # (a masked)  4 nothing labelled: left out  5 {a0}/{a0}
+    # 6 {a1,b}/{a1}  7 {}/{} (only b=no labelled): 0 as in the PAR code.
+    inst = r["instance"]
+    self.assertEqual(inst["images"], 7)
+    self.assertAllClose(inst["accuracy"], (1 + 0 + 1 + 1 + 1 + 0.5 + 0) / 7)
+    self.assertAllClose(inst["precision"], 5 / 7)
+    self.assertAllClose(inst["recall"], 4.5 / 7)
+    p, rec = 5 / 7, 4.5 / 7
+    self.assertAllClose(inst["f1"], 2 * p * rec / (p + rec))
+    # Wrong: images 1 and 6 (image 2's wrong b is masked).
+    self.assertAllClose(r["all_heads_right"], 5 / 7)
+
+  def test_one_binary_head_and_no_labels(self):
+    head = (heads_lib.HeadSpec("b", ("no", "yes")),)
+    collected = {"b": (_onehot(np.array([1, 0, 1]), 2), np.array([1, 1, 0]),
+                       np.array([1, 1, 0], bool))}
+    r = scoring.across_heads(collected, head, {"b": 0.5})
+    # {b}/{b} and {b}/{}: accuracy and recall 1/2, precision (1 + 0) / 2.
+    self.assertAllClose([r["instance"]["accuracy"], r["instance"]["recall"],
+                         r["instance"]["precision"]], [0.5, 0.5, 0.5])
+    none = {"b": (collected["b"][0], collected["b"][1], np.zeros(3, bool))}
+    r = scoring.across_heads(none, head, {"b": None})
+    self.assertIsNone(r["mean_balanced_accuracy"])
+    self.assertIsNone(r["instance"]["f1"])
+    self.assertIsNone(r["all_heads_right"])
+    self.assertIn("mean_balanced_accuracy", r["not_defined"])
+    self.assertIn("all_heads_right", r["not_defined"])
+
+
+class SeenUnseenTest(tf.test.TestCase):
+  # Heads shape (circle, square, triangle) and colour (blue, green, red).
+  VALUES = ((0, 2), (1, 0), (2, 0), (-1, 1))
+  NAMES = ("red_circle", "blue_square", "blue_triangle", "anything_green")
+
+  def test_seen_needs_every_specified_head_labelled(self):
+    train = {"shape": np.array([0, 1, 2, 0]),
+             "colour": np.array([2, 0, -1, 1])}
+    seen = scoring.seen_classes(self.VALUES, ("shape", "colour"), train)
+    # The triangle's colour is missing, so blue_triangle was never seen.
+    self.assertEqual(seen.tolist(), [True, True, False, True])
+
+  def test_s_u_h(self):
+    target = np.array([0, 0, 1, 2, 2, 2, 3])
+    pred = np.array([0, 1, 1, 2, 0, 0, 3])
+    seen = np.array([True, True, False, True])
+    r = scoring.gzsl_scores(target, pred, seen, self.NAMES)
+    # Per-class accuracy 1/2, 1, 1/3, 1.
+    s, u = (0.5 + 1 + 1) / 3, 1 / 3
+    self.assertAllClose(r["seen"], s)
+    self.assertAllClose(r["unseen"], u)
+    self.assertAllClose(r["harmonic"], 10 / 21)
+    self.assertAllClose(r["harmonic"], 2 * s * u / (s + u))
+    self.assertAllClose(r["mean_per_class"], (0.5 + 1 + 1 / 3 + 1) / 4)
+    self.assertEqual(r["unseen_classes"], ["blue_triangle"])
+    self.assertNotIn("not_defined", r)
+
+  def test_no_unseen_rows_is_not_defined(self):
+    r = scoring.gzsl_scores(np.array([0, 3]), np.array([0, 0]),
+                            np.array([True, True, False, True]), self.NAMES)
+    self.assertAllClose(r["seen"], 0.5)
+    self.assertIsNone(r["unseen"])
+    self.assertIsNone(r["harmonic"])
+    self.assertEqual(r["not_evaluated"], ["blue_square", "blue_triangle"])
+    self.assertEqual(set(r["not_defined"]), {"unseen", "harmonic"})
+    for v in (r["seen"], r["mean_per_class"]):
+      self.assertFalse(math.isnan(v))
+
+
+if __name__ == "__main__":
+  tf.test.main()
