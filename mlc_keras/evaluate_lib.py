@@ -47,7 +47,13 @@ expected_calibration_error = scoring.expected_calibration_error
 
 def head_report(spec: heads_lib.HeadSpec, probs: np.ndarray, labels: np.ndarray,
                 mask: np.ndarray, top_k: int = 5) -> dict:
-  """Every per-head number, on the samples where ``mask`` is true."""
+  """Every per-head number, on the samples where ``mask`` is true (a tag
+  head: scoring.tag_scores at its thresholds)."""
+  if spec.is_tags:
+    return {"head": spec.name, "kind": heads_lib.TAGS,
+            "classes": list(spec.classes),
+            **scoring.tag_scores(probs, labels, mask, spec.classes,
+                                 spec.tag_thresholds())}
   mask = np.asarray(mask, bool)
   row = {"head": spec.name, "classes": list(spec.classes),
          "labelled": int(mask.sum()), "total": int(mask.size)}
@@ -193,7 +199,10 @@ def markdown(report: dict) -> str:
            "mode, labelled samples only).", "",
            "| head | labelled | accuracy | top-k | macro-F1 | ECE | majority |",
            "|---|---|---|---|---|---|---|"]
+  tag_rows = [r for r in report["heads"] if r.get("kind") == heads_lib.TAGS]
   for r in report["heads"]:
+    if r in tag_rows:
+      continue
     if "note" in r:
       lines.append(f"| {r['head']} | 0/{r['total']} | {r['note']} | | | | |")
       continue
@@ -203,8 +212,9 @@ def markdown(report: dict) -> str:
         f"| {r['head']} | {r['labelled']}/{r['total']} | {_fmt(r['accuracy'])} "
         f"| {topk} | {_fmt(r['macro_f1'])} | {_fmt(r['ece'])} "
         f"| {_fmt(r['majority'])} |")
+  lines += _tag_markdown(tag_rows)
   for r in report["heads"]:
-    if "note" in r:
+    if "note" in r or r in tag_rows:
       continue
     lines += ["", f"## {r['head']}", "",
               "| class | support | precision | recall |", "|---|---|---|---|"]
@@ -249,6 +259,32 @@ def markdown(report: dict) -> str:
   if report.get("curves"):
     lines += ["", "## Training curves", "", f"![curves]({report['curves']})"]
   return "\n".join(lines) + "\n"
+
+
+def _tag_markdown(rows: Sequence[dict]) -> list[str]:
+  """evaluation.md's tag-head tables: mAP, CF1, OF1, then per tag."""
+  if not rows:
+    return []
+  lines = ["", "## Tag heads", "",
+           "| head | labelled | mAP | CP | CR | CF1 | OP | OR | OF1 |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    lines.append(
+        f"| {r['head']} | {r['labelled']}/{r['total']} | "
+        + " | ".join(_fmt(r.get(k)) for k in
+                     ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1")) + " |")
+  for r in rows:
+    if "per_tag" not in r:
+      continue
+    lines += ["", f"### {r['head']}", "",
+              "| tag | support | AP | threshold | precision | recall | F1 |",
+              "|---|---|---|---|---|---|---|"]
+    for tag, v in r["per_tag"].items():
+      ap = _fmt(v["ap"]) if v["ap"] is not None else "not defined"
+      lines.append(f"| {tag} | {v['support']} | {ap} | {v['threshold']:.3f} "
+                   f"| {_fmt(v['precision'])} | {_fmt(v['recall'])} "
+                   f"| {_fmt(v['f1'])} |")
+  return lines
 
 
 def report_from_collected(collected, schema: heads_lib.LabelSchema, *,
@@ -304,7 +340,12 @@ def _collect(model, manifest: str, schema, image_column: str,
 
 def calibration_report(fit_collected, shown, schema) -> tuple[dict, dict]:
   """({head: T} fitted on ``fit_collected``, {head: {"temperature", ECE and
-  NLL before/after}} measured on ``shown``)."""
+  NLL before/after}} measured on ``shown``). Tag heads are not scaled:
+  their fitted thresholds already set where a score becomes a decision."""
+  softmax = [h.name for h in schema.heads if not h.is_tags]
+  if not softmax:
+    return {}, {}
+  schema = schema.select(softmax)
   temps = calibrate_lib.fit_temperatures(fit_collected, schema)
   heads = {}
   for h in schema.names:
