@@ -163,6 +163,11 @@ class HeadSpec:
     try:
       return self.classes.index(value)
     except ValueError:
+      if self.is_tags:
+        raise SchemaError(
+            f"tag {value!r} is not in the vocabulary of tag head "
+            f"{self.name!r} (tags: {', '.join(self.classes)}; one tag "
+            "here)") from None
       raise SchemaError(
           f"value {value!r} is not a class of head {self.name!r} "
           f"(classes: {', '.join(self.classes)})") from None
