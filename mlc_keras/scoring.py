@@ -240,17 +240,35 @@ def instance_scores(true_attrs: np.ndarray, pred_attrs: np.ndarray,
 def across_heads(collected: Mapping[str, tuple], heads: Sequence,
                  per_head_bacc: Mapping[str, Optional[float]]) -> dict:
   """The across-head numbers from metrics.collect()-style
-  {head: (probs, labels, mask)}; ``heads``: HeadSpec-like (name, classes)."""
+  {head: (probs, labels, mask)}; ``heads``: HeadSpec-like (name, classes).
+  A tag head's tags are binary attributes of their own, decided at its
+  thresholds, and it is right on an image when every tag is."""
+  tag_heads = [h for h in heads if getattr(h, "is_tags", False)]
+  heads = [h for h in heads if h not in tag_heads]
   names = [h.name for h in heads]
   k = {h.name: len(h.classes) for h in heads}
   masks = {h: np.asarray(collected[h][2], bool) for h in names}
   labels = {h: np.asarray(collected[h][1], np.int64) for h in names}
   preds = {h: np.asarray(collected[h][0]).argmax(axis=1) for h in names}
-  labelled_any = np.any([masks[h] for h in names], axis=0)
-  wrong = np.any([masks[h] & (preds[h] != labels[h]) for h in names], axis=0)
+  masks_all = [masks[h] for h in names]
+  wrong_all = [masks[h] & (preds[h] != labels[h]) for h in names]
+  true_cols = [attribute_matrix(labels, masks, k)] if names else []
+  pred_cols = [attribute_matrix(preds, masks, k)] if names else []
+  for h in tag_heads:
+    probs, truth, mask = collected[h.name]
+    mask = np.asarray(mask, bool)
+    truth = np.asarray(truth) > 0.5
+    on = (np.asarray(probs, np.float32)
+          >= np.asarray(h.tag_thresholds(), np.float32))
+    masks_all.append(mask)
+    wrong_all.append(mask & (on != truth).any(axis=1))
+    true_cols.append((truth & mask[:, None]).astype(np.int64))
+    pred_cols.append((on & mask[:, None]).astype(np.int64))
+  labelled_any = np.any(masks_all, axis=0)
+  wrong = np.any(wrong_all, axis=0)
   out = mean_balanced_accuracy(per_head_bacc)
-  out["instance"] = instance_scores(attribute_matrix(labels, masks, k),
-                                    attribute_matrix(preds, masks, k),
+  out["instance"] = instance_scores(np.concatenate(true_cols, axis=1),
+                                    np.concatenate(pred_cols, axis=1),
                                     labelled_any)
   n = int(labelled_any.sum())
   out["all_heads_right"] = (float(np.mean(~wrong[labelled_any])) if n

@@ -175,6 +175,25 @@ class SeenUnseenTest(tf.test.TestCase):
 
 class TagScoresTest(tf.test.TestCase):
 
+  def test_tags_are_binary_attributes_across_heads(self):
+    heads = (heads_lib.HeadSpec("b", ("no", "yes")),
+             heads_lib.HeadSpec("t", ("x", "y"), kind=heads_lib.TAGS,
+                                thresholds=(0.5, 0.5)))
+    collected = {
+        "b": (_onehot(np.array([1, 0, 0]), 2), np.array([1, 0, 1]),
+              np.array([1, 1, 0], bool)),
+        "t": (np.array([[0.9, 0.6], [0.9, 0.9], [0.2, 0.7]]),
+              np.array([[1, 0], [1, 1], [0, 1]]), np.array([1, 0, 1], bool))}
+    r = scoring.across_heads(collected, heads, {"b": 1.0})
+    # 0 {b,x}/{b,x,y}  1 {}/{} (t masked)  2 {y}/{y} (b masked).
+    inst = r["instance"]
+    self.assertEqual(inst["images"], 3)
+    self.assertAllClose(inst["accuracy"], (2 / 3 + 0 + 1) / 3)
+    self.assertAllClose(inst["precision"], (2 / 3 + 0 + 1) / 3)
+    self.assertAllClose(inst["recall"], (1 + 0 + 1) / 3)
+    # Image 0's extra tag y makes it wrong; image 1's tags are masked.
+    self.assertAllClose(r["all_heads_right"], 2 / 3)
+
   def test_map_cf1_of1_by_hand_and_masked_rows_do_not_count(self):
     probs = np.array([[0.9, 0.2, 0.1], [0.6, 0.7, 0.2], [0.3, 0.8, 0.4],
                       [0.9, 0.9, 0.9]])
