@@ -10,6 +10,29 @@ import dataclasses
 import json
 from typing import Optional
 
+# The names a config may hold, here so that train checks them before
+# TensorFlow loads; modeling.model and data.pipeline implement them (and
+# tests/preflight_test.py keeps the lists equal).
+BACKBONES = ("ResNet50V2", "ResNet101V2", "ResNet152V2", "MobileNetV2",
+             "ConvNeXtTiny")
+AUGMENTATIONS = ("flip", "crop", "colour")
+STRATEGIES = ("default", "mirrored", "multi_worker")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+OPTIMIZERS = ("adamw", "sgd")
+
+# Config fields set by no flag of their own (only by --preset), and fields
+# whose flag has another name.
+_PRESET_ONLY = frozenset({"shuffle_buffer", "weight_decay", "demo_train_size",
+                          "demo_val_size"})
+_FLAG_NAMES = {"jit_compile": "xla"}
+
+
+def flag_name(field: str) -> str:
+  """How a user sets config field ``field``: '--flag' or '--preset (field)'."""
+  if field in _PRESET_ONLY:
+    return f"--preset ({field})"
+  return "--" + _FLAG_NAMES.get(field, field)
+
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:

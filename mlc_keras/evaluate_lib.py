@@ -305,7 +305,15 @@ def default_manifest(model_dir: str) -> str:
   if d is None:
     raise ValueError(f"{model_dir}: no config.json; give --manifest")
   if d.get("val_manifest"):
-    return d["val_manifest"]
+    val = d["val_manifest"]
+    if not os.path.isfile(val) and not os.path.isabs(val):
+      # config.json records absolute paths since issue 11; older ones hold
+      # the path as given to train.
+      raise ValueError(
+          f"{model_dir}: its config.json names the validation manifest "
+          f"{val!r}, relative to the folder training ran in and not found "
+          f"from {os.getcwd()}; run from that folder or give --manifest")
+    return val
   demo = run_dir.demo_dir(d)
   if demo:
     val = os.path.join(demo, "val.csv")

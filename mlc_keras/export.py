@@ -72,8 +72,9 @@ _REPRESENTATIVE = flags.DEFINE_string(
 _PARITY_IMAGES = flags.DEFINE_string(
     "parity_images", None,
     "Manifest CSV, image folder or image for the parity check (up to 400 "
-    "images). Default: --representative, else the manifest the run was "
-    "evaluated on (results.json).")
+    "images), or 'random' for 32 seeded random images. Default: "
+    "--representative, else the manifest the run was evaluated on "
+    "(results.json); none found is an error.")
 _MAX_IMAGE_BYTES = flags.DEFINE_integer(
     "max_image_bytes", 20 * 1024 * 1024,
     "Per-image size cap of the SavedModel's bytes signature.", lower_bound=1)

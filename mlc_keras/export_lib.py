@@ -53,6 +53,9 @@ FORMATS = ("saved_model", "tflite", "onnx")
 # validation set) measures agreement to about +-0.5%.
 MAX_PARITY_IMAGES = 400
 MAX_CALIBRATION_IMAGES = 300
+# parity_images=RANDOM_PARITY: check on seeded noise, only when asked for.
+RANDOM_PARITY = "random"
+RANDOM_PARITY_COUNT = 32
 
 # Names of the per-runtime trees under the base folder; a model may not use them.
 _RESERVED_MODEL_NAMES = frozenset({"litert", "onnx", "parity"})
@@ -213,6 +216,18 @@ def _read_sample(source: str, folder: str, image_column: Optional[str],
   return predict_lib.load_images(_sample(paths, limit, seed), size)
 
 
+def _no_parity_images(folder: str) -> str:
+  missing = run_dir.missing_image_sources(folder)
+  why = (f"the run's files name {', '.join(missing)}, not found from "
+         f"{os.getcwd()} (a relative path in an older config.json is "
+         "relative to the folder training ran in)" if missing else
+         "the run's results.json and config.json name no manifest")
+  return (f"no images for the parity check: {why}. Pass --parity_images="
+          "<manifest.csv, image folder or image>, or --parity_images="
+          f"{RANDOM_PARITY} to check on {RANDOM_PARITY_COUNT} seeded random "
+          "images")
+
+
 def gather_images(request: Request, image_size: int,
                   representative: Optional[str] = None,
                   parity_images: Optional[str] = None,
@@ -220,7 +235,11 @@ def gather_images(request: Request, image_size: int,
                   log: Callable[[str], None] = print) -> Images:
   """Calibration images (only with int8) and parity images, from the user
   or, with neither source given, from the run's own data
-  (run_dir.default_image_sources); seeded noise when none is found."""
+  (run_dir.default_image_sources). Seeded noise only when asked for
+  (parity_images=RANDOM_PARITY); no images found is an ExportError."""
+  random_parity = parity_images == RANDOM_PARITY
+  if random_parity:
+    parity_images = None
   default_cal = default_par = None
   if representative is None and parity_images is None:
     default_cal, default_par = run_dir.default_image_sources(request.folder)
@@ -228,7 +247,8 @@ def gather_images(request: Request, image_size: int,
       log(f"no --representative/--parity_images: calibrating on "
           f"{default_cal}, checking parity on {default_par}")
   cal_source = representative or parity_images or default_cal
-  par_source = parity_images or representative or default_par
+  par_source = None if random_parity else (
+      parity_images or representative or default_par)
   calibration = None
   if "int8" in request.quantizations:
     if cal_source is None:
@@ -239,12 +259,15 @@ def gather_images(request: Request, image_size: int,
     calibration = _read_sample(cal_source, request.folder, image_column,
                                MAX_CALIBRATION_IMAGES, 1, image_size)
   if par_source is None:
-    # Only float variants reach here: their parity is numerical, so seeded
-    # noise still exercises every weight.
-    log("warning: no images found for the parity check; using 32 seeded "
-        "random images (pass --parity_images to check on real ones)")
+    if not random_parity:
+      raise ExportError(_no_parity_images(request.folder))
+    # Asked for: the float variants' parity is numerical, so seeded noise
+    # still exercises every weight (int8's gate needs real images).
+    log(f"parity check on {RANDOM_PARITY_COUNT} seeded random images "
+        f"(--parity_images={RANDOM_PARITY})")
     noise = np.random.default_rng(0).integers(
-        0, 256, (32, image_size, image_size, 3), dtype=np.uint8)
+        0, 256, (RANDOM_PARITY_COUNT, image_size, image_size, 3),
+        dtype=np.uint8)
     return Images(noise, None, calibration,
                   cal_source if calibration is not None else None)
   par = _read_sample(par_source, request.folder, image_column,

@@ -8,12 +8,19 @@ results.json.
   <run>/labels.json        the heads and their classes
   <run>/config.json        the run's Config (config.Config.to_json)
   <run>/results.json       what train evaluated on, and the scores
+  <run>/run.lock           held by the run training there (run_lock.py)
+
+A folder is one run: claim() refuses to retrain a finished run, and to
+resume an interrupted one with flags that change what its backup means.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
+import time
 from typing import Mapping, Optional, Sequence
 
 from mlc_keras import artefacts
@@ -26,10 +33,188 @@ CALIBRATED_FILE = "calibrated.keras"
 LABELS_FILE = artefacts.LABELS_FILE
 CONFIG_FILE = "config.json"
 RESULTS_FILE = "results.json"
+# A run's resume state: the fit trainer's backups and hand-over file
+# (training/fit.py) and the distributed trainer's checkpoints, which stay
+# after the run ends (training/distributed.py).
+FIT_RESUME_STATE = ("backup", "backup_finetune", "frozen_phase.npz")
+CHECKPOINT_DIR = "checkpoints"
+# Everything a training run writes, deleted by claim(overwrite=True); the
+# exports and evaluate's reports are left alone.
+TRAINING_FILES = (MODEL_FILE, "best.keras", CALIBRATED_FILE, LABELS_FILE,
+                  CONFIG_FILE, RESULTS_FILE, "history.csv", "tensorboard",
+                  "quarantine.csv", CHECKPOINT_DIR) + FIT_RESUME_STATE
+# Config fields that may change when an interrupted run is resumed: they
+# change how it runs or what it checks, not what its backup holds. Every
+# other field must match (see README "Resuming and backups").
+RESUMABLE_CHANGES = frozenset({
+    "data.cache", "data.deterministic", "data.validate_images",
+    "data.image_root", "data.max_image_pixels", "data.quarantine",
+    "train.epochs", "train.learning_rate", "train.jit_compile", "train.top_k",
+    "train.backup_every_steps"})
+# Config paths: relative ones in an old config.json are relative to the
+# folder training ran in.
+_PATH_FIELDS = ("data.manifest", "data.val_manifest", "data.tfrecord",
+                "data.val_tfrecord", "data.heads_file", "data.image_root",
+                "data.demo_dir", "data.tfds_data_dir", "model.weights")
+
+log = logging.getLogger("mlc_keras")
 
 
 class RunDirError(ValueError):
   """A run folder that lacks a file, or holds one that cannot be read."""
+
+
+class RunFinished(RunDirError):
+  """The folder holds a finished run; ``same_flags`` tells whether it was
+  trained with the config asked for again."""
+
+  def __init__(self, message: str, same_flags: bool):
+    super().__init__(message)
+    self.same_flags = same_flags
+
+
+# --- one run per folder ---------------------------------------------------------
+
+
+def _flat(config: Mapping) -> dict:
+  """{"section.field": value} of a config dict, lists as tuples (JSON has
+  no tuples), relative paths made absolute from the current folder."""
+  out = {}
+  for section, values in config.items():
+    if not isinstance(values, Mapping):
+      continue
+    for field, value in values.items():
+      key = f"{section}.{field}"
+      if isinstance(value, list):
+        value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+      if key in _PATH_FIELDS and isinstance(value, str) and value not in (
+          "", "imagenet"):
+        value = os.path.abspath(value)
+      out[key] = value
+  return out
+
+
+def _show(value) -> str:
+  if value is None:
+    return "none"
+  if isinstance(value, tuple):
+    return ",".join(_show(v) if not isinstance(v, tuple) else
+                    "=".join(map(str, v)) for v in value)
+  return str(value)
+
+
+def config_differences(recorded: Mapping, asked: Mapping,
+                       ignore=frozenset()) -> list[tuple[str, str, str]]:
+  """(flag, recorded value, asked value) for each config field that differs
+  between two config dicts (Config.to_dict or a config.json), leaving out
+  ``ignore`` ("section.field") and fields one of them lacks (an older
+  config.json)."""
+  old, new = _flat(recorded), _flat(asked)
+  return [(config_lib.flag_name(k.split(".", 1)[1]), _show(old[k]),
+           _show(new[k]))
+          for k in sorted(old.keys() & new.keys())
+          if k not in ignore and old[k] != new[k]]
+
+
+def _read_config(model_dir: str) -> Optional[dict]:
+  path = os.path.join(model_dir, CONFIG_FILE)
+  if not os.path.isfile(path):
+    return None
+  try:
+    with open(path, encoding="utf-8") as f:
+      config = json.load(f)
+  except (OSError, ValueError) as e:
+    raise RunDirError(f"{path}: cannot read the run's config ({e}); pass "
+                      "--overwrite to start over") from None
+  return config if isinstance(config, dict) else None
+
+
+def _in_progress(model_dir: str) -> list[str]:
+  """The resume state present in ``model_dir`` (names)."""
+  found = [n for n in FIT_RESUME_STATE
+           if os.path.exists(os.path.join(model_dir, n))]
+  checkpoints = os.path.join(model_dir, CHECKPOINT_DIR)
+  if os.path.isdir(checkpoints) and os.listdir(checkpoints):
+    found.append(CHECKPOINT_DIR)
+  return found
+
+
+def _epochs_done(model_dir: str) -> int:
+  """Epochs the fit trainer's backups record as done (0 if unreadable: the
+  backup's own check reports that)."""
+  done = 0
+  for name in FIT_RESUME_STATE[:2]:
+    path = os.path.join(model_dir, name, "training_metadata.json")
+    try:
+      with open(path, encoding="utf-8") as f:
+        done = max(done, int(json.load(f)["epoch"]))
+    except (OSError, ValueError, KeyError, TypeError):
+      continue
+  return done
+
+
+def _start_over(model_dir: str) -> None:
+  removed = []
+  for name in TRAINING_FILES:
+    path = os.path.join(model_dir, name)
+    if os.path.isdir(path):
+      shutil.rmtree(path)
+    elif os.path.exists(path):
+      os.remove(path)
+    else:
+      continue
+    removed.append(name)
+  if removed:
+    log.warning("--overwrite: deleted the previous run's %s from %s",
+                ", ".join(removed), model_dir)
+
+
+def claim(model_dir: str, config: Mapping, overwrite: bool = False,
+          chief: bool = True) -> str:
+  """Decides what training ``config`` (Config.to_dict) in ``model_dir``
+  means, before anything is written there: "new" (nothing to keep),
+  "resume" (an interrupted run with the same meaning) or, with
+  ``overwrite``, "overwrite" (the previous run's files deleted, on the
+  chief only; other workers trust it and check nothing).
+
+  Raises RunFinished when the folder holds a finished run, and RunDirError
+  naming each flag and both values when an interrupted run's backup was made
+  with a config that means something else (RESUMABLE_CHANGES may differ).
+  """
+  if overwrite:
+    if chief:
+      _start_over(model_dir)
+    return "overwrite"
+  model = os.path.join(model_dir, MODEL_FILE)
+  in_progress = _in_progress(model_dir)
+  recorded = _read_config(model_dir)
+  if os.path.isfile(model) and not set(in_progress) - {CHECKPOINT_DIR}:
+    diffs = config_differences(recorded, config) if recorded else []
+    changed = "; ".join(f"{f} was {a}, now {b}" for f, a, b in diffs)
+    when = time.strftime("%Y-%m-%d %H:%M UTC",
+                         time.gmtime(os.path.getmtime(model)))
+    raise RunFinished(
+        f"{model_dir} holds a finished run"
+        + (f" trained with other flags ({changed})" if diffs else "")
+        + f"; nothing was trained. Its model: {os.path.abspath(model)} "
+        f"(written {when}). To train again, pass --overwrite (deletes that "
+        "run's files first) or give a new --model_dir.", not diffs)
+  if not in_progress or recorded is None:
+    return "new"
+  diffs = config_differences(recorded, config, ignore=RESUMABLE_CHANGES)
+  done, epochs = _epochs_done(model_dir), config.get("train", {}).get("epochs")
+  if isinstance(epochs, int) and epochs < done:
+    diffs.append(("--epochs", f"{done} already trained", str(epochs)))
+  if diffs:
+    lines = "\n  ".join(f"{f}: {a} in the interrupted run, {b} now"
+                         for f, a, b in diffs)
+    raise RunDirError(
+        f"{model_dir} holds an interrupted run ({', '.join(in_progress)}) "
+        "whose backup is only valid with its own settings:\n  "
+        f"{lines}\nResume with the interrupted run's values, or start over "
+        "with --overwrite (or a new --model_dir). Its config.json is "
+        "unchanged.")
+  return "resume"
 
 
 # --- config.json / results.json --------------------------------------------------
@@ -84,15 +269,9 @@ def demo_dir(data: Mapping) -> Optional[str]:
   return data.get("demo_dir") or config_lib.DataConfig.demo_dir
 
 
-def default_image_sources(model_dir: str) -> tuple[Optional[str], Optional[str]]:
-  """(calibration, parity) manifests of real images for a trained model
-  folder, used when neither --representative nor --parity_images is given.
-
-  Calibration prefers the training manifest (what int8 ranges should cover),
-  parity the set the run was evaluated on (results.json), else the
-  validation manifest; each falls back to the other. Read from results.json
-  and config.json; (None, None) if none exists on this machine.
-  """
+def _recorded_sources(model_dir: str) -> tuple[list[str], list[str]]:
+  """(training, held-out) manifests the run's results.json and config.json
+  name, found here or not."""
   train, held_out = [], []
   results = os.path.join(model_dir, RESULTS_FILE)
   if os.path.isfile(results):
@@ -108,11 +287,33 @@ def default_image_sources(model_dir: str) -> tuple[Optional[str], Optional[str]]
     if demo:
       train.append(os.path.join(demo, "train.csv"))
       held_out.append(os.path.join(demo, "val.csv"))
-  train = [c for c in train if c and os.path.isfile(c)]
-  held_out = [c for c in held_out if c and os.path.isfile(c)]
+  return [c for c in train if c], [c for c in held_out if c]
+
+
+def default_image_sources(model_dir: str) -> tuple[Optional[str], Optional[str]]:
+  """(calibration, parity) manifests of real images for a trained model
+  folder, used when neither --representative nor --parity_images is given.
+
+  Calibration prefers the training manifest (what int8 ranges should cover),
+  parity the set the run was evaluated on (results.json), else the
+  validation manifest; each falls back to the other. Read from results.json
+  and config.json; (None, None) if none exists on this machine. Paths are
+  absolute since config.json records them so; a relative one (an older
+  config.json) is relative to the folder training ran in.
+  """
+  train, held_out = (
+      [c for c in found if os.path.isfile(c)]
+      for found in _recorded_sources(model_dir))
   calibration = (train + held_out or [None])[0]
   parity_source = (held_out + train or [None])[0]
   return calibration, parity_source
+
+
+def missing_image_sources(model_dir: str) -> list[str]:
+  """The manifests the run's files name that do not exist from here (to
+  say why default_image_sources found none)."""
+  train, held_out = _recorded_sources(model_dir)
+  return sorted({c for c in train + held_out if not os.path.isfile(c)})
 
 
 # --- the trained model ----------------------------------------------------------

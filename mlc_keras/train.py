@@ -144,6 +144,11 @@ _FINETUNE_LR_SCALE = flags.DEFINE_float(
     "after --freeze_epochs.", lower_bound=0)
 _BACKUP_STEPS = flags.DEFINE_integer(
     "backup_every_steps", None, "Back up every N steps (default: each epoch).")
+# Owning the model_dir.
+_OVERWRITE = flags.DEFINE_bool(
+    "overwrite", False, "Start over in a --model_dir that holds a finished "
+    "or interrupted run, deleting its model, backups and logs first (exports "
+    "are kept). Without it a finished run is not retrained.")
 
 
 def _per_head(flag: str, items: list[str], bare: bool = False):
@@ -207,19 +212,46 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.getLogger("mlc_keras").setLevel(logging.INFO)
   cfg = config_from_flags()
-  # Imported here so --help answers without loading TensorFlow.
-  from mlc_keras import heads  # pylint: disable=g-import-not-at-top
+  # None of these loads TensorFlow: a bad flag, a locked or finished
+  # model_dir is answered in milliseconds (--help too).
+  from mlc_keras import preflight  # pylint: disable=g-import-not-at-top
+  from mlc_keras import run_dir  # pylint: disable=g-import-not-at-top
+  from mlc_keras import run_lock  # pylint: disable=g-import-not-at-top
   from mlc_keras import train_lib  # pylint: disable=g-import-not-at-top
-  from mlc_keras.data import manifest  # pylint: disable=g-import-not-at-top
-  from mlc_keras.training import setup  # pylint: disable=g-import-not-at-top
   # MLC_QUIET=1 (tests, logs): one line per epoch instead of a progress bar.
   verbose = 2 if os.environ.get("MLC_QUIET") == "1" else 1
   try:
-    train_lib.train_and_evaluate(cfg, _MODEL_DIR.value, verbose=verbose)
-  except (manifest.DataError, heads.SchemaError) as e:
+    train_lib.train_and_evaluate(
+        cfg, _MODEL_DIR.value, verbose=verbose, overwrite=_OVERWRITE.value,
+        tf_config=os.environ.get("TF_CONFIG"),
+        keras_home=os.environ.get("KERAS_HOME"))
+  except run_dir.RunFinished as e:
+    # The same command again is not an error; other flags are.
+    print(("" if e.same_flags else "error: ") + str(e), file=sys.stderr)
+    sys.exit(0 if e.same_flags else 2)
+  except (preflight.FlagError, run_lock.LockedError, run_dir.RunDirError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  except setup.NonFiniteLossError as e:
+  except Exception as e:  # pylint: disable=broad-except
+    _exit_on_known(e)
+    raise
+  print(f"\nModel written to {_MODEL_DIR.value}/model.keras (labels.json beside "
+        "it). Next:\n"
+        f"  python -m mlc_keras.export --model_dir={_MODEL_DIR.value}\n"
+        f"  python -m mlc_keras.predict --model={_MODEL_DIR.value} <images>")
+
+
+def _exit_on_known(e: Exception) -> None:
+  """Exits with code 2 (bad data) or 3 (NaN loss) and a message for the
+  errors that are not bugs; returns for any other."""
+  # Loaded by training already when these can be raised.
+  from mlc_keras import heads  # pylint: disable=g-import-not-at-top
+  from mlc_keras.data import manifest  # pylint: disable=g-import-not-at-top
+  from mlc_keras.training import setup  # pylint: disable=g-import-not-at-top
+  if isinstance(e, (manifest.DataError, heads.SchemaError)):
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  if isinstance(e, setup.NonFiniteLossError):
     # The fine-tuning phase has its own folder (training.fit.phases).
     kept = [d for d in ("backup", "backup_finetune")
             if os.path.isdir(os.path.join(_MODEL_DIR.value, d))]
@@ -231,10 +263,6 @@ def main(argv):
               "re-run the same command.")
     print(f"error: {e}\n{hint}", file=sys.stderr)
     sys.exit(3)
-  print(f"\nModel written to {_MODEL_DIR.value}/model.keras (labels.json beside "
-        "it). Next:\n"
-        f"  python -m mlc_keras.export --model_dir={_MODEL_DIR.value}\n"
-        f"  python -m mlc_keras.predict --model={_MODEL_DIR.value} <images>")
 
 
 def run():

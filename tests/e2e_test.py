@@ -172,6 +172,10 @@ class EndToEndTest(tf.test.TestCase):
     os.makedirs(work)
     printed = Cli(self.root, "train", "--preset=tiny", "--model_dir=run",
                   "--demo_dir=demo_data", cwd=work).result()
+    # Paths that travel: config.json names the demo set absolutely.
+    with open(os.path.join(work, "run", "config.json")) as f:
+      self.assertEqual(json.load(f)["data"]["demo_dir"],
+                       os.path.join(work, "demo_data"))
     steps = [l.strip() for l in printed.split("Next:", 1)[1].splitlines()
              if l.strip().startswith("python -m mlc_keras.")]
     self.assertEqual([s.split()[2] for s in steps],

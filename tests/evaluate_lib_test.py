@@ -206,6 +206,23 @@ class EvaluateTest(tf.test.TestCase):
     with self.assertRaisesRegex(ValueError, "give --manifest"):
       evaluate_lib.default_manifest(model_dir)
 
+  def test_relative_val_manifest_of_an_older_config_is_named(self):
+    model_dir = self.get_temp_dir()
+    cfg = config_lib.Config(data=config_lib.DataConfig(
+        manifest="data/train.csv", val_manifest="data/val.csv"))
+    with open(os.path.join(model_dir, "config.json"), "w") as f:
+      f.write(cfg.to_json())
+    cwd = os.getcwd()
+    self.addCleanup(os.chdir, cwd)
+    os.chdir(model_dir)
+    with self.assertRaisesRegex(ValueError, "'data/val.csv', relative to the "
+                                "folder training ran in and not found from"):
+      evaluate_lib.default_manifest(model_dir)
+    os.makedirs("data")
+    open("data/val.csv", "w").close()
+    # From the folder training ran in, it works as it did.
+    self.assertEqual(evaluate_lib.default_manifest(model_dir), "data/val.csv")
+
 
 class ReportsAgreeTest(tf.test.TestCase):
   """results.json (metrics.head_table) and evaluation.json

@@ -35,6 +35,7 @@ from mlc_keras import run_dir
 from mlc_keras.data import imageio
 from mlc_keras.data import sources
 from tests import export_fixture
+from tests import testutil
 from tests.export_fixture import make_images
 from tests.export_fixture import OLD_TABLE
 from tests.export_fixture import SCHEMA
@@ -720,9 +721,11 @@ class ComposedExportTest(tf.test.TestCase):
     # No --class_table: calibrated.keras's own "class" output (from evaluate
     # --calibrate --class_table) is kept and its table written beside it.
     from mlc_keras import compose
+    # This folder names no images (no config.json): noise, asked for.
     result = export_lib.export(
         self.model_dir, output=os.path.join(self.root, "carried"),
-        formats="saved_model", isolate=False, log=lambda _: None)
+        formats="saved_model", isolate=False, log=lambda _: None,
+        parity_images=export_lib.RANDOM_PARITY)
     table = compose.load(os.path.join(result.saved_model, "assets",
                                       "classes.csv"), SCHEMA)
     self.assertEqual(table.classes, ("reddish", "other"))
@@ -750,6 +753,54 @@ class ComposedExportTest(tf.test.TestCase):
     self.assertEqual(proc.returncode, 2, proc.stderr[-2000:])
     self.assertIn("error: " + bad, proc.stderr)
     self.assertIn("'size' is not a head", proc.stderr)
+
+
+class ParityImagesTest(tf.test.TestCase):
+  """Which images the parity check uses; noise only when asked for."""
+
+  def _request(self, config=None):
+    folder = os.path.join(self.get_temp_dir(), "run")
+    os.makedirs(folder)
+    open(os.path.join(folder, run_dir.MODEL_FILE), "w").close()  # not loaded
+    if config is not None:
+      with open(os.path.join(folder, run_dir.CONFIG_FILE), "w") as f:
+        json.dump(config, f)
+    return export_lib.resolve_request(folder, formats="saved_model")
+
+  def test_no_images_is_an_error_unless_random_is_asked_for(self):
+    request = self._request()
+    with self.assertRaisesRegex(
+        artefacts.ExportError,
+        "no images for the parity check: the run's results.json and "
+        "config.json name no manifest. Pass --parity_images=<manifest.csv, "
+        "image folder or image>, or --parity_images=random"):
+      export_lib.gather_images(request, SIZE, log=lambda _: None)
+    images = export_lib.gather_images(request, SIZE,
+                                      parity_images=export_lib.RANDOM_PARITY,
+                                      log=lambda _: None)
+    self.assertIsNone(images.parity_source)
+    self.assertEqual(images.parity.shape, (32, SIZE, SIZE, 3))
+    self.assertEqual(images.parity.dtype, np.uint8)
+
+  def test_relative_path_of_an_older_config_is_named(self):
+    cwd = os.getcwd()
+    self.addCleanup(os.chdir, cwd)
+    os.chdir(self.get_temp_dir())
+    request = self._request({"data": {"manifest": "data/train.csv",
+                                      "val_manifest": "data/val.csv"}})
+    with self.assertRaisesRegex(
+        artefacts.ExportError,
+        "the run's files name data/train.csv, data/val.csv, not found from "
+        f"{os.getcwd()} .a relative path in an older config.json is relative "
+        "to the folder training ran in"):
+      export_lib.gather_images(request, SIZE, log=lambda _: None)
+    # From the folder training ran in, the same config.json still works.
+    rows = [{"image": "img/a.png", "shape": "circle", "colour": "red"}]
+    testutil.write_manifest(os.path.join(os.getcwd(), "data"), rows,
+                            name="val.csv")
+    images = export_lib.gather_images(request, SIZE, log=lambda _: None)
+    self.assertEqual(images.parity_source, "data/val.csv")
+    self.assertLen(images.parity, 1)
 
 
 def compose_table(classes):

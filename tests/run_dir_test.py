@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
 import tensorflow as tf
 
 from mlc_keras import artefacts
+from mlc_keras import config as config_lib
 from mlc_keras import run_dir
 
 
@@ -90,6 +92,132 @@ class ChooseModelFileTest(tf.test.TestCase):
     os.remove(os.path.join(self.dir, "calibrated.keras"))
     path, _ = run_dir.choose_model_file(self.dir)
     self.assertEqual(path, os.path.join(self.dir, "model.keras"))
+
+
+def _config(**train):
+  """The tiny config's dict (as config.json holds it) with train fields set."""
+  cfg = config_lib.tiny()
+  return dataclasses.replace(
+      cfg, data=dataclasses.replace(cfg.data, demo_dir="/data/demo"),
+      train=dataclasses.replace(cfg.train, **train)).to_dict()
+
+
+class ClaimTest(tf.test.TestCase):
+  """One run per folder: finished runs are kept, resumes keep their meaning."""
+
+  def _run(self, config, *files):
+    folder = os.path.join(self.get_temp_dir(),
+                          f"run{len(os.listdir(self.get_temp_dir()))}")
+    os.makedirs(folder)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+      json.dump(config, f, indent=2, sort_keys=True)
+    for name in files:
+      path = os.path.join(folder, name)
+      if name.endswith("/"):
+        os.makedirs(path)
+        open(os.path.join(path, "state"), "w").close()
+      else:
+        with open(path, "wb") as f:
+          f.write(b"model bytes")
+    return folder
+
+  def _snapshot(self, folder):
+    out = {}
+    for name in sorted(os.listdir(folder)):
+      path = os.path.join(folder, name)
+      if os.path.isfile(path):
+        with open(path, "rb") as f:
+          out[name] = (os.stat(path).st_mtime_ns, f.read())
+    return out
+
+  def test_finished_run_is_not_claimed(self):
+    folder = self._run(_config(), "model.keras", "results.json")
+    before = self._snapshot(folder)
+    with self.assertRaisesRegex(run_dir.RunFinished,
+                                "holds a finished run; nothing was trained. "
+                                "Its model: .*model.keras.*--overwrite") as e:
+      run_dir.claim(folder, _config())
+    self.assertTrue(e.exception.same_flags)
+    with self.assertRaisesRegex(run_dir.RunFinished,
+                                "other flags .--epochs was 1, now 3") as e:
+      run_dir.claim(folder, _config(epochs=3))
+    self.assertFalse(e.exception.same_flags)
+    self.assertEqual(self._snapshot(folder), before)
+    # A distributed run's checkpoints stay after it ends: still finished.
+    os.makedirs(os.path.join(folder, "checkpoints"))
+    open(os.path.join(folder, "checkpoints", "checkpoint"), "w").close()
+    with self.assertRaises(run_dir.RunFinished):
+      run_dir.claim(folder, _config())
+
+  def test_resume_with_other_meaning_is_refused_before_anything_changes(self):
+    folder = self._run(_config(steps_per_epoch=2), "backup/")
+    before = self._snapshot(folder)
+    with self.assertRaisesRegex(
+        run_dir.RunDirError,
+        r"interrupted run \(backup\).*:\n  --batch_size: 8 in the "
+        r"interrupted run, 4 now\n  --steps_per_epoch: 2 in the interrupted "
+        r"run, 3 now\nResume with"):
+      run_dir.claim(folder, _config(steps_per_epoch=3, batch_size=4))
+    with self.assertRaisesRegex(run_dir.RunDirError,
+                                "--optimizer: adamw in the interrupted run, "
+                                "sgd now"):
+      run_dir.claim(folder, _config(steps_per_epoch=2, optimizer="sgd"))
+    self.assertEqual(self._snapshot(folder), before)
+    # Fewer epochs than the backup has trained cannot be resumed.
+    with open(os.path.join(folder, "backup", "training_metadata.json"),
+              "w") as f:
+      json.dump({"epoch": 2}, f)
+    with self.assertRaisesRegex(run_dir.RunDirError, "--epochs: 2 already "
+                                "trained in the interrupted run, 1 now"):
+      run_dir.claim(folder, _config(steps_per_epoch=2, epochs=1))
+    # Epochs, the learning rate (the NaN way out) and logging may change.
+    self.assertEqual(run_dir.claim(folder, _config(
+        steps_per_epoch=2, epochs=5, learning_rate=1e-5, top_k=1,
+        backup_every_steps=7)), "resume")
+
+  def test_distributed_checkpoints_are_a_resume_state(self):
+    folder = self._run(_config(), "checkpoints/")
+    with self.assertRaisesRegex(run_dir.RunDirError, "--seed: 0 in the "
+                                "interrupted run, 1 now"):
+      run_dir.claim(folder, _config(seed=1))
+    self.assertEqual(run_dir.claim(folder, _config()), "resume")
+
+  def test_new_and_overwrite(self):
+    empty = os.path.join(self.get_temp_dir(), "empty")
+    self.assertEqual(run_dir.claim(empty, _config()), "new")
+    # Killed before its first backup: nothing to keep, config.json rewritten.
+    self.assertEqual(run_dir.claim(self._run(_config(seed=5)), _config()),
+                     "new")
+    folder = self._run(_config(), "model.keras", "best.keras", "history.csv",
+                       "backup/", "tensorboard/", "export/")
+    # A worker trusts the chief, which deletes.
+    self.assertEqual(run_dir.claim(folder, _config(), True, chief=False),
+                     "overwrite")
+    self.assertIn("model.keras", os.listdir(folder))
+    with self.assertLogs("mlc_keras", "WARNING") as logs:
+      self.assertEqual(run_dir.claim(folder, _config(), overwrite=True),
+                       "overwrite")
+    self.assertEqual(os.listdir(folder), ["export"])
+    self.assertIn("deleted the previous run's model.keras, best.keras, "
+                  "config.json, history.csv, tensorboard, backup", logs.output[0])
+
+  def test_relative_paths_of_an_older_config_mean_the_same_files(self):
+    cwd = os.getcwd()
+    self.addCleanup(os.chdir, cwd)
+    os.chdir(self.get_temp_dir())
+    old = _config()
+    old["data"]["manifest"] = "data/train.csv"
+    new = _config()
+    new["data"]["manifest"] = os.path.abspath("data/train.csv")
+    self.assertEqual(run_dir.config_differences(old, new), [])
+    old["model"]["weights"], new["model"]["weights"] = (
+        "w.h5", os.path.abspath("w.h5"))
+    self.assertEqual(run_dir.config_differences(old, new), [])
+    old["model"]["weights"] = new["model"]["weights"] = "imagenet"
+    new["data"]["manifest"] = "/elsewhere/train.csv"
+    self.assertEqual(run_dir.config_differences(old, new), [(
+        "--manifest", os.path.abspath("data/train.csv"),
+        "/elsewhere/train.csv")])
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import tensorflow as tf
 
@@ -64,6 +66,98 @@ class TrainCliTest(tf.test.TestCase):
     proc = run_cli("mlc_keras.train", "--loss_weights=shape", timeout=300)
     self.assertNotEqual(proc.returncode, 0)
     self.assertIn("--loss_weights: expected head=number, got 'shape'", proc.stderr)
+
+
+class OwnershipCliTest(tf.test.TestCase):
+  """Re-runs of a run folder as a user would type them. The finished run is
+  laid out as train leaves it, with the config.json train writes for these
+  flags (from train's own flag parsing), not trained: a tiny training took
+  over three minutes on the loaded CI machine, and nothing here reads the
+  model's contents."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.root = tempfile.mkdtemp(prefix="train_ownership_")
+    cls.model_dir = os.path.join(cls.root, "run")
+    cls.args = ("--preset=tiny", f"--model_dir={cls.model_dir}",
+                f"--demo_dir={os.path.join(cls.root, 'demo')}",
+                "--steps_per_epoch=1")
+    config = subprocess.run(
+        [sys.executable, "-c", "import sys; from absl import flags; "
+         "from mlc_keras import preflight, train; flags.FLAGS(sys.argv); "
+         "print(preflight.absolute_paths(train.config_from_flags()).to_json())",
+         *cls.args], cwd=REPO, capture_output=True, text=True, check=True,
+        env=dict(os.environ, PYTHONPATH=REPO)).stdout
+    os.makedirs(cls.model_dir)
+    for name, text in (("config.json", config), ("model.keras", "PK model"),
+                       ("results.json", "{}"), ("history.csv", "epoch\n0\n")):
+      with open(os.path.join(cls.model_dir, name), "w") as f:
+        f.write(text)
+
+  @classmethod
+  def tearDownClass(cls):
+    shutil.rmtree(cls.root, ignore_errors=True)
+    super().tearDownClass()
+
+  def _files(self, folder):
+    out = {}
+    for name in ("model.keras", "config.json", "history.csv", "results.json"):
+      path = os.path.join(folder, name)
+      with open(path, "rb") as f:
+        out[name] = (os.stat(path).st_mtime_ns, f.read())
+    return out
+
+  def test_rerun_of_a_finished_run_leaves_it_alone(self):
+    before = self._files(self.model_dir)
+    again = run_cli("mlc_keras.train", *self.args, timeout=300)
+    self.assertEqual(again.returncode, 0, again.stderr[-3000:])
+    self.assertIn(f"{self.model_dir} holds a finished run; nothing was "
+                  f"trained. Its model: {self.model_dir}/model.keras",
+                  again.stderr)
+    self.assertIn("--overwrite", again.stderr)
+    self.assertNotIn("Per-head results", again.stdout)
+    # Other flags: an error, and still nothing touched.
+    other = run_cli("mlc_keras.train", *self.args, "--epochs=3", timeout=300)
+    self.assertEqual(other.returncode, 2, other.stderr[-3000:])
+    self.assertIn("trained with other flags (--epochs was 1, now 3)",
+                  other.stderr)
+    self.assertEqual(self._files(self.model_dir), before)
+    self.assertFalse(os.path.exists(os.path.join(self.model_dir, "run.lock")))
+
+  def test_resume_with_other_steps_per_epoch_is_refused(self):
+    # The state of a run killed after its first backup.
+    killed = os.path.join(self.root, "killed")
+    os.makedirs(os.path.join(killed, "backup"))
+    shutil.copy(os.path.join(self.model_dir, "config.json"), killed)
+    open(os.path.join(killed, "backup", "latest.state.npz"), "w").close()
+    with open(os.path.join(killed, "config.json"), "rb") as f:
+      config = f.read()
+    args = [a.replace(self.model_dir, killed) for a in self.args]
+    proc = run_cli("mlc_keras.train", *args[:-1], "--steps_per_epoch=3",
+                   timeout=300)
+    self.assertEqual(proc.returncode, 2, proc.stderr[-3000:])
+    self.assertIn("--steps_per_epoch: 1 in the interrupted run, 3 now",
+                  proc.stderr)
+    self.assertNotIn("Traceback", proc.stderr)
+    with open(os.path.join(killed, "config.json"), "rb") as f:
+      self.assertEqual(f.read(), config)
+
+  def test_a_live_run_owns_its_folder(self):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from mlc_keras import "
+         "run_lock; run_lock.RunLock(sys.argv[1]).acquire(); print(1, "
+         "flush=True); time.sleep(120)", os.path.join(self.root, "busy")],
+        stdout=subprocess.PIPE, text=True,
+        env=dict(os.environ, PYTHONPATH=REPO))
+    self.addCleanup(holder.kill)
+    self.assertEqual(holder.stdout.readline().strip(), "1")
+    proc = run_cli("mlc_keras.train", "--preset=tiny",
+                   f"--model_dir={os.path.join(self.root, 'busy')}",
+                   timeout=300)
+    self.assertEqual(proc.returncode, 2, proc.stderr[-3000:])
+    self.assertIn(f"is in use by another training run (pid {holder.pid} on "
+                  "host", proc.stderr)
 
 
 if __name__ == "__main__":

@@ -220,6 +220,12 @@ def prepare_run(cfg: config_lib.Config, out_dir: str) -> Run:
   return Run(bundle, schema, steps, class_weights, quarantine_note)
 
 
+# With no validation data, the end-of-run report scores at most this many
+# training examples: a full pass over a large training set would cost as
+# much as an epoch, for scores that are not held-out ones anyway.
+REPORT_SAMPLE = 2048
+
+
 def fit_tag_thresholds(schema: heads_lib.LabelSchema, collected,
                        has_validation: bool, out_dir: str):
   """Fits the tag heads' thresholds on the validation outputs (the default
@@ -238,19 +244,31 @@ def fit_tag_thresholds(schema: heads_lib.LabelSchema, collected,
 def write_results(model: keras.Model, run: Run, cfg: config_lib.Config,
                   out_dir: str, eval_ds: Optional[tf.data.Dataset] = None,
                   extra: Optional[dict] = None, show: bool = True) -> dict:
-  """Evaluates ``model`` on the validation data (the training data when there
-  is none), writes results.json to ``out_dir`` and, when ``show``, prints the
-  per-head table. ``eval_ds``: the evaluation dataset if already built;
-  ``extra``: more keys for results.json."""
+  """Evaluates ``model`` on the validation data (the first REPORT_SAMPLE
+  training examples when there is none, said so), writes results.json to
+  ``out_dir`` and, when ``show``, prints the per-head table. ``eval_ds``:
+  the validation dataset if already built; ``extra``: more keys for
+  results.json."""
   tc, bundle = cfg.train, run.bundle
-  eval_source = bundle.val if bundle.val is not None else bundle.train
+  sampled = bundle.val is None
+  eval_source = bundle.train if sampled else bundle.val
   if eval_ds is None:
     eval_ds = pipeline.eval_dataset(eval_source, run.schema,
-                                image_size=cfg.data.image_size,
-                                batch_size=tc.batch_size)
+                                    image_size=cfg.data.image_size,
+                                    batch_size=tc.batch_size)
+  title = f"Per-head results on {eval_source.name}"
+  if sampled:
+    batches = -(-REPORT_SAMPLE // tc.batch_size)
+    eval_ds = eval_ds.take(batches)
+    count = min(bundle.train_size, batches * tc.batch_size)
+    extra = {"evaluated_sample": count, "sample_of": "training data",
+             **(extra or {})}
+    title = (f"Per-head results on the first {count} of {bundle.train_size} "
+             f"training examples of {eval_source.name} (no validation data: "
+             "not held-out scores")
   collected = metrics.collect(model, eval_ds, run.schema)
   schema, thresholds = fit_tag_thresholds(run.schema, collected,
-                                          bundle.val is not None, out_dir)
+                                          not sampled, out_dir)
   rows = metrics.head_table(collected, schema, tc.top_k)
   results = {"evaluated_on": eval_source.name, "train_size": bundle.train_size,
              "epochs": tc.epochs, "steps_per_epoch": run.steps_per_epoch,
@@ -262,8 +280,8 @@ def write_results(model: keras.Model, run: Run, cfg: config_lib.Config,
     f.write("\n")
   if show:
     print(metrics.format_table(
-        rows, title=f"Per-head results on {eval_source.name} "
-        f"(inference mode, labelled samples only):"))
+        rows, title=title + ("; " if sampled else " (") +
+        "inference mode, labelled samples only):"))
     if run.quarantine_note:
       print(run.quarantine_note)
   return results

@@ -1,0 +1,296 @@
+"""What train checks before it reads any data or loads TensorFlow: every
+config value in range, the data files and the backbone named, the weights
+present (or ImageNet's reachable), TF_CONFIG parsed. Each problem is a
+FlagError naming the flag (or TF_CONFIG) and its value.
+
+Takes values, never flags or the environment: the train CLI passes
+TF_CONFIG's text and KERAS_HOME in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import math
+import os
+import threading
+import urllib.error
+import urllib.request
+from typing import Callable, Optional
+
+from mlc_keras import config as config_lib
+
+_APPS = "https://storage.googleapis.com/tensorflow/keras-applications/"
+# MobileNetV2's ImageNet files exist for these input sides (Keras picks 224
+# for any other).
+_MOBILENET_SIDES = (96, 128, 160, 192, 224)
+PROBE_TIMEOUT = 3.0
+
+
+class FlagError(ValueError):
+  """A flag or environment value that cannot work; the message names it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """What the checks found out about the run's place in a cluster."""
+  chief: bool = True  # owns model_dir (writes it and holds its lock)
+  workers: int = 1
+
+
+def absolute_paths(cfg: config_lib.Config) -> config_lib.Config:
+  """``cfg`` with its file paths made absolute, so that config.json means
+  the same files from any folder (evaluate and export read it)."""
+  def absolute(value):
+    return os.path.abspath(value) if value else value
+  data = dataclasses.replace(
+      cfg.data, **{k: absolute(getattr(cfg.data, k)) for k in (
+          "manifest", "val_manifest", "tfrecord", "val_tfrecord", "heads_file",
+          "image_root", "demo_dir", "tfds_data_dir")})
+  weights = cfg.model.weights
+  if weights and weights != "imagenet":
+    weights = os.path.abspath(weights)
+  return dataclasses.replace(
+      cfg, data=data, model=dataclasses.replace(cfg.model, weights=weights))
+
+
+def check(cfg: config_lib.Config, tf_config: Optional[str] = None,
+          keras_home: Optional[str] = None,
+          probe: Optional[Callable[[str], Optional[str]]] = None) -> Plan:
+  """Every check of this module; returns the Plan. ``tf_config``: the
+  TF_CONFIG text (None when unset); ``keras_home``: KERAS_HOME (None: Keras'
+  default); ``probe(url)``: None when the URL answers, else why not
+  (default: a HEAD request with a short timeout)."""
+  check_ranges(cfg)
+  check_sources(cfg.data)
+  check_weights(cfg.model, cfg.data.image_size, keras_home, probe or probe_url)
+  return check_cluster(cfg.train, tf_config)
+
+
+def _fail(field: str, value, why: str):
+  raise FlagError(f"{config_lib.flag_name(field)}={_show(value)}: {why}")
+
+
+def _show(value) -> str:
+  if isinstance(value, (tuple, list)):
+    return ",".join(str(v) for v in value)
+  return str(value)
+
+
+def _number_in(field: str, value, low, high=None, low_open=False,
+               high_open=True, integer=False, optional=False) -> None:
+  if value is None and optional:
+    return
+  kind = "an integer" if integer else "a number"
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+      integer and not float(value).is_integer()) or not math.isfinite(value):
+    _fail(field, value, f"must be {kind}")
+  below = value <= low if low_open else value < low
+  above = high is not None and (value >= high if high_open else value > high)
+  if below or above:
+    lo = f"> {low}" if low_open else f">= {low}"
+    hi = "" if high is None else f" and {'<' if high_open else '<='} {high}"
+    _fail(field, value, f"must be {lo}{hi}")
+
+
+def check_ranges(cfg: config_lib.Config) -> None:
+  """Sizes and counts in range, names among the known ones."""
+  dc, mc, tc = cfg.data, cfg.model, cfg.train
+  # keras.applications builds no backbone below 32 px.
+  _number_in("image_size", dc.image_size, 32, 4096, high_open=False,
+             integer=True)
+  _number_in("val_fraction", dc.val_fraction, 0, 1)
+  _number_in("max_image_pixels", dc.max_image_pixels, 0, integer=True)
+  for field in ("shuffle_buffer", "demo_train_size", "demo_val_size"):
+    _number_in(field, getattr(dc, field), 1, integer=True)
+  unknown = [a for a in dc.augment if a not in config_lib.AUGMENTATIONS]
+  if unknown:
+    _fail("augment", dc.augment, f"unknown augmentation {unknown[0]!r}; "
+          f"choose from {', '.join(config_lib.AUGMENTATIONS)} ('' for none)")
+  if mc.backbone not in config_lib.BACKBONES:
+    _fail("backbone", mc.backbone,
+          f"unknown backbone; choose one of {', '.join(config_lib.BACKBONES)}")
+  _number_in("dropout", mc.dropout, 0, 1)
+  _number_in("bn_momentum", mc.bn_momentum, 0, 1, optional=True)
+  _number_in("batch_size", tc.batch_size, 1, integer=True)
+  _number_in("epochs", tc.epochs, 1, integer=True)
+  _number_in("steps_per_epoch", tc.steps_per_epoch, 1, integer=True,
+             optional=True)
+  _number_in("backup_every_steps", tc.backup_every_steps, 1, integer=True,
+             optional=True)
+  _number_in("learning_rate", tc.learning_rate, 0, low_open=True)
+  _number_in("weight_decay", tc.weight_decay, 0)
+  _number_in("top_k", tc.top_k, 1, integer=True)
+  _number_in("freeze_epochs", tc.freeze_epochs, 0, integer=True)
+  _number_in("unfreeze_layers", tc.unfreeze_layers, 0, integer=True)
+  _number_in("finetune_lr_scale", tc.finetune_lr_scale, 0, low_open=True)
+  for field in ("loss_weights", "focal_loss"):
+    for head, value in getattr(tc, field):
+      if not (math.isfinite(value) and value >= 0):
+        _fail(field, f"{head}={value}", "must be a number >= 0")
+  for field, allowed in (("precision", config_lib.PRECISIONS),
+                         ("strategy", config_lib.STRATEGIES),
+                         ("optimizer", config_lib.OPTIMIZERS),
+                         ("class_weight", ("none", "balanced"))):
+    if getattr(tc, field) not in allowed:
+      _fail(field, getattr(tc, field), f"choose one of {', '.join(allowed)}")
+  if tc.strategy != "default":
+    # training/distributed.py's custom step supports neither.
+    if tc.precision != "float32" or tc.jit_compile:
+      _fail("strategy", tc.strategy, "supports float32 without --xla only")
+    if tc.freeze_epochs:
+      _fail("freeze_epochs", tc.freeze_epochs, "is not supported with "
+            f"--strategy={tc.strategy} yet; use the default strategy")
+
+
+def check_sources(dc: config_lib.DataConfig) -> None:
+  """The data files named exist (their contents are read later)."""
+  given = [f for f in ("manifest", "tfrecord", "tfds") if getattr(dc, f)]
+  if len(given) > 1:
+    raise FlagError(f"give one of --manifest, --tfrecord or --tfds, not "
+                    f"{' and '.join('--' + g for g in given)}")
+  for field in ("manifest", "val_manifest", "heads_file"):
+    path = getattr(dc, field)
+    if path and not os.path.isfile(path):
+      _fail(field, path, "no such file")
+  if dc.val_manifest and not dc.manifest:
+    _fail("val_manifest", dc.val_manifest, "needs --manifest (the training "
+          "CSV)")
+  if dc.val_tfrecord and not dc.tfrecord:
+    _fail("val_tfrecord", dc.val_tfrecord, "needs --tfrecord")
+  for field in ("tfrecord", "val_tfrecord"):
+    pattern = getattr(dc, field)
+    if pattern and not glob.glob(pattern):
+      _fail(field, pattern, "matches no file")
+  if dc.tfrecord and not dc.heads_file:
+    labels = os.path.join(os.path.dirname(os.path.abspath(dc.tfrecord)),
+                          "labels.json")
+    if not os.path.isfile(labels):
+      _fail("tfrecord", dc.tfrecord, f"no {labels} beside the shards (the "
+            "tfrecord CLI writes it); give --heads_file")
+  if dc.label_columns and dc.heads_file:
+    raise FlagError("--label_columns and --heads_file both choose the heads; "
+                    "give one")
+  if dc.image_root and not os.path.isdir(dc.image_root):
+    _fail("image_root", dc.image_root, "no such folder")
+
+
+def imagenet_file(backbone: str, image_size: int) -> tuple[str, str]:
+  """(file name, download URL) of the no-top ImageNet weights Keras fetches
+  for ``backbone`` (keras/src/applications, Keras 3.15)."""
+  if backbone.startswith("ResNet"):
+    name = (f"{backbone[:-2].lower()}v2_weights_tf_dim_ordering_tf_kernels"
+            "_notop.h5")
+    return name, f"{_APPS}resnet/{name}"
+  if backbone == "MobileNetV2":
+    side = image_size if image_size in _MOBILENET_SIDES else 224
+    name = f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{side}_no_top.h5"
+    return name, f"{_APPS}mobilenet_v2/{name}"
+  raise FlagError(f"--weights=imagenet: no ImageNet file known for "
+                  f"--backbone={backbone}")
+
+
+def keras_cache_dirs(keras_home: Optional[str]) -> list[str]:
+  """Where keras.utils.get_file looks for a downloaded file: KERAS_HOME (or
+  ~/.keras), and /tmp/.keras when that is not writable."""
+  home = os.path.expanduser(keras_home or os.path.join("~", ".keras"))
+  return [os.path.join(home, "models"), os.path.join("/tmp", ".keras", "models")]
+
+
+def probe_url(url: str, timeout: float = PROBE_TIMEOUT) -> Optional[str]:
+  """None when a HEAD request to ``url`` answers within ``timeout`` s, else
+  why not. Run in a thread so that a hanging name lookup (which urllib's
+  timeout does not cover) cannot hold the run longer."""
+  outcome = ["no answer within %g s" % timeout]
+
+  def ask():
+    try:
+      request = urllib.request.Request(url, method="HEAD")
+      with urllib.request.urlopen(request, timeout=timeout):
+        outcome[0] = None
+    except urllib.error.HTTPError as e:
+      outcome[0] = f"HTTP {e.code}"
+    except (urllib.error.URLError, OSError, ValueError) as e:
+      outcome[0] = str(getattr(e, "reason", e))
+  thread = threading.Thread(target=ask, daemon=True)
+  thread.start()
+  thread.join(timeout + 0.5)
+  return outcome[0]
+
+
+def check_weights(mc: config_lib.ModelConfig, image_size: int,
+                  keras_home: Optional[str],
+                  probe: Callable[[str], Optional[str]]) -> None:
+  """A weights file exists; ImageNet weights are cached or downloadable."""
+  weights = mc.weights
+  if weights is None:
+    return
+  if weights != "imagenet":
+    if not os.path.isfile(weights):
+      hint = (" (ImageNet weights are --weights=imagenet, in lower case)"
+              if weights.lower().endswith("imagenet") else "")
+      _fail("weights", weights, "no such file; give a local no-top weights "
+            f"file, imagenet or none{hint}")
+    return
+  if mc.backbone == "ConvNeXtTiny":
+    # Keras checks the model's name for the variant ("convnext_tiny"), and
+    # the backbone is built under the name "backbone".
+    _fail("weights", weights, "Keras loads ConvNeXtTiny's ImageNet weights "
+          "only into a model named convnext_tiny; pass the weights as a "
+          "local file (--weights=/path/to/convnext_tiny_notop.h5)")
+  name, url = imagenet_file(mc.backbone, image_size)
+  cache = keras_cache_dirs(keras_home)
+  if any(os.path.isfile(os.path.join(d, name)) for d in cache):
+    return
+  why = probe(url)
+  if why is not None:
+    _fail("weights", weights,
+          f"the {mc.backbone} weights are not in the Keras cache "
+          f"({os.path.join(cache[0], name)}) and cannot be downloaded from "
+          f"{url} ({why}). Offline: fetch that file on a connected machine "
+          f"and pass --weights=/path/to/{name}, or copy it into {cache[0]}")
+
+
+def parse_tf_config(text: str) -> Plan:
+  """TF_CONFIG's cluster and task -> Plan (is this task the chief, how many
+  workers). Raises FlagError naming TF_CONFIG and what is wrong."""
+  try:
+    spec = json.loads(text)
+  except ValueError as e:
+    raise FlagError(f"TF_CONFIG is not valid JSON ({e}): {text[:200]!r}") from None
+  example = ('e.g. {"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+             '"task": {"type": "worker", "index": 0}}')
+  cluster = spec.get("cluster") if isinstance(spec, dict) else None
+  task = spec.get("task") if isinstance(spec, dict) else None
+  if not isinstance(cluster, dict) or not cluster or not isinstance(task, dict):
+    raise FlagError(f"TF_CONFIG needs a \"cluster\" and a \"task\" object; "
+                    f"{example}")
+  for job, addresses in cluster.items():
+    if not (isinstance(addresses, list) and addresses and all(
+        isinstance(a, str) and ":" in a for a in addresses)):
+      raise FlagError(f"TF_CONFIG cluster.{job} must be a list of "
+                      f"\"host:port\" strings, got {addresses!r}")
+  kind, index = task.get("type"), task.get("index")
+  if kind not in cluster or kind not in ("chief", "worker"):
+    raise FlagError(f"TF_CONFIG task.type is {kind!r}; it must be \"chief\" "
+                    f"or \"worker\", a job of the cluster ({', '.join(cluster)})")
+  if isinstance(index, bool) or not isinstance(index, int) or not (
+      0 <= index < len(cluster[kind])):
+    raise FlagError(f"TF_CONFIG task.index is {index!r}; cluster.{kind} has "
+                    f"{len(cluster[kind])} address(es)")
+  chief = kind == "chief" or (index == 0 and "chief" not in cluster)
+  return Plan(chief=chief, workers=sum(len(a) for a in cluster.values()))
+
+
+def check_cluster(tc: config_lib.TrainConfig, tf_config: Optional[str]) -> Plan:
+  """--strategy=multi_worker needs a well-formed TF_CONFIG."""
+  if tc.strategy != "multi_worker":
+    return Plan()
+  if not tf_config or not tf_config.strip():
+    raise FlagError(
+        "--strategy=multi_worker needs the TF_CONFIG environment variable "
+        "(the cluster and this machine's task, see README \"Several GPUs, "
+        "several machines\"); without it every machine would train alone as "
+        "the chief of the same --model_dir")
+  return parse_tf_config(tf_config)
