@@ -15,7 +15,7 @@ from typing import Optional
 # tests/preflight_test.py keeps the lists equal).
 BACKBONES = ("ResNet50V2", "ResNet101V2", "ResNet152V2", "MobileNetV2",
              "ConvNeXtTiny")
-AUGMENTATIONS = ("flip", "crop", "colour")
+AUGMENTATIONS = ("flip", "crop", "resized_crop", "colour")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 OPTIMIZERS = ("adamw", "sgd")
@@ -71,12 +71,26 @@ class DataConfig:
   augment: tuple[str, ...] = ("flip", "crop")
   deterministic: bool = False
   validate_images: bool = True
+  # How deep that check goes: "header" (format by content, size from the
+  # header, pixel cap, end marker; ~0.1 ms per file) or "decode" (every file
+  # decoded once). Results are cached in <model_dir>/image_check.csv.
+  image_check: str = "header"
+  # Validation pixels are cached in memory up to this size; above it they
+  # are decoded again every epoch (streamed), so memory stays flat.
+  val_cache_max_mb: int = 1024
   # Image paths must resolve inside this folder (None: anywhere).
   image_root: Optional[str] = None
   # Header-checked before decoding; Pillow's default MAX_IMAGE_PIXELS.
   max_image_pixels: int = 89_478_485
   # Unusable rows go to <model_dir>/quarantine.csv instead of stopping the run.
   quarantine: bool = False
+  # --augment=resized_crop: share of the area and aspect (w / h) ranges of
+  # the random window (Inception / ResNet defaults).
+  crop_scale: tuple[float, float] = (0.08, 1.0)
+  crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+  # "grpc://host:port" of a tf.data service dispatcher that decodes the
+  # training input on its workers (None: decode in this process).
+  data_service: Optional[str] = None
   demo_dir: str = "mlc_runs/demo_data"
   demo_train_size: int = 2000
   demo_val_size: int = 400
@@ -201,3 +215,47 @@ def per_head_values(flag: str, items, bare: bool = False
           f"--{flag}: expected head=number{' or a number' if bare else ''}, "
           f"got {item!r}")
   return tuple(out)
+
+
+def crop_range(flag: str, values, top: Optional[float]) -> tuple[float, float]:
+  """Two numbers 0 < low <= high (<= top when given) -> (low, high); raises
+  ValueError naming the flag."""
+  try:
+    low, high = (float(v) for v in values)
+  except (TypeError, ValueError):
+    raise ValueError(f"--{flag}: expected two numbers low,high, got "
+                     f"{','.join(map(str, values))!r}") from None
+  if not (0 < low <= high and (top is None or high <= top)):
+    raise ValueError(f"--{flag} must be 0 < low <= high"
+                     f"{f' <= {top:g}' if top is not None else ''}, got "
+                     f"{low:g},{high:g}")
+  return low, high
+
+
+def check_data_service(address: str) -> str:
+  """"grpc://host:port" as tf.data service takes it; raises ValueError
+  naming --data_service otherwise."""
+  host, sep, port = address.removeprefix("grpc://").rpartition(":")
+  if not address.startswith("grpc://") or not sep or not host or (
+      not port.isdigit()):
+    raise ValueError(f"--data_service must look like grpc://host:port (the "
+                     f"dispatcher's address), got {address!r}")
+  return address
+
+
+RESIZED_CROP_WITH_CACHE = (
+    "--augment=resized_crop cuts its window from the full image while "
+    "decoding, every epoch; --cache keeps pixels already resized to "
+    "--image_size, so the two cannot be combined: pass --nocache or use "
+    "--augment=crop")
+
+
+def check_feed(data: DataConfig) -> None:
+  """The input-feeding settings (crop ranges, resized_crop without cache,
+  data service address); raises ValueError naming the flag."""
+  crop_range("crop_scale", data.crop_scale, 1.0)
+  crop_range("crop_ratio", data.crop_ratio, None)
+  if "resized_crop" in data.augment and data.cache:
+    raise ValueError(RESIZED_CROP_WITH_CACHE)
+  if data.data_service is not None:
+    check_data_service(data.data_service)

@@ -49,6 +49,7 @@ TRAINING_FILES = (MODEL_FILE, "best.keras", CALIBRATED_FILE, LABELS_FILE,
 RESUMABLE_CHANGES = frozenset({
     "data.cache", "data.deterministic", "data.validate_images",
     "data.image_root", "data.max_image_pixels", "data.quarantine",
+    "data.data_service",
     "train.epochs", "train.learning_rate", "train.jit_compile", "train.top_k",
     "train.backup_every_steps"})
 # Config paths: relative ones in an old config.json are relative to the

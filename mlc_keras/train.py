@@ -27,8 +27,9 @@ _t = config_lib.TrainConfig()
 
 _MODEL_DIR = flags.DEFINE_string(
     "model_dir", "mlc_runs/demo",
-    "Where the model, labels.json, results and backups go. Re-running with the "
-    "same model_dir resumes an interrupted run.")
+    "Where the model, labels.json, results and backups go; one run at a time "
+    "(run.lock). Re-running with the same model_dir resumes an interrupted "
+    "run and leaves a finished one alone (see --overwrite).")
 _PRESET = flags.DEFINE_enum(
     "preset", None, ["default", "demo", "tiny"],
     "Starting config that the other flags override. Default: 'demo' when no "
@@ -71,13 +72,37 @@ _VAL_FRACTION = flags.DEFINE_float(
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "Square input side.")
 _CACHE = flags.DEFINE_bool("cache", None, "Cache decoded images in memory.")
 _AUGMENT = flags.DEFINE_list(
-    "augment", None, "Training augmentations: flip, crop, colour ('' for none). "
+    "augment", None, "Training augmentations: flip, crop (pad and crop, for "
+    "small images), resized_crop (random resized crop cut while decoding, for "
+    "photos; needs --nocache), colour ('' for none). "
     "Turn off any that change a label (e.g. flip for text, colour for a colour "
     "head).")
+# Feeding (issue 14).
+_CROP_SCALE = flags.DEFINE_list(
+    "crop_scale", None,
+    "--augment=resized_crop: low,high share of the image area the random "
+    "window covers (default 0.08,1, as Inception/ResNet).")
+_CROP_RATIO = flags.DEFINE_list(
+    "crop_ratio", None,
+    "--augment=resized_crop: low,high aspect (width / height) of the window "
+    "(default 0.75,1.333..., i.e. 3/4,4/3).")
+_DATA_SERVICE = flags.DEFINE_string(
+    "data_service", None, "grpc://host:port of a tf.data service dispatcher: "
+    "its workers decode and augment the training input (README: 'Several "
+    "GPUs, several machines').")
 _DETERMINISTIC = flags.DEFINE_bool(
     "deterministic", False, "Deterministic data order and ops (slower).")
 _VALIDATE = flags.DEFINE_bool(
-    "validate_images", True, "Decode every image once before training.")
+    "validate_images", True, "Check every manifest image once before "
+    "training (see --image_check); cached in <model_dir>/image_check.csv.")
+_IMAGE_CHECK = flags.DEFINE_enum(
+    "image_check", _d.image_check, ["header", "decode"],
+    "header: format by content, size from the header, pixel cap, end marker "
+    "(~0.1 ms per file, in parallel); decode: also decode every file once.")
+_VAL_CACHE_MAX_MB = flags.DEFINE_integer(
+    "val_cache_max_mb", _d.val_cache_max_mb, "Validation pixels up to this "
+    "size are cached in memory; a larger validation set is decoded again "
+    "each epoch, so memory does not grow with it.", lower_bound=0)
 _IMAGE_ROOT = flags.DEFINE_string(
     "image_root", None, "If set, manifest image paths must resolve inside "
     "this folder (a row pointing elsewhere, e.g. ../../etc/passwd, is an "
@@ -158,6 +183,22 @@ def _per_head(flag: str, items: list[str], bare: bool = False):
     raise app.UsageError(str(e)) from None
 
 
+def _feed(data: config_lib.DataConfig) -> config_lib.DataConfig:
+  """The feeding flags on top of ``data``, checked."""
+  try:
+    if _CROP_SCALE.value is not None:
+      data = dataclasses.replace(data, crop_scale=config_lib.crop_range(
+          "crop_scale", _CROP_SCALE.value, 1.0))
+    if _CROP_RATIO.value is not None:
+      data = dataclasses.replace(data, crop_ratio=config_lib.crop_range(
+          "crop_ratio", _CROP_RATIO.value, None))
+    data = dataclasses.replace(data, data_service=_DATA_SERVICE.value or None)
+    config_lib.check_feed(data)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  return data
+
+
 def config_from_flags() -> config_lib.Config:
   """The run config: a preset, overridden by every flag that was set."""
   has_source = _MANIFEST.value or _TFRECORD.value or _TFDS.value
@@ -185,8 +226,10 @@ def config_from_flags() -> config_lib.Config:
       image_size=pick(_IMAGE_SIZE.value, cfg.data.image_size),
       cache=pick(_CACHE.value, cfg.data.cache), augment=augment,
       deterministic=_DETERMINISTIC.value, validate_images=_VALIDATE.value,
+      image_check=_IMAGE_CHECK.value, val_cache_max_mb=_VAL_CACHE_MAX_MB.value,
       image_root=_IMAGE_ROOT.value, max_image_pixels=_MAX_PIXELS.value,
       quarantine=_QUARANTINE.value, demo_dir=_DEMO_DIR.value)
+  data = _feed(data)
   model = dataclasses.replace(
       cfg.model, backbone=_BACKBONE.value, weights=weights,
       dropout=_DROPOUT.value, bn_momentum=_BN_MOMENTUM.value)

@@ -21,12 +21,20 @@ means is refused.
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Optional
 
 from mlc_keras import config as config_lib
 from mlc_keras import preflight
 from mlc_keras import run_dir
 from mlc_keras import run_lock
+
+log = logging.getLogger("mlc_keras")
+
+# Under --quarantine, images that fail mid-training are set aside one by one
+# (each costs a restart from the last backup); past this many the data needs
+# a full check first.
+MAX_SET_ASIDE = 20
 
 
 def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
@@ -47,6 +55,12 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
   run_lock.LockedError (another run owns model_dir), run_dir.RunFinished,
   run_dir.RunDirError (a resume with other settings), and
   training.setup.NonFiniteLossError when the loss turns NaN or Inf.
+
+  An image that fails to read or decode during training (deleted, changed
+  or corrupt since the check) raises manifest.DataError naming its
+  manifest line; under cfg.data.quarantine it is set aside instead (listed
+  in quarantine.csv by the next check) and training resumes from its
+  last backup.
   """
   cfg = preflight.absolute_paths(cfg)
   plan = preflight.check(cfg, tf_config=tf_config, keras_home=keras_home)
@@ -54,11 +68,44 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
   owner = run_lock.RunLock(model_dir) if plan.chief else contextlib.nullcontext()
   with owner:
     run_dir.claim(model_dir, cfg.to_dict(), overwrite, chief=plan.chief)
-    # Loaded only now: the checks above answer in milliseconds.
-    from mlc_keras.training import distributed  # pylint: disable=g-import-not-at-top
-    from mlc_keras.training import fit  # pylint: disable=g-import-not-at-top
-    if cfg.train.strategy in ("mirrored", "multi_worker"):
-      # fit fails under MultiWorkerMirroredStrategy (keras#20585) and averages
-      # per-replica masked means: these run a custom step.
-      return distributed.train_and_evaluate(cfg, model_dir)
-    return fit.train_and_evaluate(cfg, model_dir, verbose=verbose)
+    return _train_setting_aside(cfg, model_dir, verbose)
+
+
+def _train_setting_aside(cfg: config_lib.Config, model_dir: str,
+                         verbose: int) -> dict:
+  """Trains; an image failing mid-run is named, or set aside and resumed."""
+  # Loaded only now: the checks before answer in milliseconds.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from mlc_keras.data import manifest  # pylint: disable=g-import-not-at-top
+  from mlc_keras.training import setup  # pylint: disable=g-import-not-at-top
+  for attempt in range(MAX_SET_ASIDE + 1):
+    try:
+      return _train(cfg, model_dir, verbose)
+    except tf.errors.OpError as e:
+      problem = setup.failed_image(cfg, model_dir, e)
+      if problem is None:
+        raise
+      where = f"{problem.origin}:{problem.line}: {problem.path}: {problem.reason}"
+      if not cfg.data.quarantine:
+        raise manifest.DataError(
+            f"training stopped at an image that failed after the check:\n"
+            f"  {where}\nFix or remove the row and re-run the same command "
+            "to resume (or add --quarantine to set such rows aside)") from None
+      if attempt == MAX_SET_ASIDE:
+        raise manifest.DataError(
+            f"{MAX_SET_ASIDE + 1} images failed during training, the last:\n"
+            f"  {where}\nRun with --image_check=decode to find them all "
+            "before training") from None
+      log.warning("%s: set aside (--quarantine); resuming from the last "
+                  "backup", where)
+  raise AssertionError("unreachable")
+
+
+def _train(cfg: config_lib.Config, model_dir: str, verbose: int) -> dict:
+  from mlc_keras.training import distributed  # pylint: disable=g-import-not-at-top
+  from mlc_keras.training import fit  # pylint: disable=g-import-not-at-top
+  if cfg.train.strategy in ("mirrored", "multi_worker"):
+    # fit fails under MultiWorkerMirroredStrategy (keras#20585) and averages
+    # per-replica masked means: these run a custom step.
+    return distributed.train_and_evaluate(cfg, model_dir)
+  return fit.train_and_evaluate(cfg, model_dir, verbose=verbose)

@@ -61,8 +61,116 @@ def resize(image: tf.Tensor, image_size: int) -> tf.Tensor:
   return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
 
 
+# libjpeg decodes a JPEG directly at 1/1, 1/2, 1/4 or 1/8 scale (scaled
+# IDCT), skipping most of the work of pixels a resize would throw away.
+JPEG_RATIOS = (1, 2, 4, 8)
+
+
+def is_jpeg(encoded: tf.Tensor) -> tf.Tensor:
+  return tf.equal(tf.strings.substr(encoded, 0, 3), b"\xff\xd8\xff")
+
+
+def jpeg_ratio(height: tf.Tensor, width: tf.Tensor,
+               min_side: int) -> tf.Tensor:
+  """Index into JPEG_RATIOS of the largest scale-down that leaves both sides
+  of a height x width JPEG (or crop window) at least ``min_side`` pixels."""
+  index = tf.constant(0, tf.int32)
+  for k, r in enumerate(JPEG_RATIOS[1:], 1):
+    fits = (tf.minimum(height, width) // r) >= min_side
+    index = tf.where(fits, tf.constant(k, tf.int32), index)
+  return index
+
+
+def _decode_jpeg_at(encoded: tf.Tensor, index: tf.Tensor,
+                    window: tf.Tensor | None = None) -> tf.Tensor:
+  """A JPEG decoded at JPEG_RATIOS[index]; with ``window`` ([y, x, h, w] in
+  full-size pixels) only that window, through decode_and_crop_jpeg (whose
+  window is in scaled pixels)."""
+  def at(ratio):
+    def branch():
+      if window is None:
+        return tf.io.decode_jpeg(encoded, channels=3, ratio=ratio)
+      full = tf.image.extract_jpeg_shape(encoded)
+      # The scaled image is ceil(side / ratio) pixels; keep inside it.
+      scaled = (full[:2] + ratio - 1) // ratio
+      start = window[:2] // ratio
+      extent = tf.maximum(tf.minimum(window[2:] // ratio, scaled - start), 1)
+      return tf.image.decode_and_crop_jpeg(
+          encoded, tf.concat([start, extent], 0), channels=3, ratio=ratio)
+    return branch
+  image = tf.switch_case(index, [at(r) for r in JPEG_RATIOS])
+  image.set_shape([None, None, 3])
+  return image
+
+
 def decode_and_resize(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
+  """Encoded bytes -> uint8 [image_size, image_size, 3]: the pixels every
+  path (training without crops, evaluation, serving, predict) feeds.
+
+  A JPEG at least twice the target on its short side is decoded at the
+  largest DCT scale that keeps both sides >= image_size, then resized like
+  any image; BUILD_NOTES.md ("Issue 14") measures how far that is from a
+  full decode + resize. Other formats are decoded in full.
+  """
+  def jpeg():
+    shape = tf.image.extract_jpeg_shape(encoded)
+    return _decode_jpeg_at(encoded, jpeg_ratio(shape[0], shape[1],
+                                               image_size))
+
+  image = tf.cond(is_jpeg(encoded), jpeg, lambda: decode(encoded))
+  return resize(image, image_size)
+
+
+def decode_full_and_resize(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
+  """Full decode + resize: the reference decode_and_resize is measured
+  against (and what it did before reduced-scale JPEG decoding)."""
   return resize(decode(encoded), image_size)
+
+
+def crop_window(height: tf.Tensor, width: tf.Tensor, seed: tf.Tensor,
+                scale: tuple[float, float], ratio: tuple[float, float]
+                ) -> tf.Tensor:
+  """int32 [y, x, h, w]: a random window of a height x width image covering
+  a share ``scale`` of its area with aspect (w / h) in ``ratio``, stateless
+  in ``seed``. TF tries 10 draws and falls back to the whole image (as
+  Inception's preprocessing did)."""
+  begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+      tf.stack([height, width, 3]),
+      bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+      seed=seed, min_object_covered=0.0, aspect_ratio_range=list(ratio),
+      area_range=list(scale), max_attempts=10,
+      use_image_if_no_bounding_boxes=True)
+  return tf.cast(tf.concat([begin[:2], size[:2]], 0), tf.int32)
+
+
+def random_resized_crop(encoded: tf.Tensor, image_size: int, seed: tf.Tensor,
+                        scale: tuple[float, float], ratio: tuple[float, float]
+                        ) -> tf.Tensor:
+  """Encoded bytes -> uint8 [image_size, image_size, 3] of a random window
+  (crop_window) resized to the target: the ImageNet training crop. A JPEG
+  decodes only the window (decode_and_crop_jpeg), at the largest DCT scale
+  that keeps the window's sides >= image_size; other formats are decoded in
+  full and cropped."""
+  def jpeg():
+    shape = tf.image.extract_jpeg_shape(encoded)
+    window = crop_window(shape[0], shape[1], seed, scale, ratio)
+    return _decode_jpeg_at(encoded, jpeg_ratio(window[2], window[3],
+                                               image_size), window)
+
+  def other():
+    return crop_pixels(decode(encoded), seed, scale, ratio)
+
+  image = tf.cond(is_jpeg(encoded), jpeg, other)
+  return resize(image, image_size)
+
+
+def crop_pixels(image: tf.Tensor, seed: tf.Tensor, scale: tuple[float, float],
+                ratio: tuple[float, float]) -> tf.Tensor:
+  """The crop_window of already-decoded pixels (not resized)."""
+  shape = tf.shape(image)
+  window = crop_window(shape[0], shape[1], seed, scale, ratio)
+  return tf.image.crop_to_bounding_box(image, window[0], window[1],
+                                       window[2], window[3])
 
 
 # Magic bytes as tf.io.decode_image classifies formats (decode_image_op.cc),
@@ -234,3 +342,24 @@ def op_reason(e: tf.errors.OpError) -> str:
   "[Op:...]" noise (first line, at most 160 characters)."""
   first = e.message.splitlines()[0] if e.message else type(e).__name__
   return re.sub(r"\{\{.*?\}\}|\[Op:.*$", "", first).strip()[:160]
+
+
+
+def decode_reason(path: str) -> str:
+  """Why the file at ``path`` does not decode as training decodes it
+  ("cannot read: ..." or "cannot decode: ..."), or "" when it does. Eager,
+  for TF's own reason (a traced graph words some errors differently)."""
+  try:
+    with open(path, "rb") as f:
+      encoded = f.read()
+  except OSError as e:
+    return f"cannot read: {e.strerror}"
+  try:
+    if encoded.startswith(_JPEG):
+      # What the serving signature's header check runs (header_size):
+      # libjpeg reads the tables up to the scan, not just the frame size.
+      tf.image.extract_jpeg_shape(encoded)
+    decode(tf.constant(encoded))
+  except tf.errors.OpError as e:
+    return "cannot decode: " + op_reason(e)
+  return ""

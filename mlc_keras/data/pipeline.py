@@ -15,13 +15,18 @@ from typing import Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from mlc_keras import config as config_lib
 from mlc_keras import heads as heads_lib
 from mlc_keras.data import imageio
 from mlc_keras.data import manifest
 from mlc_keras.data import sources
 
 AUTOTUNE = tf.data.AUTOTUNE
-AUGMENTATIONS = ("flip", "crop", "colour")
+AUGMENTATIONS = ("flip", "crop", "resized_crop", "colour")
+# Inception's / ResNet's random resized crop: 8%-100% of the area, aspect
+# 3/4-4/3 (torchvision's RandomResizedCrop defaults are the same).
+CROP_SCALE = (0.08, 1.0)
+CROP_RATIO = (3 / 4, 4 / 3)
 _GRAPH_SEED = 87654321
 
 
@@ -31,13 +36,50 @@ def _to_pixels(item, image_size: int, encoded: bool):
   return imageio.resize(item, image_size)
 
 
-def augment(image: tf.Tensor, seed: tf.Tensor, kinds: Sequence[str]) -> tf.Tensor:
-  """Seeded (stateless) augmentation of one uint8 image: the same seed gives
-  the same pixels, so runs and resumed runs are reproducible."""
+def check_augmentations(kinds: Sequence[str],
+                        crop_scale: Sequence[float] = CROP_SCALE,
+                        crop_ratio: Sequence[float] = CROP_RATIO) -> None:
+  """Raises ValueError naming the flag for an unknown augmentation or a
+  crop range that is not lo <= hi inside its bounds."""
   unknown = set(kinds) - set(AUGMENTATIONS)
   if unknown:
     raise ValueError(f"unknown augmentation(s) {sorted(unknown)}; choose from "
                      f"{AUGMENTATIONS}")
+  config_lib.crop_range("crop_scale", crop_scale, 1.0)
+  config_lib.crop_range("crop_ratio", crop_ratio, None)
+
+
+def _crop_seed(seed: tf.Tensor) -> tf.Tensor:
+  # Folded in, not split off: tf.random.split(seed, 5) below keeps giving
+  # the flip/crop/colour pixels of runs made before resized_crop existed.
+  return tf.random.experimental.stateless_fold_in(seed, 5)
+
+
+def _pixels(item, seed, image_size: int, encoded: bool, kinds: Sequence[str],
+            crop_scale, crop_ratio):
+  """One source item -> uint8 [S, S, 3]; with "resized_crop" in kinds the
+  random window is cut while decoding (imageio.random_resized_crop)."""
+  if "resized_crop" not in kinds:
+    return _to_pixels(item, image_size, encoded)
+  if encoded:
+    return imageio.random_resized_crop(item, image_size, _crop_seed(seed),
+                                       crop_scale, crop_ratio)
+  return imageio.resize(imageio.crop_pixels(item, _crop_seed(seed),
+                                            crop_scale, crop_ratio),
+                        image_size)
+
+
+def augment(image: tf.Tensor, seed: tf.Tensor, kinds: Sequence[str],
+            crop_scale: Sequence[float] = CROP_SCALE,
+            crop_ratio: Sequence[float] = CROP_RATIO) -> tf.Tensor:
+  """Seeded (stateless) augmentation of one uint8 image: the same seed gives
+  the same pixels, so runs and resumed runs are reproducible.
+  "resized_crop" here crops these pixels and resizes back to their size;
+  train_dataset instead cuts it while decoding, from the full image."""
+  check_augmentations(kinds, crop_scale, crop_ratio)
+  if "resized_crop" in kinds:
+    side = image.shape[0] or tf.shape(image)[0]
+    image = _pixels(image, seed, side, False, kinds, crop_scale, crop_ratio)
   seeds = tf.random.split(seed, 5)
   if "flip" in kinds:
     image = tf.image.stateless_random_flip_left_right(image, seeds[0])
@@ -89,8 +131,11 @@ def _options(deterministic: bool) -> tf.data.Options:
 
 def _epoch_fn(base: tf.data.Dataset, source: sources.Source, *, decoded: bool,
               buffer: int, image_size: int, batch_size: int, seed: int,
-              steps_per_epoch: Optional[int], augmentations: Sequence[str]):
-  """epoch -> that epoch's batches, keyed by (seed, epoch) alone."""
+              steps_per_epoch: Optional[int], augmentations: Sequence[str],
+              crop_scale: Sequence[float], crop_ratio: Sequence[float],
+              unread: bool = False):
+  """epoch -> that epoch's batches, keyed by (seed, epoch) alone.
+  ``unread``: ``base`` holds file paths, read after the shuffle."""
 
   def one_epoch(epoch):
     # tf.data pairs an op seed with the graph's global seed, and with a
@@ -99,15 +144,20 @@ def _epoch_fn(base: tf.data.Dataset, source: sources.Source, *, decoded: bool,
     tf.compat.v1.get_default_graph().seed = _GRAPH_SEED
     epoch_seed = tf.cast(seed, tf.int64) * 1_000_003 + epoch
     ds = base.shuffle(buffer, seed=epoch_seed, reshuffle_each_iteration=False)
-    if not decoded:
-      ds = ds.map(lambda x, y: (_to_pixels(x, image_size, source.encoded), y),
+    if unread:
+      ds = ds.map(lambda p, y: (tf.io.read_file(p), y),
                   num_parallel_calls=AUTOTUNE)
     ds = ds.enumerate()
+    pixel_kinds = [k for k in augmentations if k != "resized_crop"]
 
     def finish(i, item):
       image, labels = item
-      if augmentations:
-        image = augment(image, tf.stack([epoch_seed, i]), augmentations)
+      seed_i = tf.stack([epoch_seed, i])
+      if not decoded:
+        image = _pixels(image, seed_i, image_size, source.encoded,
+                        augmentations, crop_scale, crop_ratio)
+      if pixel_kinds:
+        image = augment(image, seed_i, pixel_kinds)
       return image, labels
     ds = ds.map(finish, num_parallel_calls=AUTOTUNE).batch(
         batch_size, drop_remainder=True)
@@ -115,6 +165,24 @@ def _epoch_fn(base: tf.data.Dataset, source: sources.Source, *, decoded: bool,
       ds = ds.repeat().take(steps_per_epoch)
     return ds
   return one_epoch
+
+
+def _check_train_args(augmentations, crop_scale, crop_ratio, cache,
+                      data_service) -> None:
+  if data_service is not None:
+    config_lib.check_data_service(data_service)
+  check_augmentations(augmentations, crop_scale, crop_ratio)
+  if "resized_crop" in augmentations and cache is not False:
+    raise ValueError(config_lib.RESIZED_CROP_WITH_CACHE)
+
+
+def _base(source: sources.Source, decoded: bool
+          ) -> tuple[bool, tf.data.Dataset]:
+  """(unread, the elements to shuffle). Paths, not bytes, when they are to
+  be decoded after the shuffle: a shuffle buffer of every file's bytes
+  would read the whole set before the first step and hold it in memory."""
+  unread = not decoded and source.make_paths is not None
+  return unread, source.make_paths() if unread else source.make()
 
 
 def train_dataset(source: sources.Source, schema: heads_lib.LabelSchema, *,
@@ -125,6 +193,9 @@ def train_dataset(source: sources.Source, schema: heads_lib.LabelSchema, *,
                   cache: bool | str = False, shuffle_buffer: int = 10_000,
                   deterministic: bool = False,
                   class_weights: Optional[Sequence[np.ndarray]] = None,
+                  crop_scale: Sequence[float] = CROP_SCALE,
+                  crop_ratio: Sequence[float] = CROP_RATIO,
+                  data_service: Optional[str] = None,
                   ) -> tf.data.Dataset:
   """Batches for training, epochs ``start_epoch`` .. ``end_epoch - 1`` back
   to back; each epoch holds ``len // batch_size`` full batches.
@@ -136,11 +207,21 @@ def train_dataset(source: sources.Source, schema: heads_lib.LabelSchema, *,
   decoded, resized pixels, so augmentation still differs per epoch.
   With ``steps_per_epoch`` every epoch is exactly that many batches (the
   epoch's order repeats if it needs more than one pass).
+  "resized_crop" (a random window of ``crop_scale`` of the area, aspect
+  ``crop_ratio``) is cut while decoding each epoch, so it cannot be combined
+  with ``cache`` (which keeps pixels already resized).
+
+  ``data_service`` ("grpc://host:port"): the whole pipeline above runs on
+  tf.data service workers, which split it by epoch (dynamic sharding of the
+  epoch range): one worker gives exactly the local batches in the local
+  order; several give the same batches, each once, epochs interleaved.
   """
+  _check_train_args(augmentations, crop_scale, crop_ratio, cache,
+                    data_service)
   if source.size is not None:
     steps_for(source.size, batch_size, source.name)
-  base = source.make()
   decoded = cache is not False
+  unread, base = _base(source, decoded)
   if decoded:
     base = base.map(lambda x, y: (_to_pixels(x, image_size, source.encoded), y),
                     num_parallel_calls=AUTOTUNE)
@@ -152,11 +233,26 @@ def train_dataset(source: sources.Source, schema: heads_lib.LabelSchema, *,
   one_epoch = _epoch_fn(
       base, source, decoded=decoded, buffer=buffer, image_size=image_size,
       batch_size=batch_size, seed=seed, steps_per_epoch=steps_per_epoch,
-      augmentations=augmentations)
+      augmentations=augmentations, crop_scale=tuple(crop_scale),
+      crop_ratio=tuple(crop_ratio), unread=unread)
   ds = tf.data.Dataset.range(start_epoch, end_epoch).flat_map(one_epoch)
   ds = ds.map(lambda x, y: (x, *_targets(y, schema, class_weights)),
               num_parallel_calls=AUTOTUNE)
+  if data_service is not None:
+    # Options first: they travel with the dataset graph to the workers.
+    ds = ds.with_options(_options(deterministic)).apply(
+        tf.data.experimental.service.distribute(
+            processing_mode=tf.data.experimental.service.ShardingPolicy.DYNAMIC,
+            service=data_service))
   return ds.prefetch(AUTOTUNE).with_options(_options(deterministic))
+
+
+def cache_fits(size: Optional[int], image_size: int, max_mb: int) -> bool:
+  """Whether ``size`` decoded images of ``image_size`` fit in ``max_mb`` MB
+  (unknown sizes do not)."""
+  if size is None:
+    return False
+  return size * image_size * image_size * 3 <= max_mb * 2 ** 20
 
 
 def eval_dataset(source: sources.Source, schema: heads_lib.LabelSchema, *,

@@ -1,7 +1,8 @@
 """Where examples come from, before any pixels are decoded.
 
-Manifest records are screened (every image read and its header checked
-against a pixel cap, so a bad file fails before training, naming its line),
+Manifest records are screened (see imagecheck: every file's header checked
+against a pixel cap, or every file decoded, so a bad file fails before
+training, naming its line),
 split into train/val, and wrapped with TFRecord shards (see tfrecords) and
 TFDS splits as a ``Source``: a tf.data view of (encoded bytes or pixels,
 labels) that the pipeline decodes.
@@ -9,19 +10,18 @@ labels) that the pipeline decodes.
 
 from __future__ import annotations
 
-import concurrent.futures
 import csv
 import dataclasses
 import hashlib
 import os
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, TextIO
 
 import numpy as np
 import tensorflow as tf
 
 from mlc_keras import config as config_lib
 from mlc_keras import heads as heads_lib
-from mlc_keras.data import imageio
+from mlc_keras.data import imagecheck
 from mlc_keras.data import manifest
 
 # Pillow's default Image.MAX_IMAGE_PIXELS: above it an image is treated as a
@@ -29,66 +29,32 @@ from mlc_keras.data import manifest
 MAX_IMAGE_PIXELS = config_lib.DataConfig.max_image_pixels
 
 
-# --- screening: every image read once before training -------------------------
+# --- screening: every image checked once before training -----------------------
 
 
-def _screen_one(origin: str, line: int, p: str,
-                max_pixels: Optional[int]) -> Optional[manifest.Problem]:
-  if not os.path.isfile(p):
-    return manifest.Problem(origin, line, p, "file not found")
-  try:
-    # The whole file: a JPEG's frame header can sit behind 64 KB+ of EXIF
-    # and ICC segments. The pixel limit guards the decode, not this read.
-    with open(p, "rb") as f:
-      encoded = f.read()
-    if not encoded:
-      return manifest.Problem(origin, line, p, "empty file")
-    # A JPEG whose frame header cannot be read raises: "cannot decode".
-    # The serving signature's check: a GIF counts every frame, at the size
-    # of the largest (imageio.decoded_extent).
-    width, height, frames = imageio.decoded_extent(
-        tf.constant(encoded)).numpy().tolist()
-    if width < 0:
-      return manifest.Problem(
-          origin, line, p, "not a JPEG, PNG, GIF, BMP or WebP image (or its "
-          "header is cut short)")
-    pixels = width * height * frames
-    if max_pixels and pixels > max_pixels:
-      size = f"{width}x{height}" + (f" x {frames} frames" if frames > 1
-                                    else "")
-      return manifest.Problem(
-          origin, line, p,
-          f"{size} = {pixels:,} pixels is over the limit of "
-          f"{max_pixels:,} (--max_image_pixels)")
-    imageio.decode(tf.constant(encoded))
-  except OSError as e:
-    return manifest.Problem(origin, line, p, f"cannot read: {e.strerror}")
-  except tf.errors.OpError as e:
-    return manifest.Problem(origin, line, p,
-                            "cannot decode: " + imageio.op_reason(e))
-  return None
-
-
-def screen_images(records: manifest.Records, workers: int = 8,
-                  max_pixels: Optional[int] = MAX_IMAGE_PIXELS
+def screen_images(records: manifest.Records, workers: Optional[int] = None,
+                  max_pixels: Optional[int] = MAX_IMAGE_PIXELS,
+                  level: str = "decode", cache_path: Optional[str] = None,
+                  progress: Optional[TextIO] = None
                   ) -> list[manifest.Problem]:
-  """Every record whose image is missing, empty, not a JPEG/PNG/GIF/BMP/WebP,
-  larger than ``max_pixels`` (read from the header, before decoding) or not
-  decodable (truncated, corrupt). The format is judged by content, not by
-  the file extension."""
-  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-    found = pool.map(
-        lambda item: _screen_one(records.origin, *item, max_pixels),
-        zip(records.lines, records.paths))
-    return [b for b in found if b]
+  """Every record whose image is missing, not a regular file, empty, not a
+  JPEG/PNG/GIF/BMP/WebP, larger than ``max_pixels`` (read from the header,
+  before decoding) or, at ``level`` "decode", not decodable (at "header":
+  cut short). The format is judged by content, not by the file extension.
+  See imagecheck.check for ``cache_path`` and ``progress``."""
+  return imagecheck.check(records, level, max_pixels, cache_path, workers,
+                          progress=progress)
 
 
-def check_images(records: manifest.Records, workers: int = 8,
-                 max_pixels: Optional[int] = MAX_IMAGE_PIXELS) -> None:
-  """Reads and decodes every image once; raises DataError listing each file
-  that is missing, too large or cannot be decoded, with its manifest line
-  (see screen_images)."""
-  bad = screen_images(records, workers, max_pixels)
+def check_images(records: manifest.Records, workers: Optional[int] = None,
+                 max_pixels: Optional[int] = MAX_IMAGE_PIXELS,
+                 level: str = "decode", cache_path: Optional[str] = None,
+                 progress: Optional[TextIO] = None) -> None:
+  """Checks every image once (see screen_images); raises DataError listing
+  each file that is missing, too large or unusable, with its manifest
+  line."""
+  bad = screen_images(records, workers, max_pixels, level, cache_path,
+                      progress)
   missing = [(b.line, b.path) for b in bad if b.reason == "file not found"]
   if missing:
     raise manifest.DataError(
@@ -143,17 +109,24 @@ class Source:
   # The records behind a manifest source: their labels count classes
   # without a pass over the data.
   records: Optional[manifest.Records] = None
+  # The same elements before their files are read: (path, labels). A
+  # shuffle of these holds paths, not every file's bytes (training reads
+  # after shuffling: see pipeline.train_dataset).
+  make_paths: Optional[Callable[[], tf.data.Dataset]] = None
 
 
 def records_source(records: manifest.Records) -> Source:
   paths = np.array(records.paths, dtype=object)
   labels = records.labels
 
+  def make_paths():
+    return tf.data.Dataset.from_tensor_slices((paths, labels))
+
   def make():
-    ds = tf.data.Dataset.from_tensor_slices((paths, labels))
-    return ds.map(lambda p, y: (tf.io.read_file(p), y),
-                  num_parallel_calls=tf.data.AUTOTUNE)
-  return Source(make, len(records), True, records.origin, records)
+    return make_paths().map(lambda p, y: (tf.io.read_file(p), y),
+                            num_parallel_calls=tf.data.AUTOTUNE)
+  return Source(make, len(records), True, records.origin, records,
+                make_paths)
 
 
 def parse_tfds_heads(spec: str) -> list[tuple[str, str]]:

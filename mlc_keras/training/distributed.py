@@ -187,7 +187,7 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
   tc, dc = cfg.train, cfg.data
   # MultiWorkerMirroredStrategy must exist before any other TF op runs.
   strategy = setup.make_strategy(tc.strategy)
-  _check_supported(tc)
+  _check_supported(tc, dc)
   chief = is_chief(strategy)
   out_dir = model_dir if chief else tempfile.mkdtemp(prefix="mlc_worker_")
   os.makedirs(out_dir, exist_ok=True)
@@ -210,6 +210,8 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
         batch_size=tc.batch_size, seed=tc.seed, start_epoch=start_epoch,
         end_epoch=tc.epochs, steps_per_epoch=run.steps_per_epoch,
         augmentations=dc.augment, cache=dc.cache,
+        crop_scale=dc.crop_scale, crop_ratio=dc.crop_ratio,
+        data_service=dc.data_service,
         shuffle_buffer=dc.shuffle_buffer, deterministic=dc.deterministic,
         class_weights=run.class_weights)
   iterator = iter(distribute(strategy, make_global, tc.batch_size))
@@ -235,7 +237,14 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
   return results
 
 
-def _check_supported(tc: config_lib.TrainConfig) -> None:
+def _check_supported(tc: config_lib.TrainConfig,
+                     dc: config_lib.DataConfig) -> None:
+  if dc.data_service and tc.strategy == "multi_worker":
+    # Each trainer keeps its slice of global batch k; with several service
+    # workers the trainers' streams interleave epochs differently, so the
+    # slices would not come from the same batch.
+    raise ValueError("--data_service works with --strategy=default or "
+                     "mirrored (one input pipeline), not multi_worker")
   if tc.precision != "float32" or tc.jit_compile:
     raise ValueError(f"--strategy={tc.strategy} supports float32 without "
                      "--xla only")

@@ -115,7 +115,8 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
   if run.bundle.val is not None:
     val_ds = pipeline.eval_dataset(run.bundle.val, run.schema,
                                image_size=dc.image_size,
-                               batch_size=tc.batch_size, cache=True)
+                               batch_size=tc.batch_size,
+                               cache=_cache_validation(run.bundle.val, dc))
   strategy = setup.make_strategy(tc.strategy)
   with strategy.scope():
     model = model_lib.build_model(run.schema, dc.image_size, mc.backbone,
@@ -147,6 +148,18 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
   return setup.write_results(model, run, cfg, model_dir, eval_ds=val_ds)
 
 
+def _cache_validation(val, dc: config_lib.DataConfig) -> bool:
+  """In-memory validation pixels while they fit --val_cache_max_mb; above
+  it they are decoded each epoch, so memory stays flat in the data size."""
+  if pipeline.cache_fits(val.size, dc.image_size, dc.val_cache_max_mb):
+    return True
+  log.info("validation: %s images of %dx%d exceed --val_cache_max_mb=%d; "
+           "decoded every epoch instead of cached in memory",
+           "?" if val.size is None else f"{val.size:,}", dc.image_size,
+           dc.image_size, dc.val_cache_max_mb)
+  return False
+
+
 def _train_phase(model: keras.Model, phase: Phase, run: setup.Run,
                  cfg: config_lib.Config, strategy: tf.distribute.Strategy,
                  shared: list, val_ds: Optional[tf.data.Dataset],
@@ -165,6 +178,8 @@ def _train_phase(model: keras.Model, phase: Phase, run: setup.Run,
       batch_size=tc.batch_size, seed=tc.seed, start_epoch=start_epoch,
       end_epoch=phase.end_epoch, steps_per_epoch=steps,
       augmentations=dc.augment, cache=dc.cache,
+      crop_scale=dc.crop_scale, crop_ratio=dc.crop_ratio,
+      data_service=dc.data_service,
       shuffle_buffer=dc.shuffle_buffer, deterministic=dc.deterministic,
       class_weights=run.class_weights)
   with strategy.scope():

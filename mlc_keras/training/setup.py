@@ -9,6 +9,7 @@ import dataclasses
 import json
 import logging
 import os
+import sys
 from typing import Optional
 
 import keras
@@ -19,6 +20,7 @@ from mlc_keras import config as config_lib
 from mlc_keras import heads as heads_lib
 from mlc_keras import tagging
 from mlc_keras.data import demo
+from mlc_keras.data import imagecheck
 from mlc_keras.data import manifest as manifest_lib
 from mlc_keras.data import pipeline
 from mlc_keras.data import sources as sources_lib
@@ -46,9 +48,13 @@ class DataBundle:
   quarantined: list = dataclasses.field(default_factory=list)
 
 
-def load_data(cfg: config_lib.DataConfig, seed: int) -> DataBundle:
+def load_data(cfg: config_lib.DataConfig, seed: int,
+              check_cache: Optional[str] = None,
+              check: bool = True) -> DataBundle:
   """Resolves the configured source into a schema and train/val sources,
-  validating labels and (for manifests) every image before training."""
+  validating labels and (for manifests) every image before training.
+  ``check_cache``: the image check's cache file (see data.imagecheck);
+  ``check``: False skips the image check (rows only)."""
   sources = [s for s in (cfg.manifest, cfg.tfrecord, cfg.tfds) if s]
   if len(sources) > 1:
     raise manifest_lib.DataError(
@@ -91,8 +97,8 @@ def load_data(cfg: config_lib.DataConfig, seed: int) -> DataBundle:
     train_rec, val_rec = sources_lib.split_records(train_rec, cfg.val_fraction, seed)
   else:
     val_rec = None
-  if cfg.validate_images or cfg.quarantine:
-    train_rec, val_rec = (_checked(rec, cfg.max_image_pixels, quarantined)
+  if check and (cfg.validate_images or cfg.quarantine):
+    train_rec, val_rec = (_checked(rec, cfg, quarantined, check_cache)
                           for rec in (train_rec, val_rec))
   if quarantined:
     quarantined.sort(key=lambda b: (b.origin, b.line))
@@ -118,15 +124,21 @@ def _tfds_bundle(cfg: config_lib.DataConfig,
   return DataBundle(schema or tfds_schema, train, val, sources_lib.count(train))
 
 
-def _checked(rec, max_pixels: int, quarantined: Optional[list]):
-  """``rec`` with every image decoded once: an unusable one raises, or with
-  ``quarantined`` (a list) is appended there and left out."""
+def _checked(rec, cfg: config_lib.DataConfig, quarantined: Optional[list],
+             cache: Optional[str]):
+  """``rec`` with every image checked once (cfg.image_check): an unusable
+  one raises, or with ``quarantined`` (a list) is appended there and left
+  out. Without cfg.validate_images (--quarantine alone) only the cheap
+  header level runs."""
   if rec is None:
     return None
+  level = cfg.image_check if cfg.validate_images else "header"
+  kwargs = dict(max_pixels=cfg.max_image_pixels, level=level,
+                cache_path=cache, progress=sys.stderr)
   if quarantined is None:
-    sources_lib.check_images(rec, max_pixels=max_pixels)
+    sources_lib.check_images(rec, **kwargs)
     return rec
-  bad = sources_lib.screen_images(rec, max_pixels=max_pixels)
+  bad = sources_lib.screen_images(rec, **kwargs)
   quarantined.extend(bad)
   bad_lines = {b.line for b in bad}
   return rec.take(np.array([l not in bad_lines for l in rec.lines], bool))
@@ -197,7 +209,8 @@ def prepare_run(cfg: config_lib.Config, out_dir: str) -> Run:
   """Loads the data, writes labels.json, config.json (and quarantine.csv) to
   ``out_dir``."""
   tc = cfg.train
-  bundle = load_data(cfg.data, tc.seed)
+  bundle = load_data(cfg.data, tc.seed, check_cache=os.path.join(
+      out_dir, imagecheck.CACHE_FILE))
   quarantine_note = write_quarantine(bundle, out_dir)
   schema = bundle.schema
   if tc.loss_weights:
@@ -285,3 +298,27 @@ def write_results(model: keras.Model, run: Run, cfg: config_lib.Config,
     if run.quarantine_note:
       print(run.quarantine_note)
   return results
+
+
+def failed_image(cfg: config_lib.Config, model_dir: str,
+                 error: tf.errors.OpError) -> Optional[manifest_lib.Problem]:
+  """The manifest row whose image stopped training with ``error`` (a file
+  deleted, changed or corrupt since the check), recorded as unusable in the
+  image check's cache so the next run's check refuses or quarantines it;
+  None when the error is not an image's (or the data is not a manifest)."""
+  if not isinstance(error, (tf.errors.NotFoundError, tf.errors.DataLossError,
+                            tf.errors.InvalidArgumentError,
+                            tf.errors.PermissionDeniedError)):
+    return None
+  dc = cfg.data
+  if dc.tfrecord or dc.tfds:
+    return None
+  cache = os.path.join(model_dir, imagecheck.CACHE_FILE)
+  # Only the rows, not their check: the check passed before training.
+  bundle = load_data(dc, cfg.train.seed, check=False)
+  records = [s.records for s in (bundle.train, bundle.val)
+             if s is not None and s.records is not None]
+  problem = imagecheck.explain(error.message or "", records)
+  if problem is not None:
+    imagecheck.record_failure(cache, problem.path, problem.reason)
+  return problem

@@ -1,0 +1,99 @@
+"""train_lib: an image that fails after the check (deleted or corrupted
+during training) stops the run naming its manifest line, or under
+--quarantine is set aside and training resumes without it."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+from unittest import mock
+
+import tensorflow as tf
+
+from mlc_keras import config as config_lib
+from mlc_keras import train_lib
+from mlc_keras.data import imagecheck
+from mlc_keras.data import manifest
+from mlc_keras.modeling import model as model_lib
+from mlc_keras.training import setup
+from tests import testutil
+
+
+class FailureDuringTrainingTest(tf.test.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.dir = self.get_temp_dir()
+    self.rows = testutil.simple_rows(12)
+    path = testutil.write_manifest(self.dir, self.rows, size=32)
+    cfg = config_lib.tiny()
+    # Every training image is read in the first epoch (no steps limit), so
+    # the one broken after the check is met whatever the order.
+    self.cfg = dataclasses.replace(
+        cfg, data=dataclasses.replace(cfg.data, manifest=path, image_size=32,
+                                      val_fraction=0.0, augment=()),
+        train=dataclasses.replace(cfg.train, batch_size=4,
+                                  steps_per_epoch=None))
+    self.model_dir = os.path.join(self.dir, "run")
+
+  def _train_breaking(self, row: int, damage, cfg=None):
+    """Trains with row ``row``'s file damaged right after the check."""
+    target = os.path.join(self.dir, self.rows[row]["image"])
+    real = setup.prepare_run
+
+    def prepare_then_damage(*args, **kwargs):
+      run = real(*args, **kwargs)
+      if os.path.exists(target):  # once: a resumed attempt finds it broken
+        damage(target)
+      return run
+    # The shared three-conv net: seconds, where a keras.applications
+    # backbone costs minutes on a loaded machine.
+    small = lambda schema, size, *a, **k: model_lib.small_cnn(schema, size)
+    with mock.patch.object(setup, "prepare_run", prepare_then_damage), \
+        mock.patch.object(model_lib, "build_model", small), \
+        mock.patch.object(model_lib, "set_backbone_trainable",
+                          lambda *a, **k: None):
+      return train_lib.train_and_evaluate(cfg or self.cfg, self.model_dir,
+                                          verbose=0)
+
+  def test_file_deleted_mid_training_is_named_with_its_line(self):
+    # Row 5 is manifest line 7 (the header is line 1).
+    with self.assertRaisesRegex(
+        manifest.DataError,
+        r"training stopped at an image that failed after the check:\n  "
+        r"\S*train\.csv:7: \S*img/005\.png: file not found \(during "
+        r"training\)\n"):
+      self._train_breaking(5, os.remove)
+    self.assertFalse(os.path.exists(os.path.join(self.model_dir,
+                                                 "model.keras")))
+
+  def test_quarantine_sets_a_corrupted_file_aside_and_finishes(self):
+    def corrupt(path):
+      # Same size, so only the mtime tells the check's cache it changed.
+      with open(path, "r+b") as f:
+        f.seek(40)
+        f.write(b"\xff" * 20)
+    cfg = dataclasses.replace(
+        self.cfg, data=dataclasses.replace(self.cfg.data, quarantine=True))
+    broken = [False]
+
+    def corrupt_once(path):
+      if not broken[0]:
+        broken[0] = True
+        corrupt(path)
+    results = self._train_breaking(5, corrupt_once, cfg)
+    self.assertEqual(results["train_size"], 11)
+    with open(os.path.join(self.model_dir, "quarantine.csv")) as f:
+      table = list(csv.DictReader(f))
+    self.assertEqual([int(r["line"]) for r in table], [7])
+    self.assertStartsWith(table[0]["reason"], "cannot decode: ")
+    self.assertTrue(os.path.exists(os.path.join(self.model_dir,
+                                                "model.keras")))
+    entry = imagecheck.load_cache(os.path.join(
+        self.model_dir, imagecheck.CACHE_FILE))[table[0]["path"]]
+    self.assertEqual(entry.level, "decode")
+
+
+if __name__ == "__main__":
+  tf.test.main()
