@@ -7,6 +7,8 @@ pull in tensorflow). Copy it next to any application.
   python export/client.py --model=demo photo.jpg other.png
   python export/client.py --model=demo --grpc=localhost:8500 photo.jpg
   python export/client.py --model=demo --rest=http://host:8501 --version=3 a.jpg
+  python export/client.py --model=demo --label=canary a.jpg
+  python export/client.py --model=demo --metadata       # the signatures
 
 Prints one JSON line per image: {"image": ..., "<head>": {"class": ...,
 "score": ..., "scores": [...]}} (scores in labels.json class order), and
@@ -49,9 +51,15 @@ def rest_body(images: Sequence[bytes]) -> dict:
                         for b in images]}
 
 
-def rest_url(server: str, model: str, version: Optional[int] = None) -> str:
-  version_part = f"/versions/{version}" if version else ""
-  return f"{server.rstrip('/')}/v1/models/{model}{version_part}:predict"
+def rest_url(server: str, model: str, version: Optional[int] = None,
+             label: Optional[str] = None, verb: str = ":predict") -> str:
+  """/v1/models/<model>[/versions/<v> | /labels/<label>]<verb>; verb
+  ":predict", or "/metadata" for the signature."""
+  if version and label:
+    raise ValueError("give a version or a label, not both")
+  part = (f"/versions/{version}" if version else
+          f"/labels/{label}" if label else "")
+  return f"{server.rstrip('/')}/v1/models/{model}{part}{verb}"
 
 
 def parse_rest_response(response: dict) -> list[dict]:
@@ -62,9 +70,10 @@ def parse_rest_response(response: dict) -> list[dict]:
 
 
 def predict_rest(server: str, model: str, images: Sequence[bytes],
-                 version: Optional[int] = None, timeout: float = 30) -> list[dict]:
+                 version: Optional[int] = None, timeout: float = 30,
+                 label: Optional[str] = None) -> list[dict]:
   request = urllib.request.Request(
-      rest_url(server, model, version),
+      rest_url(server, model, version, label),
       data=json.dumps(rest_body(images)).encode("utf-8"),
       headers={"Content-Type": "application/json"})
   try:
@@ -79,16 +88,25 @@ def predict_rest(server: str, model: str, images: Sequence[bytes],
 # --- gRPC ---------------------------------------------------------------------
 
 
+def _model_spec(spec, model: str, version: Optional[int],
+                label: Optional[str]) -> None:
+  if version and label:
+    raise ValueError("give a version or a label, not both")
+  spec.name = model
+  if version:
+    spec.version.value = version
+  elif label:
+    spec.version_label = label
+
+
 def grpc_request(images: Sequence[bytes], model: str,
-                 version: Optional[int] = None):
+                 version: Optional[int] = None, label: Optional[str] = None):
   """A PredictRequest for the bytes signature (a 1-D DT_STRING tensor)."""
   from tensorflow_serving.apis import predict_pb2  # pip install tensorflow-serving-api
   from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
   request = predict_pb2.PredictRequest()
-  request.model_spec.name = model
+  _model_spec(request.model_spec, model, version, label)
   request.model_spec.signature_name = SIGNATURE
-  if version:
-    request.model_spec.version.value = version
   request.inputs[INPUT].CopyFrom(tensor_pb2.TensorProto(
       dtype=types_pb2.DT_STRING,
       tensor_shape=tensor_shape_pb2.TensorShapeProto(
@@ -126,7 +144,8 @@ def parse_grpc_response(response) -> list[dict]:
 
 
 def predict_grpc(target: str, model: str, images: Sequence[bytes],
-                 version: Optional[int] = None, timeout: float = 30) -> list[dict]:
+                 version: Optional[int] = None, timeout: float = 30,
+                 label: Optional[str] = None) -> list[dict]:
   import grpc
   from tensorflow_serving.apis import prediction_service_pb2_grpc
   # Images can be MBs: raise gRPC's 4 MB default message cap.
@@ -134,8 +153,71 @@ def predict_grpc(target: str, model: str, images: Sequence[bytes],
              ("grpc.max_receive_message_length", 64 << 20)]
   with grpc.insecure_channel(target, options=options) as channel:
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-    response = stub.Predict(grpc_request(images, model, version), timeout=timeout)
+    response = stub.Predict(grpc_request(images, model, version, label),
+                            timeout=timeout)
   return parse_grpc_response(response)
+
+
+# --- metadata: what a client reads before its first call ----------------------
+
+
+def metadata_request(model: str, version: Optional[int] = None,
+                     label: Optional[str] = None):
+  """A GetModelMetadataRequest for the signatures (the only metadata field
+  TF Serving serves)."""
+  from tensorflow_serving.apis import get_model_metadata_pb2
+  request = get_model_metadata_pb2.GetModelMetadataRequest()
+  _model_spec(request.model_spec, model, version, label)
+  request.metadata_field.append("signature_def")
+  return request
+
+
+def parse_metadata_grpc(response) -> dict:
+  """GetModelMetadataResponse -> {signature: {"inputs": {name: [dtype,
+  shape]}, "outputs": {...}}}."""
+  from tensorflow_serving.apis import get_model_metadata_pb2
+  from tensorflow.core.framework import types_pb2
+  sig_map = get_model_metadata_pb2.SignatureDefMap()
+  response.metadata["signature_def"].Unpack(sig_map)
+
+  def side(tensors):
+    return {k: [types_pb2.DataType.Name(t.dtype),
+                [d.size for d in t.tensor_shape.dim]]
+            for k, t in sorted(tensors.items())}
+  return {name: {"inputs": side(sig.inputs), "outputs": side(sig.outputs)}
+          for name, sig in sorted(sig_map.signature_def.items())}
+
+
+def parse_metadata_rest(response: dict) -> dict:
+  """The JSON of GET /v1/models/<model>/metadata -> the same structure as
+  parse_metadata_grpc."""
+  sigs = response["metadata"]["signature_def"]["signature_def"]
+
+  def side(tensors):
+    return {k: [t["dtype"], [int(d["size"]) for d in
+                             t.get("tensor_shape", {}).get("dim", [])]]
+            for k, t in sorted(tensors.items())}
+  return {name: {"inputs": side(s.get("inputs", {})),
+                 "outputs": side(s.get("outputs", {}))}
+          for name, s in sorted(sigs.items())}
+
+
+def metadata_rest(server: str, model: str, version: Optional[int] = None,
+                  label: Optional[str] = None, timeout: float = 30) -> dict:
+  url = rest_url(server, model, version, label, verb="/metadata")
+  with urllib.request.urlopen(url, timeout=timeout) as r:
+    return parse_metadata_rest(json.load(r))
+
+
+def metadata_grpc(target: str, model: str, version: Optional[int] = None,
+                  label: Optional[str] = None, timeout: float = 30) -> dict:
+  import grpc
+  from tensorflow_serving.apis import prediction_service_pb2_grpc
+  with grpc.insecure_channel(target) as channel:
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    response = stub.GetModelMetadata(metadata_request(model, version, label),
+                                     timeout=timeout)
+  return parse_metadata_grpc(response)
 
 
 # --- shared -------------------------------------------------------------------
@@ -159,20 +241,35 @@ def _per_head(row: dict) -> dict:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("images", nargs="+", help="JPEG/PNG files")
+  parser.add_argument("images", nargs="*", help="JPEG/PNG files")
   parser.add_argument("--model", default="demo", help="model name in TF Serving")
   parser.add_argument("--version", type=int, default=None,
                       help="model version (default: the one TF Serving serves)")
+  parser.add_argument("--label", default=None,
+                      help="version label, e.g. stable or canary (models_canary.config)")
+  parser.add_argument("--metadata", action="store_true",
+                      help="print the model's signatures (inputs, outputs) and exit")
   group = parser.add_mutually_exclusive_group()
   group.add_argument("--rest", default="http://localhost:8501",
                      help="REST server URL (default)")
   group.add_argument("--grpc", default=None, help="gRPC host:port, e.g. localhost:8500")
   args = parser.parse_args(argv)
+  if args.metadata:
+    if args.grpc:
+      sigs = metadata_grpc(args.grpc, args.model, args.version, args.label)
+    else:
+      sigs = metadata_rest(args.rest, args.model, args.version, args.label)
+    print(json.dumps(sigs, indent=1))
+    return 0
+  if not args.images:
+    parser.error("give image files (or --metadata)")
   images = read_files(args.images)
   if args.grpc:
-    results = predict_grpc(args.grpc, args.model, images, args.version)
+    results = predict_grpc(args.grpc, args.model, images, args.version,
+                           label=args.label)
   else:
-    results = predict_rest(args.rest, args.model, images, args.version)
+    results = predict_rest(args.rest, args.model, images, args.version,
+                           label=args.label)
   for path, result in zip(args.images, results):
     print(json.dumps({"image": path, **result}))
   return 0

@@ -18,6 +18,12 @@ from typing import Optional, Sequence
 SERVING_SIGNATURE = "serving_default"  # bytes in, probabilities + labels out
 TENSOR_SIGNATURE = "serve_image"  # uint8 pixels in, probabilities out
 BYTES_INPUT = "image_bytes"
+# The tf.Example signature (batch inference, Predict with serialized
+# examples): its input and the feature holding the encoded image, the key
+# the TFRecord writer (data/tfrecords.py) writes.
+EXAMPLE_SIGNATURE = "serve_examples"
+EXAMPLES_INPUT = "examples"
+IMAGE_FEATURE = "image/encoded"
 IMAGE_INPUT = "image"
 CLASS_SUFFIX = "_class"
 SCORE_SUFFIX = "_score"

@@ -139,6 +139,14 @@ class TrainConfig:
   freeze_epochs: int = 0
   unfreeze_layers: int = 0
   finetune_lr_scale: float = 0.1
+  # Growing a trained model (modeling/grow.py): start from this run folder or
+  # .keras file (backbone and matching heads copied), re-initialise the
+  # listed heads whose classes changed, and train only train_heads (empty:
+  # every head), the backbone frozen unless train_backbone.
+  init_from: Optional[str] = None
+  reinit_heads: tuple[str, ...] = ()
+  train_heads: tuple[str, ...] = ()
+  train_backbone: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -39,6 +39,10 @@ _CALIBRATION_MANIFEST = flags.DEFINE_string(
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Images per batch.",
                                    lower_bound=1)
 _TOP_K = flags.DEFINE_integer("top_k", 5, "k of top-k accuracy.", lower_bound=1)
+_PSEUDO = flags.DEFINE_float(
+    "pseudo_label_threshold", None, "Also report how accurate suggest's "
+    "pseudo-labels at this calibrated confidence would be on the evaluated "
+    "(labelled) cells: coverage and accuracy per head.")
 _IMAGE_COLUMN = flags.DEFINE_string(
     "image_column", None, "Manifest column holding image paths (default: the "
     "training run's --image_column, from its config.json).")
@@ -57,7 +61,8 @@ def main(argv):
         threshold=_THRESHOLD.value, calibrate=_CALIBRATE.value,
         calibration_manifest=_CALIBRATION_MANIFEST.value,
         batch_size=_BATCH_SIZE.value, top_k=_TOP_K.value,
-        image_column=_IMAGE_COLUMN.value)
+        image_column=_IMAGE_COLUMN.value,
+        pseudo_label_threshold=_PSEUDO.value)
   except (ValueError, heads.SchemaError, manifest.DataError,
           compose.ClassTableError) as e:
     print(f"error: {e}", file=sys.stderr)
@@ -66,5 +71,10 @@ def main(argv):
     print(f.read())
 
 
-if __name__ == "__main__":
+def run():
+  """The mlc-evaluate console script (setup.cfg): the same flags as python -m."""
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()

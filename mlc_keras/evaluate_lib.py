@@ -32,6 +32,7 @@ from mlc_keras.modeling import outputs
 from mlc_keras.modeling import saving
 from mlc_keras import run_dir
 from mlc_keras import scoring
+from mlc_keras import suggest_lib
 
 NO_LABELS = scoring.NO_LABELS
 ECE_BINS = scoring.ECE_BINS
@@ -408,6 +409,44 @@ def _plot(report: dict, model_dir: str) -> None:
     report["curves"] = "curves.png"
 
 
+def pseudo_label_report(collected, schema: heads_lib.LabelSchema,
+                        threshold: float, temperatures: Mapping[str, float],
+                        model: str) -> dict:
+  """How accurate suggest's pseudo-labels at ``threshold`` would be, per
+  head, on the evaluated cells a person labelled (suggest_lib
+  .pseudo_label_accuracy), with the probabilities scaled by the
+  ``temperatures`` of ``model`` (the calibrated file suggest would use)."""
+  heads = {}
+  for h in schema.heads:
+    probs, labels, mask = collected[h.name]
+    if h.name in temperatures and len(probs):
+      probs = calibrate_lib.scale(probs, temperatures[h.name])
+    heads[h.name] = suggest_lib.pseudo_label_accuracy(
+        probs, np.where(mask, labels, heads_lib.MISSING), threshold)
+  return {"threshold": float(threshold), "temperatures_from": model,
+          "heads": heads}
+
+
+def pseudo_label_markdown(section: dict) -> str:
+  lines = ["", f"## Pseudo-labels at confidence >= {section['threshold']:g}",
+           "", f"Temperatures from `{section['temperatures_from']}`; on "
+           "labelled cells: the share the rule would fill, and how many of "
+           "those it gets right.", "",
+           "| head | labelled | would fill | coverage | accuracy |",
+           "| --- | --- | --- | --- | --- |"]
+  for name, r in section["heads"].items():
+    lines.append(f"| {name} | {r['labelled']} | {r['pseudo_labelled']} | "
+                 f"{_fmt(r['coverage'])} | {_fmt(r['accuracy'])} |")
+  return "\n".join(lines) + "\n"
+
+
+def _pseudo_section(model_dir: str, collected, schema, threshold) -> dict:
+  chosen, _ = run_dir.choose_model_file(model_dir)
+  temperatures = (outputs.temperatures_of(saving.load_model(chosen))
+                  if chosen.endswith(run_dir.CALIBRATED_FILE) else {})
+  return pseudo_label_report(collected, schema, threshold, temperatures, chosen)
+
+
 def _write(report: dict, model_dir: str) -> None:
   with open(os.path.join(model_dir, "evaluation.json"), "w",
             encoding="utf-8") as f:
@@ -415,6 +454,8 @@ def _write(report: dict, model_dir: str) -> None:
     f.write("\n")
   with open(os.path.join(model_dir, "evaluation.md"), "w", encoding="utf-8") as f:
     f.write(markdown(report))
+    if "pseudo_labels" in report:
+      f.write(pseudo_label_markdown(report["pseudo_labels"]))
 
 
 def evaluate(model_dir: str, manifest: Optional[str] = None,
@@ -422,7 +463,8 @@ def evaluate(model_dir: str, manifest: Optional[str] = None,
              calibrate: bool = False,
              calibration_manifest: Optional[str] = None, batch_size: int = 32,
              top_k: int = 5, image_column: Optional[str] = None,
-             plots: bool = True) -> dict:
+             plots: bool = True,
+             pseudo_label_threshold: Optional[float] = None) -> dict:
   """Evaluates ``<model_dir>/model.keras`` on ``manifest`` (default: the
   run's validation data) and writes the artefacts listed in the module
   docstring. With ``calibrate``, per-head temperatures are fitted on
@@ -447,6 +489,9 @@ def evaluate(model_dir: str, manifest: Optional[str] = None,
     report["calibration"] = _calibrate(model, model_dir, schema, manifest,
                                        collected, n, calibration_manifest,
                                        table, load)
+  if pseudo_label_threshold is not None:
+    report["pseudo_labels"] = _pseudo_section(model_dir, collected, schema,
+                                              pseudo_label_threshold)
   if plots:
     _plot(report, model_dir)
   _write(report, model_dir)

@@ -134,5 +134,10 @@ def main(argv):
   print(f"  parity report   {result.parity_path}")
 
 
-if __name__ == "__main__":
+def run():
+  """The mlc-export console script (setup.cfg): the same flags as python -m."""
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()

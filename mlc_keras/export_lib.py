@@ -38,6 +38,7 @@ import numpy as np
 
 from mlc_keras import artefacts
 from mlc_keras import heads as heads_lib
+from mlc_keras import model_card
 from mlc_keras import predict_lib
 from mlc_keras import predictors
 from mlc_keras import run_dir
@@ -58,7 +59,8 @@ RANDOM_PARITY = "random"
 RANDOM_PARITY_COUNT = 32
 
 # Names of the per-runtime trees under the base folder; a model may not use them.
-_RESERVED_MODEL_NAMES = frozenset({"litert", "onnx", "parity"})
+_RESERVED_MODEL_NAMES = frozenset({"litert", "onnx", "parity",
+                                   model_card.FOLDER})
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -71,6 +73,7 @@ class ExportResult:
   parity: list = dataclasses.field(default_factory=list)
   # check_saved_model's report: ops, signatures, the standalone test call.
   saved_model_check: dict = dataclasses.field(default_factory=dict)
+  model_card: Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -310,8 +313,12 @@ def _candidates(staged: ExportResult) -> list:
   tensor_sig = predictors.SavedModelPredictor(staged.saved_model)
   bytes_sig = predictors.SavedModelBytesPredictor(staged.saved_model,
                                                   tensor_sig.loaded)
+  examples_sig = predictors.SavedModelExamplePredictor(staged.saved_model,
+                                                      tensor_sig.loaded)
   candidates = [("saved_model", tensor_sig, parity_lib.FP32_TOLERANCE),
-                ("saved_model_bytes", bytes_sig, parity_lib.FP32_TOLERANCE)]
+                ("saved_model_bytes", bytes_sig, parity_lib.FP32_TOLERANCE),
+                ("saved_model_examples", examples_sig,
+                 parity_lib.FP32_TOLERANCE)]
   candidates += [(f"tflite_{q}", predictors.TFLitePredictor(p),
                   parity_lib.TOLERANCES[q]) for q, p in staged.tflite.items()]
   if staged.onnx:
@@ -461,4 +468,13 @@ def export(model_dir: str,
   staged = build_staged(request, model, schema, table, images, isolate, log)
   reports = check_parity(request, model, table, staged, images, class_table,
                          log, schema=schema)
-  return publish(request, staged, reports, log)
+  result = publish(request, staged, reports, log)
+  result.model_card = model_card.write(
+      os.path.join(request.base, model_card.FOLDER, request.model_name,
+                   f"{request.version}.md"), request.folder, model=model,
+      schema=schema, model_name=request.model_name, version=request.version,
+      model_file=request.model_path, reports=reports,
+      max_image_bytes=request.max_image_bytes,
+      max_image_pixels=request.max_image_pixels)
+  log(f"model card: {result.model_card}")
+  return result

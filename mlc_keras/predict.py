@@ -67,5 +67,10 @@ def main(argv):
     sys.exit(2)
 
 
-if __name__ == "__main__":
+def run():
+  """The mlc-predict console script (setup.cfg): the same flags as python -m."""
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -6,6 +6,7 @@ load_predictor opens any artefact (or a run folder) by its path.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Mapping, Optional, Sequence
 
@@ -16,6 +17,7 @@ from mlc_keras import artefacts
 from mlc_keras import heads as heads_lib
 from mlc_keras import run_dir
 from mlc_keras.artefacts import ExportError
+from mlc_keras.exporters import metadata
 from mlc_keras.exporters import saved_model
 
 # Predictor.class_table before its first look-up (None means "no table").
@@ -43,8 +45,21 @@ class Predictor:
     # Read on first use: converters check a fresh artefact before its
     # labels.json is copied beside it.
     if self._schema is None:
-      self._schema = heads_lib.LabelSchema.load(artefacts.find_labels(self.path))
+      try:
+        self._schema = heads_lib.LabelSchema.load(
+            artefacts.find_labels(self.path))
+      except ExportError:
+        # A .tflite or .onnx file copied alone carries its own labels.json.
+        text = self._embedded_labels()
+        if text is None:
+          raise
+        self._schema = heads_lib.LabelSchema.from_dict(
+            json.loads(text), source=f"{self.path} (embedded labels.json)")
     return self._schema
+
+  def _embedded_labels(self) -> Optional[str]:
+    """The labels.json text stored inside the artefact, or None."""
+    return None
 
   @property
   def class_table(self):
@@ -160,6 +175,24 @@ class SavedModelBytesPredictor(SavedModelPredictor):
             if with_labels or k in self.output_names}
 
 
+class SavedModelExamplePredictor(SavedModelPredictor):
+  """The SavedModel's tf.Example signature: each image PNG-encoded into a
+  tf.Example under image/encoded, parsed and decoded in-graph."""
+
+  kind = "saved_model_examples"
+
+  def __init__(self, path: str, loaded=None):
+    super().__init__(path, loaded)
+    self._examples_fn = self.loaded.signatures[artefacts.EXAMPLE_SIGNATURE]
+
+  def _run(self, images):
+    examples = [saved_model.example_of(saved_model.encode_png(i))
+                for i in images]
+    out = self._examples_fn(**{artefacts.EXAMPLES_INPUT: tf.constant(
+        examples, dtype=tf.string)})
+    return {k: v.numpy() for k, v in out.items() if k in self.output_names}
+
+
 class TFLitePredictor(Predictor):
   """A .tflite file through LiteRT's signature runner (outputs by name)."""
 
@@ -187,6 +220,9 @@ class TFLitePredictor(Predictor):
     self.image_size = int(shape[1])
     self.output_names = sorted(io["outputs"])
 
+  def _embedded_labels(self):
+    return metadata.read_tflite(self.path)
+
   def _run(self, images):
     out = self._runner(**{artefacts.IMAGE_INPUT: images})
     # The runner hands back views of interpreter buffers: copy them.
@@ -212,6 +248,9 @@ class OnnxPredictor(Predictor):
                         f"expected [{artefacts.IMAGE_INPUT!r}]")
     self.image_size = int(inputs[0].shape[1])
     self.output_names = [o.name for o in self.session.get_outputs()]
+
+  def _embedded_labels(self):
+    return metadata.read_onnx(self.session)
 
   def _run(self, images):
     values = self.session.run(self.output_names, {artefacts.IMAGE_INPUT: images})

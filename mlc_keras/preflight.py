@@ -51,8 +51,11 @@ def absolute_paths(cfg: config_lib.Config) -> config_lib.Config:
   weights = cfg.model.weights
   if weights and weights != "imagenet":
     weights = os.path.abspath(weights)
+  train = dataclasses.replace(cfg.train,
+                              init_from=absolute(cfg.train.init_from))
   return dataclasses.replace(
-      cfg, data=data, model=dataclasses.replace(cfg.model, weights=weights))
+      cfg, data=data, model=dataclasses.replace(cfg.model, weights=weights),
+      train=train)
 
 
 def check(cfg: config_lib.Config, tf_config: Optional[str] = None,
@@ -64,6 +67,7 @@ def check(cfg: config_lib.Config, tf_config: Optional[str] = None,
   (default: a HEAD request with a short timeout)."""
   check_ranges(cfg)
   check_sources(cfg.data)
+  check_parent(cfg.train)
   check_weights(cfg.model, cfg.data.image_size, keras_home, probe or probe_url)
   return check_cluster(cfg.train, tf_config)
 
@@ -144,6 +148,16 @@ def check_ranges(cfg: config_lib.Config) -> None:
             f"--strategy={tc.strategy} yet; use the default strategy")
 
 
+def check_parent(tc: config_lib.TrainConfig) -> None:
+  """--init_from names a run folder or a .keras file (read later)."""
+  path = tc.init_from
+  if path and not (os.path.isdir(path) or (
+      os.path.isfile(path) and path.endswith(".keras"))):
+    _fail("init_from", path, "no such run folder or .keras file")
+  if tc.reinit_heads and not path:
+    _fail("reinit_heads", ",".join(tc.reinit_heads), "needs --init_from")
+
+
 def check_sources(dc: config_lib.DataConfig) -> None:
   """The data files named exist (their contents are read later)."""
   given = [f for f in ("manifest", "tfrecord", "tfds") if getattr(dc, f)]
@@ -152,7 +166,9 @@ def check_sources(dc: config_lib.DataConfig) -> None:
                     f"{' and '.join('--' + g for g in given)}")
   for field in ("manifest", "val_manifest", "heads_file"):
     path = getattr(dc, field)
-    if path and not os.path.isfile(path):
+    # A manifest may be an image folder (data/folders.py).
+    if path and not (os.path.isfile(path) or (
+        field != "heads_file" and os.path.isdir(path))):
       _fail(field, path, "no such file")
   if dc.val_manifest and not dc.manifest:
     _fail("val_manifest", dc.val_manifest, "needs --manifest (the training "

@@ -40,5 +40,10 @@ def main(argv):
   print(f"wrote {len(records)} examples to {len(shards)} shard(s): {shards[0]} ...")
 
 
-if __name__ == "__main__":
+def run():
+  """The mlc-tfrecord console script (setup.cfg): the same flags as python -m."""
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()

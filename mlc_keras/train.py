@@ -167,6 +167,24 @@ _UNFREEZE_LAYERS = flags.DEFINE_integer(
 _FINETUNE_LR_SCALE = flags.DEFINE_float(
     "finetune_lr_scale", _t.finetune_lr_scale, "Learning rate multiplier "
     "after --freeze_epochs.", lower_bound=0)
+# Growing a trained model (issue 16).
+_INIT_FROM = flags.DEFINE_string(
+    "init_from", None, "Start from a trained run folder (its model.keras) or "
+    ".keras file: the backbone and every head whose name and classes match "
+    "are copied, a head that gained classes keeps the weights of the ones it "
+    "had, other heads start fresh. Prints which heads are new, copied or "
+    "changed.")
+_REINIT_HEADS = flags.DEFINE_list(
+    "reinit_heads", [], "With --init_from: heads whose class list lost or "
+    "renamed a class, to train from scratch (otherwise such a head is an "
+    "error).")
+_TRAIN_HEADS = flags.DEFINE_list(
+    "train_heads", [], "Train only these heads (e.g. a new one): every other "
+    "head and the backbone (BatchNorm in inference mode) stay frozen, so "
+    "their outputs stay bit-identical. Default: train everything.")
+_TRAIN_BACKBONE = flags.DEFINE_bool(
+    "train_backbone", False, "With --train_heads: train the backbone too "
+    "(the other heads' outputs then change).")
 _BACKUP_STEPS = flags.DEFINE_integer(
     "backup_every_steps", None, "Back up every N steps (default: each epoch).")
 # Owning the model_dir.
@@ -181,6 +199,10 @@ def _per_head(flag: str, items: list[str], bare: bool = False):
     return config_lib.per_head_values(flag, items, bare)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
+
+
+def _names(items: list[str]) -> tuple[str, ...]:
+  return tuple(dict.fromkeys(i.strip() for i in items if i.strip()))
 
 
 def _feed(data: config_lib.DataConfig) -> config_lib.DataConfig:
@@ -246,7 +268,11 @@ def config_from_flags() -> config_lib.Config:
       top_k=_TOP_K.value, freeze_epochs=_FREEZE_EPOCHS.value,
       unfreeze_layers=_UNFREEZE_LAYERS.value,
       finetune_lr_scale=_FINETUNE_LR_SCALE.value,
-      backup_every_steps=_BACKUP_STEPS.value)
+      backup_every_steps=_BACKUP_STEPS.value,
+      init_from=_INIT_FROM.value,
+      reinit_heads=_names(_REINIT_HEADS.value),
+      train_heads=_names(_TRAIN_HEADS.value),
+      train_backbone=_TRAIN_BACKBONE.value)
   return config_lib.Config(data=data, model=model, train=train)
 
 
@@ -261,8 +287,11 @@ def main(argv):
   from mlc_keras import run_dir  # pylint: disable=g-import-not-at-top
   from mlc_keras import run_lock  # pylint: disable=g-import-not-at-top
   from mlc_keras import train_lib  # pylint: disable=g-import-not-at-top
-  # MLC_QUIET=1 (tests, logs): one line per epoch instead of a progress bar.
-  verbose = 2 if os.environ.get("MLC_QUIET") == "1" else 1
+  # A progress bar only makes sense on a terminal: in a batch job, CI or a
+  # log file (or with MLC_QUIET=1) fit prints one line per epoch holding
+  # every head's numbers instead of one bar frame per epoch.
+  quiet = os.environ.get("MLC_QUIET") == "1" or not sys.stdout.isatty()
+  verbose = 2 if quiet else 1
   try:
     train_lib.train_and_evaluate(
         cfg, _MODEL_DIR.value, verbose=verbose, overwrite=_OVERWRITE.value,

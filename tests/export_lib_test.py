@@ -142,7 +142,8 @@ class ExportLibTest(tf.test.TestCase):
     self.assertEqual(report["calibration_images"], self.cal_dir)
     self.assertEqual(
         sorted(r["artefact"] for r in report["reports"]),
-        sorted(["saved_model", "saved_model_bytes", "onnx",
+        sorted(["saved_model", "saved_model_bytes", "saved_model_examples",
+                "onnx",
                 "tflite_fp32", "tflite_fp16", "tflite_dynamic", "tflite_int8"]))
     for r in report["reports"]:
       self.assertTrue(r["passed"], r)
@@ -299,7 +300,7 @@ class ExportLibTest(tf.test.TestCase):
     self.assertEqual(report["ran"]["colour"], [2, 3])
     self.assertEqual(report["ran"]["tone_class"], [2])
     self.assertEqual(sorted(report["signatures"]),
-                     ["serve_image", "serving_default"])
+                     ["serve_examples", "serve_image", "serving_default"])
 
   def test_op_check_catches_py_function(self):
     module = tf.Module()

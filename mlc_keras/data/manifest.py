@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from mlc_keras import heads as heads_lib
+from mlc_keras.data import folders
 
 
 class DataError(ValueError):
@@ -149,7 +150,14 @@ def read_images(path: str, image_column: str = "image",
 
 
 def _read_table(path: str, image_column: str) -> _Table:
-  rows = _read_rows(path)
+  if os.path.isdir(path):
+    # An image folder (data/folders.py) stands for a manifest.
+    try:
+      path, rows = folders.as_rows(path, image_column)
+    except folders.FolderError as e:
+      raise DataError(str(e)) from None
+  else:
+    rows = _read_rows(path)
   header = _parse_header(path, rows)
   if image_column not in header:
     raise DataError(

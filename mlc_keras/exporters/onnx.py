@@ -13,6 +13,7 @@ from mlc_keras import artefacts
 from mlc_keras import predictors
 from mlc_keras.artefacts import ExportError
 from mlc_keras.exporters import isolated
+from mlc_keras.exporters import metadata
 
 ONNX_OPSET = 17
 
@@ -125,6 +126,8 @@ def to_onnx_with_labels(saved_model_dir: str, folder: str, model_name: str,
     isolated.run(to_onnx, saved_model_dir, path, opset)
   else:
     to_onnx(saved_model_dir, path, opset)
+  with open(os.path.join(folder, artefacts.LABELS_FILE), encoding="utf-8") as f:
+    metadata.embed_onnx(path, f.read())
   return path
 
 

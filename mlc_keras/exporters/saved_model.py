@@ -82,8 +82,19 @@ class ServingModule(tf.Module):
       return _with_labels(probabilities(images), class_names, self.threshold,
                           tag_thresholds)
 
+    @tf.function(input_signature=[
+        tf.TensorSpec([None], tf.string, name=artefacts.EXAMPLES_INPUT)])
+    def serve_examples(examples):
+      # Other features (labels, paths) are ignored: a TFRecord shard written
+      # for training can be scored as it is.
+      parsed = tf.io.parse_example(examples, {
+          artefacts.IMAGE_FEATURE: tf.io.FixedLenFeature([], tf.string)})
+      images = self._decode_batch(parsed[artefacts.IMAGE_FEATURE])
+      return _with_labels(probabilities(images), class_names, self.threshold)
+
     self.serve_image = serve_image
     self.serve_bytes = serve_bytes
+    self.serve_examples = serve_examples
     # Tracked so tf.saved_model.save writes them; the functions capture them.
     self.model_variables = list(serve_image.get_concrete_function().variables)
     if labels_path is not None:
@@ -131,6 +142,8 @@ class ServingModule(tf.Module):
     return {
         artefacts.SERVING_SIGNATURE: self.serve_bytes.get_concrete_function(),
         artefacts.TENSOR_SIGNATURE: self.serve_image.get_concrete_function(),
+        artefacts.EXAMPLE_SIGNATURE:
+            self.serve_examples.get_concrete_function(),
     }
 
 
@@ -215,6 +228,14 @@ def _check_class_output(outputs: Mapping[str, Any], table) -> None:
     raise ExportError(
         f"the model's {artefacts.CLASS_OUTPUT!r} output has {width} columns but the "
         f"class table {table.source} has {len(table)} classes")
+
+
+def example_of(encoded: bytes) -> bytes:
+  """A serialized tf.Example holding ``encoded`` under image/encoded, as the
+  TFRecord writer stores an image (the tf.Example signature's input)."""
+  return tf.train.Example(features=tf.train.Features(feature={
+      artefacts.IMAGE_FEATURE: tf.train.Feature(
+          bytes_list=tf.train.BytesList(value=[encoded]))})).SerializeToString()
 
 
 def encode_png(image: np.ndarray) -> bytes:

@@ -13,6 +13,7 @@ from mlc_keras import artefacts
 from mlc_keras import predictors
 from mlc_keras.artefacts import ExportError
 from mlc_keras.exporters import isolated
+from mlc_keras.exporters import metadata
 
 QUANTIZATIONS = ("fp32", "fp16", "dynamic", "int8")
 
@@ -81,6 +82,12 @@ def tflite_path(folder: str, model_name: str, quantization: str) -> str:
   return os.path.join(folder, f"{model_name}_{quantization}.tflite")
 
 
+def _labels_text(saved_model_dir: str) -> str:
+  with open(os.path.join(saved_model_dir, "assets", artefacts.LABELS_FILE),
+            encoding="utf-8") as f:
+    return f.read()
+
+
 def to_tflite_variants(saved_model_dir: str, folder: str, model_name: str,
                        quantizations: Sequence[str] = QUANTIZATIONS,
                        calibration_images: Optional[np.ndarray] = None,
@@ -105,5 +112,6 @@ def to_tflite_variants(saved_model_dir: str, folder: str, model_name: str,
       isolated.run(to_tflite, saved_model_dir, path, q, cal)
     else:
       to_tflite(saved_model_dir, path, q, cal)
+    metadata.embed_tflite(path, _labels_text(saved_model_dir))
     paths[q] = path
   return paths

@@ -38,6 +38,7 @@ from mlc_keras.data import pipeline
 from mlc_keras.modeling import losses
 from mlc_keras.modeling import metrics
 from mlc_keras.modeling import model as model_lib
+from mlc_keras.modeling import saving
 from mlc_keras.training import setup
 
 log = logging.getLogger("mlc_keras")
@@ -227,7 +228,7 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
     epoch_var.assign(epoch + 1)
     manager.save(checkpoint_number=epoch + 1)
 
-  model.save(os.path.join(out_dir, "model.keras"))
+  saving.save_for_inference(model, os.path.join(out_dir, "model.keras"))
   results = setup.write_results(
       model, run, cfg, out_dir, show=chief,
       extra={"strategy": tc.strategy,
@@ -251,6 +252,9 @@ def _check_supported(tc: config_lib.TrainConfig,
   if tc.freeze_epochs:
     raise ValueError(f"--freeze_epochs is not supported with --strategy="
                      f"{tc.strategy} yet; use the default strategy")
+  if tc.init_from or tc.train_heads:
+    raise ValueError(f"--init_from and --train_heads are not supported with "
+                     f"--strategy={tc.strategy} yet; use the default strategy")
 
 
 def _train_state(strategy, cfg: config_lib.Config, run: setup.Run,

@@ -16,7 +16,9 @@ import tensorflow as tf
 
 from mlc_keras import config as config_lib
 from mlc_keras.data import pipeline
+from mlc_keras.modeling import grow
 from mlc_keras.modeling import model as model_lib
+from mlc_keras.modeling import saving
 from mlc_keras.training import backup
 from mlc_keras.training import setup
 
@@ -119,11 +121,16 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
                                cache=_cache_validation(run.bundle.val, dc))
   strategy = setup.make_strategy(tc.strategy)
   with strategy.scope():
-    model = model_lib.build_model(run.schema, dc.image_size, mc.backbone,
-                                  mc.weights, mc.dropout, mc.bn_momentum)
+    # A parent's backbone replaces whatever weights the flags name, so none
+    # are downloaded.
+    model = model_lib.build_model(
+        run.schema, dc.image_size, mc.backbone,
+        None if tc.init_from else mc.weights, mc.dropout, mc.bn_momentum)
+  grown = init_from_parent(model, run.schema, tc)
   # Shared by the phases, so best.keras is the best of the whole run.
   shared = [
-      keras.callbacks.ModelCheckpoint(
+      # No optimizer state in best.keras: resuming reads the backup.
+      saving.InferenceCheckpoint(
           os.path.join(model_dir, "best.keras"),
           monitor="val_loss" if val_ds is not None else "loss",
           save_best_only=True),
@@ -141,11 +148,32 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
                "frozen" if phase.frozen else "unfrozen", phase.lr_scale)
     _train_phase(model, phase, run, cfg, strategy, shared, val_ds, model_dir,
                  verbose)
-  model.save(os.path.join(model_dir, "model.keras"))
+  saving.save_for_inference(model, os.path.join(model_dir, "model.keras"))
   handover = os.path.join(model_dir, FROZEN_PHASE_WEIGHTS)
   if os.path.exists(handover):
     os.remove(handover)
-  return setup.write_results(model, run, cfg, model_dir, eval_ds=val_ds)
+  return setup.write_results(model, run, cfg, model_dir, eval_ds=val_ds,
+                             extra=grown)
+
+
+def init_from_parent(model: keras.Model, schema, tc: config_lib.TrainConfig
+                     ) -> Optional[dict]:
+  """Copies --init_from's backbone and heads into ``model`` (a resumed run
+  then overwrites them from its backup) and logs what each head got.
+  Returns {"init_from": {...}} for results.json, or None."""
+  if tc.train_heads:
+    grow.check_train_heads(schema, tc.train_heads)
+  if not tc.init_from:
+    if tc.reinit_heads:
+      raise grow.GrowError("--reinit_heads needs --init_from")
+    return None
+  parent, parent_schema, path = grow.load_parent(tc.init_from)
+  plans = grow.copy_from(parent, parent_schema, model, schema,
+                         tc.reinit_heads, origin=path)
+  log.info("%s", grow.format_plan(plans, path))
+  return {"init_from": {"model": path, "heads": {
+      p.name: {"status": p.status, "added": list(p.added),
+               "removed": list(p.removed)} for p in plans}}}
 
 
 def _cache_validation(val, dc: config_lib.DataConfig) -> bool:
@@ -171,6 +199,8 @@ def _train_phase(model: keras.Model, phase: Phase, run: setup.Run,
   model_lib.set_backbone_trainable(
       model, not phase.frozen, top_layers=tc.unfreeze_layers,
       train_batchnorm=phase.train_batchnorm)
+  if tc.train_heads:
+    grow.freeze_all_but(model, run.schema, tc.train_heads, tc.train_backbone)
   start_epoch = max(phase.first_epoch, backup.backup_epoch(phase.backup_dir))
   steps = run.steps_per_epoch
   train_ds = pipeline.train_dataset(

@@ -1,0 +1,86 @@
+"""Artefacts that carry their own labels (ONNX metadata_props, TFLite
+metadata) and the SavedModel's tf.Example signature, on the shared export
+fixture (export_fixture.plain(), built once per test process)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import tensorflow as tf
+
+from mlc_keras import artefacts
+from mlc_keras import predictors
+from mlc_keras.data import manifest as manifest_lib
+from mlc_keras.data import tfrecords
+from mlc_keras.exporters import metadata
+from tests import export_fixture
+
+
+class EmbeddedLabelsTest(tf.test.TestCase):
+
+  def test_file_alone_names_its_heads(self):
+    source = export_fixture.plain()
+    images, _ = export_fixture.make_images(5, seed=31)
+    for path in (source.result.tflite["fp32"], source.result.onnx):
+      alone_dir = os.path.join(self.get_temp_dir(), os.path.basename(path))
+      os.makedirs(alone_dir)
+      alone = shutil.copy(path, alone_dir)
+      with self.assertRaises(artefacts.ExportError):
+        artefacts.find_labels(alone)  # nothing beside it
+      predictor = predictors.load_predictor(alone)
+      self.assertEqual(predictor.schema, export_fixture.SCHEMA)
+      beside = predictors.load_predictor(path)
+      got, want = predictor(images), beside(images)
+      for head in export_fixture.SCHEMA.names:
+        np.testing.assert_array_equal(got[head], want[head], err_msg=path)
+
+  def test_embedded_text_is_labels_json(self):
+    source = export_fixture.plain()
+    tflite = source.result.tflite["int8"]
+    with open(os.path.join(os.path.dirname(tflite),
+                           artefacts.LABELS_FILE)) as f:
+      beside = json.load(f)
+    self.assertEqual(json.loads(metadata.read_tflite(tflite)), beside)
+    onnx_predictor = predictors.OnnxPredictor(source.result.onnx)
+    self.assertEqual(json.loads(metadata.read_onnx(onnx_predictor.session)),
+                     beside)
+
+
+class ExampleSignatureTest(tf.test.TestCase):
+
+  def test_tfrecord_examples_score_as_the_bytes_signature(self):
+    source = export_fixture.plain()
+    images, _ = export_fixture.make_images(4, seed=41)
+    folder = self.get_temp_dir()
+    paths = export_fixture.write_images(os.path.join(folder, "img"), images[:2])
+    paths += export_fixture.write_images(os.path.join(folder, "jpg"),
+                                         images[2:], ext=".jpg")
+    records = manifest_lib.Records(
+        tuple(paths), np.full((4, 2), -1, np.int32), (2, 3, 4, 5), "m.csv")
+    shard, = tfrecords.write_tfrecords(records, export_fixture.SCHEMA,
+                                       os.path.join(folder, "tfr", "pool"))
+    examples = [r.numpy() for r in tf.data.TFRecordDataset(shard)]
+    loaded = tf.saved_model.load(source.result.saved_model)
+    by_example = loaded.signatures[artefacts.EXAMPLE_SIGNATURE](
+        examples=tf.constant(examples))
+    encoded = []
+    for p in paths:
+      with open(p, "rb") as f:
+        encoded.append(f.read())
+    by_bytes = loaded.signatures[artefacts.SERVING_SIGNATURE](
+        image_bytes=tf.constant(encoded))
+    self.assertEqual(sorted(by_example), sorted(by_bytes))
+    for key in by_bytes:
+      self.assertAllEqual(by_example[key], by_bytes[key], msg=key)
+    # The export's parity report checked the signature like the others.
+    with open(source.result.parity_path) as f:
+      reports = {r["artefact"]: r for r in json.load(f)["reports"]}
+    self.assertTrue(reports["saved_model_examples"]["passed"])
+    self.assertEqual(reports["saved_model_examples"]["images"], 40)
+
+
+if __name__ == "__main__":
+  tf.test.main()
