@@ -90,7 +90,8 @@ class ServingModule(tf.Module):
       parsed = tf.io.parse_example(examples, {
           artefacts.IMAGE_FEATURE: tf.io.FixedLenFeature([], tf.string)})
       images = self._decode_batch(parsed[artefacts.IMAGE_FEATURE])
-      return _with_labels(probabilities(images), class_names, self.threshold)
+      return _with_labels(probabilities(images), class_names, self.threshold,
+                          tag_thresholds)
 
     self.serve_image = serve_image
     self.serve_bytes = serve_bytes
