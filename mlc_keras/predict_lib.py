@@ -3,6 +3,7 @@ the JSON line the predict CLI prints (see mlc_keras/predict.py)."""
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import sys
@@ -17,6 +18,7 @@ from mlc_keras import heads as heads_lib
 from mlc_keras import predictors
 from mlc_keras import tagging
 from mlc_keras.artefacts import ExportError
+from mlc_keras.data import headers
 from mlc_keras.data import imageio
 from mlc_keras.data import manifest
 
@@ -26,20 +28,31 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 # --- images ------------------------------------------------------------------------
 
 
-def list_images(source: str, image_column: str = "image") -> list[str]:
+def list_images(source: str, image_column: str = "image",
+                skipped: Optional[collections.Counter] = None) -> list[str]:
   """Image paths from a folder (recursive), a manifest CSV (its image column,
   read by training's reader: relative paths against the CSV's folder) or a
   single image file. Raises ExportError, or manifest.DataError for a manifest
-  training would refuse."""
+  training would refuse.
+
+  A folder's files are picked by content, as training reads them: an image
+  extension, or any other name whose first bytes are a JPEG/PNG/GIF/BMP/WebP
+  (a PNG named .dat is an image). The rest is counted in ``skipped`` by
+  reason."""
   if os.path.isdir(source):
     found = []
     for root, dirs, files in os.walk(source):
       dirs.sort()
-      found += [os.path.join(root, f) for f in sorted(files)
-                if f.lower().endswith(IMAGE_EXTENSIONS)]
+      for name in sorted(files):
+        path = os.path.join(root, name)
+        why = _not_an_image(path, name)
+        if why is None:
+          found.append(path)
+        elif skipped is not None:
+          skipped[why] += 1
     if not found:
-      raise ExportError(f"{source}: no {'/'.join(IMAGE_EXTENSIONS)} images in "
-                        "this folder")
+      raise ExportError(f"{source}: no images in this folder (none is a "
+                        "JPEG, PNG, GIF, BMP or WebP by its content)")
     return found
   if not os.path.isfile(source):
     raise ExportError(f"{source}: no such image, folder or manifest")
@@ -48,12 +61,25 @@ def list_images(source: str, image_column: str = "image") -> list[str]:
   return [source]
 
 
-def expand_inputs(inputs: Sequence[str], image_column: str = "image"
+def _not_an_image(path: str, name: str) -> Optional[str]:
+  if name.lower().endswith(IMAGE_EXTENSIONS):
+    return None  # decoded, and reported per file if it fails
+  try:
+    with open(path, "rb") as f:
+      prefix = f.read(16)
+  except OSError as e:
+    return f"unreadable ({e.strerror})"
+  return None if headers.sniff(prefix) else "not an image by content"
+
+
+def expand_inputs(inputs: Sequence[str], image_column: str = "image",
+                  skipped: Optional[collections.Counter] = None
                   ) -> list[str]:
-  """Files, folders and manifest CSVs -> image paths, in the order given."""
+  """Files, folders and manifest CSVs -> image paths, in the order given
+  (see list_images for ``skipped``)."""
   paths = []
   for item in inputs:
-    paths += list_images(item, image_column)
+    paths += list_images(item, image_column, skipped)
   return paths
 
 
@@ -141,8 +167,9 @@ def _ordered(outputs: Mapping[str, np.ndarray],
 def predict_files(predictor, paths: Sequence[str], batch_size: int = 32,
                   table=None, threshold: float = artefacts.DEFAULT_THRESHOLD
                   ) -> Iterator[dict]:
-  """Yields one result dict per path (see mlc_keras/predict.py). An
-  unreadable image raises ExportError naming the file.
+  """Yields one result dict per path (see mlc_keras/predict.py); an
+  unreadable image yields {"image": path, "error": reason} and the others
+  still get their result.
 
   table: a compose.ClassTable to compose the heads with (replacing any
   "class" output of the artefact); None uses the artefact's own table
@@ -150,13 +177,22 @@ def predict_files(predictor, paths: Sequence[str], batch_size: int = 32,
   """
   names = table if table is not None else predictor.class_table
   for start in range(0, len(paths), batch_size):
-    chunk = paths[start:start + batch_size]
-    outputs = predictor(load_images(chunk, predictor.image_size))
-    if table is not None:
+    chunk, images, errors = paths[start:start + batch_size], [], {}
+    for path in chunk:
+      try:
+        images.append(read_image(path, predictor.image_size))
+      except ExportError as e:
+        errors[path] = str(e)
+    good = [p for p in chunk if p not in errors]
+    outputs = predictor(np.stack(images)) if images else None
+    if outputs is not None and table is not None:
       outputs = compose_outputs(outputs, table)
-    for i, path in enumerate(chunk):
-      yield {"image": path,
-             **describe(outputs, i, predictor.schema, names, threshold)}
+    for path in chunk:
+      if path in errors:
+        yield {"image": path, "error": errors[path]}
+        continue
+      yield {"image": path, **describe(outputs, good.index(path),
+                                       predictor.schema, names, threshold)}
 
 
 def run(model: str, inputs: Sequence[str], out: TextIO = sys.stdout,
@@ -168,6 +204,11 @@ def run(model: str, inputs: Sequence[str], out: TextIO = sys.stdout,
   (notes to ``err``). Returns the number of images. ``class_table``: a class
   table CSV to compose the heads with (see mlc_keras/predict.py).
 
+  An image that cannot be read or decoded gets a "predict: error: ..." line
+  on ``err`` while the others are still predicted; at the end the counts
+  (predicted, failed, skipped in folders and why) go to ``err`` and, if any
+  image failed, ExportError is raised (naming the first).
+
   Raises ExportError, manifest.DataError, heads.SchemaError or
   compose.ClassTableError (a class table that does not fit the model's
   labels.json).
@@ -175,7 +216,8 @@ def run(model: str, inputs: Sequence[str], out: TextIO = sys.stdout,
   threshold = artefacts.check_threshold(threshold)
   if not inputs:
     raise ExportError("no images given")
-  paths = expand_inputs(inputs, image_column)
+  skipped = collections.Counter()
+  paths = expand_inputs(inputs, image_column, skipped)
   predictor = predictors.load_predictor(model)
   why = getattr(predictor, "chosen_because", None)
   if why:  # a model folder: say which .keras file (stdout is the JSON)
@@ -185,9 +227,33 @@ def run(model: str, inputs: Sequence[str], out: TextIO = sys.stdout,
     table = compose.load(class_table, predictor.schema)
   else:
     predictor.class_table  # a bad classes.csv fails before any image is read
-  n = 0
+  n, failed = 0, []
   for result in predict_files(predictor, paths, batch_size, table, threshold):
+    if "error" in result:
+      failed.append(result["error"])
+      print(f"predict: error: {result['error']}", file=err)
+      continue
     out.write(json.dumps(result) + "\n")
     n += 1
   out.flush()
+  _summary(n, failed, skipped, err)
+  if failed:
+    raise ExportError(f"{len(failed)} of {len(paths)} image(s) could not be "
+                      f"predicted; the first: {failed[0]}")
   return n
+
+
+def _summary(n: int, failed: list[str], skipped: collections.Counter,
+             err: TextIO) -> None:
+  parts = [f"{n} image(s) predicted"]
+  if failed:
+    kinds = collections.Counter(
+        "not decodable" if "not a decodable image" in f else "unreadable"
+        for f in failed)
+    parts.append(f"{len(failed)} failed (" + ", ".join(
+        f"{k}: {v}" for k, v in sorted(kinds.items())) + ")")
+  if skipped:
+    parts.append(f"{sum(skipped.values())} file(s) in folders skipped (" +
+                 ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items()))
+                 + ")")
+  print("predict: " + "; ".join(parts), file=err)

@@ -15,10 +15,16 @@ _MANIFEST = flags.DEFINE_string("manifest", None, "CSV manifest.", required=True
 _OUTPUT = flags.DEFINE_string(
     "output", None, "Output prefix; shards are <prefix>-00000-of-0000N.tfrecord.",
     required=True)
-_NUM_SHARDS = flags.DEFINE_integer("num_shards", 1, "Number of shards.")
+_NUM_SHARDS = flags.DEFINE_integer(
+    "num_shards", 1, "Number of shards (written in parallel).", lower_bound=1)
 _HEADS_FILE = flags.DEFINE_string("heads_file", None,
                                   "Heads file (default: inferred).")
 _IMAGE_COLUMN = flags.DEFINE_string("image_column", "image", "Image column.")
+_IMAGE_CHECK = flags.DEFINE_enum(
+    "image_check", "decode", ["header", "decode"],
+    "How every image is checked before writing: decode (each file decoded "
+    "once: shards are written once and read every epoch) or header (format "
+    "by content, size, pixel cap, end marker; ~0.1 ms per file).")
 
 
 def main(argv):
@@ -32,11 +38,13 @@ def main(argv):
     schema = heads.LabelSchema.load(_HEADS_FILE.value) if _HEADS_FILE.value else None
     records, schema = manifest.read_manifest(_MANIFEST.value, schema,
                                          _IMAGE_COLUMN.value)
-    sources.check_images(records)
+    sources.check_images(records, level=_IMAGE_CHECK.value,
+                         progress=sys.stderr)
   except (manifest.DataError, heads.SchemaError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  shards = tfrecords.write_tfrecords(records, schema, _OUTPUT.value, _NUM_SHARDS.value)
+  shards = tfrecords.write_tfrecords(records, schema, _OUTPUT.value,
+                                     _NUM_SHARDS.value, progress=sys.stderr)
   print(f"wrote {len(records)} examples to {len(shards)} shard(s): {shards[0]} ...")
 
 

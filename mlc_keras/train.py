@@ -112,8 +112,10 @@ _MAX_PIXELS = flags.DEFINE_integer(
     "read from the image header before decoding (0: no limit).")
 _QUARANTINE = flags.DEFINE_bool(
     "quarantine", False, "Train without unusable manifest rows (bad, huge, "
-    "duplicated or out-of-root images), listing them in "
-    "<model_dir>/quarantine.csv, instead of stopping with an error.")
+    "duplicated or out-of-root images, and images that fail to read or "
+    "decode mid-training: set aside, then training resumes from its last "
+    "backup), listing them in <model_dir>/quarantine.csv, instead of "
+    "stopping with an error.")
 _DEMO_DIR = flags.DEFINE_string("demo_dir", _d.demo_dir,
                                 "Where the demo set is generated.")
 # Model.

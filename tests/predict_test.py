@@ -271,6 +271,40 @@ class PredictTest(tf.test.TestCase):
       self.predict_lines(self.artefacts["saved_model"],
                          [os.path.join(self.root, "missing.png")])
 
+  def test_folder_by_content_with_per_file_errors_and_counts(self):
+    folder = os.path.join(self.root, "mixed")
+    os.makedirs(folder)
+    shutil.copyfile(self.paths[1], os.path.join(folder, "a_png.dat"))
+    shutil.copyfile(self.paths[2], os.path.join(folder, "b.png"))
+    with open(os.path.join(folder, "c_broken.png"), "wb") as f:
+      f.write(b"\x89PNG\r\n\x1a\n cut")
+    for name in ("notes.txt", "d.json"):
+      with open(os.path.join(folder, name), "w") as f:
+        f.write("not an image")
+    out, err = io.StringIO(), io.StringIO()
+    with self.assertRaisesRegex(artefacts.ExportError,
+                                r"1 of 3 image\(s\) could not be predicted; "
+                                r"the first: \S*c_broken.png: not a decodable"):
+      predict_lib.run(self.artefacts["tflite"], [folder], out=out, err=err)
+    # The good files, the .dat PNG among them, still got their line.
+    lines = [json.loads(l) for l in out.getvalue().splitlines()]
+    self.assertEqual([os.path.basename(l["image"]) for l in lines],
+                     ["a_png.dat", "b.png"])
+    expected = self.predict_lines(self.artefacts["tflite"], self.paths[1:3])
+    self.assertEqual([l["colour"] for l in lines],
+                     [l["colour"] for l in expected])
+    self.assertRegex(err.getvalue(),
+                     r"predict: error: \S*c_broken.png: not a decodable image")
+    self.assertIn("predict: 2 image(s) predicted; 1 failed (not decodable: 1); "
+                  "2 file(s) in folders skipped (not an image by content: 2)",
+                  err.getvalue())
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlc_keras.predict",
+         f"--model={self.artefacts['tflite']}", folder], cwd=REPO,
+        capture_output=True, text=True, timeout=300)
+    self.assertEqual(proc.returncode, 2, proc.stderr[-2000:])
+    self.assertLen(proc.stdout.splitlines(), 2)
+
   def test_missing_labels_and_unknown_format(self):
     lonely = os.path.join(self.root, "lonely")
     os.makedirs(lonely)

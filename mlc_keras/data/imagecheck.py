@@ -37,9 +37,10 @@ _FIELDS = ["path", "size", "mtime_ns", "level", "width", "height", "frames",
 _CHUNK = 2000  # files per task: a progress tick, little pickling overhead
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Entry:
-  """What is known of one file of a given size and mtime."""
+  """What is known of one file of a given size and mtime (slots: one per
+  manifest row, ~100 bytes instead of ~300 with a __dict__)."""
   size: int
   mtime_ns: int
   level: str
@@ -87,7 +88,7 @@ def _stat(path: str):
   return st.st_size, st.st_mtime_ns
 
 
-class _Progress:
+class Progress:
   """"checking images: n/total (rate/s)" on ``out``: rewritten in place on
   a terminal, else one line every ~10 s and one at the end."""
 
@@ -153,7 +154,7 @@ def record_failure(cache_path: str, path: str, reason: str) -> None:
 
 
 def _run_pool(todo: list[tuple[str, int, int]], workers: int,
-              progress: _Progress, done: int, tail: bool) -> list[Entry]:
+              progress: Progress, done: int, tail: bool) -> list[Entry]:
   # Threads, not processes: measured on 20k tiny files (2 cores), a thread
   # pool checked 26k files/s, a spawn process pool 12k/s (start-up and
   # pickling cost more than the GIL: most of the time is in syscalls).
@@ -191,7 +192,7 @@ def check(records: manifest.Records, level: str = "header",
                      f"{level!r}")
   workers = workers or 2 * (os.cpu_count() or 1)
   cache = load_cache(cache_path)
-  meter = _Progress(progress, len(records), f"checking images ({level})")
+  meter = Progress(progress, len(records), f"checking images ({level})")
   known: dict[str, object] = {}
   todo = []
   for p in records.paths:
@@ -277,7 +278,7 @@ def explain(message: str, records: Sequence[manifest.Records],
   if size:
     hint = int(size.group(1))
     rows.sort(key=lambda r: _file_size(r[2]) != hint)
-  meter = _Progress(progress, len(rows), "finding the image that failed")
+  meter = Progress(progress, len(rows), "finding the image that failed")
   workers = workers or 2 * (os.cpu_count() or 1)
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:
     for start in range(0, len(rows), _CHUNK):

@@ -8,12 +8,16 @@ labels.json beside the shards is the schema that reads them back.
 
 from __future__ import annotations
 
+import concurrent.futures
 import glob
 import os
+import threading
+from typing import Optional, TextIO
 
 import tensorflow as tf
 
 from mlc_keras import heads as heads_lib
+from mlc_keras.data import imagecheck
 from mlc_keras.data import manifest
 from mlc_keras.data import sources
 
@@ -65,23 +69,37 @@ def _example(path: str, labels, schema: heads_lib.LabelSchema) -> tf.train.Examp
 
 
 def write_tfrecords(records: manifest.Records, schema: heads_lib.LabelSchema,
-                    output_prefix: str, num_shards: int = 1) -> list[str]:
+                    output_prefix: str, num_shards: int = 1,
+                    workers: Optional[int] = None,
+                    progress: Optional[TextIO] = None) -> list[str]:
   """Writes records as tf.Example shards ``<prefix>-00000-of-0000N.tfrecord``
   (encoded bytes as stored, labels as int64 with -1 = missing) and
-  labels.json beside them. Returns the shard paths."""
+  labels.json beside them. Returns the shard paths.
+
+  Record i goes to shard i % num_shards; the shards are written in parallel
+  (``workers`` threads, default the CPU count; file reads and writes release
+  the GIL), with a progress line on ``progress``."""
   if num_shards < 1:
     raise ValueError(f"num_shards must be >= 1, got {num_shards}")
   folder = os.path.dirname(os.path.abspath(output_prefix))
   os.makedirs(folder, exist_ok=True)
   names = [f"{output_prefix}-{i:05d}-of-{num_shards:05d}.tfrecord"
            for i in range(num_shards)]
-  writers = [tf.io.TFRecordWriter(n) for n in names]
-  try:
-    for i, (p, y) in enumerate(zip(records.paths, records.labels)):
-      writers[i % num_shards].write(
-          _example(p, y, schema).SerializeToString())
-  finally:
-    for w in writers:
-      w.close()
+  meter = imagecheck.Progress(progress, len(records), "writing examples")
+  lock, done = threading.Lock(), [0]
+
+  def write_shard(shard: int) -> None:
+    with tf.io.TFRecordWriter(names[shard]) as writer:
+      for i in range(shard, len(records), num_shards):
+        writer.write(_example(records.paths[i], records.labels[i],
+                              schema).SerializeToString())
+        with lock:
+          done[0] += 1
+          meter.update(done[0])
+
+  workers = min(workers or os.cpu_count() or 1, num_shards)
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    list(pool.map(write_shard, range(num_shards)))
+  meter.update(len(records), final=True)
   schema.save(os.path.join(folder, "labels.json"))
   return names
