@@ -93,7 +93,9 @@ def selection_metrics(schema: heads_lib.LabelSchema
   """A BalancedAccuracy per head, compiled beside weighted_metrics (as
   weighted metrics, so masked samples do not count): model selection and
   early stopping monitor their mean over heads (training.selection)."""
-  return {h.name: [BalancedAccuracy(h.num_classes)] for h in schema.heads}
+  # A tag head has no balanced accuracy over classes: none for it.
+  return {h.name: [] if h.is_tags else [BalancedAccuracy(h.num_classes)]
+          for h in schema.heads}
 
 
 def collect(model: keras.Model, dataset, schema: heads_lib.LabelSchema):
