@@ -136,6 +136,12 @@ class TrainConfig:
   freeze_epochs: int = 0
   unfreeze_layers: int = 0
   finetune_lr_scale: float = 0.1
+  # Which epoch best.keras holds (and early stopping watches): an epoch-log
+  # quantity such as "val_loss"; None: the mean balanced accuracy over heads,
+  # on validation data when there is some (training/selection.py).
+  monitor: Optional[str] = None
+  # Stop when the monitor has not improved for this many epochs (0: never).
+  early_stopping_patience: int = 0
   # Growing a trained model (modeling/grow.py): start from this run folder or
   # .keras file (backbone and matching heads copied), re-initialise the
   # listed heads whose classes changed, and train only train_heads (empty:

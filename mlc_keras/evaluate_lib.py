@@ -1,8 +1,12 @@
 """evaluate(model_dir, ...): the library under the evaluate CLI.
 
-Per head, on labelled samples only: labelled count, accuracy, top-k, macro-F1,
-per-class precision/recall, confusion matrix and expected calibration error
-(ECE). Optionally the accuracy of classes composed through a class table and
+Per head, on labelled samples only: labelled count, accuracy, balanced
+accuracy (mA), top-k, macro-F1, per-class precision/recall/F1, confusion
+matrix, expected calibration error (ECE), and AP / ROC-AUC for two-class
+heads; across heads: mean mA, instance-based accuracy/precision/recall/F1 and
+the share of images with every labelled head right (the numbers are
+scoring.py's). Optionally the accuracy of classes composed through a class
+table, with seen / unseen S, U, H against the run's training data, and
 per-head temperature scaling. Artefacts written to model_dir:
 
   evaluation.json      every number
@@ -23,6 +27,8 @@ import numpy as np
 
 from mlc_keras import calibrate as calibrate_lib
 from mlc_keras import compose
+from mlc_keras import config as config_lib
+from mlc_keras import evaluation_md
 from mlc_keras.data import manifest as manifest_lib
 from mlc_keras.data import pipeline
 from mlc_keras.data import sources
@@ -48,36 +54,26 @@ expected_calibration_error = scoring.expected_calibration_error
 
 def head_report(spec: heads_lib.HeadSpec, probs: np.ndarray, labels: np.ndarray,
                 mask: np.ndarray, top_k: int = 5) -> dict:
-  """Every per-head number, on the samples where ``mask`` is true."""
+  """Every per-head number (scoring.head_scores, plus NLL and the majority
+  baseline), on the samples where ``mask`` is true."""
   mask = np.asarray(mask, bool)
   row = {"head": spec.name, "classes": list(spec.classes),
-         "labelled": int(mask.sum()), "total": int(mask.size)}
+         **scoring.head_scores(probs, labels, mask, spec.classes,
+                               scoring.reported_top_k(spec.num_classes, top_k))}
   if not mask.any():
     row["note"] = NO_LABELS
     return row
   p, y = np.asarray(probs)[mask], np.asarray(labels)[mask]
-  cm = confusion_matrix(y, p.argmax(axis=1), spec.num_classes)
-  precision, recall, _ = precision_recall_f1(cm)
-  row.update(
-      accuracy=float(np.trace(cm) / cm.sum()),
-      macro_f1=macro_f1(cm),
-      ece=expected_calibration_error(p, y),
-      nll=calibrate_lib.nll(p, y),
-      majority=metrics.majority(y, spec.num_classes),
-      per_class={c: {"support": int(cm[i].sum()),
-                     "precision": float(precision[i]),
-                     "recall": float(recall[i])}
-                 for i, c in enumerate(spec.classes)},
-      confusion=cm.tolist())
-  k = metrics.reported_top_k(spec.num_classes, top_k)
-  if k is not None:
-    row[f"top{k}"] = metrics.top_k_accuracy(p, y, k)
+  row.update(nll=calibrate_lib.nll(p, y),
+             majority=metrics.majority(y, spec.num_classes))
   return row
 
 
-def composed_report(collected, table, threshold: float) -> dict:
+def composed_report(collected, table, threshold: float,
+                    training: Optional[tuple] = None) -> dict:
   """Accuracy of the table's classes on rows whose heads in the table are all
-  labelled and whose labels match a table class."""
+  labelled and whose labels match a table class. ``training``: (labels by
+  head of the training data, its name) for seen / unseen, or (None, why)."""
   labels = {h: collected[h][1] for h in table.heads}
   masks = {h: collected[h][2] for h in table.heads}
   target, usable = compose.classes_of(labels, masks, table)
@@ -106,7 +102,52 @@ def composed_report(collected, table, threshold: float) -> dict:
       per_class={c: {"support": int(cm[i].sum()), "recall": float(recall[i])}
                  for i, c in enumerate(table.classes)},
       confusion=cm.tolist())
+  if training is not None:
+    out["seen_unseen"] = seen_unseen(table, t, pred, *training)
   return out
+
+
+def seen_unseen(table, target: np.ndarray, pred: np.ndarray,
+                train_labels: Optional[dict], source: str) -> dict:
+  """scoring.gzsl_scores of the evaluated rows, classes seen in
+  ``train_labels`` ({head: [N], -1 = missing}); without them, a not-defined
+  entry saying why (``source``)."""
+  if train_labels is None:
+    return {"seen": None, "unseen": None, "harmonic": None,
+            "not_defined": {"seen_unseen": source}}
+  seen = scoring.seen_classes(table.values, table.heads, train_labels)
+  return {"training_data": source,
+          **scoring.gzsl_scores(target, pred, seen, table.classes)}
+
+
+def training_labels(model_dir: str, schema: heads_lib.LabelSchema,
+                    image_column: str) -> tuple[Optional[dict], str]:
+  """({head: [N] labels, -1 = missing} of the images the run in ``model_dir``
+  trained on, the manifest's path), or (None, why not). The training
+  manifest comes from config.json (the demo set's train.csv for a demo run),
+  less the validation share when the run split it off."""
+  config = os.path.join(model_dir, run_dir.CONFIG_FILE)
+  d = run_dir.run_data(model_dir)
+  if d is None:
+    return None, f"{config}: no such file, so the training data is unknown"
+  if d.get("tfrecord") or d.get("tfds"):
+    return None, ("the run trained on TFRecord/TFDS data; seen classes are "
+                  "read from a training manifest")
+  path = d.get("manifest") or os.path.join(run_dir.demo_dir(d), "train.csv")
+  if not os.path.isfile(path):
+    rel = ("" if os.path.isabs(path) else
+           f", relative to the folder training ran in, not found from "
+           f"{os.getcwd()}")
+    return None, (f"{path} (the run's training manifest, from {config}"
+                  f"{rel}) is gone")
+  records, _ = manifest_lib.read_manifest(path, schema, image_column)
+  fraction = d.get("val_fraction", config_lib.DataConfig.val_fraction)
+  if d.get("manifest") and not d.get("val_manifest") and fraction > 0:
+    with open(config, encoding="utf-8") as f:
+      seed = json.load(f).get("train", {}).get("seed", 0)
+    records, _ = sources.split_records(records, fraction, seed)
+  return ({h: records.labels[:, j] for j, h in enumerate(schema.names)},
+          path)
 
 
 # --- pictures -------------------------------------------------------------------
@@ -182,84 +223,21 @@ def plot_history(history: Mapping[str, Sequence[float]], path: str) -> bool:
 
 # --- the report -------------------------------------------------------------------
 
-
-def _fmt(v) -> str:
-  return "-" if v is None else f"{v:.3f}"
-
-
-def markdown(report: dict) -> str:
-  """evaluation.md: the report's numbers as tables."""
-  lines = [f"# Evaluation of {report['model']}", "",
-           f"Data: `{report['data']}` ({report['samples']} images, inference "
-           "mode, labelled samples only).", "",
-           "| head | labelled | accuracy | top-k | macro-F1 | ECE | majority |",
-           "|---|---|---|---|---|---|---|"]
-  for r in report["heads"]:
-    if "note" in r:
-      lines.append(f"| {r['head']} | 0/{r['total']} | {r['note']} | | | | |")
-      continue
-    topk = next((f"{v:.3f} ({k})" for k, v in r.items()
-                 if k.startswith("top")), "-")
-    lines.append(
-        f"| {r['head']} | {r['labelled']}/{r['total']} | {_fmt(r['accuracy'])} "
-        f"| {topk} | {_fmt(r['macro_f1'])} | {_fmt(r['ece'])} "
-        f"| {_fmt(r['majority'])} |")
-  for r in report["heads"]:
-    if "note" in r:
-      continue
-    lines += ["", f"## {r['head']}", "",
-              "| class | support | precision | recall |", "|---|---|---|---|"]
-    for c, v in r["per_class"].items():
-      lines.append(f"| {c} | {v['support']} | {_fmt(v['precision'])} "
-                   f"| {_fmt(v['recall'])} |")
-    lines += ["", f"Confusion matrix (rows true, columns predicted): "
-              f"![{r['head']}](confusion_{r['head']}.png)", "",
-              "| true \\ predicted | " + " | ".join(r["classes"]) + " |",
-              "|---|" + "---|" * len(r["classes"])]
-    for c, counts in zip(r["classes"], r["confusion"]):
-      lines.append(f"| {c} | " + " | ".join(str(n) for n in counts) + " |")
-  cal = report.get("calibration")
-  if cal:
-    lines += ["", "## Temperature scaling", "",
-              f"Fitted on {cal['fitted_on']}; before/after measured on "
-              f"{cal['reported_on']}.", "",
-              "| head | T | ECE before | ECE after | NLL before | NLL after |",
-              "|---|---|---|---|---|---|"]
-    for h, v in cal["heads"].items():
-      lines.append(f"| {h} | {v['temperature']:.3f} | {_fmt(v.get('ece_before'))} "
-                   f"| {_fmt(v.get('ece_after'))} | {_fmt(v.get('nll_before'))} "
-                   f"| {_fmt(v.get('nll_after'))} |")
-  comp = report.get("composed")
-  if comp:
-    lines += ["", "## Composed classes", "",
-              f"Table `{comp['table']}`: {len(comp['classes'])} classes "
-              f"(chance {comp['chance']:.3f}); {comp['evaluated']} rows "
-              f"evaluated ({comp['heads_labelled']} with every table head "
-              f"labelled, {comp['no_matching_class']} of them matching no "
-              "class)."]
-    if "note" in comp:
-      lines += ["", comp["note"]]
-    else:
-      lines += ["", f"Accuracy {comp['accuracy']:.3f}; with 'unknown' below "
-                f"{comp['threshold']}: {comp['accuracy_with_unknown']:.3f} "
-                f"(unknown rate {comp['unknown_rate']:.3f}); macro-F1 "
-                f"{comp['macro_f1']:.3f}.", "",
-                "| class | support | recall |", "|---|---|---|"]
-      for c, v in comp["per_class"].items():
-        lines.append(f"| {c} | {v['support']} | {_fmt(v['recall'])} |")
-  if report.get("curves"):
-    lines += ["", "## Training curves", "", f"![curves]({report['curves']})"]
-  return "\n".join(lines) + "\n"
+markdown = evaluation_md.markdown
 
 
 def report_from_collected(collected, schema: heads_lib.LabelSchema, *,
                           top_k: int = 5, table=None,
-                          threshold: float = 0.5) -> dict:
-  """The numbers of a report from metrics.collect() output."""
+                          threshold: float = 0.5,
+                          training: Optional[tuple] = None) -> dict:
+  """The numbers of a report from metrics.collect() output; ``training``:
+  see composed_report."""
   heads = [head_report(h, *collected[h.name], top_k=top_k) for h in schema.heads]
-  report = {"heads": heads}
+  report = {"heads": heads, "across_heads": scoring.across_heads(
+      collected, schema.heads,
+      {r["head"]: r["balanced_accuracy"] for r in heads})}
   if table is not None:
-    report["composed"] = composed_report(collected, table, threshold)
+    report["composed"] = composed_report(collected, table, threshold, training)
   return report
 
 
@@ -441,9 +419,12 @@ def evaluate(model_dir: str, manifest: Optional[str] = None,
     return _collect(model, path, schema, image_column, batch_size)
 
   n, collected = load(manifest)
+  training = (training_labels(model_dir, schema, image_column)
+              if table is not None else None)
   report = {"model": model_path, "data": manifest, "samples": n,
             **report_from_collected(collected, schema, top_k=top_k,
-                                    table=table, threshold=threshold)}
+                                    table=table, threshold=threshold,
+                                    training=training)}
   if calibrate:
     report["calibration"] = _calibrate(model, model_dir, schema, manifest,
                                        collected, n, calibration_manifest,

@@ -73,6 +73,7 @@ def macro_f1(cm: np.ndarray) -> float:
   if not true.size:
     return 0.0
   return float(skm.f1_score(true, pred, average="macro",
+                            labels=np.union1d(true, pred),
                             zero_division=ZERO_DIVISION))
 
 
@@ -130,6 +131,14 @@ def binary_scores(y: np.ndarray, p_positive: np.ndarray,
           "roc_auc": float(skm.roc_auc_score(positive, p_positive))}, {}
 
 
+def reported_top_k(num_classes: int, top_k: int) -> Optional[int]:
+  """The k whose top-k accuracy a head of ``num_classes`` reports, or None:
+  the k asked for, and only where it is informative (fewer than all the
+  classes). results.json, evaluation.json and the Keras metrics all follow
+  this, so a "top5" key means top-5 wherever it appears."""
+  return top_k if num_classes > top_k else None
+
+
 def top_k(probs: np.ndarray, y: np.ndarray, k: int) -> float:
   """Share of rows whose label is among the k most probable classes."""
   return float(skm.top_k_accuracy_score(
@@ -143,9 +152,9 @@ def head_scores(probs: np.ndarray, labels: np.ndarray, mask: np.ndarray,
   mask = np.asarray(mask, bool)
   out = {"labelled": int(mask.sum()), "total": int(mask.size)}
   if not mask.any():
-    out.update(accuracy=None, balanced_accuracy=None,
-               not_defined={"accuracy": NO_LABELS,
-                            "balanced_accuracy": NO_LABELS})
+    # No "accuracy" key: the callers' rows say "no labelled samples" for it.
+    out.update(balanced_accuracy=None,
+               not_defined={"balanced_accuracy": NO_LABELS})
     return out
   p = np.asarray(probs, np.float64)[mask]
   y = np.asarray(labels, np.int64)[mask]
@@ -258,6 +267,31 @@ def across_heads(collected: Mapping[str, tuple], heads: Sequence,
   if not n:
     out.setdefault("not_defined", {})["all_heads_right"] = NO_LABELS
   return out
+
+
+def field_scores(collected: Mapping[str, tuple], heads: Sequence,
+                 top_k: int = 5) -> tuple[dict, dict]:
+  """({head: head_scores}, across_heads) from metrics.collect()-style
+  {head: (probs, labels, mask)}; ``heads``: HeadSpec-like (name, classes)."""
+  per_head = {h.name: head_scores(*collected[h.name], h.classes,
+                                  reported_top_k(len(h.classes), top_k))
+              for h in heads}
+  across = across_heads(collected, heads, {
+      h: v["balanced_accuracy"] for h, v in per_head.items()})
+  return per_head, across
+
+
+def format_across(across: dict) -> str:
+  """One line of the across-head numbers, for the end-of-training table."""
+  def num(entry, key):
+    v = entry.get(key)
+    return "not defined" if v is None else f"{v:.3f}"
+  inst = across["instance"]
+  return (f"mean mA {num(across, 'mean_balanced_accuracy')} over "
+          f"{len(across['heads_in_mean'])} head(s); instance accuracy "
+          f"{num(inst, 'accuracy')}, precision {num(inst, 'precision')}, "
+          f"recall {num(inst, 'recall')}, F1 {num(inst, 'f1')}; every "
+          f"labelled head right {num(across, 'all_heads_right')}")
 
 
 # --- composed classes: seen / unseen ----------------------------------------------

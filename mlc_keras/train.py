@@ -164,6 +164,17 @@ _UNFREEZE_LAYERS = flags.DEFINE_integer(
 _FINETUNE_LR_SCALE = flags.DEFINE_float(
     "finetune_lr_scale", _t.finetune_lr_scale, "Learning rate multiplier "
     "after --freeze_epochs.", lower_bound=0)
+# Model selection (issue 12).
+_MONITOR = flags.DEFINE_string(
+    "monitor", None, "Which epoch best.keras holds (and --early_stopping_"
+    "patience watches): a quantity of the epoch logs, e.g. val_loss, "
+    "val_shape_balanced_acc. Default: val_mean_balanced_accuracy, the mean "
+    "over heads of the balanced accuracy on validation data "
+    "(mean_balanced_accuracy on training data when there is none).")
+_PATIENCE = flags.DEFINE_integer(
+    "early_stopping_patience", _t.early_stopping_patience, "Stop training "
+    "when --monitor has not improved for this many epochs (0: never; counted "
+    "across the fine-tuning phases and a resumed run).", lower_bound=0)
 # Growing a trained model (issue 16).
 _INIT_FROM = flags.DEFINE_string(
     "init_from", None, "Start from a trained run folder (its model.keras) or "
@@ -265,6 +276,8 @@ def config_from_flags() -> config_lib.Config:
       unfreeze_layers=_UNFREEZE_LAYERS.value,
       finetune_lr_scale=_FINETUNE_LR_SCALE.value,
       backup_every_steps=_BACKUP_STEPS.value,
+      monitor=_MONITOR.value or None,
+      early_stopping_patience=_PATIENCE.value,
       init_from=_INIT_FROM.value,
       reinit_heads=_names(_REINIT_HEADS.value),
       train_heads=_names(_TRAIN_HEADS.value),

@@ -2,11 +2,13 @@
 
 Artefacts written to model_dir:
   model.keras        the final model (what export and predict read)
-  best.keras         the best epoch by validation loss (training loss without
-                     validation data)
+  best.keras         the best epoch by the mean balanced accuracy over heads
+                     on validation data (training data without it), or by
+                     --monitor (training/selection.py)
   labels.json        the schema: head names and class order
   config.json        the config of the run (absolute paths)
-  results.json       per-head labelled count and accuracy on validation data
+  results.json       per-head labelled count, accuracy, mA (+ AP/AUC) and
+                     the across-head numbers on validation data
   history.csv        per-epoch losses and metrics
   tensorboard/       TensorBoard logs
   backup/            BackupAndRestore state while a run is unfinished

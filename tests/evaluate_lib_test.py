@@ -119,6 +119,83 @@ class NumbersTest(tf.test.TestCase):
     self.assertAllClose(r6["accuracy_with_unknown"], 2 / 3)
 
 
+class FieldMetricsInReportTest(tf.test.TestCase):
+  """evaluate's report carries scoring's numbers: mA per head and across
+  heads, and seen / unseen S, U, H against the run's training manifest."""
+
+  def _collected(self):
+    return {
+        "shape": (np.array([[0.1, 0.1, 0.8], [0.8, 0.1, 0.1], [0.1, 0.1, 0.8],
+                            [0.4, 0.2, 0.4], [0.1, 0.8, 0.1]]),
+                  np.array([2, 0, 2, 0, 1]), np.array([1, 1, 1, 1, 1], bool)),
+        "colour": (np.array([[0.9, 0.1], [0.2, 0.8], [0.1, 0.9], [0.5, 0.5],
+                             [0.5, 0.5]]),
+                   np.array([0, 1, 0, 0, 0]), np.array([1, 1, 1, 0, 1], bool)),
+    }
+
+  def test_seen_unseen_from_the_training_manifest(self):
+    root = self.get_temp_dir()
+    schema = testutil.SCHEMA
+    # The triangle's colour is missing: blue_triangle is never seen whole.
+    train = testutil.write_manifest(root, [
+        {"image": "t0.png", "shape": "triangle", "colour": ""},
+        {"image": "t1.png", "shape": "square", "colour": "blue"},
+        {"image": "t2.png", "shape": "circle", "colour": "red"}])
+    with open(os.path.join(root, "config.json"), "w") as f:
+      f.write(config_lib.Config(data=config_lib.DataConfig(
+          manifest=train, val_manifest=train)).to_json())
+    training = evaluate_lib.training_labels(root, schema, "image")
+    self.assertEqual(training[1], train)
+    self.assertEqual(training[0]["colour"].tolist(), [-1, 0, 1])
+    table = compose.from_dict({"blue_triangle": {"shape": "triangle",
+                                                 "colour": "blue"},
+                               "red_circle": {"shape": "circle",
+                                              "colour": "red"}}, schema)
+    report = evaluate_lib.report_from_collected(
+        self._collected(), schema, top_k=2, table=table, training=training)
+    su = report["composed"]["seen_unseen"]
+    # Rows 0-2: blue_triangle right, red_circle right, blue_triangle wrong.
+    self.assertEqual(su["seen_classes"], ["red_circle"])
+    self.assertAllClose([su["seen"], su["unseen"], su["harmonic"]],
+                        [1.0, 0.5, 2 / 3])
+    self.assertAllClose(su["mean_per_class"], 0.75)
+    # shape: every row right (row 3's tie goes to circle, its label).
+    by_head = {r["head"]: r for r in report["heads"]}
+    self.assertAllClose(by_head["shape"]["balanced_accuracy"], 1.0)
+    # colour (blue/red): labels 0 1 0 0 on rows 0 1 2 4 (row 3 masked),
+    # predicted 0 1 1 0: blue 2/3, red 1/1.
+    self.assertAllClose(by_head["colour"]["balanced_accuracy"], (2 / 3 + 1) / 2)
+    # p(red) .8 on the red row against .1, .9, .5 on the blue ones.
+    self.assertAllClose(by_head["colour"]["roc_auc"], 2 / 3)
+    across = report["across_heads"]
+    self.assertAllClose(across["mean_balanced_accuracy"], (1 + 5 / 6) / 2)
+    # Only row 2 has a wrong labelled head.
+    self.assertAllClose(across["all_heads_right"], 4 / 5)
+    md = evaluate_lib.markdown({"model": "m", "data": "d", "samples": 5,
+                                **report})
+    self.assertIn("## Across heads", md)
+    self.assertIn("| 1.000 | 0.500 | 0.667 | 0.750 |", md)
+
+  def test_seen_unseen_not_defined_without_a_training_manifest(self):
+    root = self.get_temp_dir()
+    with open(os.path.join(root, "config.json"), "w") as f:
+      f.write(config_lib.Config(data=config_lib.DataConfig(
+          tfrecord="train-*.tfrecord")).to_json())
+    training = evaluate_lib.training_labels(root, testutil.SCHEMA, "image")
+    self.assertIsNone(training[0])
+    table = compose.from_dict({"red_circle": {"shape": "circle",
+                                              "colour": "red"}},
+                              testutil.SCHEMA)
+    report = evaluate_lib.report_from_collected(
+        self._collected(), testutil.SCHEMA, table=table, training=training)
+    su = report["composed"]["seen_unseen"]
+    self.assertIsNone(su["harmonic"])
+    self.assertIn("TFRecord", su["not_defined"]["seen_unseen"])
+    md = evaluate_lib.markdown({"model": "m", "data": "d", "samples": 5,
+                                **report})
+    self.assertIn("Seen / unseen: not defined (the run trained on TFRecord", md)
+
+
 class EvaluateTest(tf.test.TestCase):
 
   def test_artefacts(self):

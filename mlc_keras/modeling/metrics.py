@@ -8,16 +8,10 @@ import keras
 import numpy as np
 
 from mlc_keras import heads as heads_lib
+from mlc_keras import scoring
 
 
-def reported_top_k(num_classes: int, top_k: int) -> Optional[int]:
-  """The k whose top-k accuracy a head of ``num_classes`` reports, or None.
-
-  The k asked for, and only where it is informative (fewer than all the
-  classes): results.json, evaluation.json and the Keras metrics all follow
-  this, so a "top5" key means top-5 wherever it appears.
-  """
-  return top_k if num_classes > top_k else None
+reported_top_k = scoring.reported_top_k
 
 
 def top_k_accuracy(probs: np.ndarray, labels: np.ndarray, k: int) -> float:
@@ -50,6 +44,51 @@ def weighted_metrics(schema: heads_lib.LabelSchema,
           k=k, name=f"top{k}"))
     out[h.name] = ms
   return out
+
+
+# The name of each head's BalancedAccuracy in the logs ("shape_balanced_acc").
+BALANCED_ACC = "balanced_acc"
+
+
+@keras.saving.register_keras_serializable(package="mlc_keras")
+class BalancedAccuracy(keras.metrics.MeanIoU):
+  """Balanced accuracy (mean per-class recall over the classes with labelled
+  samples) of one softmax head, streamed over a whole epoch.
+
+  MeanIoU supplies the state: a [true, predicted] confusion matrix summed
+  over batches (and over replicas: its variable aggregates by sum), weighted
+  by sample_weight, so masked samples (weight 0) add nothing. It is kept in
+  float32: class weights folded into sample_weight are fractional, and being
+  constant within a class they cancel out of every per-class recall. Only the
+  result differs from MeanIoU. A head with no labelled sample gives 0 (a
+  constant, so it never changes which epoch is best); evaluate reports it as
+  not defined.
+  """
+
+  def __init__(self, num_classes: int, name: str = BALANCED_ACC, dtype=None):
+    super().__init__(num_classes=num_classes, name=name,
+                     dtype=dtype or "float32", sparse_y_true=True,
+                     sparse_y_pred=False)
+
+  def result(self):
+    cm = keras.ops.cast(self.total_cm, "float32")
+    support = keras.ops.sum(cm, axis=1)
+    present = keras.ops.cast(support > 0, "float32")
+    recall = keras.ops.diagonal(cm) / keras.ops.maximum(support, 1e-12)
+    return (keras.ops.sum(recall * present)
+            / keras.ops.maximum(keras.ops.sum(present), 1.0))
+
+  def get_config(self):
+    return {"num_classes": self.num_classes, "name": self.name,
+            "dtype": self.dtype}
+
+
+def selection_metrics(schema: heads_lib.LabelSchema
+                      ) -> dict[str, list[keras.metrics.Metric]]:
+  """A BalancedAccuracy per head, compiled beside weighted_metrics (as
+  weighted metrics, so masked samples do not count): model selection and
+  early stopping monitor their mean over heads (training.selection)."""
+  return {h.name: [BalancedAccuracy(h.num_classes)] for h in schema.heads}
 
 
 def collect(model: keras.Model, dataset, schema: heads_lib.LabelSchema):
@@ -96,15 +135,35 @@ def head_table(collected, schema: heads_lib.LabelSchema,
   return rows
 
 
+def add_field_scores(rows: list[dict], collected,
+                     schema: heads_lib.LabelSchema, top_k: int = 5) -> dict:
+  """Adds scoring's balanced accuracy (mA), AP / ROC-AUC (two-class heads)
+  and not-defined reasons to head_table() ``rows`` in place; returns the
+  across-head numbers (scoring.across_heads)."""
+  per_head, across = scoring.field_scores(collected, schema.heads, top_k)
+  for r in rows:
+    scores = per_head[r["head"]]
+    for key in ("balanced_accuracy", "average_precision", "roc_auc",
+                "not_defined"):
+      if key in scores:
+        r[key] = scores[key]
+  return across
+
+
 def format_table(rows: list[dict], title: Optional[str] = None) -> str:
-  """Plain-text table of head_table() rows."""
+  """Plain-text table of head_table() rows (mA: add_field_scores')."""
   lines = [title] if title else []
   lines.append(f"{'head':<16} {'classes':>7} {'labelled':>9} {'accuracy':>9} "
-               f"{'majority':>9}")
+               f"{'mA':>9} {'majority':>9}")
   for r in rows:
     acc = "-" if r["accuracy"] is None else f"{r['accuracy']:.3f}"
+    bacc = ("-" if r.get("balanced_accuracy") is None
+            else f"{r['balanced_accuracy']:.3f}")
     maj = f"{r['majority']:.3f}" if "majority" in r else "-"
     note = f"  ({r['note']})" if "note" in r else ""
+    if "note" not in r and "balanced_accuracy" in r.get("not_defined", {}):
+      note = f"  (mA not defined: {r['not_defined']['balanced_accuracy']})"
     lines.append(f"{r['head']:<16} {r['classes']:>7} "
-                 f"{r['labelled']:>4}/{r['total']:<4} {acc:>9} {maj:>9}{note}")
+                 f"{r['labelled']:>4}/{r['total']:<4} {acc:>9} {bacc:>9} "
+                 f"{maj:>9}{note}")
   return "\n".join(lines)

@@ -249,6 +249,11 @@ def _check_supported(tc: config_lib.TrainConfig,
   if tc.precision != "float32" or tc.jit_compile:
     raise ValueError(f"--strategy={tc.strategy} supports float32 without "
                      "--xla only")
+  if tc.monitor or tc.early_stopping_patience:
+    # This loop keeps no best.keras and validates only at the end.
+    raise ValueError(f"--monitor and --early_stopping_patience are not "
+                     f"supported with --strategy={tc.strategy} yet; use the "
+                     "default strategy")
   if tc.freeze_epochs:
     raise ValueError(f"--freeze_epochs is not supported with --strategy="
                      f"{tc.strategy} yet; use the default strategy")

@@ -20,6 +20,7 @@ from mlc_keras.modeling import grow
 from mlc_keras.modeling import model as model_lib
 from mlc_keras.modeling import saving
 from mlc_keras.training import backup
+from mlc_keras.training import selection
 from mlc_keras.training import setup
 
 log = logging.getLogger("mlc_keras")
@@ -127,15 +128,7 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
         run.schema, dc.image_size, mc.backbone,
         None if tc.init_from else mc.weights, mc.dropout, mc.bn_momentum)
   grown = init_from_parent(model, run.schema, tc)
-  # Shared by the phases, so best.keras is the best of the whole run.
-  shared = [
-      # No optimizer state in best.keras: resuming reads the backup.
-      saving.InferenceCheckpoint(
-          os.path.join(model_dir, "best.keras"),
-          monitor="val_loss" if val_ds is not None else "loss",
-          save_best_only=True),
-      keras.callbacks.TensorBoard(os.path.join(model_dir, "tensorboard")),
-  ]
+  monitor, shared = _shared_callbacks(run, tc, model_dir, val_ds is not None)
   schedule = phases(tc, model_dir)
   for phase in schedule:
     if phase.is_done():
@@ -148,6 +141,12 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
                "frozen" if phase.frozen else "unfrozen", phase.lr_scale)
     _train_phase(model, phase, run, cfg, strategy, shared, val_ds, model_dir,
                  verbose)
+    stopped = selection.stopped_early(shared)
+    if stopped is not None:
+      log.info("early stopping at epoch %d: %s did not improve for %d "
+               "epochs; later phases are skipped", stopped + 1, monitor,
+               tc.early_stopping_patience)
+      break
   saving.save_for_inference(model, os.path.join(model_dir, "model.keras"))
   handover = os.path.join(model_dir, FROZEN_PHASE_WEIGHTS)
   if os.path.exists(handover):
@@ -174,6 +173,19 @@ def init_from_parent(model: keras.Model, schema, tc: config_lib.TrainConfig
   return {"init_from": {"model": path, "heads": {
       p.name: {"status": p.status, "added": list(p.added),
                "removed": list(p.removed)} for p in plans}}}
+
+
+def _shared_callbacks(run: setup.Run, tc: config_lib.TrainConfig,
+                      model_dir: str, has_val: bool) -> tuple[str, list]:
+  """(monitor, callbacks shared by the phases): best.keras is the best of
+  the whole run, its best value restored from history.csv before each phase
+  (training/selection.py); it holds no optimizer state (the backup does)."""
+  monitor, mode = selection.choose_monitor(tc.monitor, run.schema, tc.top_k,
+                                          has_val)
+  return monitor, selection.make_callbacks(
+      run.schema, monitor, mode, os.path.join(model_dir, "best.keras"),
+      tc.early_stopping_patience) + [
+          keras.callbacks.TensorBoard(os.path.join(model_dir, "tensorboard"))]
 
 
 def _cache_validation(val, dc: config_lib.DataConfig) -> bool:
@@ -230,6 +242,7 @@ def _train_phase(model: keras.Model, phase: Phase, run: setup.Run,
           phase.backup_dir, save_freq=tc.backup_every_steps or "epoch",
           delete_checkpoint=phase.hands_over is None, history_csv=history),
   ]
+  selection.restore_from_history(shared, history, start_epoch)
   if start_epoch > phase.first_epoch:
     log.info("resuming from the backup in %s at epoch %d", phase.backup_dir,
              start_epoch)

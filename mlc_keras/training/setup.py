@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from mlc_keras import config as config_lib
 from mlc_keras import heads as heads_lib
+from mlc_keras import scoring
 from mlc_keras.data import demo
 from mlc_keras.data import imagecheck
 from mlc_keras.data import manifest as manifest_lib
@@ -185,10 +186,13 @@ def optimizer(cfg: config_lib.TrainConfig, total_steps: int,
 
 def compile_model(model: keras.Model, schema: heads_lib.LabelSchema,
                   optimizer, top_k: int = 5, jit_compile: bool = False) -> None:
+  selection = metrics.selection_metrics(schema)
   model.compile(optimizer=optimizer,
                 loss=losses.head_losses(schema),
                 loss_weights=losses.loss_weights(schema),
-                weighted_metrics=metrics.weighted_metrics(schema, top_k),
+                weighted_metrics={
+                    h: ms + selection[h]
+                    for h, ms in metrics.weighted_metrics(schema, top_k).items()},
                 jit_compile=jit_compile)
 
 
@@ -263,11 +267,12 @@ def write_results(model: keras.Model, run: Run, cfg: config_lib.Config,
     title = (f"Per-head results on the first {count} of {bundle.train_size} "
              f"training examples of {eval_source.name} (no validation data: "
              "not held-out scores")
-  rows = metrics.head_table(metrics.collect(model, eval_ds, run.schema),
-                            run.schema, tc.top_k)
+  collected = metrics.collect(model, eval_ds, run.schema)
+  rows = metrics.head_table(collected, run.schema, tc.top_k)
+  across = metrics.add_field_scores(rows, collected, run.schema, tc.top_k)
   results = {"evaluated_on": eval_source.name, "train_size": bundle.train_size,
              "epochs": tc.epochs, "steps_per_epoch": run.steps_per_epoch,
-             "heads": rows, **(extra or {})}
+             "heads": rows, "across_heads": across, **(extra or {})}
   with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as f:
     json.dump(results, f, indent=2)
     f.write("\n")
@@ -275,6 +280,7 @@ def write_results(model: keras.Model, run: Run, cfg: config_lib.Config,
     print(metrics.format_table(
         rows, title=title + ("; " if sampled else " (") +
         "inference mode, labelled samples only):"))
+    print(scoring.format_across(across))
     if run.quarantine_note:
       print(run.quarantine_note)
   return results
