@@ -3,8 +3,9 @@
 Every artefact takes uint8 RGB pixels [N, S, S, 3] on its input "image" and
 returns one float32 [N, k] output per head, named after it. The SavedModel
 also has a bytes signature (the default one) whose outputs add
-"<name>_class" / "<name>_score" for the heads and the composed "class"
-output. labels.json (and classes.csv, with a class table) sits beside each
+"<name>_class" / "<name>_score" for the softmax heads and the composed
+"class" output, and "<name>_tags" (bool per tag, at the thresholds of
+labels.json) for a tag head. labels.json (and classes.csv, with a class table) sits beside each
 artefact, or in a SavedModel's assets/.
 """
 
@@ -26,6 +27,9 @@ IMAGE_FEATURE = "image/encoded"
 IMAGE_INPUT = "image"
 CLASS_SUFFIX = "_class"
 SCORE_SUFFIX = "_score"
+# A tag head's decisions in the bytes signature: bool [N, tags], on where the
+# score reaches the tag's threshold in labels.json.
+TAGS_SUFFIX = "_tags"
 LABELS_FILE = "labels.json"
 # The class table beside an artefact with a composed "class" output.
 CLASSES_FILE = "classes.csv"

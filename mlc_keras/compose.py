@@ -11,7 +11,8 @@ blank when the head does not matter for it::
 
 A class's score is the sum, over the heads it specifies, of
 log p(head = value); the scores are softmax-normalised over the table's
-classes. The classes need not appear in the training data: that is the point
+classes. A cell of a tag head names one tag of its vocabulary and adds
+log p(tag present) (its sigmoid score); blank still means "any". The classes need not appear in the training data: that is the point
 (fur + bill + tail = platypus). When the best class's normalised probability
 is below a threshold, the answer is "unknown".
 
@@ -254,7 +255,9 @@ def classes_of(labels_by_head: Mapping[str, np.ndarray],
     for j, h in enumerate(table.heads):
       v = table.values[c][j]
       if v >= 0:
-        ok &= np.asarray(labels_by_head[h]) == v
+        labels = np.asarray(labels_by_head[h])
+        # A tag head's labels are 0/1 rows: the class asks for tag v.
+        ok &= labels[:, v] > 0.5 if labels.ndim == 2 else labels == v
     target[ok] = c
   return target, usable
 
@@ -266,7 +269,7 @@ def demo_classes() -> dict[str, dict[str, str]]:
   """Every combination of the demo's four attributes as a class, named like
   "large_outline_blue_triangle" (the held-out one among them)."""
   from mlc_keras.data import demo  # pylint: disable=g-import-not-at-top
-  heads = demo.SCHEMA.heads
+  heads = [h for h in demo.SCHEMA.heads if not h.is_tags]
   classes = {}
   for combo in itertools.product(*(h.classes for h in heads)):
     values = dict(zip((h.name for h in heads), combo))

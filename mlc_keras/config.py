@@ -59,6 +59,9 @@ class DataConfig:
   # Manifest columns trained as heads (empty: every column but the image
   # column); ignored when heads_file is given (its heads are the columns).
   label_columns: tuple[str, ...] = ()
+  # Manifest columns read as tag heads ("a|b" cells, "(none)" for no tag);
+  # without a heads_file only (a heads file says each head's kind).
+  tag_columns: tuple[str, ...] = ()
   # Share of a single manifest held out for validation when no val_manifest
   # is given (split by a seeded hash of the path, so it is stable).
   val_fraction: float = 0.1

@@ -55,7 +55,13 @@ expected_calibration_error = scoring.expected_calibration_error
 def head_report(spec: heads_lib.HeadSpec, probs: np.ndarray, labels: np.ndarray,
                 mask: np.ndarray, top_k: int = 5) -> dict:
   """Every per-head number (scoring.head_scores, plus NLL and the majority
-  baseline), on the samples where ``mask`` is true."""
+  baseline), on the samples where ``mask`` is true; a tag head:
+  scoring.tag_scores at its thresholds."""
+  if spec.is_tags:
+    return {"head": spec.name, "kind": heads_lib.TAGS,
+            "classes": list(spec.classes),
+            **scoring.tag_scores(probs, labels, mask, spec.classes,
+                                 spec.tag_thresholds())}
   mask = np.asarray(mask, bool)
   row = {"head": spec.name, "classes": list(spec.classes),
          **scoring.head_scores(probs, labels, mask, spec.classes,
@@ -146,7 +152,9 @@ def training_labels(model_dir: str, schema: heads_lib.LabelSchema,
     with open(config, encoding="utf-8") as f:
       seed = json.load(f).get("train", {}).get("seed", 0)
     records, _ = sources.split_records(records, fraction, seed)
-  return ({h: records.labels[:, j] for j, h in enumerate(schema.names)},
+  slices = schema.label_slices()
+  return ({h.name: records.labels[:, slices[h.name]] if h.is_tags
+           else records.labels[:, slices[h.name].start] for h in schema.heads},
           path)
 
 
@@ -235,7 +243,8 @@ def report_from_collected(collected, schema: heads_lib.LabelSchema, *,
   heads = [head_report(h, *collected[h.name], top_k=top_k) for h in schema.heads]
   report = {"heads": heads, "across_heads": scoring.across_heads(
       collected, schema.heads,
-      {r["head"]: r["balanced_accuracy"] for r in heads})}
+      {r["head"]: r["balanced_accuracy"] for r in heads
+       if "balanced_accuracy" in r})}
   if table is not None:
     report["composed"] = composed_report(collected, table, threshold, training)
   return report
@@ -291,7 +300,12 @@ def _collect(model, manifest: str, schema, image_column: str,
 
 def calibration_report(fit_collected, shown, schema) -> tuple[dict, dict]:
   """({head: T} fitted on ``fit_collected``, {head: {"temperature", ECE and
-  NLL before/after}} measured on ``shown``)."""
+  NLL before/after}} measured on ``shown``). Tag heads are not scaled:
+  their fitted thresholds already set where a score becomes a decision."""
+  softmax = [h.name for h in schema.heads if not h.is_tags]
+  if not softmax:
+    return {}, {}
+  schema = schema.select(softmax)
   temps = calibrate_lib.fit_temperatures(fit_collected, schema)
   heads = {}
   for h in schema.names:

@@ -142,11 +142,40 @@ def _composed(comp: Optional[dict]) -> list[str]:
   return lines
 
 
+def _tags(rows: list) -> list[str]:
+  """evaluation.md's tag-head tables: mAP, CF1, OF1, then per tag."""
+  if not rows:
+    return []
+  lines = ["", "## Tag heads", "",
+           "| head | labelled | mAP | CP | CR | CF1 | OP | OR | OF1 |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    lines.append(
+        f"| {r['head']} | {r['labelled']}/{r['total']} | "
+        + " | ".join(_fmt(r.get(k)) for k in
+                     ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1")) + " |")
+  for r in rows:
+    if "per_tag" not in r:
+      continue
+    lines += ["", f"### {r['head']}", "",
+              "| tag | support | AP | threshold | precision | recall | F1 |",
+              "|---|---|---|---|---|---|---|"]
+    for tag, v in r["per_tag"].items():
+      ap = _fmt(v["ap"]) if v["ap"] is not None else "not defined"
+      lines.append(f"| {tag} | {v['support']} | {ap} | {v['threshold']:.3f} "
+                   f"| {_fmt(v['precision'])} | {_fmt(v['recall'])} "
+                   f"| {_fmt(v['f1'])} |")
+  return lines
+
+
 def markdown(report: dict) -> str:
   """evaluation.md: the report's numbers as tables."""
-  lines = _header(report) + _head_table(report["heads"])
+  tag_rows = [r for r in report["heads"] if r.get("kind") == "tags"]
+  heads = [r for r in report["heads"] if r.get("kind") != "tags"]
+  lines = _header(report) + _head_table(heads)
   lines += _across(report.get("across_heads"))
-  for r in report["heads"]:
+  lines += _tags(tag_rows)
+  for r in heads:
     if "note" not in r:
       lines += _head_detail(r)
   lines += _calibration(report.get("calibration"))

@@ -38,6 +38,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from mlc_keras import artefacts
+from mlc_keras import heads as heads_lib
 from mlc_keras import model_card
 from mlc_keras import predict_lib
 from mlc_keras import predictors
@@ -351,14 +352,19 @@ def _candidates(staged: ExportResult) -> list:
 
 def check_parity(request: Request, model, table, staged: ExportResult,
                  images: Images, class_table: Optional[str] = None,
-                 log: Callable[[str], None] = print) -> list[dict]:
+                 log: Callable[[str], None] = print,
+                 schema: Optional[heads_lib.LabelSchema] = None) -> list[dict]:
   """Compares every staged artefact with the Keras model on images.parity
   and writes the parity report into staging. Returns the reports; raises
   ParityError (nothing published) when any is outside its tolerance."""
   log(f"parity check on {len(images.parity)} images")
   reference = predictors.KerasPredictor(request.model_path, model=model
                                         ).predict(images.parity)
-  reports = [parity_lib.parity(pred, reference, images.parity, tol, name)
+  # Tag heads are compared per tag, at the thresholds the artefacts carry.
+  tag_thresholds = {h.name: h.tag_thresholds() for h in schema.heads
+                    if h.is_tags} if schema is not None else None
+  reports = [parity_lib.parity(pred, reference, images.parity, tol, name,
+                               tag_thresholds=tag_thresholds)
              for name, pred, tol in _candidates(staged)]
   for rep in reports:  # staged paths are about to move
     rep["path"] = os.path.relpath(rep["path"], request.staging)
@@ -484,7 +490,7 @@ def export(model_dir: str,
                          parity_images, image_column, log)
   staged = build_staged(request, model, schema, table, images, isolate, log)
   reports = check_parity(request, model, table, staged, images, class_table,
-                         log)
+                         log, schema=schema)
   result = publish(request, staged, reports, log)
   result.model_card = model_card.write(
       os.path.join(request.base, model_card.FOLDER, request.model_name,

@@ -12,7 +12,7 @@ import dataclasses
 import json
 import os
 import re
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Optional, Sequence
 
 # A missing label is a blank cell in a manifest and -1 in tensors.
 MISSING = -1
@@ -25,6 +25,19 @@ _INTEGER = re.compile(r"-?[0-9]+")
 # Names the model uses for itself; a head with one of these would collide.
 _RESERVED = frozenset({"image", "image_bytes", "features", "backbone", "class"})
 
+# Head kinds: one class per image (softmax), or any subset of a tag
+# vocabulary (independent sigmoids).
+SOFTMAX = "softmax"
+TAGS = "tags"
+KINDS = (SOFTMAX, TAGS)
+# A tag-head manifest cell: tags joined by TAG_SEPARATOR, or NO_TAGS when none
+# of the vocabulary applies (a blank cell stays "missing", as for softmax).
+TAG_SEPARATOR = "|"
+NO_TAGS = "(none)"
+# The decision threshold of a tag that has none fitted (no validation data,
+# or no positive example of it there).
+DEFAULT_TAG_THRESHOLD = 0.5
+
 
 class SchemaError(ValueError):
   """A heads file, manifest or label value that does not fit the schema."""
@@ -33,12 +46,19 @@ class SchemaError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class HeadSpec:
   """One attribute: its name, its ordered classes, its loss weight and its
-  focal-loss gamma (0: plain cross-entropy)."""
+  focal-loss gamma (0: plain cross-entropy).
+
+  ``kind`` "tags": ``classes`` is a tag vocabulary, any subset of which may
+  apply to an image; ``thresholds`` (one per tag, fitted on validation data
+  after training) turn its sigmoid scores into decisions.
+  """
 
   name: str
   classes: tuple[str, ...]
   loss_weight: float = 1.0
   focal_gamma: float = 0.0
+  kind: str = SOFTMAX
+  thresholds: Optional[tuple[float, ...]] = None
 
   def __post_init__(self):
     if not _HEAD_NAME.match(self.name or ""):
@@ -48,9 +68,16 @@ class HeadSpec:
           "rename the column (or the head in the heads file)")
     if self.name in _RESERVED:
       raise SchemaError(f"head name {self.name!r} is reserved; rename it")
-    if len(self.classes) < 2:
+    if self.kind not in KINDS:
+      raise SchemaError(f"head {self.name!r}: kind must be one of {KINDS}, "
+                        f"got {self.kind!r}")
+    if self.is_tags:
+      self._check_tags()
+    elif len(self.classes) < 2:
       raise SchemaError(
           f"head {self.name!r} needs at least 2 classes, got {list(self.classes)}")
+    elif self.thresholds is not None:
+      raise SchemaError(f"head {self.name!r}: only a tag head has thresholds")
     seen = set()
     for c in self.classes:
       if not isinstance(c, str) or not c.strip():
@@ -69,15 +96,78 @@ class HeadSpec:
       raise SchemaError(
           f"head {self.name!r} focal_gamma must be >= 0, got {self.focal_gamma}")
 
+  def _check_tags(self) -> None:
+    if not self.classes:
+      raise SchemaError(f"tag head {self.name!r} needs at least 1 tag")
+    for c in self.classes:
+      if isinstance(c, str) and (TAG_SEPARATOR in c or c == NO_TAGS):
+        raise SchemaError(
+            f"tag head {self.name!r}: tag {c!r} "
+            + (f"contains the separator {TAG_SEPARATOR!r}"
+               if TAG_SEPARATOR in c else f"is the no-tags token {NO_TAGS!r}")
+            + "; rename it")
+    if self.thresholds is not None:
+      if len(self.thresholds) != len(self.classes) or not all(
+          isinstance(t, float) and 0.0 <= t <= 1.0 for t in self.thresholds):
+        raise SchemaError(
+            f"tag head {self.name!r}: thresholds must be {len(self.classes)} "
+            f"numbers in [0, 1] (one per tag), got {list(self.thresholds)}")
+
+  @property
+  def is_tags(self) -> bool:
+    return self.kind == TAGS
+
   @property
   def num_classes(self) -> int:
     return len(self.classes)
+
+  @property
+  def width(self) -> int:
+    """Label columns this head takes in a Records array: 1 (a class index),
+    or one 0/1 column per tag."""
+    return len(self.classes) if self.is_tags else 1
+
+  def tag_thresholds(self) -> tuple[float, ...]:
+    """The fitted thresholds, or DEFAULT_TAG_THRESHOLD per tag when none are."""
+    if self.thresholds is not None:
+      return self.thresholds
+    return (DEFAULT_TAG_THRESHOLD,) * len(self.classes)
+
+  def parse_tags(self, cell: str) -> list[int]:
+    """A non-blank tag-head cell -> its 0/1 vector over the vocabulary.
+
+    "a|b" sets tags a and b; NO_TAGS sets none. Raises SchemaError naming the
+    value for a tag outside the vocabulary, an empty item ("a||b") or
+    NO_TAGS mixed with tags.
+    """
+    if cell == NO_TAGS:
+      return [0] * len(self.classes)
+    vector = [0] * len(self.classes)
+    for item in cell.split(TAG_SEPARATOR):
+      tag = item.strip()
+      if tag == NO_TAGS or not tag:
+        raise SchemaError(
+            f"{cell!r}: " + ("an empty tag between separators" if not tag else
+                             f"{NO_TAGS!r} cannot be combined with tags")
+            + f" (tags are joined by {TAG_SEPARATOR!r}; {NO_TAGS!r} alone "
+            "means none apply)")
+      if tag not in self.classes:
+        raise SchemaError(
+            f"tag {tag!r} is not in the vocabulary of tag head {self.name!r} "
+            f"(tags: {', '.join(self.classes)})")
+      vector[self.classes.index(tag)] = 1
+    return vector
 
   def index(self, value: str) -> int:
     """Class index of ``value``; raises SchemaError naming the head if unknown."""
     try:
       return self.classes.index(value)
     except ValueError:
+      if self.is_tags:
+        raise SchemaError(
+            f"tag {value!r} is not in the vocabulary of tag head "
+            f"{self.name!r} (tags: {', '.join(self.classes)}; one tag "
+            "here)") from None
       raise SchemaError(
           f"value {value!r} is not a class of head {self.name!r} "
           f"(classes: {', '.join(self.classes)})") from None
@@ -106,6 +196,30 @@ class LabelSchema:
 
   def __iter__(self):
     return iter(self.heads)
+
+  @property
+  def label_width(self) -> int:
+    """Columns of a Records label array: each head's ``width`` in order."""
+    return sum(h.width for h in self.heads)
+
+  def label_slices(self) -> dict[str, slice]:
+    """{head: its columns in a Records label array}."""
+    out, start = {}, 0
+    for h in self.heads:
+      out[h.name] = slice(start, start + h.width)
+      start += h.width
+    return out
+
+  def with_thresholds(self, thresholds: Mapping[str, Sequence[float]]
+                      ) -> "LabelSchema":
+    """A copy with the named tag heads' thresholds replaced."""
+    for name in thresholds:
+      if not self.head(name).is_tags:
+        raise SchemaError(f"head {name!r} is not a tag head")
+    return LabelSchema(tuple(
+        dataclasses.replace(h, thresholds=tuple(
+            float(t) for t in thresholds[h.name]))
+        if h.name in thresholds else h for h in self.heads))
 
   def head(self, name: str) -> HeadSpec:
     for h in self.heads:
@@ -136,10 +250,14 @@ class LabelSchema:
   # --- serialisation -------------------------------------------------------
 
   def to_dict(self) -> dict:
-    return {"heads": [
-        {"name": h.name, "classes": list(h.classes), "loss_weight": h.loss_weight,
-         "focal_gamma": h.focal_gamma}
-        for h in self.heads]}
+    heads = []
+    for h in self.heads:
+      d = {"name": h.name, "kind": h.kind, "classes": list(h.classes),
+           "loss_weight": h.loss_weight, "focal_gamma": h.focal_gamma}
+      if h.thresholds is not None:
+        d["thresholds"] = list(h.thresholds)
+      heads.append(d)
+    return {"heads": heads}
 
   @classmethod
   def from_dict(cls, d: Mapping, source: str = "<dict>") -> "LabelSchema":
@@ -150,7 +268,8 @@ class LabelSchema:
       if not isinstance(h, Mapping) or "name" not in h or "classes" not in h:
         raise SchemaError(
             f"{source}: heads[{i}] needs 'name' and 'classes', got {h!r}")
-      unknown = set(h) - {"name", "classes", "loss_weight", "focal_gamma"}
+      unknown = set(h) - {"name", "classes", "loss_weight", "focal_gamma",
+                          "kind", "thresholds"}
       if unknown:
         raise SchemaError(
             f"{source}: heads[{i}] ({h['name']!r}) has unknown key(s) "
@@ -168,7 +287,7 @@ class LabelSchema:
       try:
         heads.append(HeadSpec(
             name=h["name"], classes=tuple(str(c) for c in h["classes"]),
-            **numbers))
+            kind=h.get("kind", SOFTMAX), thresholds=_thresholds(h), **numbers))
       except SchemaError as e:
         raise SchemaError(f"{source}: {e}") from None
     try:
@@ -201,16 +320,20 @@ class LabelSchema:
     return cls.from_dict(d, source=path)
 
   @classmethod
-  def infer(cls, columns: Mapping[str, Iterable[str]]) -> "LabelSchema":
+  def infer(cls, columns: Mapping[str, Iterable[str]],
+            tag_columns: Sequence[str] = ()) -> "LabelSchema":
     """Infers a schema from label columns: classes are the distinct non-blank
     values of each column, sorted as numbers when every one is an integer
     (1, 2, 10; "01" and "1" stay two classes, "01" first) and as text
-    otherwise; heads keep the column order."""
+    otherwise; heads keep the column order. A column named in
+    ``tag_columns`` becomes a tag head whose vocabulary is the distinct tags
+    of its cells (split at TAG_SEPARATOR, NO_TAGS left out), sorted alike."""
     heads = []
     for name, values in columns.items():
-      classes = sorted({v for v in values if v != ""})
-      if classes and all(_INTEGER.fullmatch(c) for c in classes):
-        classes.sort(key=lambda c: (int(c), c))
+      if name in tag_columns:
+        heads.append(_infer_tag_head(name, values))
+        continue
+      classes = _sorted_values({v for v in values if v != ""})
       if len(classes) < 2:
         raise SchemaError(
             f"column {name!r} has {len(classes)} distinct label value(s) "
@@ -220,3 +343,35 @@ class LabelSchema:
             "classes no row has)")
       heads.append(HeadSpec(name=name, classes=tuple(classes)))
     return cls(tuple(heads))
+
+
+def _sorted_values(values: Iterable[str]) -> list[str]:
+  classes = sorted(values)
+  if classes and all(_INTEGER.fullmatch(c) for c in classes):
+    classes.sort(key=lambda c: (int(c), c))
+  return classes
+
+
+def _infer_tag_head(name: str, values: Iterable[str]) -> HeadSpec:
+  tags = set()
+  for v in values:
+    if v and v != NO_TAGS:
+      tags.update(t.strip() for t in v.split(TAG_SEPARATOR))
+  tags.discard("")
+  if not tags:
+    raise SchemaError(
+        f"tag column {name!r} names no tag (every cell is blank or "
+        f"{NO_TAGS!r}); a tag head needs at least 1. Drop it from "
+        "--tag_columns or list its tags in a --heads_file")
+  return HeadSpec(name=name, classes=tuple(_sorted_values(tags)), kind=TAGS)
+
+
+def _thresholds(h: Mapping) -> Optional[tuple[float, ...]]:
+  if "thresholds" not in h:
+    return None
+  t = h["thresholds"]
+  if not isinstance(t, list) or not all(
+      isinstance(x, (int, float)) and not isinstance(x, bool) for x in t):
+    raise SchemaError(
+        f"head {h['name']!r}: thresholds must be a list of numbers, got {t!r}")
+  return tuple(float(x) for x in t)

@@ -65,9 +65,12 @@ def label_coverage(model_dir: str, schema: heads_lib.LabelSchema
   except manifest_lib.DataError as e:
     return f"the training manifest cannot be read for coverage: {e}", None
   coverage = {}
-  for j, h in enumerate(schema.heads):
-    col = records.labels[:, j]
-    counts = np.bincount(col[col >= 0], minlength=h.num_classes)
+  for h, cols in zip(schema.heads, schema.label_slices().values()):
+    col = records.labels[:, cols.start]
+    if h.is_tags:  # rows carrying each tag, among the labelled ones
+      counts = records.labels[col >= 0, cols].sum(axis=0)
+    else:
+      counts = np.bincount(col[col >= 0], minlength=h.num_classes)
     coverage[h.name] = {"labelled": int((col >= 0).sum()),
                         "rows": int(len(col)),
                         "classes": dict(zip(h.classes, map(int, counts)))}
@@ -173,7 +176,8 @@ def render(*, model_name: str, version: int, model_file: str,
   """The card's Markdown text."""
   lines = [f"# Model card: {model_name}, version {version}", "",
            f"Exported from `{model_file}`. One image in, one answer per head "
-           f"({len(schema)} heads), each a softmax over its classes.", "",
+           f"({len(schema)} heads), each a softmax over its classes (a tag head: "
+           "independent sigmoids over its tags).", "",
            "## Intended input", "",
            f"RGB images. TFLite and ONNX take uint8 pixels [N, {image_size}, "
            f"{image_size}, 3] (0-255, preprocessing inside); the SavedModel "

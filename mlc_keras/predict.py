@@ -16,6 +16,9 @@ prints the same thing:
   {"image": "a.png", "<head>": {"class": "red", "score": 0.97,
                                 "scores": {"blue": 0.01, ...}}, ...}
 
+A tag head prints {"tags": [<tags scoring at least their threshold in
+labels.json>], "scores": {<tag>: p, ...}}.
+
 Composed classes (compose.py): with --class_table, each line also has
 "class": {"class": <name, or "unknown" below --threshold>, "score": p,
 "scores": {<class>: p, ...}}, composed from the heads. An artefact exported

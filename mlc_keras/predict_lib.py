@@ -16,6 +16,7 @@ from mlc_keras import artefacts
 from mlc_keras import compose
 from mlc_keras import heads as heads_lib
 from mlc_keras import predictors
+from mlc_keras import tagging
 from mlc_keras.artefacts import ExportError
 from mlc_keras.data import headers
 from mlc_keras.data import imageio
@@ -121,14 +122,20 @@ def describe(outputs: Mapping[str, np.ndarray], index: int,
              schema: heads_lib.LabelSchema, table=None,
              threshold: float = artefacts.DEFAULT_THRESHOLD) -> dict[str, Any]:
   """One image's outputs as the predict CLI prints them: a head becomes
-  {"class", "score", "scores": {class: p}}; so does the "class" output when
+  {"class", "score", "scores": {class: p}}, a tag head {"tags": [the tags
+  whose score reaches their threshold in labels.json], "scores": {tag: p}};
+  so does the "class" output when
   ``table`` (a compose.ClassTable) names its columns, its "class" being
   "unknown" when the best probability is below ``threshold``; any other
   output its raw values."""
   result = {}
   for name in _ordered(outputs, schema):
     row = np.asarray(outputs[name][index])
-    if name in schema.names:
+    if name in schema.names and schema.head(name).is_tags:
+      head = schema.head(name)
+      result[name] = {"tags": tagging.tag_names(row, head),
+                      "scores": {t: float(p) for t, p in zip(head.classes, row)}}
+    elif name in schema.names:
       classes = schema.head(name).classes
       best = int(np.argmax(row))
       result[name] = {"class": classes[best], "score": float(row[best]),

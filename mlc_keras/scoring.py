@@ -249,17 +249,35 @@ def instance_scores(true_attrs: np.ndarray, pred_attrs: np.ndarray,
 def across_heads(collected: Mapping[str, tuple], heads: Sequence,
                  per_head_bacc: Mapping[str, Optional[float]]) -> dict:
   """The across-head numbers from metrics.collect()-style
-  {head: (probs, labels, mask)}; ``heads``: HeadSpec-like (name, classes)."""
+  {head: (probs, labels, mask)}; ``heads``: HeadSpec-like (name, classes).
+  A tag head's tags are binary attributes of their own, decided at its
+  thresholds, and it is right on an image when every tag is."""
+  tag_heads = [h for h in heads if getattr(h, "is_tags", False)]
+  heads = [h for h in heads if h not in tag_heads]
   names = [h.name for h in heads]
   k = {h.name: len(h.classes) for h in heads}
   masks = {h: np.asarray(collected[h][2], bool) for h in names}
   labels = {h: np.asarray(collected[h][1], np.int64) for h in names}
   preds = {h: np.asarray(collected[h][0]).argmax(axis=1) for h in names}
-  labelled_any = np.any([masks[h] for h in names], axis=0)
-  wrong = np.any([masks[h] & (preds[h] != labels[h]) for h in names], axis=0)
+  masks_all = [masks[h] for h in names]
+  wrong_all = [masks[h] & (preds[h] != labels[h]) for h in names]
+  true_cols = [attribute_matrix(labels, masks, k)] if names else []
+  pred_cols = [attribute_matrix(preds, masks, k)] if names else []
+  for h in tag_heads:
+    probs, truth, mask = collected[h.name]
+    mask = np.asarray(mask, bool)
+    truth = np.asarray(truth) > 0.5
+    on = (np.asarray(probs, np.float32)
+          >= np.asarray(h.tag_thresholds(), np.float32))
+    masks_all.append(mask)
+    wrong_all.append(mask & (on != truth).any(axis=1))
+    true_cols.append((truth & mask[:, None]).astype(np.int64))
+    pred_cols.append((on & mask[:, None]).astype(np.int64))
+  labelled_any = np.any(masks_all, axis=0)
+  wrong = np.any(wrong_all, axis=0)
   out = mean_balanced_accuracy(per_head_bacc)
-  out["instance"] = instance_scores(attribute_matrix(labels, masks, k),
-                                    attribute_matrix(preds, masks, k),
+  out["instance"] = instance_scores(np.concatenate(true_cols, axis=1),
+                                    np.concatenate(pred_cols, axis=1),
                                     labelled_any)
   n = int(labelled_any.sum())
   out["all_heads_right"] = (float(np.mean(~wrong[labelled_any])) if n
@@ -273,11 +291,16 @@ def field_scores(collected: Mapping[str, tuple], heads: Sequence,
                  top_k: int = 5) -> tuple[dict, dict]:
   """({head: head_scores}, across_heads) from metrics.collect()-style
   {head: (probs, labels, mask)}; ``heads``: HeadSpec-like (name, classes)."""
-  per_head = {h.name: head_scores(*collected[h.name], h.classes,
-                                  reported_top_k(len(h.classes), top_k))
+  # A tag head has no balanced accuracy: it stays out of the mean mA.
+  per_head = {h.name: tag_scores(*collected[h.name], h.classes,
+                                 h.tag_thresholds())
+              if getattr(h, "is_tags", False) else
+              head_scores(*collected[h.name], h.classes,
+                          reported_top_k(len(h.classes), top_k))
               for h in heads}
   across = across_heads(collected, heads, {
-      h: v["balanced_accuracy"] for h, v in per_head.items()})
+      h: v["balanced_accuracy"] for h, v in per_head.items()
+      if "balanced_accuracy" in v})
   return per_head, across
 
 
@@ -351,3 +374,71 @@ def gzsl_scores(target: np.ndarray, pred: np.ndarray, seen: np.ndarray,
   if undefined:
     out["not_defined"] = undefined
   return out
+
+
+# --- tag heads ------------------------------------------------------------------
+
+NO_POSITIVE = "no positive example of this tag among the labelled samples"
+
+
+def tag_scores(probs: np.ndarray, truth: np.ndarray, mask: np.ndarray,
+               tags: Sequence[str], thresholds: Sequence[float]) -> dict:
+  """A tag head's numbers on the rows where ``mask`` is true, as multi-label
+  work on COCO / NUS-WIDE reports them (e.g. ML-GCN, Chen et al. 2019):
+
+  - per-tag AP (sklearn average_precision_score) and mAP, their mean over
+    the tags with a positive example (AP is not defined without one);
+  - at ``thresholds`` (a tag is on iff score >= threshold): per-class
+    precision CP and recall CR (means over those tags of each tag's
+    precision and recall, 0 for a tag never predicted), CF1 = 2 CP CR /
+    (CP + CR); overall OP / OR pooled over every (image, tag) decision,
+    OF1 = 2 OP OR / (OP + OR).
+  """
+  mask = np.asarray(mask, bool)
+  out = {"labelled": int(mask.sum()), "total": int(mask.size)}
+  if not mask.any():
+    out.update(mAP=None, not_defined={"mAP": NO_LABELS})
+    return out
+  p = np.asarray(probs, np.float64)[mask]
+  t = (np.asarray(truth)[mask] > 0.5).astype(np.int64)
+  on = (np.asarray(probs, np.float32)[mask]
+        >= np.asarray(thresholds, np.float32)).astype(np.int64)
+  has_positive = t.sum(axis=0) > 0
+  undefined = {}
+  per_tag = {}
+  for i, tag in enumerate(tags):
+    entry = {"support": int(t[:, i].sum()), "threshold": float(thresholds[i])}
+    if has_positive[i]:
+      entry["ap"] = float(skm.average_precision_score(t[:, i], p[:, i]))
+    else:
+      entry["ap"] = None
+      undefined[f"ap:{tag}"] = NO_POSITIVE
+    precision, recall, f1, _ = skm.precision_recall_fscore_support(
+        t[:, i], on[:, i], average="binary", zero_division=ZERO_DIVISION)
+    entry.update(precision=float(precision), recall=float(recall),
+                 f1=float(f1))
+    per_tag[tag] = entry
+  out["per_tag"] = per_tag
+  defined = [per_tag[tag] for tag, ok in zip(tags, has_positive) if ok]
+  if defined:
+    out["mAP"] = float(np.mean([e["ap"] for e in defined]))
+    cp = float(np.mean([e["precision"] for e in defined]))
+    cr = float(np.mean([e["recall"] for e in defined]))
+    out.update(CP=cp, CR=cr, CF1=_harmonic(cp, cr))
+  else:
+    out.update(mAP=None, CP=None, CR=None, CF1=None)
+    undefined.update(mAP=NO_POSITIVE.replace("this tag", "any tag"),
+                     CF1=NO_POSITIVE.replace("this tag", "any tag"))
+  hits, predicted, actual = (int((on & t).sum()), int(on.sum()),
+                             int(t.sum()))
+  op = hits / predicted if predicted else ZERO_DIVISION
+  orr = hits / actual if actual else ZERO_DIVISION
+  out.update(OP=float(op), OR=float(orr), OF1=_harmonic(op, orr),
+             label_accuracy=float(np.mean(on == t)))
+  if undefined:
+    out["not_defined"] = undefined
+  return out
+
+
+def _harmonic(a: float, b: float) -> float:
+  return float(2 * a * b / (a + b)) if a + b > 0 else 0.0

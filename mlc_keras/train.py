@@ -61,6 +61,11 @@ _LABEL_COLUMNS = flags.DEFINE_list(
     "label_columns", [], "Manifest columns to train as heads, e.g. "
     "logo,medium (default: every column but the image column; other columns, "
     "such as notes, are ignored).")
+# --- tag heads (issue 12) ---
+_TAG_COLUMNS = flags.DEFINE_list(
+    "tag_columns", [], "Manifest columns to train as tag heads (independent "
+    "sigmoids over the column's tags): a cell lists tags joined by '|', "
+    "'(none)' when none apply, blank when unknown. Without --heads_file only.")
 _VAL_FRACTION = flags.DEFINE_float(
     "val_fraction", _d.val_fraction,
     "Share of --manifest held out for validation when no --val_manifest.")
@@ -251,6 +256,7 @@ def config_from_flags() -> config_lib.Config:
       tfds_data_dir=_TFDS_DATA_DIR.value, heads_file=_HEADS_FILE.value,
       image_column=_IMAGE_COLUMN.value,
       label_columns=tuple(c.strip() for c in _LABEL_COLUMNS.value if c.strip()),
+      tag_columns=tuple(c.strip() for c in _TAG_COLUMNS.value if c.strip()),
       val_fraction=_VAL_FRACTION.value,
       image_size=pick(_IMAGE_SIZE.value, cfg.data.image_size),
       cache=pick(_CACHE.value, cfg.data.cache), augment=augment,

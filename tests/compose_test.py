@@ -251,5 +251,41 @@ class HeldOutCombinationTest(tf.test.TestCase):
                         probs[:len(images)], atol=1e-4)
 
 
+class TagCompositionTest(tf.test.TestCase):
+
+  SCHEMA = heads_lib.LabelSchema((
+      heads_lib.HeadSpec("shape", ("circle", "square")),
+      heads_lib.HeadSpec("marks", ("bar", "dot"), kind=heads_lib.TAGS)))
+
+  def test_a_cell_names_a_tag_and_adds_its_log_score(self):
+    table = compose.from_dict({"barred_circle": {"shape": "circle",
+                                                 "marks": "bar"},
+                               "square": {"shape": "square"}}, self.SCHEMA)
+    self.assertEqual(table.values, ((0, 0), (1, -1)))
+    probs = compose.compose_probs(
+        {"shape": np.array([[0.6, 0.4]]), "marks": np.array([[0.5, 0.9]])},
+        table)
+    # Scores: log 0.6 + log 0.5 = log 0.3, and log 0.4 (marks: any).
+    self.assertAllClose(probs, [[0.3 / 0.7, 0.4 / 0.7]])
+    # Ground truth: a row matches when it carries the tag.
+    target, usable = compose.classes_of(
+        {"shape": np.array([0, 0, 1]),
+         "marks": np.array([[1, 0], [0, 1], [0, 0]], np.float32)},
+        {"shape": np.ones(3, bool), "marks": np.array([True, True, False])},
+        table)
+    self.assertAllEqual(target, [0, -1, -1])
+    self.assertAllEqual(usable, [True, True, False])
+
+  def test_unknown_tag_names_the_table_row(self):
+    path = os.path.join(self.get_temp_dir(), "classes.csv")
+    with open(path, "w") as f:
+      f.write("class,shape,marks\nbarred,circle,bar\nstarred,,star\n")
+    with self.assertRaisesRegex(
+        compose.ClassTableError,
+        r"classes\.csv:3: column 'marks': tag 'star' is not in the "
+        r"vocabulary of tag head 'marks'"):
+      compose.load(path, self.SCHEMA)
+
+
 if __name__ == "__main__":
   tf.test.main()

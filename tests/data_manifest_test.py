@@ -172,5 +172,45 @@ class ReadImagesTest(tf.test.TestCase):
       manifest.read_images(os.path.join(self.dir, "nope.csv"))
 
 
+class TagColumnTest(tf.test.TestCase):
+
+  def _manifest(self, marks):
+    rows = [{"image": f"img/{i}.png", "shape": "circle" if i % 2 else "square",
+             "marks": m} for i, m in enumerate(marks)]
+    return testutil.write_manifest(self.get_temp_dir(), rows,
+                                   columns=("image", "shape", "marks"), size=8)
+
+  def test_tag_cells_become_multi_hot_columns(self):
+    path = self._manifest(["edge|bar", "", "(none)", "corner"])
+    records, schema = manifest.read_manifest(path, tag_columns=["marks"])
+    self.assertEqual(schema.head("marks").classes, ("bar", "corner", "edge"))
+    # shape (1 column), then marks (3): blank = missing in every column,
+    # "(none)" = labelled with no tag.
+    self.assertAllEqual(records.labels, [[1, 1, 0, 1],
+                                         [0, -1, -1, -1],
+                                         [1, 0, 0, 0],
+                                         [0, 0, 1, 0]])
+
+  def test_tag_outside_the_vocabulary_names_file_line_column_value(self):
+    train = self._manifest(["bar", "edge"])
+    _, schema = manifest.read_manifest(train, tag_columns=["marks"])
+    bad = self._manifest(["bar", "bar|dot"])
+    with self.assertRaisesRegex(
+        manifest.DataError,
+        r"train\.csv:3: column 'marks': tag 'dot' is not in the vocabulary "
+        r"of tag head 'marks' \(tags: bar, edge\)"):
+      manifest.read_manifest(bad, schema)
+
+  def test_tag_columns_need_a_label_column_and_no_heads_file(self):
+    path = self._manifest(["bar", "edge"])
+    with self.assertRaisesRegex(manifest.DataError,
+                                r"--tag_columns \['marks'\] are not among"):
+      manifest.read_manifest(path, label_columns=["shape"],
+                             tag_columns=["marks"])
+    _, schema = manifest.read_manifest(path, tag_columns=["marks"])
+    with self.assertRaisesRegex(manifest.DataError, "say each head's kind"):
+      manifest.read_manifest(path, schema, tag_columns=["marks"])
+
+
 if __name__ == "__main__":
   tf.test.main()

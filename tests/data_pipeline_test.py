@@ -92,5 +92,34 @@ class PipelineTest(tf.test.TestCase):
     with self.assertRaisesRegex(manifest.DataError, "fewer than one batch"):
       pipeline.train_dataset(self.source, self.schema, image_size=24, batch_size=16, seed=0)
 
+class TagTargetsTest(tf.test.TestCase):
+
+  def test_multi_hot_targets_weights_and_counts(self):
+    rows = [{"image": f"img/{i}.png", "shape": ("circle", "square")[i % 2],
+             "marks": m}
+            for i, m in enumerate(["edge|bar", "", "(none)", "corner|edge"])]
+    path = testutil.write_manifest(self.get_temp_dir(), rows, size=8,
+                                   columns=("image", "shape", "marks"))
+    records, schema = manifest.read_manifest(path, tag_columns=["marks"])
+    source = sources.records_source(records)
+    _, labels, weights = next(iter(pipeline.eval_dataset(
+        source, schema, image_size=8, batch_size=4)))
+    self.assertEqual(labels["marks"].dtype, tf.float32)
+    # The blank row: zeros with weight 0; "(none)": zeros with weight 1.
+    self.assertAllEqual(labels["marks"], [[1, 0, 1], [0, 0, 0], [0, 0, 0],
+                                          [0, 1, 1]])
+    self.assertAllEqual(weights["marks"], [1, 0, 1, 1])
+    self.assertAllEqual(labels["shape"], [0, 1, 0, 1])
+    # Per tag, the labelled rows carrying it (the blank row counts nothing).
+    counts = sources.label_counts(source, schema)
+    self.assertAllEqual(counts[1], [1, 1, 2])
+    # --class_weight=balanced weights softmax heads; tag rows stay 0/1.
+    weights_of = pipeline.class_weights_from("balanced", source, schema)
+    _, _, w = next(iter(pipeline.train_dataset(
+        source, schema, image_size=8, batch_size=4, seed=0,
+        class_weights=weights_of, deterministic=True)))
+    self.assertAllEqual(sorted(w["marks"].numpy()), [0, 1, 1, 1])
+
+
 if __name__ == "__main__":
   tf.test.main()

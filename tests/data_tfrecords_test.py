@@ -35,6 +35,22 @@ class TFRecordTest(tf.test.TestCase):
     self.assertEqual([tuple(map(float, g)) for g in got],
                      [tuple(map(float, w)) for w in want])
 
+  def test_tag_head_round_trip(self):
+    folder = self.get_temp_dir()
+    rows = [{"image": f"img/{i}.png", "shape": ("circle", "square")[i % 2],
+             "marks": m}
+            for i, m in enumerate(["edge|bar", "", "(none)"])]
+    path = testutil.write_manifest(folder, rows, size=8,
+                                   columns=("image", "shape", "marks"))
+    records, schema = manifest.read_manifest(path, tag_columns=["marks"])
+    tfrecords.write_tfrecords(records, schema, os.path.join(folder, "t", "x"))
+    source = tfrecords.tfrecord_source(os.path.join(folder, "t", "x-*"),
+                                       heads_lib.LabelSchema.load(
+                                           os.path.join(folder, "t")))
+    got = np.stack([y for _, y in source.make().as_numpy_iterator()])
+    self.assertAllEqual(got, records.labels)
+    self.assertAllEqual(got, [[0, 1, 1], [1, -1, -1], [0, 0, 0]])
+
   def test_parallel_shards_keep_the_row_assignment_and_report_progress(self):
     folder = self.get_temp_dir()
     path = testutil.write_manifest(folder, testutil.simple_rows(7), size=8)

@@ -24,6 +24,7 @@ import tempfile
 import tensorflow as tf
 
 from mlc_keras import compose
+from mlc_keras import heads as heads_lib
 from mlc_keras.data import demo
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -93,6 +94,11 @@ class EndToEndTest(tf.test.TestCase):
 
     table_path = compose.write_demo_table(os.path.join(self.root, "classes.csv"))
     table = compose.load(table_path, demo.SCHEMA)
+    # The run's labels.json holds the tag thresholds fitted on validation.
+    thresholds = {h.name: h.thresholds for h in heads_lib.LabelSchema.load(
+        model_dir).heads if h.is_tags}
+    self.assertEqual(set(thresholds), {"marks"})
+    self.assertLen(thresholds["marks"], 3)
     # A few held-out demo images, blue triangles (never in training) among them.
     with open(os.path.join(demo_dir, "heldout.csv"), newline="") as f:
       rows = list(csv.DictReader(f))[:NUM_IMAGES]
@@ -138,14 +144,21 @@ class EndToEndTest(tf.test.TestCase):
           self.assertEqual(list(line), ["image", *demo.SCHEMA.names, "class"])
           for h in demo.SCHEMA.heads:
             self.assertEqual(list(line[h.name]["scores"]), list(h.classes))
+            if h.is_tags:
+              # Independent sigmoids: each tag on iff it reaches its threshold.
+              self.assertEqual(list(line[h.name]), ["tags", "scores"])
+              self.assertEqual(line[h.name]["tags"], [
+                  t for t, th in zip(h.classes, thresholds[h.name])
+                  if line[h.name]["scores"][t] >= th])
+              continue
             self.assertAlmostEqual(sum(line[h.name]["scores"].values()), 1.0,
                                    delta=1e-5)
           self.assertEqual(list(line["class"]["scores"]), list(table.classes))
           self.assertAlmostEqual(sum(line["class"]["scores"].values()), 1.0,
                                  delta=1e-5)
           self.assertIn(line["class"]["class"], table.classes)
-      answers[name] = [{k: l[k]["class"] for k in l if k != "image"}
-                       for l in lines]
+      answers[name] = [{k: l[k].get("class", l[k].get("tags"))
+                        for k in l if k != "image"} for l in lines]
     self.assertLen(answers, 4)
     for name in answers:
       self.assertEqual(answers[name], answers["keras"], name)

@@ -187,3 +187,52 @@ def composed() -> types.SimpleNamespace:
       calibrated=calibrated, table_path=table_path, table=table,
       carrying_keras=carrying_keras, cal_dir=source.cal_dir, base=base,
       log=log, result=result)
+
+
+# A softmax head beside a tag head, for tagged().
+TAG_SCHEMA = heads_lib.LabelSchema((
+    heads_lib.HeadSpec("colour", ("red", "green", "blue")),
+    heads_lib.HeadSpec("marks", ("bar", "corner", "edge"),
+                       kind=heads_lib.TAGS),
+))
+
+
+@functools.lru_cache(maxsize=None)
+def tagged() -> types.SimpleNamespace:
+  """A small_cnn (cheap to convert) with TAG_SCHEMA's heads and per-tag
+  thresholds in its labels.json, exported to the SavedModel, fp32 TFLite
+  and ONNX (version 1) and checked against Keras on 24 parity images.
+
+  The thresholds sit halfway between two neighbouring Keras scores of each
+  tag near its median, so about half the images carry each tag and no
+  image's score is within a rounding error of a threshold.
+
+  Attributes: root, model_dir, model, schema (with thresholds), parity_dir,
+  parity_paths, images (uint8), keras_scores ({head: [N, k]}), base, result.
+  """
+  root = _temp_root("export_fixture_tagged_")
+  model_dir = os.path.join(root, "tagged")
+  os.makedirs(model_dir)
+  keras.utils.set_random_seed(5)
+  model = model_lib.small_cnn(TAG_SCHEMA, SIZE)
+  # Spread the tag logits so the sigmoid scores are not all near 0.5.
+  kernel, bias = model.get_layer("marks").get_weights()
+  model.get_layer("marks").set_weights([kernel * 40.0, bias])
+  images, _ = make_images(24, seed=4)
+  scores = model.predict(images, verbose=0)
+  ordered = np.sort(scores["marks"], axis=0)
+  thresholds = (ordered[11] + ordered[12]) / 2
+  schema = TAG_SCHEMA.with_thresholds({"marks": [float(t) for t in thresholds]})
+  model.save(os.path.join(model_dir, run_dir.MODEL_FILE))
+  schema.save(model_dir)
+  parity_dir = os.path.join(root, "parity")
+  parity_paths = write_images(parity_dir, images)
+  base = os.path.join(root, "export")
+  result = export_lib.export(
+      model_dir, output=base, version=1, formats="saved_model,tflite,onnx",
+      quantizations="fp32", parity_images=parity_dir, isolate=False,
+      log=lambda _: None)
+  return types.SimpleNamespace(
+      root=root, model_dir=model_dir, model=model, schema=schema,
+      parity_dir=parity_dir, parity_paths=parity_paths, images=images,
+      keras_scores=scores, base=base, result=result)

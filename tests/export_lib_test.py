@@ -822,5 +822,72 @@ def compose_table(classes):
   return compose.from_dict(classes, SCHEMA)
 
 
+class TagExportTest(tf.test.TestCase):
+  """Tag thresholds travel with every artefact and give the same tags."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.fx = export_fixture.tagged()
+    cls.artefacts = {"saved_model": cls.fx.result.saved_model,
+                     "tflite_fp32": cls.fx.result.tflite["fp32"],
+                     "onnx": cls.fx.result.onnx}
+    head = cls.fx.schema.head("marks")
+    cls.expected = [[t for t, on in zip(head.classes, row) if on]
+                    for row in cls.fx.keras_scores["marks"]
+                    >= np.asarray(head.thresholds, np.float32)]
+
+  def test_fixture_splits_every_tag_away_from_its_threshold(self):
+    scores = self.fx.keras_scores["marks"]
+    thresholds = np.asarray(self.fx.schema.head("marks").thresholds)
+    self.assertAllEqual((scores >= thresholds).sum(axis=0), [12, 12, 12])
+    self.assertGreater(np.abs(scores - thresholds).min(), 1e-4)
+
+  def test_labels_json_with_thresholds_beside_every_artefact(self):
+    for name, path in self.artefacts.items():
+      with self.subTest(name):
+        self.assertEqual(heads_lib.LabelSchema.load(
+            artefacts.find_labels(path)), self.fx.schema)
+
+  def test_parity_per_tag_within_fp32_tolerance(self):
+    self.assertLen(self.fx.result.parity, 4)
+    for report in self.fx.result.parity:
+      with self.subTest(report["artefact"]):
+        self.assertTrue(report["passed"], report["failures"])
+        marks = report["outputs"]["marks"]
+        self.assertLen(marks["per_tag_max_abs_diff"], 3)
+        for diff in marks["per_tag_max_abs_diff"]:
+          self.assertLessEqual(diff, parity_lib.FP32_TOLERANCE.max_abs_diff)
+        self.assertEqual(marks["top1_agreement"], 1.0)  # every tag decision
+
+  def test_bytes_signature_gives_the_tags(self):
+    pred = predictors.SavedModelBytesPredictor(self.fx.result.saved_model)
+    encoded = []
+    for path in self.fx.parity_paths:
+      with open(path, "rb") as f:
+        encoded.append(f.read())
+    out = pred.predict_encoded(encoded, with_labels=True)
+    self.assertEqual(out["marks_tags"].dtype, bool)
+    head = self.fx.schema.head("marks")
+    got = [[t for t, on in zip(head.classes, row) if on]
+           for row in out["marks_tags"]]
+    self.assertEqual(got, self.expected)
+    self.assertNotIn("marks_class", out)
+    self.assertIn("colour_class", out)
+
+  def test_predict_json_is_the_same_for_every_artefact(self):
+    for name, path in {"keras": self.fx.model_dir, **self.artefacts}.items():
+      with self.subTest(name):
+        lines = list(predict_lib.predict_files(
+            predictors.load_predictor(path), self.fx.parity_paths))
+        self.assertEqual([l["marks"]["tags"] for l in lines], self.expected)
+        scores = np.array([[l["marks"]["scores"][t] for t in
+                            ("bar", "corner", "edge")] for l in lines])
+        self.assertAllClose(scores, self.fx.keras_scores["marks"], atol=1e-4,
+                            rtol=0)
+        self.assertEqual(list(lines[0]["colour"]), ["class", "score",
+                                                    "scores"])
+
+
 if __name__ == "__main__":
   tf.test.main()

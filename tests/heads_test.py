@@ -105,5 +105,90 @@ class LabelSchemaTest(tf.test.TestCase):
         config_lib.per_head_values("w", bad, bare=bare)
 
 
+class TagHeadSchemaTest(tf.test.TestCase):
+
+  def test_kind_and_thresholds_round_trip_through_labels_json(self):
+    schema = heads_lib.LabelSchema((
+        heads_lib.HeadSpec("shape", ("circle", "square")),
+        heads_lib.HeadSpec("marks", ("bar", "dot"), kind=heads_lib.TAGS,
+                           thresholds=(0.25, 0.75))))
+    folder = self.get_temp_dir()
+    schema.save(folder)
+    with open(os.path.join(folder, "labels.json")) as f:
+      heads = json.load(f)["heads"]
+    self.assertEqual([h["kind"] for h in heads], ["softmax", "tags"])
+    self.assertEqual(heads[1]["thresholds"], [0.25, 0.75])
+    self.assertNotIn("thresholds", heads[0])
+    self.assertEqual(heads_lib.LabelSchema.load(folder), schema)
+    # A labels.json written before kinds existed reads as softmax heads.
+    old = heads_lib.LabelSchema.from_dict(
+        {"heads": [{"name": "a", "classes": ["x", "y"]}]})
+    self.assertEqual(old.heads[0].kind, heads_lib.SOFTMAX)
+
+  def test_label_columns_and_defaults(self):
+    schema = heads_lib.LabelSchema((
+        heads_lib.HeadSpec("shape", ("circle", "square", "triangle")),
+        heads_lib.HeadSpec("marks", ("bar", "corner", "edge"),
+                           kind=heads_lib.TAGS),
+        heads_lib.HeadSpec("size", ("large", "small"))))
+    self.assertEqual(schema.label_width, 5)
+    self.assertEqual(schema.label_slices(), {
+        "shape": slice(0, 1), "marks": slice(1, 4), "size": slice(4, 5)})
+    self.assertEqual(schema.head("marks").tag_thresholds(), (0.5, 0.5, 0.5))
+    fitted = schema.with_thresholds({"marks": [0.1, 0.2, 0.3]})
+    self.assertEqual(fitted.head("marks").thresholds, (0.1, 0.2, 0.3))
+    with self.assertRaisesRegex(heads_lib.SchemaError, "'shape' is not a tag"):
+      schema.with_thresholds({"shape": [0.5, 0.5, 0.5]})
+
+  def test_parse_tags(self):
+    head = heads_lib.HeadSpec("marks", ("bar", "corner", "edge"),
+                              kind=heads_lib.TAGS)
+    self.assertEqual(head.parse_tags("edge|bar"), [1, 0, 1])
+    self.assertEqual(head.parse_tags("corner | edge"), [0, 1, 1])
+    self.assertEqual(head.parse_tags("(none)"), [0, 0, 0])
+    cases = {"dot": r"tag 'dot' is not in the vocabulary of tag head 'marks' "
+                    r"\(tags: bar, corner, edge\)",
+             "bar||edge": "empty tag between separators",
+             "bar|(none)": "cannot be combined with tags"}
+    for cell, pattern in cases.items():
+      with self.subTest(cell), self.assertRaisesRegex(
+          heads_lib.SchemaError, pattern):
+        head.parse_tags(cell)
+
+  def test_bad_tag_heads(self):
+    cases = {
+        "separator in a tag": (dict(classes=("a|b", "c")), "separator '\\|'"),
+        "none token as a tag": (dict(classes=("(none)", "c")), "no-tags token"),
+        "no tags": (dict(classes=()), "at least 1 tag"),
+        "thresholds per tag": (dict(classes=("a", "b"), thresholds=(0.5,)),
+                               "2 numbers in \\[0, 1\\]"),
+        "threshold above 1": (dict(classes=("a",), thresholds=(1.5,)),
+                              "1 numbers in"),
+    }
+    for name, (kwargs, pattern) in cases.items():
+      with self.subTest(name), self.assertRaisesRegex(
+          heads_lib.SchemaError, pattern):
+        heads_lib.HeadSpec("t", kind=heads_lib.TAGS, **kwargs)
+    with self.assertRaisesRegex(heads_lib.SchemaError, "only a tag head"):
+      heads_lib.HeadSpec("s", ("a", "b"), thresholds=(0.5, 0.5))
+    with self.assertRaisesRegex(heads_lib.SchemaError, "kind must be one of"):
+      heads_lib.HeadSpec("s", ("a", "b"), kind="sigmoid")
+    # One tag is a fine tag head ("has a logo"); a softmax head needs two.
+    self.assertEqual(
+        heads_lib.HeadSpec("logo", ("logo",), kind=heads_lib.TAGS).width, 1)
+
+  def test_infer_tag_columns(self):
+    schema = heads_lib.LabelSchema.infer(
+        {"shape": ["circle", "a|b"], "marks": ["edge|bar", "", "(none)", "dot"]},
+        tag_columns=["marks"])
+    # Only the declared column is split; "a|b" stays a softmax class.
+    self.assertEqual(schema.head("shape").classes, ("a|b", "circle"))
+    self.assertEqual(schema.head("marks").kind, heads_lib.TAGS)
+    self.assertEqual(schema.head("marks").classes, ("bar", "dot", "edge"))
+    with self.assertRaisesRegex(heads_lib.SchemaError,
+                                "tag column 'marks' names no tag"):
+      heads_lib.LabelSchema.infer({"marks": ["", "(none)"]}, ["marks"])
+
+
 if __name__ == "__main__":
   tf.test.main()

@@ -173,5 +173,65 @@ class SeenUnseenTest(tf.test.TestCase):
       self.assertFalse(math.isnan(v))
 
 
+class TagScoresTest(tf.test.TestCase):
+
+  def test_tags_are_binary_attributes_across_heads(self):
+    heads = (heads_lib.HeadSpec("b", ("no", "yes")),
+             heads_lib.HeadSpec("t", ("x", "y"), kind=heads_lib.TAGS,
+                                thresholds=(0.5, 0.5)))
+    collected = {
+        "b": (_onehot(np.array([1, 0, 0]), 2), np.array([1, 0, 1]),
+              np.array([1, 1, 0], bool)),
+        "t": (np.array([[0.9, 0.6], [0.9, 0.9], [0.2, 0.7]]),
+              np.array([[1, 0], [1, 1], [0, 1]]), np.array([1, 0, 1], bool))}
+    r = scoring.across_heads(collected, heads, {"b": 1.0})
+    # 0 {b,x}/{b,x,y}  1 {}/{} (t masked)  2 {y}/{y} (b masked).
+    inst = r["instance"]
+    self.assertEqual(inst["images"], 3)
+    self.assertAllClose(inst["accuracy"], (2 / 3 + 0 + 1) / 3)
+    self.assertAllClose(inst["precision"], (2 / 3 + 0 + 1) / 3)
+    self.assertAllClose(inst["recall"], (1 + 0 + 1) / 3)
+    # Image 0's extra tag y makes it wrong; image 1's tags are masked.
+    self.assertAllClose(r["all_heads_right"], 2 / 3)
+
+  def test_map_cf1_of1_by_hand_and_masked_rows_do_not_count(self):
+    probs = np.array([[0.9, 0.2, 0.1], [0.6, 0.7, 0.2], [0.3, 0.8, 0.4],
+                      [0.9, 0.9, 0.9]])
+    truth = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0], [1, 1, 1]])
+    # Row 3 is unlabelled: had it counted, tag c would have a positive.
+    mask = np.array([True, True, True, False])
+    got = scoring.tag_scores(probs, truth, mask, ("a", "b", "c"),
+                             (0.5, 0.75, 0.5))
+    # a: ranked 0.9+, 0.6-, 0.3+ -> AP = 1/2 * 1 + 1/2 * 2/3; b: AP 1.
+    self.assertAlmostEqual(got["per_tag"]["a"]["ap"], 5 / 6)
+    self.assertAlmostEqual(got["per_tag"]["b"]["ap"], 1.0)
+    self.assertIsNone(got["per_tag"]["c"]["ap"])
+    self.assertIn("ap:c", got["not_defined"])
+    self.assertAlmostEqual(got["mAP"], (5 / 6 + 1) / 2)
+    # Decisions: a [1,1,0] (P 1/2, R 1/2), b at 0.75 [0,0,1] (P 1, R 1/2);
+    # c has no positive and stays out of CP / CR.
+    self.assertAlmostEqual(got["CP"], 0.75)
+    self.assertAlmostEqual(got["CR"], 0.5)
+    self.assertAlmostEqual(got["CF1"], 0.6)
+    # Pooled: 2 hits of 3 predicted and 4 actual positives.
+    self.assertAlmostEqual(got["OP"], 2 / 3)
+    self.assertAlmostEqual(got["OR"], 0.5)
+    self.assertAlmostEqual(got["OF1"], 4 / 7)
+    self.assertAlmostEqual(got["label_accuracy"], 6 / 9)
+    self.assertEqual(got["labelled"], 3)
+
+  def test_no_positive_or_no_label_is_not_defined_never_nan(self):
+    none = scoring.tag_scores(np.full((2, 2), 0.7), np.zeros((2, 2)),
+                              np.ones(2, bool), ("a", "b"), (0.5, 0.5))
+    self.assertIsNone(none["mAP"])
+    self.assertIsNone(none["CF1"])
+    self.assertIn("mAP", none["not_defined"])
+    # Every decision is a false positive: OP 0, not NaN.
+    self.assertEqual(none["OP"], 0.0)
+    empty = scoring.tag_scores(np.zeros((2, 2)), np.zeros((2, 2)),
+                               np.zeros(2, bool), ("a", "b"), (0.5, 0.5))
+    self.assertEqual(empty["not_defined"], {"mAP": scoring.NO_LABELS})
+
+
 if __name__ == "__main__":
   tf.test.main()

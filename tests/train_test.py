@@ -39,7 +39,10 @@ class TrainCliTest(tf.test.TestCase):
     with open(os.path.join(model_dir, "results.json")) as f:
       results = json.load(f)
     self.assertEqual([r["head"] for r in results["heads"]],
-                     ["shape", "colour", "size", "fill"])
+                     ["shape", "colour", "size", "fill", "marks"])
+    # The tag head's thresholds, fitted on validation, one per tag.
+    self.assertEqual(list(results["tag_thresholds"]["marks"]),
+                     ["bar", "corner", "edge"])
     tiny = config_lib.tiny()
     for row in results["heads"]:
       self.assertEqual(row["labelled"], tiny.data.demo_val_size)

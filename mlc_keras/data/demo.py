@@ -1,7 +1,9 @@
 """The embedded demo data set, generated deterministically from a seed.
 
 Each image shows one shape with four independent attributes: shape, colour,
-size and fill. Like real multi-attribute data, some labels are blank (fill is
+size and fill, and carries any subset of three white marks (a bar along the
+bottom, a square in the top-left corner, a stripe down the right edge): the
+tag head ``marks``, "(none)" when it has none. Like real multi-attribute data, some labels are blank (fill is
 labelled on fewer than half of the training images), and one combination
 of all four (large outlined blue triangles) never appears in training at
 all: it only appears in the validation set and in ``heldout.csv``, so that
@@ -30,7 +32,11 @@ SCHEMA = heads_lib.LabelSchema((
     heads_lib.HeadSpec("colour", ("blue", "green", "red")),
     heads_lib.HeadSpec("size", ("large", "small")),
     heads_lib.HeadSpec("fill", ("outline", "solid")),
+    # A tag head: which white marks the picture carries (any subset).
+    heads_lib.HeadSpec("marks", ("bar", "corner", "edge"), kind=heads_lib.TAGS),
 ))
+# Chance of each mark, independently per image.
+MARK_RATE = 0.35
 
 # Never rendered into the training split. Holding out a pair instead (every
 # blue triangle) teaches the heads "blue => not a triangle", true of that
@@ -39,7 +45,8 @@ HELD_OUT = {"shape": "triangle", "colour": "blue", "size": "large",
             "fill": "outline"}
 
 # Share of training labels left blank, per head.
-MISSING_RATE = {"shape": 0.1, "colour": 0.1, "size": 0.25, "fill": 0.6}
+MISSING_RATE = {"shape": 0.1, "colour": 0.1, "size": 0.25, "fill": 0.6,
+                "marks": 0.2}
 
 _RGB = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (40, 80, 230)}
 _RENDER_SIZE = 64
@@ -47,7 +54,7 @@ _RENDER_SIZE = 64
 # side by 4 before its first block: at the demo's 48px a small shape must
 # still span several pixels there, and an outline more than one.
 _RADIUS = {"large": 0.38, "small": 0.24}
-_VERSION = 3
+_VERSION = 4
 
 
 def _mask(shape: str, size: str, filled: bool, cx: float, cy: float,
@@ -84,7 +91,21 @@ def render(attrs: dict, rng: np.random.Generator,
   colour = np.clip(np.array(_RGB[attrs["colour"]]) + rng.normal(0, 18, 3), 0, 255)
   mask = _mask(attrs["shape"], attrs["size"], attrs["fill"] == "solid", cx, cy, n)
   image[mask] = colour
+  _draw_marks(image, attrs.get("marks", ()))
   return image.astype(np.uint8)
+
+
+def _draw_marks(image: np.ndarray, marks) -> None:
+  # White, which no shape colour is; drawn over the shape, a few pixels wide
+  # so they survive the resize to 32-48 px.
+  n = image.shape[0]
+  w = max(3, n // 16)
+  if "bar" in marks:
+    image[n - w:, :] = 255
+  if "corner" in marks:
+    image[:2 * w, :2 * w] = 255
+  if "edge" in marks:
+    image[:, n - w:] = 255
 
 
 def _encode(image: np.ndarray, path: str) -> None:
@@ -97,9 +118,16 @@ def _encode(image: np.ndarray, path: str) -> None:
     f.write(data)
 
 
+def _sample_marks(rng: np.random.Generator) -> tuple[str, ...]:
+  tags = SCHEMA.head("marks").classes
+  return tuple(t for t, on in zip(tags, rng.random(len(tags)) < MARK_RATE)
+               if on)
+
+
 def _sample_attrs(rng: np.random.Generator, held_out: bool) -> dict:
   while True:
-    attrs = {h.name: h.classes[rng.integers(h.num_classes)] for h in SCHEMA}
+    attrs = {h.name: h.classes[rng.integers(h.num_classes)] for h in SCHEMA
+             if not h.is_tags}
     if held_out:
       return dict(attrs, **HELD_OUT)
     if not all(attrs[k] == v for k, v in HELD_OUT.items()):
@@ -107,25 +135,33 @@ def _sample_attrs(rng: np.random.Generator, held_out: bool) -> dict:
 
 
 def _write_split(out_dir: str, split: str, count: int, rng: np.random.Generator,
-                 mode: str) -> None:
+                 mode: str, mark_rng: np.random.Generator) -> None:
   rows = []
   for i in range(count):
     attrs = _sample_attrs(rng, held_out=(mode == "heldout"))
     if mode == "val" and rng.random() < 0.1:
       attrs = dict(attrs, **HELD_OUT)
+    attrs["marks"] = _sample_marks(mark_rng)
     ext = ".jpg" if i % 4 == 3 else ".png"
     rel = os.path.join("images", f"{split}_{i:05d}{ext}")
     _encode(render(attrs, rng), os.path.join(out_dir, rel))
     row = {"image": rel}
     for h in SCHEMA:
-      blank = mode == "train" and rng.random() < MISSING_RATE[h.name]
-      row[h.name] = "" if blank else attrs[h.name]
+      rates = mark_rng if h.is_tags else rng
+      blank = mode == "train" and rates.random() < MISSING_RATE[h.name]
+      row[h.name] = "" if blank else _cell(h, attrs[h.name])
     rows.append(row)
   with open(os.path.join(out_dir, f"{split}.csv"), "w", newline="",
             encoding="utf-8") as f:
     writer = csv.DictWriter(f, fieldnames=["image", *SCHEMA.names])
     writer.writeheader()
     writer.writerows(rows)
+
+
+def _cell(head: heads_lib.HeadSpec, value) -> str:
+  if not head.is_tags:
+    return value
+  return heads_lib.TAG_SEPARATOR.join(value) or heads_lib.NO_TAGS
 
 
 def generate(out_dir: str, train_size: int = 2000, val_size: int = 400,
@@ -143,9 +179,12 @@ def generate(out_dir: str, train_size: int = 2000, val_size: int = 400,
         return paths
   os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
   rng = np.random.default_rng(seed)
-  _write_split(out_dir, "train", train_size, rng, "train")
-  _write_split(out_dir, "val", val_size, rng, "val")
-  _write_split(out_dir, "heldout", heldout_size, rng, "heldout")
+  # The marks draw from their own stream, so the other heads' images and
+  # labels are those of the demo before it had marks.
+  mark_rng = np.random.default_rng([seed, 1])
+  for split, size in (("train", train_size), ("val", val_size),
+                      ("heldout", heldout_size)):
+    _write_split(out_dir, split, size, rng, split, mark_rng)
   SCHEMA.save(paths["labels"])
   with open(stamp_path, "w", encoding="utf-8") as f:
     json.dump(stamp, f)

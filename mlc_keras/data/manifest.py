@@ -28,7 +28,10 @@ class DataError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Records:
-  """Image paths and their labels ([N, heads] int32, -1 = missing)."""
+  """Image paths and their labels, int32 [N, schema.label_width]: a softmax
+  head's column holds its class index, a tag head's columns (see
+  LabelSchema.label_slices) its 0/1 tags; -1 = missing (every column of a
+  tag head at once)."""
 
   paths: tuple[str, ...]
   labels: np.ndarray
@@ -73,6 +76,7 @@ def read_manifest(path: str,
                   label_columns: Optional[Sequence[str]] = None,
                   image_root: Optional[str] = None,
                   quarantine: Optional[list] = None,
+                  tag_columns: Sequence[str] = (),
                   ) -> tuple[Records, heads_lib.LabelSchema]:
   """Reads a labelled CSV manifest: an image path column and one column per head.
 
@@ -92,6 +96,8 @@ def read_manifest(path: str,
     quarantine: if a list, rows whose image path escapes ``image_root`` or
       repeats an earlier row are appended to it as ``Problem``s and left out,
       instead of raising.
+    tag_columns: columns to infer as tag heads (cells "a|b", "(none)" or
+      blank); only without a ``schema``, whose heads say their own kind.
 
   Returns:
     (records, schema).
@@ -101,7 +107,11 @@ def read_manifest(path: str,
   """
   table = _read_table(path, image_column)
   if schema is None:
-    schema = _infer_schema(table, image_column, label_columns)
+    schema = _infer_schema(table, image_column, label_columns, tag_columns)
+  elif tag_columns:
+    raise DataError(
+        f"{path}: --tag_columns {list(tag_columns)} with a heads file: say "
+        "each head's kind there instead (\"kind\": \"tags\")")
   records = _records(table, image_column, schema.heads)
   keep = _screen_rows(table, image_column, records, image_root, quarantine)
   return records.take(keep), schema
@@ -196,10 +206,15 @@ def _parse_header(path: str, rows: list[list[str]]) -> list[str]:
 
 
 def _infer_schema(table: _Table, image_column: str,
-                  label_columns: Optional[Sequence[str]]
-                  ) -> heads_lib.LabelSchema:
+                  label_columns: Optional[Sequence[str]],
+                  tag_columns: Sequence[str] = ()) -> heads_lib.LabelSchema:
   names = list(label_columns) if label_columns else [
       c for c in table.header if c != image_column]
+  outside = [t for t in tag_columns if t not in names]
+  if outside:
+    raise DataError(
+        f"{table.path}: --tag_columns {outside} are not among the label "
+        f"columns {names}")
   for n in names:
     if n not in table.column:
       raise DataError(
@@ -207,7 +222,8 @@ def _infer_schema(table: _Table, image_column: str,
   if not names:
     raise DataError(f"{table.path}: no label columns besides {image_column!r}")
   try:
-    return heads_lib.LabelSchema.infer({n: table.cells(n) for n in names})
+    return heads_lib.LabelSchema.infer({n: table.cells(n) for n in names},
+                                       tag_columns)
   except heads_lib.SchemaError as e:
     raise DataError(f"{table.path}: {e}") from None
 
@@ -220,7 +236,8 @@ def _records(table: _Table, image_column: str,
         f"{table.path}: head(s) {missing} from the heads file are not columns "
         f"of the manifest (columns: {table.header})")
   root = os.path.dirname(os.path.abspath(table.path))
-  labels = np.full((len(table.body), len(heads)), heads_lib.MISSING, np.int32)
+  starts = np.cumsum([0] + [h.width for h in heads])
+  labels = np.full((len(table.body), starts[-1]), heads_lib.MISSING, np.int32)
   paths = []
   for j, (line, r) in enumerate(table.body):
     cell = r[table.column[image_column]].strip()
@@ -230,15 +247,16 @@ def _records(table: _Table, image_column: str,
     for k, head in enumerate(heads):
       value = r[table.column[head.name]].strip()
       if value:
-        labels[j, k] = _class_index(table.path, line, head, value)
+        labels[j, starts[k]:starts[k + 1]] = _label(table.path, line, head,
+                                                    value)
   return Records(tuple(paths), labels, tuple(l for l, _ in table.body),
                  table.path)
 
 
-def _class_index(path: str, line: int, head: heads_lib.HeadSpec,
-                 value: str) -> int:
+def _label(path: str, line: int, head: heads_lib.HeadSpec,
+           value: str) -> int | list[int]:
   try:
-    return head.index(value)
+    return head.parse_tags(value) if head.is_tags else head.index(value)
   except heads_lib.SchemaError as e:
     raise DataError(
         f"{path}:{line}: column {head.name!r}: {e}. The classes come "

@@ -1,8 +1,9 @@
 """The tf.data pipeline: a Source -> decode -> resize/augment -> batches.
 
 Every element the model sees is ``(image, {head: label}, {head: weight})``:
-``image`` is uint8 [S, S, 3], ``label`` an int32 class index and ``weight`` a
-float32 that is 0 wherever the label is missing. Missing labels are -1 in
+``image`` is uint8 [S, S, 3], ``label`` an int32 class index (a tag head's: a
+float32 0/1 vector over its tags) and ``weight`` a float32 that is 0 wherever
+the label is missing (for a tag head, per sample: the whole row). Missing labels are -1 in
 stored data; the loss is handed a clamped 0 there (a -1 crashes it on CPU) and
 the zero weight removes it from loss, gradients and metrics.
 """
@@ -99,8 +100,18 @@ def augment(image: tf.Tensor, seed: tf.Tensor, kinds: Sequence[str],
 def _targets(labels: tf.Tensor, schema: heads_lib.LabelSchema,
              class_weights: Optional[Sequence[np.ndarray]]):
   ys, ws = {}, {}
+  slices = schema.label_slices()
   for k, head in enumerate(schema.heads):
-    y = labels[..., k]
+    cols = slices[head.name]
+    if head.is_tags:
+      # Multi-hot float targets; the row's weight says whether it is labelled
+      # (a missing row is -1 in every column, and 0 targets with weight 0).
+      y = labels[..., cols.start:cols.stop]
+      present = y[..., 0] >= 0
+      ys[head.name] = tf.cast(tf.maximum(y, 0), tf.float32)
+      ws[head.name] = tf.cast(present, tf.float32)
+      continue
+    y = labels[..., cols.start]
     present = y >= 0
     clamped = tf.where(present, y, tf.zeros_like(y))
     w = tf.cast(present, tf.float32)
@@ -262,7 +273,8 @@ def eval_dataset(source: sources.Source, schema: heads_lib.LabelSchema, *,
 
 
 def balanced_class_weights(counts: Sequence[np.ndarray]) -> list[np.ndarray]:
-  """n / (k * n_c) per class (sklearn's "balanced"); 0 for unseen classes."""
+  """n / (k * n_c) per class (sklearn's "balanced"); 0 for unseen classes.
+  Tag heads are not class-weighted (_targets leaves their weight 0/1)."""
   out = []
   for c in counts:
     c = np.asarray(c, np.float64)

@@ -203,12 +203,19 @@ def count(source: Source) -> int:
 
 def label_counts(source: Source,
                  schema: heads_lib.LabelSchema) -> list[np.ndarray]:
-  """Per head, the number of labelled examples of each class."""
+  """Per head, the number of labelled examples of each class (of a tag
+  head: the number of labelled examples carrying each tag)."""
   if source.records is not None:
     labels = source.records.labels
   else:
     labels = np.stack(list(source.make().map(
         lambda _, y: y).as_numpy_iterator())) if count(source) else np.zeros(
-            (0, len(schema)), np.int32)
-  return [np.bincount(labels[:, k][labels[:, k] >= 0], minlength=h.num_classes)
-          for k, h in enumerate(schema.heads)]
+            (0, schema.label_width), np.int32)
+  out = []
+  for h, cols in zip(schema.heads, schema.label_slices().values()):
+    y = labels[:, cols]
+    if h.is_tags:
+      out.append(y[y[:, 0] >= 0].sum(axis=0).astype(np.int64))
+    else:
+      out.append(np.bincount(y[:, 0][y[:, 0] >= 0], minlength=h.num_classes))
+  return out

@@ -1,7 +1,8 @@
 """Manifest records as sharded tf.Example TFRecords, and those shards as a Source.
 
 An example holds ``image/encoded`` (the file's bytes as stored),
-``image/path`` and one int64 ``label/<head>`` per head, -1 where missing;
+``image/path`` and one int64 ``label/<head>`` per head, -1 where missing (a
+tag head's is its 0/1 vector over the tags, all -1 where missing);
 labels.json beside the shards is the schema that reads them back.
 """
 
@@ -22,8 +23,11 @@ from mlc_keras.data import sources
 
 
 def _example_spec(schema: heads_lib.LabelSchema) -> dict:
-  spec = {f"label/{h}": tf.io.FixedLenFeature([], tf.int64, heads_lib.MISSING)
-          for h in schema.names}
+  # A tag head's feature is its 0/1 vector (all -1 when missing).
+  spec = {f"label/{h.name}": tf.io.FixedLenFeature(
+      [h.width] if h.is_tags else [], tf.int64,
+      [heads_lib.MISSING] * h.width if h.is_tags else heads_lib.MISSING)
+          for h in schema.heads}
   spec["image/encoded"] = tf.io.FixedLenFeature([], tf.string)
   return spec
 
@@ -38,7 +42,8 @@ def tfrecord_source(pattern: str,
 
   def parse(serialized):
     ex = tf.io.parse_single_example(serialized, spec)
-    labels = tf.stack([tf.cast(ex[f"label/{h}"], tf.int32) for h in schema.names])
+    labels = tf.concat([tf.reshape(tf.cast(ex[f"label/{h}"], tf.int32), [-1])
+                        for h in schema.names], axis=0)
     return ex["image/encoded"], labels
 
   def make():
@@ -57,9 +62,9 @@ def _example(path: str, labels, schema: heads_lib.LabelSchema) -> tf.train.Examp
       "image/path": tf.train.Feature(
           bytes_list=tf.train.BytesList(value=[path.encode()])),
   }
-  for k, h in enumerate(schema.names):
+  for h, cols in schema.label_slices().items():
     feature[f"label/{h}"] = tf.train.Feature(
-        int64_list=tf.train.Int64List(value=[int(labels[k])]))
+        int64_list=tf.train.Int64List(value=[int(v) for v in labels[cols]]))
   return tf.train.Example(features=tf.train.Features(feature=feature))
 
 

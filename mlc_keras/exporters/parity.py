@@ -64,13 +64,18 @@ def parity(candidate: predictors.Predictor
            images: np.ndarray,
            tolerance: Optional[Tolerance] = None,
            name: Optional[str] = None,
-           batch_size: int = 32) -> dict:
+           batch_size: int = 32,
+           tag_thresholds: Optional[Mapping[str, Sequence[float]]] = None
+           ) -> dict:
   """Compares an artefact with the reference (the Keras model, or its outputs
   already computed on ``images``) on the same uint8 images.
 
   Returns a JSON-able report: per output, max absolute probability
   difference and top-1 agreement; with a tolerance, whether it passed and
-  why not.
+  why not. An output named in ``tag_thresholds`` (a tag head) is judged
+  per tag: "per_tag_max_abs_diff", and its "top1_agreement" is the share of
+  (image, tag) decisions at those thresholds that agree (an argmax over
+  independent tags would mean nothing).
   """
   images = np.asarray(images, np.uint8)
   if isinstance(reference, Mapping):
@@ -88,7 +93,8 @@ def parity(candidate: predictors.Predictor
       failures.append(f"{key}: missing from the artefact's outputs")
       continue
     numbers, problems = _compare(key, np.asarray(got[key]),
-                                 np.asarray(ref[key]), tolerance)
+                                 np.asarray(ref[key]), tolerance,
+                                 (tag_thresholds or {}).get(key))
     if numbers is not None:
       per_output[key] = numbers
     failures += problems
@@ -103,8 +109,25 @@ def parity(candidate: predictors.Predictor
   }
 
 
+def _tag_numbers(g: np.ndarray, r: np.ndarray, thresholds) -> dict:
+  # A tag head: per-tag differences and agreement of the tag decisions; a
+  # near-tie is a reference score within NEAR_TIE of its threshold.
+  t = np.asarray(thresholds, np.float32)
+  per_tag = (np.max(np.abs(g.astype(np.float64) - r), axis=0) if len(r)
+             else np.zeros(r.shape[-1]))
+  differs = (g >= t) != (r >= t)
+  return {"max_abs_diff": float(per_tag.max()) if per_tag.size else 0.0,
+          "per_tag_max_abs_diff": [float(d) for d in per_tag],
+          "top1_agreement": 1.0 - float(differs.mean()) if r.size else 1.0,
+          "disagreements": int(differs.sum()),
+          "near_tie_disagreements": int(
+              (differs & (np.abs(r - t) < NEAR_TIE)).sum())}
+
+
 def _compare(key: str, g: np.ndarray, r: np.ndarray,
-             tolerance: Optional[Tolerance]) -> tuple[Optional[dict], list]:
+             tolerance: Optional[Tolerance],
+             thresholds: Optional[Sequence[float]] = None
+             ) -> tuple[Optional[dict], list]:
   # One output: its numbers for the report (None if shapes differ), and the
   # ways it misses the tolerance.
   if g.shape != r.shape:
@@ -112,6 +135,9 @@ def _compare(key: str, g: np.ndarray, r: np.ndarray,
   if not np.issubdtype(r.dtype, np.floating):
     same = float(np.mean(g == r)) if r.size else 1.0
     return {"max_abs_diff": None, "top1_agreement": same}, []
+  if thresholds is not None:
+    numbers = _tag_numbers(g, r, thresholds)
+    return numbers, _misses(key, numbers, tolerance)
   diff = float(np.max(np.abs(g.astype(np.float64) - r))) if r.size else 0.0
   agree, near_ties, disagree = 1.0, 0, 0
   if r.ndim >= 2 and len(r) and r.shape[-1] >= 2:
@@ -122,9 +148,16 @@ def _compare(key: str, g: np.ndarray, r: np.ndarray,
     agree = 1.0 - float(differs.mean())
   numbers = {"max_abs_diff": diff, "top1_agreement": agree,
              "disagreements": disagree, "near_tie_disagreements": near_ties}
+  return numbers, _misses(key, numbers, tolerance)
+
+
+def _misses(key: str, numbers: dict, tolerance: Optional[Tolerance]) -> list:
   failures = []
   if tolerance is None:
-    return numbers, failures
+    return failures
+  diff, agree = numbers["max_abs_diff"], numbers["top1_agreement"]
+  near_ties, disagree = (numbers["near_tie_disagreements"],
+                         numbers["disagreements"])
   if tolerance.max_abs_diff is not None and not diff <= tolerance.max_abs_diff:
     failures.append(f"{key}: max |diff| {diff:.3g} > "
                     f"{tolerance.max_abs_diff:g}")
@@ -135,7 +168,7 @@ def _compare(key: str, g: np.ndarray, r: np.ndarray,
         f"{tolerance.min_top1_agreement:.0%} ({near_ties} of {disagree} "
         f"disagreements are near-ties: the reference's top two within "
         f"{NEAR_TIE})")
-  return numbers, failures
+  return failures
 
 
 def format_parity_table(reports: Sequence[dict]) -> str:

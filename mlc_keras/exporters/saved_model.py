@@ -55,6 +55,7 @@ class ServingModule(tf.Module):
     super().__init__(name="mlc_serving")
     size = run_dir.image_size_of(model)
     class_names = _label_outputs(run_dir.symbolic_outputs(model), schema, table)
+    tag_thresholds = _tag_thresholds(schema)
     for name, cap in (("max_image_bytes", max_image_bytes),
                       ("max_image_pixels", max_image_pixels)):
       if cap <= 0:
@@ -78,7 +79,8 @@ class ServingModule(tf.Module):
         tf.TensorSpec([None], tf.string, name=artefacts.BYTES_INPUT)])
     def serve_bytes(image_bytes):
       images = self._decode_batch(image_bytes)
-      return _with_labels(probabilities(images), class_names, self.threshold)
+      return _with_labels(probabilities(images), class_names, self.threshold,
+                          tag_thresholds)
 
     @tf.function(input_signature=[
         tf.TensorSpec([None], tf.string, name=artefacts.EXAMPLES_INPUT)])
@@ -88,7 +90,8 @@ class ServingModule(tf.Module):
       parsed = tf.io.parse_example(examples, {
           artefacts.IMAGE_FEATURE: tf.io.FixedLenFeature([], tf.string)})
       images = self._decode_batch(parsed[artefacts.IMAGE_FEATURE])
-      return _with_labels(probabilities(images), class_names, self.threshold)
+      return _with_labels(probabilities(images), class_names, self.threshold,
+                          tag_thresholds)
 
     self.serve_image = serve_image
     self.serve_bytes = serve_bytes
@@ -151,11 +154,14 @@ def _label_outputs(outputs: Mapping, schema: heads_lib.LabelSchema,
   # signature: the heads, and the composed classes when a table names them.
   if table is not None:
     _check_class_output(outputs, table)
-  class_names = {h.name: list(h.classes) for h in schema.heads}
+  class_names = {h.name: list(h.classes) for h in schema.heads
+                 if not h.is_tags}
   if table is not None:
     class_names[artefacts.CLASS_OUTPUT] = list(table.classes)
   derived = {n + s for n in outputs if n in class_names
              for s in (artefacts.CLASS_SUFFIX, artefacts.SCORE_SUFFIX)}
+  derived |= {h.name + artefacts.TAGS_SUFFIX for h in schema.heads
+              if h.is_tags}
   clash = sorted(derived & set(outputs))
   if clash:
     raise ExportError(
@@ -164,11 +170,21 @@ def _label_outputs(outputs: Mapping, schema: heads_lib.LabelSchema,
   return class_names
 
 
+def _tag_thresholds(schema: heads_lib.LabelSchema) -> dict[str, list[float]]:
+  # The thresholds of labels.json, as constants of the bytes signature.
+  return {h.name: list(h.tag_thresholds()) for h in schema.heads if h.is_tags}
+
+
 def _with_labels(outputs: Mapping, class_names: Mapping[str, list[str]],
-                 threshold: float) -> dict:
+                 threshold: float,
+                 tag_thresholds: Mapping[str, list[float]]) -> dict:
   result = {}
   for name, probs in outputs.items():
     result[name] = probs
+    if name in tag_thresholds:
+      # tagging.decide in the graph: a tag is on iff score >= threshold.
+      result[name + artefacts.TAGS_SUFFIX] = probs >= tf.constant(
+          tag_thresholds[name], tf.float32)
     if name in class_names:
       best = tf.gather(tf.constant(class_names[name]),
                        tf.argmax(probs, axis=-1))

@@ -44,7 +44,16 @@ class SparseFocalCrossentropy(keras.losses.Loss):
 
 
 def head_loss(head: heads_lib.HeadSpec) -> keras.losses.Loss:
-  """The loss of one head, averaged over its labelled samples."""
+  """The loss of one head, averaged over its labelled samples. A tag head's
+  per-sample loss is the binary cross-entropy averaged over its tags (its
+  focal form with focal_gamma > 0)."""
+  if head.is_tags:
+    if head.focal_gamma > 0:
+      return keras.losses.BinaryFocalCrossentropy(
+          gamma=head.focal_gamma, reduction="mean_with_sample_weight",
+          name=f"{head.name}_focal")
+    return keras.losses.BinaryCrossentropy(
+        reduction="mean_with_sample_weight", name=f"{head.name}_bce")
   if head.focal_gamma > 0:
     return SparseFocalCrossentropy(head.focal_gamma, name=f"{head.name}_focal")
   return keras.losses.SparseCategoricalCrossentropy(

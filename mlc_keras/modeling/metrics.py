@@ -37,6 +37,11 @@ def weighted_metrics(schema: heads_lib.LabelSchema,
   """
   out = {}
   for h in schema.heads:
+    if h.is_tags:
+      # Share of (sample, tag) decisions right at 0.5; the fitted thresholds
+      # come after training.
+      out[h.name] = [keras.metrics.BinaryAccuracy(name="acc")]
+      continue
     ms = [keras.metrics.SparseCategoricalAccuracy(name="acc")]
     k = reported_top_k(h.num_classes, top_k)
     if k is not None:
@@ -88,7 +93,9 @@ def selection_metrics(schema: heads_lib.LabelSchema
   """A BalancedAccuracy per head, compiled beside weighted_metrics (as
   weighted metrics, so masked samples do not count): model selection and
   early stopping monitor their mean over heads (training.selection)."""
-  return {h.name: [BalancedAccuracy(h.num_classes)] for h in schema.heads}
+  # A tag head has no balanced accuracy over classes: none for it.
+  return {h.name: [] if h.is_tags else [BalancedAccuracy(h.num_classes)]
+          for h in schema.heads}
 
 
 def collect(model: keras.Model, dataset, schema: heads_lib.LabelSchema):
@@ -113,7 +120,8 @@ def collect(model: keras.Model, dataset, schema: heads_lib.LabelSchema):
 
 def head_table(collected, schema: heads_lib.LabelSchema,
                top_k: int = 5) -> list[dict]:
-  """Per head: labelled count, accuracy and top-k on labelled samples only.
+  """Per head: labelled count, accuracy and top-k on labelled samples only
+  (a tag head: see tag_accuracy).
 
   A head with no labelled samples gets ``accuracy: None`` and a note, never NaN.
   """
@@ -124,6 +132,8 @@ def head_table(collected, schema: heads_lib.LabelSchema,
            "total": int(m.size)}
     if not m.any():
       row.update(accuracy=None, note="no labelled samples")
+    elif h.is_tags:
+      row.update(tag_accuracy(probs[m], y[m], h.tag_thresholds()))
     else:
       p, t = probs[m], y[m]
       row["accuracy"] = float(np.mean(np.argmax(p, axis=1) == t))
@@ -133,6 +143,19 @@ def head_table(collected, schema: heads_lib.LabelSchema,
         row[f"top{k}"] = top_k_accuracy(p, t, k)
     rows.append(row)
   return rows
+
+
+def tag_accuracy(probs: np.ndarray, tags: np.ndarray,
+                 thresholds) -> dict:
+  """A tag head's labelled rows: the share of (sample, tag) decisions that
+  are right at ``thresholds`` ("accuracy"), and the same share for always
+  answering each tag's more common value ("majority", the floor to beat)."""
+  tags = np.asarray(tags) > 0.5
+  decided = np.asarray(probs) >= np.asarray(thresholds, np.float32)
+  share_on = tags.mean(axis=0)
+  return {"kind": heads_lib.TAGS,
+          "accuracy": float(np.mean(decided == tags)),
+          "majority": float(np.mean(np.maximum(share_on, 1 - share_on)))}
 
 
 def add_field_scores(rows: list[dict], collected,

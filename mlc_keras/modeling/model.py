@@ -1,5 +1,5 @@
 """The multi-head model: uint8 image -> preprocessing -> backbone -> one
-named softmax per head.
+named softmax per head (sigmoids for a tag head).
 
 Preprocessing lives inside the model so that Keras, the SavedModel, TFLite and
 ONNX all see the same pixels: every artefact takes raw 0-255 RGB.
@@ -85,12 +85,17 @@ def build_model(schema: heads_lib.LabelSchema,
   features = keras.layers.Identity(name=FEATURES_LAYER)(features)
   if dropout:
     features = keras.layers.Dropout(dropout, name="dropout")(features)
-  outputs = {
-      h.name: keras.layers.Dense(h.num_classes, activation="softmax",
-                                 dtype="float32", name=h.name)(features)
-      for h in schema.heads
-  }
+  outputs = {h.name: head_layer(h, dtype="float32")(features)
+             for h in schema.heads}
   return keras.Model(image, outputs, name="mlc_" + backbone.lower())
+
+
+def head_layer(head: heads_lib.HeadSpec, **kwargs) -> keras.layers.Dense:
+  """The output layer of one head, named after it: a softmax over its
+  classes, or independent sigmoids over a tag head's tags."""
+  activation = "sigmoid" if head.is_tags else "softmax"
+  return keras.layers.Dense(head.num_classes, activation=activation,
+                            name=head.name, **kwargs)
 
 
 def set_backbone_trainable(model: keras.Model, trainable: bool,
@@ -136,6 +141,4 @@ def small_cnn(schema: heads_lib.LabelSchema, size: int) -> keras.Model:
     x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
     x = keras.layers.MaxPooling2D()(x)
   x = keras.layers.GlobalAveragePooling2D()(x)
-  return keras.Model(image, {
-      h.name: keras.layers.Dense(h.num_classes, activation="softmax",
-                                 name=h.name)(x) for h in schema.heads})
+  return keras.Model(image, {h.name: head_layer(h)(x) for h in schema.heads})

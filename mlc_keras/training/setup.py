@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from mlc_keras import config as config_lib
 from mlc_keras import heads as heads_lib
+from mlc_keras import tagging
 from mlc_keras import scoring
 from mlc_keras.data import demo
 from mlc_keras.data import imagecheck
@@ -88,7 +89,7 @@ def load_data(cfg: config_lib.DataConfig, seed: int,
   train_rec, schema = manifest_lib.read_manifest(
       manifest, schema, cfg.image_column,
       label_columns=cfg.label_columns or None, image_root=cfg.image_root,
-      quarantine=quarantined)
+      quarantine=quarantined, tag_columns=cfg.tag_columns)
   if val_manifest:
     val_rec, _ = manifest_lib.read_manifest(
         val_manifest, schema, cfg.image_column, image_root=cfg.image_root,
@@ -242,6 +243,21 @@ def prepare_run(cfg: config_lib.Config, out_dir: str) -> Run:
 REPORT_SAMPLE = 2048
 
 
+def fit_tag_thresholds(schema: heads_lib.LabelSchema, collected,
+                       has_validation: bool, out_dir: str):
+  """Fits the tag heads' thresholds on the validation outputs (the default
+  for every tag without validation data: fitting on the training data would
+  fit its noise) and rewrites labels.json with them, so every export
+  carries them. Returns (schema, {head: {tag: fit}}); no-op without tag
+  heads."""
+  if not any(h.is_tags for h in schema.heads):
+    return schema, {}
+  schema, report = tagging.fit_schema(schema,
+                                      collected if has_validation else None)
+  schema.save(os.path.join(out_dir, "labels.json"))
+  return schema, report
+
+
 def write_results(model: keras.Model, run: Run, cfg: config_lib.Config,
                   out_dir: str, eval_ds: Optional[tf.data.Dataset] = None,
                   extra: Optional[dict] = None, show: bool = True) -> dict:
@@ -268,11 +284,15 @@ def write_results(model: keras.Model, run: Run, cfg: config_lib.Config,
              f"training examples of {eval_source.name} (no validation data: "
              "not held-out scores")
   collected = metrics.collect(model, eval_ds, run.schema)
-  rows = metrics.head_table(collected, run.schema, tc.top_k)
-  across = metrics.add_field_scores(rows, collected, run.schema, tc.top_k)
+  schema, thresholds = fit_tag_thresholds(run.schema, collected,
+                                          not sampled, out_dir)
+  rows = metrics.head_table(collected, schema, tc.top_k)
+  across = metrics.add_field_scores(rows, collected, schema, tc.top_k)
   results = {"evaluated_on": eval_source.name, "train_size": bundle.train_size,
              "epochs": tc.epochs, "steps_per_epoch": run.steps_per_epoch,
              "heads": rows, "across_heads": across, **(extra or {})}
+  if thresholds:
+    results["tag_thresholds"] = thresholds
   with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as f:
     json.dump(results, f, indent=2)
     f.write("\n")
