@@ -325,14 +325,17 @@ def seen_classes(values: Sequence[Sequence[int]], heads: Sequence[str],
   """[classes] bool: some training image carries the class's combination,
   i.e. is labelled with its value on every head the class specifies.
   ``values``: a class table's (compose.ClassTable.values, -1 = any);
-  ``train_labels``: {head: [N] int, -1 = missing}."""
+  ``train_labels``: {head: [N] int, -1 = missing} for a softmax head,
+  [N, tags] 0/1 (-1 = missing) for a tag head, whose table value names a tag
+  that must be present (compose.classes_of' rule)."""
   out = np.zeros(len(values), bool)
   n = len(next(iter(train_labels.values()))) if train_labels else 0
   for c, row in enumerate(values):
     ok = np.ones(n, bool)
     for j, h in enumerate(heads):
       if row[j] >= 0:
-        ok &= np.asarray(train_labels[h]) == row[j]
+        labels = np.asarray(train_labels[h])
+        ok &= labels[:, row[j]] > 0.5 if labels.ndim == 2 else labels == row[j]
     out[c] = bool(ok.any())
   return out
 

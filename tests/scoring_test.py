@@ -146,6 +146,15 @@ class SeenUnseenTest(tf.test.TestCase):
     # The triangle's colour is missing, so blue_triangle was never seen.
     self.assertEqual(seen.tolist(), [True, True, False, True])
 
+  def test_seen_with_a_tag_head_asks_for_the_tag(self):
+    # A tag head's labels are [N, tags] 0/1 rows (-1 = missing row): the
+    # class (circle, tag 1) is seen only where that tag is present.
+    train = {"shape": np.array([0, 0, 1]),
+             "marks": np.array([[1, 0], [-1, -1], [0, 1]])}
+    seen = scoring.seen_classes(((0, 1), (1, 1), (0, -1)), ("shape", "marks"),
+                                train)
+    self.assertEqual(seen.tolist(), [False, True, True])
+
   def test_s_u_h(self):
     target = np.array([0, 0, 1, 2, 2, 2, 3])
     pred = np.array([0, 1, 1, 2, 0, 0, 3])
