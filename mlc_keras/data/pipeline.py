@@ -143,11 +143,14 @@ def _epoch_fn(base: tf.data.Dataset, source: sources.Source, *, decoded: bool,
     # function graph's seed instead.
     tf.compat.v1.get_default_graph().seed = _GRAPH_SEED
     epoch_seed = tf.cast(seed, tf.int64) * 1_000_003 + epoch
-    ds = base.shuffle(buffer, seed=epoch_seed, reshuffle_each_iteration=False)
+    # Positions are taken before any parallel map: without
+    # options.deterministic a map may reorder elements, and each image's
+    # augmentation seed must follow the image, not its arrival order.
+    ds = base.shuffle(buffer, seed=epoch_seed,
+                      reshuffle_each_iteration=False).enumerate()
     if unread:
-      ds = ds.map(lambda p, y: (tf.io.read_file(p), y),
+      ds = ds.map(lambda i, item: (i, (tf.io.read_file(item[0]), item[1])),
                   num_parallel_calls=AUTOTUNE)
-    ds = ds.enumerate()
     pixel_kinds = [k for k in augmentations if k != "resized_crop"]
 
     def finish(i, item):
