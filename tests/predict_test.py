@@ -310,6 +310,14 @@ class PredictTest(tf.test.TestCase):
     os.makedirs(lonely)
     copy = os.path.join(lonely, "model.onnx")
     shutil.copyfile(self.artefacts["onnx"], copy)
+    # The file alone carries labels.json (metadata_props): it predicts.
+    self.assertEqual(self.predict_lines(copy, self.paths[:1]),
+                     self.predict_lines(self.artefacts["onnx"], self.paths[:1]))
+    # Without them, and with no labels.json beside it: a clear error.
+    import onnx  # pylint: disable=g-import-not-at-top
+    bare = onnx.load(copy)
+    del bare.metadata_props[:]
+    onnx.save(bare, copy)
     with self.assertRaisesRegex(artefacts.ExportError, "no labels.json found"):
       self.predict_lines(copy, [self.paths[0]])
     with self.assertRaisesRegex(artefacts.ExportError, "unknown model format"):
