@@ -378,17 +378,7 @@ def pseudo_label_report(collected, schema: heads_lib.LabelSchema,
           "heads": heads}
 
 
-def pseudo_label_markdown(section: dict) -> str:
-  lines = ["", f"## Pseudo-labels at confidence >= {section['threshold']:g}",
-           "", f"Temperatures from `{section['temperatures_from']}`; on "
-           "labelled cells: the share the rule would fill, and how many of "
-           "those it gets right.", "",
-           "| head | labelled | would fill | coverage | accuracy |",
-           "| --- | --- | --- | --- | --- |"]
-  for name, r in section["heads"].items():
-    lines.append(f"| {name} | {r['labelled']} | {r['pseudo_labelled']} | "
-                 f"{_fmt(r['coverage'])} | {_fmt(r['accuracy'])} |")
-  return "\n".join(lines) + "\n"
+pseudo_label_markdown = evaluation_md.pseudo_labels
 
 
 def _pseudo_section(model_dir: str, collected, schema, threshold) -> dict:

@@ -183,3 +183,17 @@ def markdown(report: dict) -> str:
   if report.get("curves"):
     lines += ["", "## Training curves", "", f"![curves]({report['curves']})"]
   return "\n".join(lines) + "\n"
+
+
+def pseudo_labels(section: dict) -> str:
+  """The pseudo-label section evaluate --pseudo_label_threshold appends."""
+  lines = ["", f"## Pseudo-labels at confidence >= {section['threshold']:g}",
+           "", f"Temperatures from `{section['temperatures_from']}`; on "
+           "labelled cells: the share the rule would fill, and how many of "
+           "those it gets right.", "",
+           "| head | labelled | would fill | coverage | accuracy |",
+           "| --- | --- | --- | --- | --- |"]
+  for name, r in section["heads"].items():
+    lines.append(f"| {name} | {r['labelled']} | {r['pseudo_labelled']} | "
+                 f"{_fmt(r['coverage'])} | {_fmt(r['accuracy'])} |")
+  return "\n".join(lines) + "\n"
