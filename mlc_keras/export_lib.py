@@ -460,7 +460,8 @@ def export(model_dir: str,
   artefact against the Keras model and publishes them only if all pass.
 
   Each argument is the export CLI's flag of the same name (see
-  mlc_keras/export.py for what it means and its default), except:
+  mlc_keras/export.py for what it means and its default), with these
+  differences:
     model_dir: a run folder (model.keras + labels.json) or a .keras file with
       labels.json beside it; output defaults to <model_dir>/export.
     model_name: default the model folder's name; a name unusable as a TF

@@ -117,16 +117,23 @@ def config_differences(recorded: Mapping, asked: Mapping,
           if k not in ignore and old[k] != new[k]]
 
 
-def _read_config(model_dir: str) -> Optional[dict]:
+def _load_config(model_dir: str, hint: str = "") -> tuple[str, object]:
+  """(path of the run's config.json, its parsed JSON or None when there is no
+  such file). Raises RunDirError naming the file (then ``hint``) when it
+  cannot be read."""
   path = os.path.join(model_dir, CONFIG_FILE)
   if not os.path.isfile(path):
-    return None
+    return path, None
   try:
     with open(path, encoding="utf-8") as f:
-      config = json.load(f)
+      return path, json.load(f)
   except (OSError, ValueError) as e:
-    raise RunDirError(f"{path}: cannot read the run's config ({e}); pass "
-                      "--overwrite to start over") from None
+    raise RunDirError(f"{path}: cannot read the run's config ({e}){hint}"
+                      ) from None
+
+
+def _read_config(model_dir: str) -> Optional[dict]:
+  _, config = _load_config(model_dir, "; pass --overwrite to start over")
   return config if isinstance(config, dict) else None
 
 
@@ -225,14 +232,9 @@ def run_data(model_dir: str) -> Optional[dict]:
   """The "data" section of the config.json a training run wrote to
   ``model_dir`` (as a dict), or None when there is no such file. Raises
   RunDirError naming the file when it is not a JSON object."""
-  path = os.path.join(model_dir, CONFIG_FILE)
-  if not os.path.isfile(path):
+  path, config = _load_config(model_dir)
+  if config is None and not os.path.isfile(path):
     return None
-  try:
-    with open(path, encoding="utf-8") as f:
-      config = json.load(f)
-  except (OSError, ValueError) as e:
-    raise RunDirError(f"{path}: cannot read the run's config ({e})") from None
   data = config.get("data", {}) if isinstance(config, dict) else None
   if not isinstance(data, dict):
     raise RunDirError(f"{path}: no \"data\" object in the run's config")
