@@ -91,6 +91,11 @@ class DataConfig:
   # "grpc://host:port" of a tf.data service dispatcher that decodes the
   # training input on its workers (None: decode in this process).
   data_service: Optional[str] = None
+  # Combinations of head values no training or validation image may carry
+  # ("head=value+head=value;..." or a file, data/combinations.py), and
+  # others left out of training only (evaluate --stacking fits on them).
+  holdout_combinations: Optional[str] = None
+  calibration_combinations: Optional[str] = None
   demo_dir: str = "mlc_runs/demo_data"
   demo_train_size: int = 2000
   demo_val_size: int = 400

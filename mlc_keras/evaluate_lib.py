@@ -14,6 +14,7 @@ per-head temperature scaling. Artefacts written to model_dir:
   confusion_<head>.png one confusion matrix per head
   curves.png           training curves from history.csv (when present)
   calibrated.keras     the model with fitted temperatures (with calibrate=True)
+                       and/or the class output's stacking bias (stacking=True)
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from mlc_keras import calibrate as calibrate_lib
 from mlc_keras import compose
 from mlc_keras import config as config_lib
 from mlc_keras import evaluation_md
+from mlc_keras.data import combinations
 from mlc_keras.data import manifest as manifest_lib
 from mlc_keras.data import pipeline
 from mlc_keras.data import sources
@@ -109,21 +111,28 @@ def composed_report(collected, table, threshold: float,
                  for i, c in enumerate(table.classes)},
       confusion=cm.tolist())
   if training is not None:
-    out["seen_unseen"] = seen_unseen(table, t, pred, *training)
+    out["seen_unseen"] = seen_unseen(table, t, pred, *training,
+                                     collected=_rows(collected, rows))
   return out
 
 
 def seen_unseen(table, target: np.ndarray, pred: np.ndarray,
-                train_labels: Optional[dict], source: str) -> dict:
+                train_labels: Optional[dict], source: str,
+                collected=None) -> dict:
   """scoring.gzsl_scores of the evaluated rows, classes seen in
   ``train_labels`` ({head: [N], -1 = missing}); without them, a not-defined
-  entry saying why (``source``)."""
+  entry saying why (``source``). ``collected``: the evaluated rows'
+  {head: (probs, labels, mask)}, for each head's accuracy on rows of seen
+  vs unseen classes ("heads")."""
   if train_labels is None:
     return {"seen": None, "unseen": None, "harmonic": None,
             "not_defined": {"seen_unseen": source}}
   seen = scoring.seen_classes(table.values, table.heads, train_labels)
-  return {"training_data": source,
-          **scoring.gzsl_scores(target, pred, seen, table.classes)}
+  out = {"training_data": source,
+         **scoring.gzsl_scores(target, pred, seen, table.classes)}
+  if collected is not None:
+    out["heads"] = scoring.head_accuracy_by_split(collected, seen[target])
+  return out
 
 
 def training_labels(model_dir: str, schema: heads_lib.LabelSchema,
@@ -152,10 +161,28 @@ def training_labels(model_dir: str, schema: heads_lib.LabelSchema,
     with open(config, encoding="utf-8") as f:
       seed = json.load(f).get("train", {}).get("seed", 0)
     records, _ = sources.split_records(records, fraction, seed)
+  records, held = _without_held_out(records, model_dir, schema)
+  if held is not None:
+    path = (f"{path} less the combinations of "
+            f"{os.path.join(model_dir, combinations.HOLDOUT_FILE)}")
   slices = schema.label_slices()
   return ({h.name: records.labels[:, slices[h.name]] if h.is_tags
            else records.labels[:, slices[h.name].start] for h in schema.heads},
           path)
+
+
+def _without_held_out(records, model_dir: str, schema):
+  """``records`` less the combinations the run held out of training
+  (its holdout.json), as training removed them; (records, report or None)."""
+  path = os.path.join(model_dir, combinations.HOLDOUT_FILE)
+  if not os.path.isfile(path):
+    return records, None
+  with open(path, encoding="utf-8") as f:
+    held = json.load(f)
+  combos = combinations.parse(
+      ";".join(held["holdout"] + held["calibration"]), schema, path)
+  records, _ = combinations.remove(records, schema, combos)
+  return records, held
 
 
 # --- pictures -------------------------------------------------------------------
@@ -324,9 +351,9 @@ def calibration_report(fit_collected, shown, schema) -> tuple[dict, dict]:
 
 def _calibrate(model, model_dir: str, schema, manifest: str, collected,
                n: int, calibration_manifest: Optional[str], table,
-               load) -> dict:
-  """Fits temperatures, writes calibrated.keras, returns the report's
-  "calibration" entry. ``load(manifest)`` collects another manifest."""
+               load) -> tuple[dict, dict]:
+  """Fits temperatures; returns (the report's "calibration" entry, {head:
+  T}) (_save_calibrated writes calibrated.keras). ``load(manifest)`` collects another manifest."""
   if calibration_manifest and (os.path.abspath(calibration_manifest)
                                != os.path.abspath(manifest)):
     _, fit_collected = load(calibration_manifest)
@@ -341,12 +368,82 @@ def _calibrate(model, model_dir: str, schema, manifest: str, collected,
     cal = {"fitted_on": f"{manifest} (seeded half: {int(fit_rows.sum())} rows)",
            "reported_on": f"{manifest} (the other {int((~fit_rows).sum())} rows)"}
   temps, cal["heads"] = calibration_report(fit_collected, shown, schema)
-  calibrated = outputs.with_temperatures(model, temps)
+  cal["model"] = os.path.join(model_dir, run_dir.CALIBRATED_FILE)
+  return cal, temps
+
+
+def _save_calibrated(model, model_dir: str, temps, table, bias) -> str:
+  """Writes calibrated.keras: ``model`` with the temperatures and the class
+  output (its stacking bias, if any) inside, so every export applies them."""
+  calibrated = outputs.with_temperatures(model, temps) if temps else model
   if table is not None:
-    calibrated = outputs.with_class_output(calibrated, table)
-  cal["model"] = os.path.join(model_dir, "calibrated.keras")
-  calibrated.save(cal["model"])
-  return cal
+    calibrated = outputs.with_class_output(calibrated, table, bias)
+  path = os.path.join(model_dir, run_dir.CALIBRATED_FILE)
+  calibrated.save(path)
+  return path
+
+
+def _scaled(collected, temps):
+  return {h: ((calibrate_lib.scale(p, temps[h]) if h in temps and len(p)
+               else p), y, m) for h, (p, y, m) in collected.items()}
+
+
+def _table_rows(collected, table):
+  """(target [R], {head: probs [R, k]}) of the rows matching a table class."""
+  target, _ = compose.classes_of({h: collected[h][1] for h in table.heads},
+                                 {h: collected[h][2] for h in table.heads},
+                                 table)
+  rows = target >= 0
+  return target[rows], {h: collected[h][0][rows] for h in table.heads}
+
+
+def stacking_report(table, seen: np.ndarray, fit_collected, shown_collected,
+                    fitted_on: str, reported_on: str) -> tuple[np.ndarray, dict]:
+  """(bias [C], the report's "stacking" entry): calibrated stacking's gamma
+  fitted on ``fit_collected`` (calibrate.fit_stacking), S / U / H with it on
+  ``shown_collected``. The unseen classes fitted on must not be the shown
+  ones: a bias tuned on the test's own unseen classes would flatter U."""
+  ft, fprobs = _table_rows(fit_collected, table)
+  st, sprobs = _table_rows(shown_collected, table)
+  both = sorted({table.classes[c] for c in set(ft) & set(st) if not seen[c]})
+  if both:
+    raise ValueError(
+        f"--stacking: the calibration data ({fitted_on}) has rows of the "
+        f"unseen class(es) {', '.join(both)} that are evaluated too; fit on "
+        "validation data that holds out other combinations (train with "
+        "--calibration_combinations, --holdout_combinations for the test's)")
+  gamma, fit = calibrate_lib.fit_stacking(
+      compose.compose_scores(fprobs, table), ft, seen, table.classes)
+  bias = compose.stacking_bias(seen, gamma)
+  pred = compose.compose_probs(sprobs, table, bias).argmax(axis=1)
+  return bias, {
+      "gamma": gamma, "fitted_on": fitted_on, "reported_on": reported_on,
+      "fit_unseen_classes": sorted(table.classes[c] for c in set(ft)
+                                   if not seen[c]),
+      "fit": fit, "accuracy": float(np.mean(pred == st)) if len(st) else None,
+      **scoring.gzsl_scores(st, pred, seen, table.classes)}
+
+
+def _stacking(model_dir, table, training, collected, manifest,
+              calibration_manifest, load, temps) -> tuple[np.ndarray, dict]:
+  """Calibrated stacking fitted on the calibration manifest (default: the
+  run's validation data), reported on ``manifest``."""
+  if table is None:
+    raise ValueError("--stacking needs --class_table (the composed classes "
+                     "whose seen ones get the bias)")
+  if training[0] is None:
+    raise ValueError(f"--stacking needs the run's training data to know the "
+                     f"seen classes: {training[1]}")
+  fit_on = calibration_manifest or default_manifest(model_dir)
+  if os.path.abspath(fit_on) == os.path.abspath(manifest):
+    raise ValueError(
+        f"--stacking: the bias would be fitted on the data it is reported on "
+        f"({manifest}); give --manifest=<test set> (the fit uses the run's "
+        "validation data) or --calibration_manifest")
+  seen = scoring.seen_classes(table.values, table.heads, training[0])
+  _, fit_collected = load(fit_on)
+  return stacking_report(table, seen, _scaled(fit_collected, temps),
+                         _scaled(collected, temps), fit_on, manifest)
 
 
 def _plot(report: dict, model_dir: str) -> None:
@@ -405,13 +502,17 @@ def evaluate(model_dir: str, manifest: Optional[str] = None,
              calibration_manifest: Optional[str] = None, batch_size: int = 32,
              top_k: int = 5, image_column: Optional[str] = None,
              plots: bool = True,
-             pseudo_label_threshold: Optional[float] = None) -> dict:
+             pseudo_label_threshold: Optional[float] = None,
+             stacking: bool = False) -> dict:
   """Evaluates ``<model_dir>/model.keras`` on ``manifest`` (default: the
   run's validation data) and writes the artefacts listed in the module
   docstring. With ``calibrate``, per-head temperatures are fitted on
   ``calibration_manifest`` (or on a seeded half of ``manifest``) and ECE/NLL
-  before and after are reported on the rest. Returns the report dict (also
-  evaluation.json)."""
+  before and after are reported on the rest. With ``stacking`` (and
+  ``class_table``), calibrated stacking's bias is fitted on
+  ``calibration_manifest`` (default: the run's validation data), reported on
+  ``manifest`` and carried by calibrated.keras's class output. Returns the
+  report dict (also evaluation.json)."""
   schema = heads_lib.LabelSchema.load(model_dir)
   image_column = image_column or run_dir.run_image_column(model_dir)
   table = compose.load(class_table, schema) if class_table else None
@@ -429,10 +530,18 @@ def evaluate(model_dir: str, manifest: Optional[str] = None,
             **report_from_collected(collected, schema, top_k=top_k,
                                     table=table, threshold=threshold,
                                     training=training)}
+  temps, bias = {}, None
   if calibrate:
-    report["calibration"] = _calibrate(model, model_dir, schema, manifest,
-                                       collected, n, calibration_manifest,
-                                       table, load)
+    report["calibration"], temps = _calibrate(
+        model, model_dir, schema, manifest, collected, n,
+        calibration_manifest, table, load)
+  if stacking:
+    bias, report["composed"]["stacking"] = _stacking(
+        model_dir, table, training, collected, manifest, calibration_manifest,
+        load, temps)
+  if calibrate or stacking:
+    report["calibrated_model"] = _save_calibrated(model, model_dir, temps,
+                                                  table, bias)
   if pseudo_label_threshold is not None:
     report["pseudo_labels"] = _pseudo_section(model_dir, collected, schema,
                                               pseudo_label_threshold)

@@ -69,6 +69,16 @@ _TAG_COLUMNS = flags.DEFINE_list(
 _VAL_FRACTION = flags.DEFINE_float(
     "val_fraction", _d.val_fraction,
     "Share of --manifest held out for validation when no --val_manifest.")
+# Held-out combinations (issue 13).
+_HOLDOUT = flags.DEFINE_string(
+    "holdout_combinations", None, "Combinations of head values that no "
+    "training or validation image may carry, e.g. 'shape=triangle+colour=blue;"
+    "shape=circle+colour=red' or a file with one per line; rows that may carry "
+    "one (a blank label included) are removed and listed in holdout.json.")
+_CALIBRATION_COMBOS = flags.DEFINE_string(
+    "calibration_combinations", None, "Combinations removed from training "
+    "only (same syntax): validation keeps them, so evaluate --stacking can fit "
+    "its bias on unseen combinations other than the test's.")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "Square input side.")
 _CACHE = flags.DEFINE_bool("cache", None, "Cache decoded images in memory.")
 _AUGMENT = flags.DEFINE_list(
@@ -263,7 +273,9 @@ def config_from_flags() -> config_lib.Config:
       deterministic=_DETERMINISTIC.value, validate_images=_VALIDATE.value,
       image_check=_IMAGE_CHECK.value, val_cache_max_mb=_VAL_CACHE_MAX_MB.value,
       image_root=_IMAGE_ROOT.value, max_image_pixels=_MAX_PIXELS.value,
-      quarantine=_QUARANTINE.value, demo_dir=_DEMO_DIR.value)
+      quarantine=_QUARANTINE.value, demo_dir=_DEMO_DIR.value,
+      holdout_combinations=_HOLDOUT.value or None,
+      calibration_combinations=_CALIBRATION_COMBOS.value or None)
   data = _feed(data)
   model = dataclasses.replace(
       cfg.model, backbone=_BACKBONE.value, weights=weights,

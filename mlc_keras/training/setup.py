@@ -20,6 +20,7 @@ from mlc_keras import config as config_lib
 from mlc_keras import heads as heads_lib
 from mlc_keras import tagging
 from mlc_keras import scoring
+from mlc_keras.data import combinations
 from mlc_keras.data import demo
 from mlc_keras.data import imagecheck
 from mlc_keras.data import manifest as manifest_lib
@@ -47,6 +48,8 @@ class DataBundle:
   train_size: int
   # Rows left out under --quarantine (see write_quarantine).
   quarantined: list = dataclasses.field(default_factory=list)
+  # What --holdout_combinations removed (combinations.split), or None.
+  holdout: Optional[dict] = None
 
 
 def load_data(cfg: config_lib.DataConfig, seed: int,
@@ -98,6 +101,7 @@ def load_data(cfg: config_lib.DataConfig, seed: int,
     train_rec, val_rec = sources_lib.split_records(train_rec, cfg.val_fraction, seed)
   else:
     val_rec = None
+  train_rec, val_rec, holdout = _hold_out(train_rec, val_rec, schema, cfg)
   if check and (cfg.validate_images or cfg.quarantine):
     train_rec, val_rec = (_checked(rec, cfg, quarantined, check_cache)
                           for rec in (train_rec, val_rec))
@@ -106,7 +110,36 @@ def load_data(cfg: config_lib.DataConfig, seed: int,
   train = sources_lib.records_source(train_rec)
   val = (sources_lib.records_source(val_rec)
          if val_rec is not None and len(val_rec) else None)
-  return DataBundle(schema, train, val, len(train_rec), quarantined or [])
+  return DataBundle(schema, train, val, len(train_rec), quarantined or [],
+                    holdout)
+
+
+def _hold_out(train_rec, val_rec, schema, cfg: config_lib.DataConfig):
+  """(train, val, report): the held-out combinations removed (data/
+  combinations.py); report None when none are configured."""
+  if not (cfg.holdout_combinations or cfg.calibration_combinations):
+    return train_rec, val_rec, None
+  try:
+    holdout = combinations.parse(cfg.holdout_combinations, schema)
+    calibration = combinations.parse(cfg.calibration_combinations, schema,
+                                     "--calibration_combinations")
+  except combinations.CombinationError as e:
+    raise manifest_lib.DataError(str(e)) from None
+  overlap = set(holdout) & set(calibration)
+  if overlap:
+    raise manifest_lib.DataError(
+        "--holdout_combinations and --calibration_combinations both name "
+        + ", ".join(c.name(schema) for c in overlap) + "; the stacking bias "
+        "must be fitted on other combinations than the test's")
+  train_rec, val_rec, report = combinations.split(
+      train_rec, val_rec, schema, holdout, calibration)
+  if not len(train_rec):
+    raise manifest_lib.DataError(
+        "--holdout_combinations removed every training row")
+  log.info("held-out combinations: %s removed from training, %s from "
+           "validation (holdout.json)", report["removed"]["train"],
+           report["removed"]["val"])
+  return train_rec, val_rec, report
 
 
 def _tfds_bundle(cfg: config_lib.DataConfig,
@@ -228,6 +261,11 @@ def prepare_run(cfg: config_lib.Config, out_dir: str) -> Run:
   schema.save(os.path.join(out_dir, "labels.json"))
   with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
     f.write(cfg.to_json() + "\n")
+  if bundle.holdout is not None:
+    with open(os.path.join(out_dir, combinations.HOLDOUT_FILE), "w",
+              encoding="utf-8") as f:
+      json.dump(bundle.holdout, f, indent=2)
+      f.write("\n")
   # steps_for also refuses a training set smaller than one batch.
   full_steps = pipeline.steps_for(bundle.train_size, tc.batch_size,
                                   bundle.train.name)
