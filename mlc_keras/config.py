@@ -96,6 +96,9 @@ class DataConfig:
   # others left out of training only (evaluate --stacking fits on them).
   holdout_combinations: Optional[str] = None
   calibration_combinations: Optional[str] = None
+  # Heads whose value combinations are oversampled to about equal counts in
+  # training (combinations.balance); () for none.
+  balance_combinations: tuple[str, ...] = ()
   demo_dir: str = "mlc_runs/demo_data"
   demo_train_size: int = 2000
   demo_val_size: int = 400

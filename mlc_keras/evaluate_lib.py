@@ -28,9 +28,8 @@ import numpy as np
 
 from mlc_keras import calibrate as calibrate_lib
 from mlc_keras import compose
-from mlc_keras import config as config_lib
+from mlc_keras import composed_lib
 from mlc_keras import evaluation_md
-from mlc_keras.data import combinations
 from mlc_keras.data import manifest as manifest_lib
 from mlc_keras.data import pipeline
 from mlc_keras.data import sources
@@ -77,112 +76,11 @@ def head_report(spec: heads_lib.HeadSpec, probs: np.ndarray, labels: np.ndarray,
   return row
 
 
-def composed_report(collected, table, threshold: float,
-                    training: Optional[tuple] = None) -> dict:
-  """Accuracy of the table's classes on rows whose heads in the table are all
-  labelled and whose labels match a table class. ``training``: (labels by
-  head of the training data, its name) for seen / unseen, or (None, why)."""
-  labels = {h: collected[h][1] for h in table.heads}
-  masks = {h: collected[h][2] for h in table.heads}
-  target, usable = compose.classes_of(labels, masks, table)
-  rows = target >= 0
-  out = {"table": table.source, "classes": list(table.classes),
-         "threshold": threshold, "total": int(usable.size),
-         "heads_labelled": int(usable.sum()),
-         "no_matching_class": int((usable & ~rows).sum()),
-         "evaluated": int(rows.sum()),
-         "chance": 1.0 / len(table)}
-  if not rows.any():
-    out["note"] = NO_LABELS
-    return out
-  probs = compose.compose_probs({h: collected[h][0] for h in table.heads}, table)
-  p, t = probs[rows], target[rows]
-  pred = p.argmax(axis=1)
-  names = compose.predict_classes(p, table, threshold)
-  cm = confusion_matrix(t, pred, len(table))
-  _, recall, _ = precision_recall_f1(cm)
-  out.update(
-      accuracy=float(np.mean(pred == t)),
-      accuracy_with_unknown=float(np.mean(
-          [n == table.classes[c] for n, c in zip(names, t)])),
-      unknown_rate=float(np.mean([n == compose.UNKNOWN for n in names])),
-      macro_f1=macro_f1(cm),
-      per_class={c: {"support": int(cm[i].sum()), "recall": float(recall[i])}
-                 for i, c in enumerate(table.classes)},
-      confusion=cm.tolist())
-  if training is not None:
-    out["seen_unseen"] = seen_unseen(table, t, pred, *training,
-                                     collected=_rows(collected, rows))
-  return out
-
-
-def seen_unseen(table, target: np.ndarray, pred: np.ndarray,
-                train_labels: Optional[dict], source: str,
-                collected=None) -> dict:
-  """scoring.gzsl_scores of the evaluated rows, classes seen in
-  ``train_labels`` ({head: [N], -1 = missing}); without them, a not-defined
-  entry saying why (``source``). ``collected``: the evaluated rows'
-  {head: (probs, labels, mask)}, for each head's accuracy on rows of seen
-  vs unseen classes ("heads")."""
-  if train_labels is None:
-    return {"seen": None, "unseen": None, "harmonic": None,
-            "not_defined": {"seen_unseen": source}}
-  seen = scoring.seen_classes(table.values, table.heads, train_labels)
-  out = {"training_data": source,
-         **scoring.gzsl_scores(target, pred, seen, table.classes)}
-  if collected is not None:
-    out["heads"] = scoring.head_accuracy_by_split(collected, seen[target])
-  return out
-
-
-def training_labels(model_dir: str, schema: heads_lib.LabelSchema,
-                    image_column: str) -> tuple[Optional[dict], str]:
-  """({head: [N] labels, -1 = missing} of the images the run in ``model_dir``
-  trained on, the manifest's path), or (None, why not). The training
-  manifest comes from config.json (the demo set's train.csv for a demo run),
-  less the validation share when the run split it off."""
-  config = os.path.join(model_dir, run_dir.CONFIG_FILE)
-  d = run_dir.run_data(model_dir)
-  if d is None:
-    return None, f"{config}: no such file, so the training data is unknown"
-  if d.get("tfrecord") or d.get("tfds"):
-    return None, ("the run trained on TFRecord/TFDS data; seen classes are "
-                  "read from a training manifest")
-  path = d.get("manifest") or os.path.join(run_dir.demo_dir(d), "train.csv")
-  if not os.path.isfile(path):
-    rel = ("" if os.path.isabs(path) else
-           f", relative to the folder training ran in, not found from "
-           f"{os.getcwd()}")
-    return None, (f"{path} (the run's training manifest, from {config}"
-                  f"{rel}) is gone")
-  records, _ = manifest_lib.read_manifest(path, schema, image_column)
-  fraction = d.get("val_fraction", config_lib.DataConfig.val_fraction)
-  if d.get("manifest") and not d.get("val_manifest") and fraction > 0:
-    with open(config, encoding="utf-8") as f:
-      seed = json.load(f).get("train", {}).get("seed", 0)
-    records, _ = sources.split_records(records, fraction, seed)
-  records, held = _without_held_out(records, model_dir, schema)
-  if held is not None:
-    path = (f"{path} less the combinations of "
-            f"{os.path.join(model_dir, combinations.HOLDOUT_FILE)}")
-  slices = schema.label_slices()
-  return ({h.name: records.labels[:, slices[h.name]] if h.is_tags
-           else records.labels[:, slices[h.name].start] for h in schema.heads},
-          path)
-
-
-def _without_held_out(records, model_dir: str, schema):
-  """``records`` less the combinations the run held out of training
-  (its holdout.json), as training removed them; (records, report or None)."""
-  path = os.path.join(model_dir, combinations.HOLDOUT_FILE)
-  if not os.path.isfile(path):
-    return records, None
-  with open(path, encoding="utf-8") as f:
-    held = json.load(f)
-  combos = combinations.parse(
-      ";".join(held["holdout"] + held["calibration"]), schema, path)
-  records, _ = combinations.remove(records, schema, combos)
-  return records, held
+# The composed-class numbers (composed_lib), under their old names.
+composed_report = composed_lib.composed_report
+seen_unseen = composed_lib.seen_unseen
+training_labels = composed_lib.training_labels
+stacking_report = composed_lib.stacking_report
 
 
 # --- pictures -------------------------------------------------------------------
@@ -383,69 +281,6 @@ def _save_calibrated(model, model_dir: str, temps, table, bias) -> str:
   return path
 
 
-def _scaled(collected, temps):
-  return {h: ((calibrate_lib.scale(p, temps[h]) if h in temps and len(p)
-               else p), y, m) for h, (p, y, m) in collected.items()}
-
-
-def _table_rows(collected, table):
-  """(target [R], {head: probs [R, k]}) of the rows matching a table class."""
-  target, _ = compose.classes_of({h: collected[h][1] for h in table.heads},
-                                 {h: collected[h][2] for h in table.heads},
-                                 table)
-  rows = target >= 0
-  return target[rows], {h: collected[h][0][rows] for h in table.heads}
-
-
-def stacking_report(table, seen: np.ndarray, fit_collected, shown_collected,
-                    fitted_on: str, reported_on: str) -> tuple[np.ndarray, dict]:
-  """(bias [C], the report's "stacking" entry): calibrated stacking's gamma
-  fitted on ``fit_collected`` (calibrate.fit_stacking), S / U / H with it on
-  ``shown_collected``. The unseen classes fitted on must not be the shown
-  ones: a bias tuned on the test's own unseen classes would flatter U."""
-  ft, fprobs = _table_rows(fit_collected, table)
-  st, sprobs = _table_rows(shown_collected, table)
-  both = sorted({table.classes[c] for c in set(ft) & set(st) if not seen[c]})
-  if both:
-    raise ValueError(
-        f"--stacking: the calibration data ({fitted_on}) has rows of the "
-        f"unseen class(es) {', '.join(both)} that are evaluated too; fit on "
-        "validation data that holds out other combinations (train with "
-        "--calibration_combinations, --holdout_combinations for the test's)")
-  gamma, fit = calibrate_lib.fit_stacking(
-      compose.compose_scores(fprobs, table), ft, seen, table.classes)
-  bias = compose.stacking_bias(seen, gamma)
-  pred = compose.compose_probs(sprobs, table, bias).argmax(axis=1)
-  return bias, {
-      "gamma": gamma, "fitted_on": fitted_on, "reported_on": reported_on,
-      "fit_unseen_classes": sorted(table.classes[c] for c in set(ft)
-                                   if not seen[c]),
-      "fit": fit, "accuracy": float(np.mean(pred == st)) if len(st) else None,
-      **scoring.gzsl_scores(st, pred, seen, table.classes)}
-
-
-def _stacking(model_dir, table, training, collected, manifest,
-              calibration_manifest, load, temps) -> tuple[np.ndarray, dict]:
-  """Calibrated stacking fitted on the calibration manifest (default: the
-  run's validation data), reported on ``manifest``."""
-  if table is None:
-    raise ValueError("--stacking needs --class_table (the composed classes "
-                     "whose seen ones get the bias)")
-  if training[0] is None:
-    raise ValueError(f"--stacking needs the run's training data to know the "
-                     f"seen classes: {training[1]}")
-  fit_on = calibration_manifest or default_manifest(model_dir)
-  if os.path.abspath(fit_on) == os.path.abspath(manifest):
-    raise ValueError(
-        f"--stacking: the bias would be fitted on the data it is reported on "
-        f"({manifest}); give --manifest=<test set> (the fit uses the run's "
-        "validation data) or --calibration_manifest")
-  seen = scoring.seen_classes(table.values, table.heads, training[0])
-  _, fit_collected = load(fit_on)
-  return stacking_report(table, seen, _scaled(fit_collected, temps),
-                         _scaled(collected, temps), fit_on, manifest)
-
-
 def _plot(report: dict, model_dir: str) -> None:
   for r in report["heads"]:
     if "confusion" in r:
@@ -536,9 +371,9 @@ def evaluate(model_dir: str, manifest: Optional[str] = None,
         model, model_dir, schema, manifest, collected, n,
         calibration_manifest, table, load)
   if stacking:
-    bias, report["composed"]["stacking"] = _stacking(
-        model_dir, table, training, collected, manifest, calibration_manifest,
-        load, temps)
+    bias, report["composed"]["stacking"] = composed_lib.stacking(
+        table, training, collected, manifest,
+        calibration_manifest or default_manifest(model_dir), load, temps)
   if calibrate or stacking:
     report["calibrated_model"] = _save_calibrated(model, model_dir, temps,
                                                   table, bias)

@@ -193,11 +193,12 @@ def check_sources(dc: config_lib.DataConfig) -> None:
   if dc.label_columns and dc.heads_file:
     raise FlagError("--label_columns and --heads_file both choose the heads; "
                     "give one")
-  if (dc.holdout_combinations or dc.calibration_combinations) and (
-      dc.tfrecord or dc.tfds):
-    raise FlagError("--holdout_combinations / --calibration_combinations "
-                    "read the labels of manifest rows; give --manifest (or "
-                    "the demo set), not --tfrecord / --tfds")
+  if (dc.holdout_combinations or dc.calibration_combinations
+      or dc.balance_combinations) and (dc.tfrecord or dc.tfds):
+    raise FlagError("--holdout_combinations / --calibration_combinations / "
+                    "--balance_combinations read the labels of manifest rows; "
+                    "give --manifest (or the demo set), not --tfrecord / "
+                    "--tfds")
   if dc.image_root and not os.path.isdir(dc.image_root):
     _fail("image_root", dc.image_root, "no such folder")
 

@@ -79,6 +79,11 @@ _CALIBRATION_COMBOS = flags.DEFINE_string(
     "calibration_combinations", None, "Combinations removed from training "
     "only (same syntax): validation keeps them, so evaluate --stacking can fit "
     "its bias on unseen combinations other than the test's.")
+_BALANCE = flags.DEFINE_list(
+    "balance_combinations", [], "Heads (two or more, e.g. category,ink) whose "
+    "value combinations training draws about equally often: a row of a rare "
+    "combination is repeated (up to 10x) within each epoch. Off by default "
+    "(see BUILD_NOTES, issue 13, for its measured effect).")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "Square input side.")
 _CACHE = flags.DEFINE_bool("cache", None, "Cache decoded images in memory.")
 _AUGMENT = flags.DEFINE_list(
@@ -275,7 +280,8 @@ def config_from_flags() -> config_lib.Config:
       image_root=_IMAGE_ROOT.value, max_image_pixels=_MAX_PIXELS.value,
       quarantine=_QUARANTINE.value, demo_dir=_DEMO_DIR.value,
       holdout_combinations=_HOLDOUT.value or None,
-      calibration_combinations=_CALIBRATION_COMBOS.value or None)
+      calibration_combinations=_CALIBRATION_COMBOS.value or None,
+      balance_combinations=_names(_BALANCE.value))
   data = _feed(data)
   model = dataclasses.replace(
       cfg.model, backbone=_BACKBONE.value, weights=weights,

@@ -163,3 +163,49 @@ class SplitTest(tf.test.TestCase):
     # The 6 rows training kept, not the manifest's 12.
     self.assertEqual(len(labels["shape"]), 6)
     self.assertNotIn(2, labels["shape"][labels["colour"] == 0].tolist())
+
+
+class BalanceTest(tf.test.TestCase):
+  """--balance_combinations repeats rows of rare combinations."""
+
+  def _records(self, pairs):
+    path = testutil.write_manifest(self.get_temp_dir(), _rows(pairs, "b"))
+    return manifest.read_manifest(path, SCHEMA)[0]
+
+  def test_rare_combinations_are_repeated_to_the_largest(self):
+    pairs = ([("circle", "blue")] * 4 + [("circle", "red")] * 2 +
+             [("square", "blue"), ("triangle", "red"), ("square", "")])
+    balanced, report = combinations.balance(self._records(pairs), SCHEMA,
+                                            ["shape", "colour"])
+    got = {}
+    for s, c in balanced.labels.tolist():
+      got[(s, c)] = got.get((s, c), 0) + 1
+    # Largest group 4: x1, x2, x4, x4; the blank-colour row once.
+    self.assertEqual(got, {(0, 0): 4, (0, 1): 4, (1, 0): 4, (2, 1): 4,
+                           (1, -1): 1})
+    self.assertEqual(report, {"heads": ["shape", "colour"], "groups": 4,
+                              "rows": 9, "rows_balanced": 17, "max_repeat": 4})
+
+  def test_repeats_are_capped_and_heads_checked(self):
+    pairs = [("circle", "blue")] * 40 + [("square", "red")]
+    balanced, report = combinations.balance(self._records(pairs), SCHEMA,
+                                            ["shape", "colour"])
+    self.assertEqual(len(balanced), 40 + combinations.MAX_REPEAT)
+    self.assertEqual(report["max_repeat"], combinations.MAX_REPEAT)
+    with self.assertRaisesRegex(combinations.CombinationError,
+                                "--balance_combinations: 'size' is not"):
+      combinations.balance(balanced, SCHEMA, ["shape", "size"])
+    with self.assertRaisesRegex(combinations.CombinationError, "at least two"):
+      combinations.balance(balanced, SCHEMA, ["shape"])
+
+  def test_load_data_feeds_the_balanced_rows(self):
+    root = self.get_temp_dir()
+    train = testutil.write_manifest(root, _rows(
+        [("circle", "blue")] * 3 + [("square", "red")], "l"))
+    cfg = config_lib.DataConfig(manifest=train, val_manifest=train,
+                                validate_images=False,
+                                balance_combinations=("shape", "colour"))
+    bundle = setup.load_data(cfg, seed=0)
+    self.assertEqual(bundle.train_size, 6)
+    self.assertEqual(sum(1 for _ in bundle.train.make()), 6)
+    self.assertEqual(len(bundle.val.records), 4)  # validation untouched

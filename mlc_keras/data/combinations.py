@@ -178,3 +178,46 @@ def split(train, val, schema: heads_lib.LabelSchema,
             "kept": {"train": len(train) if train is not None else 0,
                      "val": len(val) if val is not None else 0}}
   return train, val, report
+
+
+# Combination-balanced oversampling repeats a row at most this many times: a
+# pair seen on 5 images is not worth 150 copies of the same 5 pictures.
+MAX_REPEAT = 10
+
+
+def balance(records, schema: heads_lib.LabelSchema, heads: Sequence[str],
+            origin: str = "--balance_combinations") -> tuple[object, dict]:
+  """(records, report): each row whose ``heads`` are all labelled repeated
+  round(largest group / its group) times (at most MAX_REPEAT), a group being
+  the rows of one combination of values of ``heads``, so that every
+  combination present is drawn about equally often; rows with a blank on
+  one of the heads are kept once. Deterministic (no draw): exact resume and
+  the shuffle are untouched, an epoch is just longer.
+
+  Raises:
+    CombinationError: fewer than two heads, or one that is not a softmax
+      head of ``schema``.
+  """
+  heads = list(dict.fromkeys(heads))
+  for h in heads:
+    if h not in schema.names or schema.head(h).is_tags:
+      raise CombinationError(
+          f"{origin}: {h!r} is not a softmax head (heads: "
+          f"{', '.join(n for n in schema.names if not schema.head(n).is_tags)})")
+  if len(heads) < 2:
+    raise CombinationError(f"{origin}: name at least two heads, got {heads}")
+  labels = head_labels(records, schema)
+  y = np.stack([labels[h] for h in heads], axis=1)
+  full = (y != heads_lib.MISSING).all(axis=1)
+  groups, inverse, counts = np.unique(y[full], axis=0, return_inverse=True,
+                                      return_counts=True)
+  repeat = np.ones(len(records), np.int64)
+  factor = np.minimum(np.rint(counts.max() / counts), MAX_REPEAT).astype(np.int64)
+  repeat[full] = np.maximum(factor[inverse.reshape(-1)], 1)
+  idx = np.repeat(np.arange(len(records)), repeat)
+  balanced = type(records)(tuple(records.paths[i] for i in idx),
+                           records.labels[idx],
+                           tuple(records.lines[i] for i in idx), records.origin)
+  return balanced, {"heads": heads, "groups": int(len(groups)),
+                    "rows": len(records), "rows_balanced": int(len(idx)),
+                    "max_repeat": int(repeat.max())}

@@ -103,6 +103,9 @@ def load_data(cfg: config_lib.DataConfig, seed: int,
   else:
     val_rec = None
   train_rec, val_rec, holdout = _hold_out(train_rec, val_rec, schema, cfg)
+  if cfg.balance_combinations:
+    train_rec, balanced = _balanced(train_rec, schema, cfg)
+    holdout = {**(holdout or {}), "balanced": balanced}
   if check and (cfg.validate_images or cfg.quarantine):
     train_rec, val_rec = (_checked(rec, cfg, quarantined, check_cache)
                           for rec in (train_rec, val_rec))
@@ -113,6 +116,18 @@ def load_data(cfg: config_lib.DataConfig, seed: int,
          if val_rec is not None and len(val_rec) else None)
   return DataBundle(schema, train, val, len(train_rec), quarantined or [],
                     holdout)
+
+
+def _balanced(train_rec, schema, cfg: config_lib.DataConfig):
+  try:
+    train_rec, report = combinations.balance(train_rec, schema,
+                                             cfg.balance_combinations)
+  except combinations.CombinationError as e:
+    raise manifest_lib.DataError(str(e)) from None
+  log.info("--balance_combinations: %d rows drawn as %d (%d combinations, "
+           "up to %dx)", report["rows"], report["rows_balanced"],
+           report["groups"], report["max_repeat"])
+  return train_rec, report
 
 
 def _hold_out(train_rec, val_rec, schema, cfg: config_lib.DataConfig):
@@ -137,9 +152,12 @@ def _hold_out(train_rec, val_rec, schema, cfg: config_lib.DataConfig):
   if not len(train_rec):
     raise manifest_lib.DataError(
         "--holdout_combinations removed every training row")
-  log.info("held-out combinations: %s removed from training, %s from "
-           "validation (holdout.json)", report["removed"]["train"],
-           report["removed"]["val"])
+  removed = report["removed"]
+  log.info("held-out combinations: %d training rows removed (%d labelled "
+           "with one, %d with a blank that may hide one), %d validation rows "
+           "(holdout.json)", sum(removed["train"].values()),
+           removed["train"]["labelled"], removed["train"]["blank"],
+           sum(removed["val"].values()))
   return train_rec, val_rec, report
 
 
