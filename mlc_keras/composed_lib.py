@@ -138,6 +138,24 @@ def _without_held_out(records, model_dir: str, schema):
   return records, held
 
 
+def held_out_rows(collected, model_dir: str, schema) -> np.ndarray:
+  """[N] bool: the rows of ``collected`` that may carry a combination the
+  run held out of training and validation (holdout.json's "holdout"), as
+  the split removed them from its validation data."""
+  n = len(next(iter(collected.values()))[1])
+  path = os.path.join(model_dir, combinations.HOLDOUT_FILE)
+  if not os.path.isfile(path):
+    return np.zeros(n, bool)
+  with open(path, encoding="utf-8") as f:
+    names = json.load(f).get("holdout", [])
+  combos = combinations.parse(";".join(names), schema, path)
+  if not combos:
+    return np.zeros(n, bool)
+  labels = {h: np.where(np.asarray(m, bool), y, heads_lib.MISSING)
+            for h, (_, y, m) in collected.items() if np.ndim(y) == 1}
+  return combinations.carries(labels, combos)[1]
+
+
 def _scaled(collected, temps):
   return {h: ((calibrate_lib.scale(p, temps[h]) if h in temps and len(p)
                else p), y, m) for h, (p, y, m) in collected.items()}
@@ -180,10 +198,12 @@ def stacking_report(table, seen: np.ndarray, fit_collected, shown_collected,
 
 
 def stacking(table, training, collected, manifest: str, fit_on: str, load,
-             temps) -> tuple[np.ndarray, dict]:
+             temps, model_dir: str, schema) -> tuple[np.ndarray, dict]:
   """Calibrated stacking fitted on the manifest ``fit_on`` (collected by
-  ``load``), reported on ``collected`` (from ``manifest``); both scaled by
-  ``temps`` ({head: T}) as calibrated.keras will scale them."""
+  ``load``) less the rows of the run's held-out combinations (the
+  validation data training saw), reported on ``collected`` (from
+  ``manifest``); both scaled by ``temps`` ({head: T}) as calibrated.keras
+  will scale them."""
   if table is None:
     raise ValueError("--stacking needs --class_table (the composed classes "
                      "whose seen ones get the bias)")
@@ -197,5 +217,9 @@ def stacking(table, training, collected, manifest: str, fit_on: str, load,
         "validation data) or --calibration_manifest")
   seen = scoring.seen_classes(table.values, table.heads, training[0])
   _, fit_collected = load(fit_on)
+  held = held_out_rows(fit_collected, model_dir, schema)
+  if held.any():
+    fit_collected = _rows(fit_collected, ~held)
+    fit_on = f"{fit_on} less {int(held.sum())} rows of held-out combinations"
   return stacking_report(table, seen, _scaled(fit_collected, temps),
                          _scaled(collected, temps), fit_on, manifest)

@@ -373,7 +373,8 @@ def evaluate(model_dir: str, manifest: Optional[str] = None,
   if stacking:
     bias, report["composed"]["stacking"] = composed_lib.stacking(
         table, training, collected, manifest,
-        calibration_manifest or default_manifest(model_dir), load, temps)
+        calibration_manifest or default_manifest(model_dir), load, temps,
+        model_dir, schema)
   if calibrate or stacking:
     report["calibrated_model"] = _save_calibrated(model, model_dir, temps,
                                                   table, bias)

@@ -148,3 +148,24 @@ class StackingReportTest(tf.test.TestCase):
     with self.assertRaisesRegex(ValueError, "unseen class\\(es\\) circle_red "
                                 "that are evaluated too"):
       evaluate_lib.stacking_report(TABLE, SEEN, fit, fit, "val.csv", "val.csv")
+
+
+class HeldOutRowsTest(tf.test.TestCase):
+
+  def test_the_fit_leaves_out_rows_of_the_runs_held_out_combinations(self):
+    root = self.get_temp_dir()
+    with open(os.path.join(root, "holdout.json"), "w") as f:
+      f.write('{"holdout": ["shape=circle+colour=red"], '
+              '"calibration": ["shape=square+colour=blue"]}')
+    shape, colour = np.array([0, 0, 1, 1, 0]), np.array([1, 0, 0, 1, 1])
+    mask_colour = np.array([1, 1, 1, 1, 0], bool)  # row 4: colour blank
+    collected = {"shape": (np.zeros((5, 2)), shape, np.ones(5, bool)),
+                 "colour": (np.zeros((5, 2)), colour, mask_colour)}
+    # Row 0 is circle+red; row 4 a circle whose colour may be red. The
+    # calibration pair (row 2) stays: it is what the bias is fitted on.
+    self.assertEqual(
+        evaluate_lib.composed_lib.held_out_rows(collected, root,
+                                                SCHEMA).tolist(),
+        [True, False, False, False, True])
+    self.assertFalse(evaluate_lib.composed_lib.held_out_rows(
+        collected, self.get_temp_dir() + "/none", SCHEMA).any())

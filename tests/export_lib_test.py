@@ -914,7 +914,7 @@ class StackedExportTest(tf.test.TestCase):
     self.assertGreater(np.abs(want - unbiased).max(), 0.05)
     with open(fixture.result.parity_path) as f:
       report = json.load(f)
-    self.assertEqual(len(report["reports"]), 3)
+    self.assertGreaterEqual(len(report["reports"]), 3)
     for r in report["reports"]:
       self.assertTrue(r["passed"], r)
     for name, path, use_bytes in (
