@@ -14,7 +14,10 @@ from typing import Optional
 # TensorFlow loads; modeling.model and data.pipeline implement them (and
 # tests/preflight_test.py keeps the lists equal).
 BACKBONES = ("ResNet50V2", "ResNet101V2", "ResNet152V2", "MobileNetV2",
-             "ConvNeXtTiny")
+             "EfficientNetV2B0", "EfficientNetV2B1", "EfficientNetV2B2",
+             "EfficientNetV2B3", "EfficientNetV2S", "EfficientNetV2M",
+             "EfficientNetV2L", "ConvNeXtTiny", "ConvNeXtSmall",
+             "ConvNeXtBase", "ConvNeXtLarge", "ConvNeXtXLarge")
 AUGMENTATIONS = ("flip", "crop", "resized_crop", "colour")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")

@@ -119,8 +119,9 @@ _QUARANTINE = flags.DEFINE_bool(
 _DEMO_DIR = flags.DEFINE_string("demo_dir", _d.demo_dir,
                                 "Where the demo set is generated.")
 # Model.
-_BACKBONE = flags.DEFINE_string("backbone", _m.backbone,
-                                "A keras.applications backbone.")
+_BACKBONE = flags.DEFINE_string(
+    "backbone", _m.backbone, "A keras.applications backbone: "
+    + ", ".join(config_lib.BACKBONES) + ".")
 _WEIGHTS = flags.DEFINE_string(
     "weights", None, "Backbone weights: none, imagenet, or a local no-top "
     "weights file.")
