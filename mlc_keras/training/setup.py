@@ -239,6 +239,12 @@ def prepare_run(cfg: config_lib.Config, out_dir: str) -> Run:
   bundle = load_data(cfg.data, tc.seed, check_cache=os.path.join(
       out_dir, imagecheck.CACHE_FILE))
   quarantine_note = write_quarantine(bundle, out_dir)
+  if bundle.train.records is not None:
+    small = imagecheck.upscale_note(
+        os.path.join(out_dir, imagecheck.CACHE_FILE),
+        bundle.train.records.paths, cfg.data.image_size)
+    if small:
+      log.warning("%s", small)
   schema = bundle.schema
   if tc.loss_weights:
     schema = schema.with_loss_weights(dict(tc.loss_weights))
