@@ -31,9 +31,11 @@ _MODEL_DIR = flags.DEFINE_string(
     "(run.lock). Re-running with the same model_dir resumes an interrupted "
     "run and leaves a finished one alone (see --overwrite).")
 _PRESET = flags.DEFINE_enum(
-    "preset", None, ["default", "demo", "tiny"],
+    "preset", None, list(config_lib.PRESETS),
     "Starting config that the other flags override. Default: 'demo' when no "
-    "data source is given, else 'default'.")
+    "data source is given, else 'default'. Recipes: 'scratch_small' (from "
+    "scratch on a small data set) and 'finetune_imagenet' (ImageNet weights, "
+    "frozen then unfrozen backbone); see mlc_keras/config.py.")
 # Data.
 _MANIFEST = flags.DEFINE_string(
     "manifest", None, "Training CSV: an image path column and one column per "
@@ -215,6 +217,13 @@ def _per_head(flag: str, items: list[str], bare: bool = False):
     raise app.UsageError(str(e)) from None
 
 
+def _given(holder, preset_value):
+  """The flag's value when the user set it, else the preset's: a flag
+  default must not undo what a preset chose."""
+  return preset_value if flags.FLAGS[holder.name].using_default_value else (
+      holder.value)
+
+
 def _names(items: list[str]) -> tuple[str, ...]:
   return tuple(dict.fromkeys(i.strip() for i in items if i.strip()))
 
@@ -244,7 +253,7 @@ def config_from_flags() -> config_lib.Config:
   def pick(value, default):
     return default if value is None else value
 
-  weights = _WEIGHTS.value
+  weights = _given(_WEIGHTS, cfg.model.weights)
   if weights is not None and weights.lower() == "none":
     weights = None
   augment = cfg.data.augment if _AUGMENT.value is None else tuple(
@@ -267,8 +276,9 @@ def config_from_flags() -> config_lib.Config:
       quarantine=_QUARANTINE.value, demo_dir=_DEMO_DIR.value)
   data = _feed(data)
   model = dataclasses.replace(
-      cfg.model, backbone=_BACKBONE.value, weights=weights,
-      dropout=_DROPOUT.value, bn_momentum=_BN_MOMENTUM.value)
+      cfg.model, backbone=_given(_BACKBONE, cfg.model.backbone),
+      weights=weights, dropout=_given(_DROPOUT, cfg.model.dropout),
+      bn_momentum=_given(_BN_MOMENTUM, cfg.model.bn_momentum))
   train = dataclasses.replace(
       cfg.train, batch_size=pick(_BATCH_SIZE.value, cfg.train.batch_size),
       epochs=pick(_EPOCHS.value, cfg.train.epochs),
@@ -279,9 +289,11 @@ def config_from_flags() -> config_lib.Config:
       class_weight=_CLASS_WEIGHT.value,
       loss_weights=_per_head("loss_weights", _LOSS_WEIGHTS.value),
       focal_loss=_per_head("focal_loss", _FOCAL_LOSS.value, bare=True),
-      top_k=_TOP_K.value, freeze_epochs=_FREEZE_EPOCHS.value,
-      unfreeze_layers=_UNFREEZE_LAYERS.value,
-      finetune_lr_scale=_FINETUNE_LR_SCALE.value,
+      top_k=_TOP_K.value,
+      freeze_epochs=_given(_FREEZE_EPOCHS, cfg.train.freeze_epochs),
+      unfreeze_layers=_given(_UNFREEZE_LAYERS, cfg.train.unfreeze_layers),
+      finetune_lr_scale=_given(_FINETUNE_LR_SCALE,
+                               cfg.train.finetune_lr_scale),
       backup_every_steps=_BACKUP_STEPS.value,
       monitor=_MONITOR.value or None,
       early_stopping_patience=_PATIENCE.value,

@@ -94,6 +94,16 @@ class PreflightTest(parameterized.TestCase, tf.test.TestCase):
     self.assertEqual(preflight.check(config_lib.demo()), preflight.Plan())
     self.assertEqual(preflight.check(config_lib.default()), preflight.Plan())
 
+  def test_recipe_presets_pass_the_checks(self):
+    for preset in ("scratch_small", "finetune_imagenet"):
+      cfg = getattr(config_lib, preset)()
+      preflight.check_ranges(cfg)
+      config_lib.check_feed(cfg.data)
+      self.assertEqual(cfg.model.backbone, "ResNet50V2")
+    self.assertEqual(config_lib.PRESETS[:3], ("default", "demo", "tiny"))
+    for preset in config_lib.PRESETS:
+      self.assertIsInstance(getattr(config_lib, preset)(), config_lib.Config)
+
   def test_tf_config(self):
     def plan(task, cluster=None):
       return preflight.parse_tf_config(json.dumps(
