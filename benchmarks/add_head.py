@@ -9,7 +9,13 @@ learning rate:
   add_head   --init_from=<parent> --train_heads=size: the parent's backbone
              and heads copied, only the new Dense head trains (backbone frozen,
              BatchNorm in inference mode; the other heads stay bit-identical);
-  retrain    all four heads from scratch (what one does without --init_from).
+  add_head + backbone
+             --init_from --train_heads=size --train_backbone: the new head and
+             the backbone train (the other heads' Dense layers stay frozen, but
+             their outputs move with the backbone);
+  warm start --init_from alone: every head and the backbone train, starting
+             from the parent's weights;
+  retrain    all heads from scratch (what one does without --init_from).
 
 Both go through train_lib.train_and_evaluate (the train CLI's library), timed
 wall-clock from start to results.json, so model building, data loading and
@@ -73,6 +79,8 @@ def main() -> None:
   parser.add_argument("--val_size", type=int, default=400)
   parser.add_argument("--batch_size", type=int, default=32)
   parser.add_argument("--backbone", default="ResNet50V2")
+  parser.add_argument("--two_arms", action="store_true",
+                      help="only add_head and retrain (skip the two middle arms)")
   args = parser.parse_args()
   if args.tiny:
     args.image_size, args.train_size, args.val_size = 32, 320, 160
@@ -98,10 +106,19 @@ def main() -> None:
   t_add, r_add = _timed(
       _config(args, data, all_heads, init_from=parent_dir,
               train_heads=(NEW_HEAD,)), os.path.join(root, "add_head"))
+  rows = [("add_head (--init_from --train_heads=size)", t_add, r_add)]
+  if not args.two_arms:
+    for name, extra in (
+        ("add_head + --train_backbone", dict(train_heads=(NEW_HEAD,),
+                                             train_backbone=True)),
+        ("warm start (--init_from, every head)", {})):
+      t, r = _timed(_config(args, data, all_heads, init_from=parent_dir,
+                            **extra),
+                    os.path.join(root, name.split()[0] + str(len(rows))))
+      rows.append((name, t, r))
   t_all, r_all = _timed(_config(args, data, all_heads),
                         os.path.join(root, "retrain"))
-  rows = [("add_head (--init_from --train_heads=size)", t_add, r_add),
-          ("retrain (all heads, from scratch)", t_all, r_all)]
+  rows.append(("retrain (all heads, from scratch)", t_all, r_all))
   print(f"\n{args.backbone} at {args.image_size} px, {args.train_size} train / "
         f"{args.val_size} val images, {args.epochs} epochs, batch "
         f"{args.batch_size}")
@@ -111,7 +128,11 @@ def main() -> None:
         f"{_accuracy(r, n):8.3f}" for n in full.names))
   summary = {"time_ratio_retrain_over_add_head": t_all / t_add,
              "size_accuracy_add_head": _accuracy(r_add, NEW_HEAD),
-             "size_accuracy_retrain": _accuracy(r_all, NEW_HEAD)}
+             "size_accuracy_retrain": _accuracy(r_all, NEW_HEAD),
+             "arms": {name: {"seconds": round(t, 1),
+                             "time_over_retrain": round(t / t_all, 3),
+                             "accuracy": {n: _accuracy(r, n) for n in full.names}}
+                      for name, t, r in rows}}
   print(json.dumps(summary))
   print(f"ratio: retrain takes {t_all / t_add:.2f}x the time of add_head; "
         f"new head accuracy {summary['size_accuracy_add_head']:.3f} (add_head) "

@@ -9,11 +9,16 @@ pull in tensorflow). Copy it next to any application.
   python export/client.py --model=demo --rest=http://host:8501 --version=3 a.jpg
   python export/client.py --model=demo --label=canary a.jpg
   python export/client.py --model=demo --metadata       # the signatures
+  python export/client.py --model=demo --classify=shape a.jpg   # Classify API, one head
 
 Prints one JSON line per image: {"image": ..., "<head>": {"class": ...,
 "score": ..., "scores": [...]}} (scores in labels.json class order), and
 "class" the same way for a model exported with a class table (scores in
 classes.csv row order; "class" is "unknown" below the export's threshold).
+With --classify=<head>, TF Serving's Classify API on that head's
+"classify_<head>" signature (the image sent as a tf.Example, image/encoded):
+one line per image, {"image": ..., "<head>": {"class", "score", "scores":
+{class: score}}}.
 """
 
 from __future__ import annotations
@@ -158,6 +163,80 @@ def predict_grpc(target: str, model: str, images: Sequence[bytes],
   return parse_grpc_response(response)
 
 
+# --- the Classify API: one head per call, tf.Examples in --------------------
+
+
+CLASSIFY_PREFIX = "classify_"
+IMAGE_FEATURE = "image/encoded"
+
+
+def classify_request(images: Sequence[bytes], model: str, head: str,
+                     version: Optional[int] = None,
+                     label: Optional[str] = None):
+  """A ClassificationRequest for head ``head``: each image as a tf.Example
+  whose image/encoded feature holds the encoded bytes."""
+  from tensorflow_serving.apis import classification_pb2  # pip install tensorflow-serving-api
+  request = classification_pb2.ClassificationRequest()
+  _model_spec(request.model_spec, model, version, label)
+  request.model_spec.signature_name = CLASSIFY_PREFIX + head
+  for b in images:
+    example = request.input.example_list.examples.add()
+    example.features.feature[IMAGE_FEATURE].bytes_list.value.append(b)
+  return request
+
+
+def _classify_row(pairs) -> dict:
+  scores = {label: score for label, score in pairs}
+  best = max(scores, key=scores.get)
+  return {"class": best, "score": scores[best], "scores": scores}
+
+
+def parse_classify_grpc(response, head: str) -> list[dict]:
+  """ClassificationResponse -> one {head: {class, score, scores}} per image."""
+  return [{head: _classify_row((c.label, c.score) for c in row.classes)}
+          for row in response.result.classifications]
+
+
+def parse_classify_rest(response: dict, head: str) -> list[dict]:
+  """REST :classify response ({"results": [[[label, score], ...], ...]})."""
+  if "error" in response:
+    raise RuntimeError(f"TF Serving error: {response['error']}")
+  return [{head: _classify_row(row)} for row in response["results"]]
+
+
+def classify_grpc(target: str, model: str, head: str, images: Sequence[bytes],
+                  version: Optional[int] = None, timeout: float = 30,
+                  label: Optional[str] = None) -> list[dict]:
+  import grpc
+  from tensorflow_serving.apis import prediction_service_pb2_grpc
+  options = [("grpc.max_send_message_length", 64 << 20),
+             ("grpc.max_receive_message_length", 64 << 20)]
+  with grpc.insecure_channel(target, options=options) as channel:
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    response = stub.Classify(classify_request(images, model, head, version,
+                                              label), timeout=timeout)
+  return parse_classify_grpc(response, head)
+
+
+def classify_rest(server: str, model: str, head: str, images: Sequence[bytes],
+                  version: Optional[int] = None, timeout: float = 30,
+                  label: Optional[str] = None) -> list[dict]:
+  # REST's tf.Example JSON: a bytes feature is {"b64": ...}.
+  body = {"signature_name": CLASSIFY_PREFIX + head,
+          "examples": [{IMAGE_FEATURE: {"b64": base64.b64encode(b).decode("ascii")}}
+                       for b in images]}
+  request = urllib.request.Request(
+      rest_url(server, model, version, label, verb=":classify"),
+      data=json.dumps(body).encode("utf-8"),
+      headers={"Content-Type": "application/json"})
+  try:
+    with urllib.request.urlopen(request, timeout=timeout) as r:
+      return parse_classify_rest(json.load(r), head)
+  except urllib.error.HTTPError as e:
+    detail = e.read().decode("utf-8", "replace")
+    raise RuntimeError(f"HTTP {e.code} from TF Serving: {detail}") from None
+
+
 # --- metadata: what a client reads before its first call ----------------------
 
 
@@ -249,6 +328,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       help="version label, e.g. stable or canary (models_canary.config)")
   parser.add_argument("--metadata", action="store_true",
                       help="print the model's signatures (inputs, outputs) and exit")
+  parser.add_argument("--classify", default=None, metavar="HEAD",
+                      help="use the Classify API on this head's classify_<head> signature")
   group = parser.add_mutually_exclusive_group()
   group.add_argument("--rest", default="http://localhost:8501",
                      help="REST server URL (default)")
@@ -264,7 +345,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if not args.images:
     parser.error("give image files (or --metadata)")
   images = read_files(args.images)
-  if args.grpc:
+  if args.classify:
+    call = classify_grpc if args.grpc else classify_rest
+    results = call(args.grpc or args.rest, args.model, args.classify, images,
+                   args.version, label=args.label)
+  elif args.grpc:
     results = predict_grpc(args.grpc, args.model, images, args.version,
                            label=args.label)
   else:

@@ -24,6 +24,16 @@ BYTES_INPUT = "image_bytes"
 EXAMPLE_SIGNATURE = "serve_examples"
 EXAMPLES_INPUT = "examples"
 IMAGE_FEATURE = "image/encoded"
+# TF Serving's Classify API: one signature per head ("classify_<head>"), with
+# the method name, input and output keys its classifier requires
+# (tensorflow_serving/servables/tensorflow/classifier.cc): serialized
+# tf.Examples on "inputs", every class name on "classes" [N, k] and its
+# probability on "scores" [N, k].
+CLASSIFY_PREFIX = "classify_"
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+CLASSIFY_INPUT = "inputs"
+CLASSIFY_CLASSES = "classes"
+CLASSIFY_SCORES = "scores"
 IMAGE_INPUT = "image"
 CLASS_SUFFIX = "_class"
 SCORE_SUFFIX = "_score"

@@ -301,7 +301,8 @@ class ExportLibTest(tf.test.TestCase):
     self.assertEqual(report["ran"]["colour"], [2, 3])
     self.assertEqual(report["ran"]["tone_class"], [2])
     self.assertEqual(sorted(report["signatures"]),
-                     ["serve_examples", "serve_image", "serving_default"])
+                     ["classify_colour", "classify_tone", "serve_examples",
+                      "serve_image", "serving_default"])
 
   def test_op_check_catches_py_function(self):
     module = tf.Module()

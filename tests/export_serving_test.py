@@ -8,6 +8,7 @@ import importlib.util
 import os
 import re
 
+import numpy as np
 import tensorflow as tf
 from google.protobuf import json_format
 from google.protobuf import text_format
@@ -112,6 +113,89 @@ class ClientMetadataTest(tf.test.TestCase):
                      .model_spec.version_label, "stable")
     with self.assertRaisesRegex(ValueError, "not both"):
       client.grpc_request([b"x"], "demo", version=1, label="stable")
+
+
+class ClassifyApiTest(tf.test.TestCase):
+  """The classify_<head> signatures as TF Serving's classifier uses them
+  (tensorflow_serving/servables/tensorflow/classifier.cc): method name,
+  "inputs" (serialized tf.Examples), "classes" / "scores" [N, k]; the
+  serving side below does what the classifier does with them (serialize the
+  request's examples, run the signature, pair row i's classes with its
+  scores in a ClassificationResponse)."""
+
+  def _proto(self, path):
+    from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=g-import-not-at-top
+    proto = saved_model_pb2.SavedModel()
+    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+      proto.ParseFromString(f.read())
+    return proto.meta_graphs[0].signature_def
+
+  def test_signatures_have_the_classify_contract(self):
+    from tensorflow.core.framework import types_pb2  # pylint: disable=g-import-not-at-top
+    sigs = self._proto(export_fixture.plain().result.saved_model)
+    heads = export_fixture.SCHEMA.names
+    for h in heads:
+      sig = sigs["classify_" + h]
+      self.assertEqual(sig.method_name, "tensorflow/serving/classify")
+      self.assertEqual(dict((k, v.dtype) for k, v in sig.inputs.items()),
+                       {"inputs": types_pb2.DT_STRING})
+      self.assertEqual(dict((k, v.dtype) for k, v in sig.outputs.items()),
+                       {"classes": types_pb2.DT_STRING,
+                        "scores": types_pb2.DT_FLOAT})
+    others = {k: v.method_name for k, v in sigs.items()
+              if not k.startswith(("classify_", "__"))}
+    self.assertEqual(others, dict.fromkeys(
+        ["serve_examples", "serve_image", "serving_default"],
+        "tensorflow/serving/predict"))
+
+  def test_fingerprint_matches_the_rewritten_graph(self):
+    from tensorflow.python.saved_model import fingerprinting_utils  # pylint: disable=g-import-not-at-top
+    path = export_fixture.plain().result.saved_model
+    copy = os.path.join(self.get_temp_dir(), "copy")
+    tf.io.gfile.makedirs(os.path.join(copy, "variables"))
+    for name in ("saved_model.pb", os.path.join("variables", "variables.index")):
+      tf.io.gfile.copy(os.path.join(path, name), os.path.join(copy, name))
+    before = tf.saved_model.experimental.read_fingerprint(path)
+    fingerprinting_utils.write_fingerprint(copy)
+    again = tf.saved_model.experimental.read_fingerprint(copy)
+    self.assertEqual(before.saved_model_checksum, again.saved_model_checksum)
+
+  def test_classify_round_trip_matches_keras(self):
+    from tensorflow_serving.apis import classification_pb2  # pylint: disable=g-import-not-at-top
+    fixture = export_fixture.plain()
+    client = load_client()
+    images, _ = export_fixture.make_images(5, seed=43)
+    paths = export_fixture.write_images(self.get_temp_dir(), images)
+    encoded = client.read_files(paths)
+    expected = fixture.model.predict(images, verbose=0)
+    loaded = tf.saved_model.load(fixture.result.saved_model)
+    for head in export_fixture.SCHEMA.names:
+      request = client.classify_request(encoded, "tiny", head, label="stable")
+      self.assertEqual(request.model_spec.signature_name, "classify_" + head)
+      serialized = [e.SerializeToString()
+                    for e in request.input.example_list.examples]
+      out = loaded.signatures[request.model_spec.signature_name](
+          inputs=tf.constant(serialized))
+      response = classification_pb2.ClassificationResponse()
+      for labels, scores in zip(out["classes"].numpy(), out["scores"].numpy()):
+        row = response.result.classifications.add()
+        for label, score in zip(labels, scores):
+          row.classes.add(label=label.decode(), score=float(score))
+      rows = client.parse_classify_grpc(response, head)
+      classes = list(export_fixture.SCHEMA.head(head).classes)
+      self.assertLen(rows, 5)
+      for i, row in enumerate(rows):
+        self.assertEqual(list(row[head]["scores"]), classes)
+        # PNG bytes decode to the pixels the model saw: same probabilities
+        # up to float32 rounding.
+        self.assertAllClose([row[head]["scores"][c] for c in classes],
+                            expected[head][i], atol=1e-5)
+        self.assertEqual(row[head]["class"],
+                         classes[int(np.argmax(expected[head][i]))])
+      # The REST form of the same answer parses to the same rows.
+      rest = {"results": [[[c.label, c.score] for c in r.classes]
+                          for r in response.result.classifications]}
+      self.assertEqual(client.parse_classify_rest(rest, head), rows)
 
 
 if __name__ == "__main__":

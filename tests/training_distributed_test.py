@@ -36,9 +36,13 @@ def tiny_model(schema, image_size):
   import keras  # pylint: disable=g-import-not-at-top
   image = keras.Input((image_size, image_size, 3), dtype="uint8", name="image")
   x = keras.layers.Rescaling(1 / 127.5, offset=-1.0)(image)
-  x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(x)
-  x = keras.layers.Conv2D(16, 3, strides=2, activation="relu")(x)
-  x = keras.layers.GlobalAveragePooling2D()(x)
+  # Named like the package's backbone, so --init_from can copy it.
+  backbone = keras.Sequential([
+      keras.Input((image_size, image_size, 3)),
+      keras.layers.Conv2D(8, 3, strides=2, activation="relu"),
+      keras.layers.Conv2D(16, 3, strides=2, activation="relu")],
+                              name="backbone")
+  x = keras.layers.GlobalAveragePooling2D()(backbone(x))
   x = keras.layers.Identity(name="features")(x)
   outputs = {h.name: keras.layers.Dense(h.num_classes, activation="softmax",
                                         name=h.name)(x) for h in schema.heads}
@@ -92,9 +96,11 @@ import keras
 import tensorflow as tf
 
 from mlc_keras import config as config_lib
+from mlc_keras import heads as heads_lib
 from mlc_keras.data import manifest as manifest_lib
 from mlc_keras.data import pipeline
 from mlc_keras.data import sources
+from mlc_keras.modeling import saving
 from mlc_keras.training import distributed
 from mlc_keras.training import setup
 from tests import testutil
@@ -129,6 +135,19 @@ def _weights(path):
     return [f[f"arr_{i}"] for i in range(len(f.files))]
 
 
+def _write_parent(root):
+  """A run folder trained on 'shape' only (untrained weights suffice: what is
+  tested is that they arrive unchanged)."""
+  folder = os.path.join(root, "parent")
+  os.makedirs(folder)
+  schema = testutil.SCHEMA.select(["shape"])
+  keras.utils.set_random_seed(7)
+  saving.save_for_inference(tiny_model(schema, 32),
+                            os.path.join(folder, "model.keras"))
+  schema.save(os.path.join(folder, "labels.json"))
+  return folder
+
+
 class DistributedTest(tf.test.TestCase):
 
   @classmethod
@@ -144,8 +163,10 @@ class DistributedTest(tf.test.TestCase):
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     jobs = {}
 
-    def start(name, strategy, extra=(), tf_config=None):
-      cfg = _config(cls.manifest, strategy).to_json()
+    def start(name, strategy, extra=(), tf_config=None, train=None):
+      cfg = _config(cls.manifest, strategy)
+      cfg = dataclasses.replace(
+          cfg, train=dataclasses.replace(cfg.train, **(train or {}))).to_json()
       e = dict(env)
       if tf_config:
         e["TF_CONFIG"] = json.dumps(tf_config)
@@ -155,8 +176,11 @@ class DistributedTest(tf.test.TestCase):
           [sys.executable, me, "--run", cfg, os.path.join(cls.root, name),
            out, *extra], env=e, cwd=REPO, stdout=log, stderr=log), log)
 
+    cls.parent = _write_parent(cls.root)
     start("single", "default")
     start("mirrored", "mirrored", ("--logical_cpus", "2"))
+    start("grown", "mirrored", ("--logical_cpus", "2"),
+          train={"init_from": cls.parent, "train_heads": ("colour",)})
     for i in range(2):
       start(f"worker{i}", "multi_worker",
             tf_config={"cluster": cluster, "task": {"type": "worker", "index": i}})
@@ -213,6 +237,29 @@ class DistributedTest(tf.test.TestCase):
     for a, r in zip(_weights(os.path.join(self.root, "mirrored.npz")),
                     _weights(os.path.join(self.root, "single.npz"))):
       self.assertAllClose(a, r, atol=ATOL, rtol=0)
+
+  def test_mirrored_grows_a_parent_with_only_the_new_head_trained(self):
+    """--init_from + --train_heads under MirroredStrategy (2 logical CPUs):
+    the backbone and the copied head arrive and stay bit-identical to the
+    parent's; the new head trains."""
+    self._ok("grown")
+    parent = saving.load_model(os.path.join(self.parent, "model.keras"))
+    schema = heads_lib.LabelSchema.load(
+        os.path.join(self.root, "grown", "labels.json"))
+    grown, init = tiny_model(schema, 32), tiny_model(schema, 32)
+    grown.set_weights(_weights(os.path.join(self.root, "grown.npz")))
+    init.set_weights(_weights(os.path.join(self.root, "grown.npz.init.npz")))
+    for layer in ("backbone", "shape"):
+      for a, b in zip(grown.get_layer(layer).get_weights(),
+                      parent.get_layer(layer).get_weights()):
+        self.assertAllEqual(a, b)
+    for a, b in zip(grown.get_layer("colour").get_weights(),
+                    init.get_layer("colour").get_weights()):
+      self.assertGreater(np.abs(a - b).max(), 50 * ATOL)
+    with open(os.path.join(self.root, "grown.npz.json")) as f:
+      heads = json.load(f)["init_from"]["heads"]
+    self.assertEqual({h: v["status"] for h, v in heads.items()},
+                     {"shape": "copied", "colour": "new"})
 
   def test_custom_step_matches_fit(self):
     cfg = _config(self.manifest)

@@ -82,16 +82,26 @@ class ServingModule(tf.Module):
       return _with_labels(probabilities(images), class_names, self.threshold,
                           tag_thresholds)
 
-    @tf.function(input_signature=[
-        tf.TensorSpec([None], tf.string, name=artefacts.EXAMPLES_INPUT)])
-    def serve_examples(examples):
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def example_probabilities(examples):
       # Other features (labels, paths) are ignored: a TFRecord shard written
       # for training can be scored as it is.
       parsed = tf.io.parse_example(examples, {
           artefacts.IMAGE_FEATURE: tf.io.FixedLenFeature([], tf.string)})
-      images = self._decode_batch(parsed[artefacts.IMAGE_FEATURE])
-      return _with_labels(probabilities(images), class_names, self.threshold,
-                          tag_thresholds)
+      return probabilities(self._decode_batch(parsed[artefacts.IMAGE_FEATURE]))
+
+    @tf.function(input_signature=[
+        tf.TensorSpec([None], tf.string, name=artefacts.EXAMPLES_INPUT)])
+    def serve_examples(examples):
+      return _with_labels(example_probabilities(examples), class_names,
+                          self.threshold, tag_thresholds)
+
+    # Each calls the one traced example_probabilities: the model is traced
+    # once for all of them.
+    self.classify = {
+        h.name: _classify_function(example_probabilities, h.name,
+                                   list(h.classes))
+        for h in schema.heads}
 
     self.serve_image = serve_image
     self.serve_bytes = serve_bytes
@@ -145,7 +155,52 @@ class ServingModule(tf.Module):
         artefacts.TENSOR_SIGNATURE: self.serve_image.get_concrete_function(),
         artefacts.EXAMPLE_SIGNATURE:
             self.serve_examples.get_concrete_function(),
+        **{artefacts.CLASSIFY_PREFIX + h: fn.get_concrete_function()
+           for h, fn in self.classify.items()},
     }
+
+
+def _classify_function(example_probabilities, head: str, classes: list[str]):
+  """The Classify API signature of one head (softmax or tags: a tag's score
+  is its sigmoid)."""
+  names = tf.constant(classes)
+
+  @tf.function(input_signature=[
+      tf.TensorSpec([None], tf.string, name=artefacts.CLASSIFY_INPUT)])
+  def classify(inputs):
+    scores = example_probabilities(inputs)[head]
+    return {artefacts.CLASSIFY_CLASSES: tf.tile(names[None],
+                                                [tf.shape(scores)[0], 1]),
+            artefacts.CLASSIFY_SCORES: scores}
+  return classify
+
+
+def mark_classify_signatures(export_dir: str) -> list[str]:
+  """Gives the "classify_*" signatures TF Serving's classify method name.
+
+  tf.saved_model.save writes every signature with the predict method name
+  and has no argument to change it (tensorflow/tensorflow#38081), while TF
+  Serving's Classify API refuses a signature whose method name is not
+  "tensorflow/serving/classify". So the names are set in saved_model.pb after
+  saving, and fingerprint.pb (a checksum of saved_model.pb) is written again
+  the way tf.saved_model.save writes it. Returns the keys marked."""
+  from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=g-import-not-at-top
+  from tensorflow.python.saved_model import fingerprinting_utils  # pylint: disable=g-import-not-at-top
+  path = os.path.join(export_dir, "saved_model.pb")
+  proto = saved_model_pb2.SavedModel()
+  with open(path, "rb") as f:
+    proto.ParseFromString(f.read())
+  marked = []
+  for graph in proto.meta_graphs:
+    for key, sig in graph.signature_def.items():
+      if key.startswith(artefacts.CLASSIFY_PREFIX):
+        sig.method_name = artefacts.CLASSIFY_METHOD
+        marked.append(key)
+  with open(path, "wb") as f:
+    f.write(proto.SerializeToString())
+  if os.path.exists(os.path.join(export_dir, "fingerprint.pb")):
+    fingerprinting_utils.write_fingerprint(export_dir)
+  return sorted(marked)
 
 
 def _label_outputs(outputs: Mapping, schema: heads_lib.LabelSchema,
@@ -291,6 +346,7 @@ def to_saved_model(model, schema: heads_lib.LabelSchema, export_dir: str,
     module = build_serving_module(model, schema, max_image_bytes, labels,
                                   table, threshold, classes, max_image_pixels)
     tf.saved_model.save(module, export_dir, signatures=module.signatures())
+  mark_classify_signatures(export_dir)
   size = module.image_size
   if warmup_images is None or not len(warmup_images):
     warmup_images = np.full((1, size, size, 3), 128, np.uint8)

@@ -35,6 +35,7 @@ import tensorflow as tf
 from mlc_keras import config as config_lib
 from mlc_keras import heads as heads_lib
 from mlc_keras.data import pipeline
+from mlc_keras.modeling import grow
 from mlc_keras.modeling import losses
 from mlc_keras.modeling import metrics
 from mlc_keras.modeling import model as model_lib
@@ -199,7 +200,8 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
     tf.config.experimental.enable_op_determinism()
 
   run = setup.prepare_run(cfg, out_dir)
-  model, optimizer, checkpoint = _train_state(strategy, cfg, run, build_model)
+  model, optimizer, checkpoint, grown = _train_state(strategy, cfg, run,
+                                                     build_model)
   epoch_var = checkpoint.epoch
   chief_ckpt = os.path.join(model_dir, CHECKPOINT_DIR)
   manager = tf.train.CheckpointManager(
@@ -235,7 +237,7 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
   results = setup.write_results(
       model, run, cfg, out_dir, show=chief,
       extra={"strategy": tc.strategy,
-             "replicas": strategy.num_replicas_in_sync})
+             "replicas": strategy.num_replicas_in_sync, **(grown or {})})
   if not chief:
     shutil.rmtree(out_dir, ignore_errors=True)
   return results
@@ -260,29 +262,34 @@ def _check_supported(tc: config_lib.TrainConfig,
   if tc.freeze_epochs:
     raise ValueError(f"--freeze_epochs is not supported with --strategy="
                      f"{tc.strategy} yet; use the default strategy")
-  if tc.init_from or tc.train_heads:
-    raise ValueError(f"--init_from and --train_heads are not supported with "
-                     f"--strategy={tc.strategy} yet; use the default strategy")
 
 
 def _train_state(strategy, cfg: config_lib.Config, run: setup.Run,
                  build_model: Optional[Callable[..., keras.Model]]):
-  """(model, optimizer, checkpoint of both and of the epoch), built under
-  ``strategy``."""
+  """(model, optimizer, checkpoint of both and of the epoch, the
+  --init_from report or None), built under ``strategy``. With --init_from the
+  parent's weights are copied in before the checkpoint is restored (a resumed
+  run overwrites them); --train_heads freezes the rest before the optimizer
+  is built, so it holds slots for the trainable heads only."""
   tc, dc, mc = cfg.train, cfg.data, cfg.model
   with strategy.scope():
     if build_model is None:
-      model = model_lib.build_model(run.schema, dc.image_size, mc.backbone,
-                                    mc.weights, mc.dropout, mc.bn_momentum)
+      # A parent's backbone replaces whatever weights the flags name.
+      model = model_lib.build_model(
+          run.schema, dc.image_size, mc.backbone,
+          None if tc.init_from else mc.weights, mc.dropout, mc.bn_momentum)
     else:
       model = build_model(run.schema, dc.image_size)
+    grown = setup.init_from_parent(model, run.schema, tc)
+    if tc.train_heads:
+      grow.freeze_all_but(model, run.schema, tc.train_heads,
+                          tc.train_backbone)
     optimizer = setup.optimizer(tc, run.steps_per_epoch * tc.epochs)
     # Built now so that a checkpoint restores the slots instead of deferring.
     optimizer.build(model.trainable_variables)
     epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-  return model, optimizer, tf.train.Checkpoint(model=model,
-                                               optimizer=optimizer,
-                                               epoch=epoch)
+  return model, optimizer, tf.train.Checkpoint(
+      model=model, optimizer=optimizer, epoch=epoch), grown
 
 
 def _train_epoch(strategy, step, iterator, head_metrics: dict, epoch: int,

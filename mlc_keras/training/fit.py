@@ -128,7 +128,7 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
     model = model_lib.build_model(
         run.schema, dc.image_size, mc.backbone,
         None if tc.init_from else mc.weights, mc.dropout, mc.bn_momentum)
-  grown = init_from_parent(model, run.schema, tc)
+  grown = setup.init_from_parent(model, run.schema, tc)
   monitor, shared = _shared_callbacks(run, tc, model_dir, val_ds is not None)
   schedule = phases(tc, model_dir)
   for phase in schedule:
@@ -154,26 +154,6 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
     os.remove(handover)
   return setup.write_results(model, run, cfg, model_dir, eval_ds=val_ds,
                              extra=grown)
-
-
-def init_from_parent(model: keras.Model, schema, tc: config_lib.TrainConfig
-                     ) -> Optional[dict]:
-  """Copies --init_from's backbone and heads into ``model`` (a resumed run
-  then overwrites them from its backup) and logs what each head got.
-  Returns {"init_from": {...}} for results.json, or None."""
-  if tc.train_heads:
-    grow.check_train_heads(schema, tc.train_heads)
-  if not tc.init_from:
-    if tc.reinit_heads:
-      raise grow.GrowError("--reinit_heads needs --init_from")
-    return None
-  parent, parent_schema, path = grow.load_parent(tc.init_from)
-  plans = grow.copy_from(parent, parent_schema, model, schema,
-                         tc.reinit_heads, origin=path)
-  log.info("%s", grow.format_plan(plans, path))
-  return {"init_from": {"model": path, "heads": {
-      p.name: {"status": p.status, "added": list(p.added),
-               "removed": list(p.removed)} for p in plans}}}
 
 
 def _shared_callbacks(run: setup.Run, tc: config_lib.TrainConfig,

@@ -26,6 +26,7 @@ from mlc_keras.data import manifest as manifest_lib
 from mlc_keras.data import pipeline
 from mlc_keras.data import sources as sources_lib
 from mlc_keras.data import tfrecords
+from mlc_keras.modeling import grow
 from mlc_keras.modeling import losses
 from mlc_keras.modeling import metrics
 
@@ -220,6 +221,28 @@ class Run:
   label_smoothing: dict = dataclasses.field(default_factory=dict)
 
 
+def init_from_parent(model: keras.Model, schema, tc: config_lib.TrainConfig
+                     ) -> Optional[dict]:
+  """Copies --init_from's backbone and heads into ``model`` (a resumed run
+  then overwrites them from its backup or checkpoint) and logs what each head
+  got; shared by fit.py and distributed.py (there, inside the strategy's
+  scope: every replica gets the parent's values).
+  Returns {"init_from": {...}} for results.json, or None."""
+  if tc.train_heads:
+    grow.check_train_heads(schema, tc.train_heads)
+  if not tc.init_from:
+    if tc.reinit_heads:
+      raise grow.GrowError("--reinit_heads needs --init_from")
+    return None
+  parent, parent_schema, path = grow.load_parent(tc.init_from)
+  plans = grow.copy_from(parent, parent_schema, model, schema,
+                         tc.reinit_heads, origin=path)
+  log.info("%s", grow.format_plan(plans, path))
+  return {"init_from": {"model": path, "heads": {
+      p.name: {"status": p.status, "added": list(p.added),
+               "removed": list(p.removed)} for p in plans}}}
+
+
 def prepare_run(cfg: config_lib.Config, out_dir: str) -> Run:
   """Loads the data, writes labels.json, config.json (and quarantine.csv) to
   ``out_dir``."""
@@ -227,6 +250,12 @@ def prepare_run(cfg: config_lib.Config, out_dir: str) -> Run:
   bundle = load_data(cfg.data, tc.seed, check_cache=os.path.join(
       out_dir, imagecheck.CACHE_FILE))
   quarantine_note = write_quarantine(bundle, out_dir)
+  if bundle.train.records is not None:
+    small = imagecheck.upscale_note(
+        os.path.join(out_dir, imagecheck.CACHE_FILE),
+        bundle.train.records.paths, cfg.data.image_size)
+    if small:
+      log.warning("%s", small)
   schema = bundle.schema
   if tc.loss_weights:
     schema = schema.with_loss_weights(dict(tc.loss_weights))
