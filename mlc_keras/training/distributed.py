@@ -220,8 +220,7 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
         shuffle_buffer=dc.shuffle_buffer, deterministic=dc.deterministic,
         class_weights=run.class_weights)
   iterator = iter(distribute(strategy, make_global, tc.batch_size))
-  step = make_train_step(strategy, model, optimizer, run.schema,
-                         run.label_smoothing)
+  step = make_train_step(strategy, model, optimizer, run.schema, run.label_smoothing)
   head_metrics = metrics.weighted_metrics(run.schema, tc.top_k)
   history_path = os.path.join(out_dir, "history.csv")
   for epoch in range(start_epoch, tc.epochs):
