@@ -158,6 +158,14 @@ class TrainConfig:
   reinit_heads: tuple[str, ...] = ()
   train_heads: tuple[str, ...] = ()
   train_backbone: bool = False
+  # --- the training recipe (issue 15) ---
+  # Label smoothing "head=s" ("*" = every head; none: 0).
+  label_smoothing: tuple[tuple[str, float], ...] = ()
+  # Gradients rescaled to at most this global L2 norm (None: not clipped).
+  clip_global_norm: Optional[float] = None
+  # Weight EMA decay per step (None: no EMA); the averaged weights are the
+  # ones validated, kept in best.keras / model.keras and exported.
+  ema_decay: Optional[float] = None
 
 
 @dataclasses.dataclass(frozen=True)

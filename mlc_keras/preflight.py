@@ -133,6 +133,13 @@ def check_ranges(cfg: config_lib.Config) -> None:
     for head, value in getattr(tc, field):
       if not (math.isfinite(value) and value >= 0):
         _fail(field, f"{head}={value}", "must be a number >= 0")
+  for head, value in tc.label_smoothing:
+    if not (math.isfinite(value) and 0 <= value < 1):
+      _fail("label_smoothing", f"{head}={value}", "must be in [0, 1)")
+  if tc.clip_global_norm is not None:
+    _number_in("clip_global_norm", tc.clip_global_norm, 0, low_open=True)
+  if tc.ema_decay is not None and not 0 < tc.ema_decay < 1:
+    _fail("ema_decay", tc.ema_decay, "must be in (0, 1), e.g. 0.999")
   for field, allowed in (("precision", config_lib.PRECISIONS),
                          ("strategy", config_lib.STRATEGIES),
                          ("optimizer", config_lib.OPTIMIZERS),
@@ -143,6 +150,10 @@ def check_ranges(cfg: config_lib.Config) -> None:
     # training/distributed.py's custom step supports neither.
     if tc.precision != "float32" or tc.jit_compile:
       _fail("strategy", tc.strategy, "supports float32 without --xla only")
+    if tc.ema_decay is not None:
+      _fail("ema_decay", tc.ema_decay, "is not supported with "
+            f"--strategy={tc.strategy} yet (its custom step does not swap "
+            "the averaged weights in); use the default strategy")
     if tc.freeze_epochs:
       _fail("freeze_epochs", tc.freeze_epochs, "is not supported with "
             f"--strategy={tc.strategy} yet; use the default strategy")

@@ -201,6 +201,20 @@ _TRAIN_HEADS = flags.DEFINE_list(
 _TRAIN_BACKBONE = flags.DEFINE_bool(
     "train_backbone", False, "With --train_heads: train the backbone too "
     "(the other heads' outputs then change).")
+# The training recipe (issue 15).
+_LABEL_SMOOTHING = flags.DEFINE_list(
+    "label_smoothing", [], "Label smoothing: a bare s for every head (e.g. "
+    "0.1) or 'head=s,...'; a smoothed head trains towards 1 - s on its class "
+    "and s/k on each of its k classes (a tag head: s/2 and 1 - s/2). Heads "
+    "left out: none.")
+_CLIP_GLOBAL_NORM = flags.DEFINE_float(
+    "clip_global_norm", None, "Rescale each step's gradients to at most this "
+    "global L2 norm (e.g. 1.0). Default: no clipping.")
+_EMA_DECAY = flags.DEFINE_float(
+    "ema_decay", None, "Keep an exponential moving average of the weights "
+    "with this decay per step (e.g. 0.999; 0.99 for runs of a few hundred "
+    "steps): validation, best.keras, model.keras and every export use the "
+    "averaged weights. Default: off.")
 _BACKUP_STEPS = flags.DEFINE_integer(
     "backup_every_steps", None, "Back up every N steps (default: each epoch).")
 # Owning the model_dir.
@@ -300,7 +314,10 @@ def config_from_flags() -> config_lib.Config:
       init_from=_INIT_FROM.value,
       reinit_heads=_names(_REINIT_HEADS.value),
       train_heads=_names(_TRAIN_HEADS.value),
-      train_backbone=_TRAIN_BACKBONE.value)
+      train_backbone=_TRAIN_BACKBONE.value,
+      label_smoothing=_per_head("label_smoothing", _LABEL_SMOOTHING.value,
+                                bare=True),
+      clip_global_norm=_CLIP_GLOBAL_NORM.value, ema_decay=_EMA_DECAY.value)
   return config_lib.Config(data=data, model=model, train=train)
 
 

@@ -60,6 +60,12 @@ _BAD = [
      "--strategy=mirrored: supports float32 without --xla only"),
     ("train", {"strategy": "mirrored", "freeze_epochs": 1},
      "--freeze_epochs=1: is not supported with --strategy=mirrored"),
+    ("train", {"label_smoothing": (("*", 1.0),)},
+     "--label_smoothing=\\*=1.0: must be in \\[0, 1\\)"),
+    ("train", {"clip_global_norm": 0.0}, "--clip_global_norm=0.0: must be > 0"),
+    ("train", {"ema_decay": 1.0}, "--ema_decay=1.0: must be in \\(0, 1\\)"),
+    ("train", {"strategy": "mirrored", "ema_decay": 0.99},
+     "--ema_decay=0.99: is not supported with --strategy=mirrored"),
     ("train", {"strategy": "multi_worker"},
      "--strategy=multi_worker needs the TF_CONFIG environment variable"),
 ]
