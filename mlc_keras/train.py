@@ -231,11 +231,14 @@ def _per_head(flag: str, items: list[str], bare: bool = False):
     raise app.UsageError(str(e)) from None
 
 
+def _user_set(holder) -> bool:
+  return not flags.FLAGS[holder.name].using_default_value
+
+
 def _given(holder, preset_value):
   """The flag's value when the user set it, else the preset's: a flag
   default must not undo what a preset chose."""
-  return preset_value if flags.FLAGS[holder.name].using_default_value else (
-      holder.value)
+  return holder.value if _user_set(holder) else preset_value
 
 
 def _names(items: list[str]) -> tuple[str, ...]:
@@ -316,8 +319,10 @@ def config_from_flags() -> config_lib.Config:
       train_heads=_names(_TRAIN_HEADS.value),
       train_backbone=_TRAIN_BACKBONE.value,
       label_smoothing=_per_head("label_smoothing", _LABEL_SMOOTHING.value,
-                                bare=True),
-      clip_global_norm=_CLIP_GLOBAL_NORM.value, ema_decay=_EMA_DECAY.value)
+                                bare=True) if _user_set(_LABEL_SMOOTHING)
+      else cfg.train.label_smoothing,
+      clip_global_norm=_given(_CLIP_GLOBAL_NORM, cfg.train.clip_global_norm),
+      ema_decay=_given(_EMA_DECAY, cfg.train.ema_decay))
   return config_lib.Config(data=data, model=model, train=train)
 
 

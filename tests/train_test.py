@@ -103,8 +103,17 @@ class PresetCliTest(tf.test.TestCase):
     self.assertEqual(mine.train.finetune_lr_scale, 0.1)  # still the preset's
     scratch = self.config("--preset=scratch_small")
     self.assertEqual((scratch.model.weights, scratch.train.weight_decay,
-                      scratch.data.augment, scratch.model.dropout),
-                     (None, 5e-4, ("flip", "resized_crop", "colour"), 0.2))
+                      scratch.data.augment, scratch.model.dropout,
+                      scratch.train.label_smoothing),
+                     (None, 5e-4, ("flip", "resized_crop", "colour"), 0.2,
+                      (("*", 0.1),)))
+    self.assertEqual(self.config("--preset=scratch_small",
+                                 "--label_smoothing=category=0.2",
+                                 "--ema_decay=0.99").train.label_smoothing,
+                     (("category", 0.2),))
+    self.assertEqual(self.config("--preset=scratch_small",
+                                 "--label_smoothing=").train.label_smoothing,
+                     ())
     # Without --preset a manifest run is the default config, as before.
     self.assertEqual(self.config().model, config_lib.ModelConfig())
     self.assertEqual(self.config().train, config_lib.TrainConfig())
