@@ -138,6 +138,13 @@ def check_ranges(cfg: config_lib.Config) -> None:
     for head, value in getattr(tc, field):
       if not (math.isfinite(value) and value >= 0):
         _fail(field, f"{head}={value}", "must be a number >= 0")
+  for head, value in tc.label_smoothing:
+    if not (math.isfinite(value) and 0 <= value < 1):
+      _fail("label_smoothing", f"{head}={value}", "must be in [0, 1)")
+  if tc.clip_global_norm is not None:
+    _number_in("clip_global_norm", tc.clip_global_norm, 0, low_open=True)
+  if tc.ema_decay is not None and not 0 < tc.ema_decay < 1:
+    _fail("ema_decay", tc.ema_decay, "must be in (0, 1), e.g. 0.999")
   for field, allowed in (("precision", config_lib.PRECISIONS),
                          ("strategy", config_lib.STRATEGIES),
                          ("optimizer", config_lib.OPTIMIZERS),
@@ -148,6 +155,10 @@ def check_ranges(cfg: config_lib.Config) -> None:
     # training/distributed.py's custom step supports neither.
     if tc.precision != "float32" or tc.jit_compile:
       _fail("strategy", tc.strategy, "supports float32 without --xla only")
+    if tc.ema_decay is not None:
+      _fail("ema_decay", tc.ema_decay, "is not supported with "
+            f"--strategy={tc.strategy} yet (its custom step does not swap "
+            "the averaged weights in); use the default strategy")
     if tc.freeze_epochs:
       _fail("freeze_epochs", tc.freeze_epochs, "is not supported with "
             f"--strategy={tc.strategy} yet; use the default strategy")
@@ -205,7 +216,10 @@ def check_sources(dc: config_lib.DataConfig) -> None:
 
 def imagenet_file(backbone: str, image_size: int) -> tuple[str, str]:
   """(file name, download URL) of the no-top ImageNet weights Keras fetches
-  for ``backbone`` (keras/src/applications, Keras 3.15)."""
+  for ``backbone`` (keras/src/applications, Keras 3.15). EfficientNetV2 and
+  ConvNeXt name the file after the model's Keras name
+  ("efficientnetv2-b0", "convnext_tiny"), under which modeling.model
+  builds them."""
   if backbone.startswith("ResNet"):
     name = (f"{backbone[:-2].lower()}v2_weights_tf_dim_ordering_tf_kernels"
             "_notop.h5")
@@ -214,6 +228,12 @@ def imagenet_file(backbone: str, image_size: int) -> tuple[str, str]:
     side = image_size if image_size in _MOBILENET_SIDES else 224
     name = f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{side}_no_top.h5"
     return name, f"{_APPS}mobilenet_v2/{name}"
+  if backbone.startswith("EfficientNetV2"):
+    name = f"efficientnetv2-{backbone[len('EfficientNetV2'):].lower()}_notop.h5"
+    return name, f"{_APPS}efficientnet_v2/{name}"
+  if backbone.startswith("ConvNeXt"):
+    name = f"convnext_{backbone[len('ConvNeXt'):].lower()}_notop.h5"
+    return name, f"{_APPS}convnext/{name}"
   raise FlagError(f"--weights=imagenet: no ImageNet file known for "
                   f"--backbone={backbone}")
 
@@ -260,12 +280,6 @@ def check_weights(mc: config_lib.ModelConfig, image_size: int,
       _fail("weights", weights, "no such file; give a local no-top weights "
             f"file, imagenet or none{hint}")
     return
-  if mc.backbone == "ConvNeXtTiny":
-    # Keras checks the model's name for the variant ("convnext_tiny"), and
-    # the backbone is built under the name "backbone".
-    _fail("weights", weights, "Keras loads ConvNeXtTiny's ImageNet weights "
-          "only into a model named convnext_tiny; pass the weights as a "
-          "local file (--weights=/path/to/convnext_tiny_notop.h5)")
   name, url = imagenet_file(mc.backbone, image_size)
   cache = keras_cache_dirs(keras_home)
   if any(os.path.isfile(os.path.join(d, name)) for d in cache):

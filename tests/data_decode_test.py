@@ -15,13 +15,16 @@ from mlc_keras.exporters import saved_model as saved_model_lib
 from mlc_keras.modeling import model as model_lib
 from tests import testutil
 
-# Full decode + antialiased resize against DCT-scaled decode + the same
-# resize, on photo-like JPEGs (smooth colour fields plus grain): measured
-# mean |difference| 0.5-1.0 grey levels and max 2-4 on 1-12 MP photos at
-# 96-320 px (BUILD_NOTES.md, Issue 14). The bounds below leave room for
-# these small images.
-MEAN_TOLERANCE = 1.5
-MAX_TOLERANCE = 8
+# Full decode + resize against DCT-scaled decode + the same resize, on
+# photo-like JPEGs (smooth colour fields plus grain): measured mean
+# |difference| 0.55-1.02 grey levels and max 3-6 on 0.3-4 MP photos at
+# 96-224 px, 1.0-1.6 / 5-9 on the small images below (BUILD_NOTES.md,
+# Issue 14). Since resize antialiases only from a 2x shrink on (session 6),
+# the DCT-scaled path's last step is plain bilinear where the full decode's
+# is antialiased, which moved the 160x96 -> 24 case from under 1.5 / 8 to
+# 1.58 / 9; the bounds follow.
+MEAN_TOLERANCE = 2.0
+MAX_TOLERANCE = 10
 
 
 def photo(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -68,6 +71,23 @@ class ReducedDecodeTest(tf.test.TestCase):
         self.assertLessEqual(d.mean(), MEAN_TOLERANCE)
         self.assertLessEqual(d.max(), MAX_TOLERANCE)
         self.assertGreater(d.max(), 0)  # the scaled path really ran
+
+  def test_resize_antialiases_only_from_a_2x_shrink(self):
+    def reference(pixels, size, antialias):
+      out = tf.image.resize(pixels, [size, size], antialias=antialias)
+      return tf.cast(tf.clip_by_value(tf.round(out), 0, 255), tf.uint8)
+    for (h, w, size), antialias in (((300, 290, 224), False),
+                                    ((447, 100, 224), False),
+                                    ((448, 100, 224), True),
+                                    ((100, 64, 32), True),
+                                    ((20, 20, 32), False)):
+      with self.subTest(f"{h}x{w} to {size}"):
+        pixels = photo(h, w, seed=w)
+        got = imageio.resize(tf.constant(pixels), size)
+        self.assertAllEqual(got, reference(pixels, size, antialias))
+        if antialias or max(h, w) > size:
+          # The two kernels really differ here, so the choice is visible.
+          self.assertNotAllEqual(got, reference(pixels, size, not antialias))
 
   def test_small_jpegs_and_other_formats_decode_in_full(self):
     pixels = photo(60, 40)

@@ -115,6 +115,23 @@ class CheckTest(tf.test.TestCase):
                                       progress=out), [])
     self.assertIn("checking images (header): 4/4", out.getvalue())
 
+  def test_upscale_note_names_the_largest_side_and_a_cheaper_size(self):
+    cache = os.path.join(self.dir, "image_check.csv")
+    records = self._records()  # four 32x32 images
+    self.assertIsNone(imagecheck.upscale_note(cache, records.paths, 224))
+    imagecheck.check(records, cache_path=cache, progress=None)
+    note = imagecheck.upscale_note(cache, records.paths, 224)
+    self.assertIn("at most 32x32 px", note)
+    self.assertIn("scales each up 7x", note)
+    # (224 / 32)^2 = 49.
+    self.assertIn("--image_size=32 trains about 49x cheaper", note)
+    # Scaled up less than 4x: nothing to say.
+    self.assertIsNone(imagecheck.upscale_note(cache, records.paths, 127))
+    self.assertIsNotNone(imagecheck.upscale_note(cache, records.paths, 128))
+    # One image of unknown size: no claim about "every" image.
+    self.assertIsNone(imagecheck.upscale_note(
+        cache, list(records.paths) + ["elsewhere.png"], 224))
+
   def test_cache_hit_on_a_second_run_and_invalidated_by_a_change(self):
     cache = os.path.join(self.dir, "image_check.csv")
     records = self._records()

@@ -302,3 +302,28 @@ def _file_size(path: str) -> int:
 def _decode_reason(path: str) -> str:
   from mlc_keras.data import imageio  # pylint: disable=g-import-not-at-top
   return imageio.decode_reason(path)
+
+
+def upscale_note(cache_path: str, paths: Sequence[str], image_size: int,
+                 factor: float = 4.0) -> Optional[str]:
+  """A line for the training log when every checked image is much smaller
+  than the training size: each is scaled up at least ``factor`` times, which
+  adds compute and no information (cost grows with image_size squared).
+  None when the images are not that small or their sizes are unknown (no
+  check ran, or some entry lacks a size)."""
+  cache = load_cache(cache_path)
+  sides = [max(cache[p].width, cache[p].height) for p in paths if p in cache]
+  if not sides or len(sides) < len(paths) or min(sides) <= 0:
+    return None
+  largest = max(sides)
+  if largest * factor > image_size:
+    return None
+  # keras.applications' backbones take 32 px and up; round to a multiple of
+  # 16 so stride-32 networks keep whole feature cells.
+  suggested = max(32, -(-largest // 16) * 16)
+  return (f"every training image is at most {largest}x{largest} px, and "
+          f"--image_size={image_size} scales each up {image_size / largest:.0f}x "
+          f"or more: the cost grows with --image_size squared, so "
+          f"--image_size={suggested} trains about "
+          f"{(image_size / suggested) ** 2:.0f}x cheaper on the same pixels "
+          "(a pretrained backbone may still like larger inputs)")

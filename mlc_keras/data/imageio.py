@@ -50,15 +50,32 @@ def decode(encoded: tf.Tensor) -> tf.Tensor:
   return image
 
 
+# From this shrink factor on (either side), resize antialiases.
+ANTIALIAS_FROM = 2
+
+
 def resize(image: tf.Tensor, image_size: int) -> tf.Tensor:
   """uint8 [H, W, 3] -> uint8 [image_size, image_size, 3].
 
-  Bilinear with antialiasing (shrinking without it aliases badly), rounded
-  back to uint8 so cached and served pixels are identical.
+  Bilinear, rounded back to uint8 so cached and served pixels are identical.
+  Antialiased only when a side shrinks by ANTIALIAS_FROM or more: plain
+  bilinear reads the 2x2 input pixels around each sample, so under a 2x
+  shrink every input pixel still contributes and there is little to alias,
+  while the antialiasing kernel (ScaleAndTranslate) costs ~3x the plain
+  resize (4.3-5.2 ms against 1.4-1.7 ms at 290x300 -> 224 here). Past 2x,
+  plain bilinear skips pixels and aliases badly, so the kernel is worth it.
+  After a reduced-scale JPEG decode the short side shrinks by under 2x; the
+  long side of a photo may still shrink by more (4:3 at 224 decodes to
+  433x578), and then the antialiased kernel runs.
   """
-  resized = tf.image.resize(image, [image_size, image_size],
-                            method="bilinear", antialias=True)
-  return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
+  shape = tf.shape(image)
+  shrink = tf.maximum(shape[0], shape[1]) >= ANTIALIAS_FROM * image_size
+
+  def resized(antialias):
+    return lambda: tf.image.resize(image, [image_size, image_size],
+                                   method="bilinear", antialias=antialias)
+  out = tf.cond(shrink, resized(True), resized(False))
+  return tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), tf.uint8)
 
 
 # libjpeg decodes a JPEG directly at 1/1, 1/2, 1/4 or 1/8 scale (scaled

@@ -98,13 +98,15 @@ def distribute(strategy: tf.distribute.Strategy,
   return strategy.distribute_datasets_from_function(dataset_fn)
 
 
-def make_train_step(strategy, model, optimizer, schema: heads_lib.LabelSchema):
-  """A tf.function running one step on every replica.
+def make_train_step(strategy, model, optimizer, schema: heads_lib.LabelSchema,
+                    label_smoothing=None):
+  """A tf.function running one step on every replica (``label_smoothing``:
+  {head: s}, see losses.head_losses).
 
   Returns (global loss, {head: global head loss}, (outputs, labels,
   weights)) of this worker's replicas for the metrics (see local_batches).
   """
-  head_losses = losses.head_losses(schema)
+  head_losses = losses.head_losses(schema, label_smoothing)
   weights = losses.loss_weights(schema)
   replicas = strategy.num_replicas_in_sync
 
@@ -218,7 +220,7 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
         shuffle_buffer=dc.shuffle_buffer, deterministic=dc.deterministic,
         class_weights=run.class_weights)
   iterator = iter(distribute(strategy, make_global, tc.batch_size))
-  step = make_train_step(strategy, model, optimizer, run.schema)
+  step = make_train_step(strategy, model, optimizer, run.schema, run.label_smoothing)
   head_metrics = metrics.weighted_metrics(run.schema, tc.top_k)
   history_path = os.path.join(out_dir, "history.csv")
   for epoch in range(start_epoch, tc.epochs):

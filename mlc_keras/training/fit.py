@@ -20,6 +20,7 @@ from mlc_keras.modeling import grow
 from mlc_keras.modeling import model as model_lib
 from mlc_keras.modeling import saving
 from mlc_keras.training import backup
+from mlc_keras.training import ema
 from mlc_keras.training import selection
 from mlc_keras.training import setup
 
@@ -209,12 +210,16 @@ def _train_phase(model: keras.Model, phase: Phase, run: setup.Run,
     setup.compile_model(
         model, run.schema,
         setup.optimizer(tc, steps * phase.epochs, phase.lr_scale),
-        tc.top_k, tc.jit_compile)
+        tc.top_k, tc.jit_compile, label_smoothing=run.label_smoothing)
   history = os.path.join(model_dir, "history.csv")
-  callbacks = shared + [
+  # With --ema_decay the averaged weights are in the model from validation
+  # to just before the backup (training/ema.py).
+  swap_in, swap_out = ema.callbacks() if tc.ema_decay else ((), ())
+  callbacks = [*swap_in, *shared,
       keras.callbacks.CSVLogger(history, append=start_epoch > 0),
       # Raises (keeping the backup) instead of ending the run "normally".
       StopOnNonFiniteLoss(),
+      *swap_out,
       # Last: an epoch is backed up only once the callbacks above logged it
       # (a kill in between would lose its history.csv row), and a NaN step
       # raises before its weights are backed up.

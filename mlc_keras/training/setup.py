@@ -223,25 +223,34 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
 def optimizer(cfg: config_lib.TrainConfig, total_steps: int,
               lr_scale: float = 1.0) -> keras.optimizers.Optimizer:
   """The configured optimizer on a warm-up + cosine schedule over
-  ``total_steps``, peaking at ``cfg.learning_rate * lr_scale``."""
+  ``total_steps``, peaking at ``cfg.learning_rate * lr_scale``; gradients
+  clipped to ``cfg.clip_global_norm`` and the weights averaged with decay
+  ``cfg.ema_decay`` when set (training/ema.py swaps the average in)."""
   peak = cfg.learning_rate * lr_scale
   warmup = min(max(total_steps // 10, 1), 1000)
   schedule = keras.optimizers.schedules.CosineDecay(
       initial_learning_rate=peak / 10,
       decay_steps=max(total_steps - warmup, 1), alpha=0.01,
       warmup_target=peak, warmup_steps=warmup)
+  extra = {"global_clipnorm": cfg.clip_global_norm}
+  if cfg.ema_decay is not None:
+    extra.update(use_ema=True, ema_momentum=cfg.ema_decay)
   if cfg.optimizer == "adamw":
-    return keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay)
+    return keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay,
+                                  **extra)
   if cfg.optimizer == "sgd":
-    return keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True)
+    return keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True,
+                                **extra)
   raise ValueError(f"--optimizer must be 'adamw' or 'sgd', got {cfg.optimizer!r}")
 
 
 def compile_model(model: keras.Model, schema: heads_lib.LabelSchema,
-                  optimizer, top_k: int = 5, jit_compile: bool = False) -> None:
+                  optimizer, top_k: int = 5, jit_compile: bool = False,
+                  label_smoothing=None) -> None:
+  """``label_smoothing``: {head: s} (losses.smoothing_per_head)."""
   selection = metrics.selection_metrics(schema)
   model.compile(optimizer=optimizer,
-                loss=losses.head_losses(schema),
+                loss=losses.head_losses(schema, label_smoothing),
                 loss_weights=losses.loss_weights(schema),
                 weighted_metrics={
                     h: ms + selection[h]
@@ -259,6 +268,8 @@ class Run:
   class_weights: Optional[dict]
   # Printed after the results table (see write_quarantine).
   quarantine_note: Optional[str]
+  # {head: label smoothing} (losses.smoothing_per_head; empty: none).
+  label_smoothing: dict = dataclasses.field(default_factory=dict)
 
 
 def init_from_parent(model: keras.Model, schema, tc: config_lib.TrainConfig
@@ -290,6 +301,12 @@ def prepare_run(cfg: config_lib.Config, out_dir: str) -> Run:
   bundle = load_data(cfg.data, tc.seed, check_cache=os.path.join(
       out_dir, imagecheck.CACHE_FILE))
   quarantine_note = write_quarantine(bundle, out_dir)
+  if bundle.train.records is not None:
+    small = imagecheck.upscale_note(
+        os.path.join(out_dir, imagecheck.CACHE_FILE),
+        bundle.train.records.paths, cfg.data.image_size)
+    if small:
+      log.warning("%s", small)
   schema = bundle.schema
   if tc.loss_weights:
     schema = schema.with_loss_weights(dict(tc.loss_weights))
@@ -313,7 +330,9 @@ def prepare_run(cfg: config_lib.Config, out_dir: str) -> Run:
   steps = tc.steps_per_epoch or full_steps
   class_weights = pipeline.class_weights_from(tc.class_weight, bundle.train,
                                               schema)
-  return Run(bundle, schema, steps, class_weights, quarantine_note)
+  smoothing = losses.smoothing_per_head(schema, tc.label_smoothing)
+  return Run(bundle, schema, steps, class_weights, quarantine_note,
+             smoothing)
 
 
 # With no validation data, the end-of-run report scores at most this many
