@@ -260,6 +260,13 @@ def _names(items: list[str]) -> tuple[str, ...]:
   return tuple(dict.fromkeys(i.strip() for i in items if i.strip()))
 
 
+def _combination_fields() -> dict:
+  """The DataConfig fields of the combination flags (issue 13)."""
+  return dict(holdout_combinations=_HOLDOUT.value or None,
+              calibration_combinations=_CALIBRATION_COMBOS.value or None,
+              balance_combinations=_names(_BALANCE.value))
+
+
 def _feed(data: config_lib.DataConfig) -> config_lib.DataConfig:
   """The feeding flags on top of ``data``, checked."""
   try:
@@ -306,9 +313,7 @@ def config_from_flags() -> config_lib.Config:
       image_check=_IMAGE_CHECK.value, val_cache_max_mb=_VAL_CACHE_MAX_MB.value,
       image_root=_IMAGE_ROOT.value, max_image_pixels=_MAX_PIXELS.value,
       quarantine=_QUARANTINE.value, demo_dir=_DEMO_DIR.value,
-      holdout_combinations=_HOLDOUT.value or None,
-      calibration_combinations=_CALIBRATION_COMBOS.value or None,
-      balance_combinations=_names(_BALANCE.value))
+      **_combination_fields())
   data = _feed(data)
   model = dataclasses.replace(
       cfg.model, backbone=_given(_BACKBONE, cfg.model.backbone),

@@ -103,9 +103,6 @@ def load_data(cfg: config_lib.DataConfig, seed: int,
   else:
     val_rec = None
   train_rec, val_rec, holdout = _hold_out(train_rec, val_rec, schema, cfg)
-  if cfg.balance_combinations:
-    train_rec, balanced = _balanced(train_rec, schema, cfg)
-    holdout = {**(holdout or {}), "balanced": balanced}
   if check and (cfg.validate_images or cfg.quarantine):
     train_rec, val_rec = (_checked(rec, cfg, quarantined, check_cache)
                           for rec in (train_rec, val_rec))
@@ -132,7 +129,14 @@ def _balanced(train_rec, schema, cfg: config_lib.DataConfig):
 
 def _hold_out(train_rec, val_rec, schema, cfg: config_lib.DataConfig):
   """(train, val, report): the held-out combinations removed (data/
-  combinations.py); report None when none are configured."""
+  combinations.py), then the training rows balanced over combinations
+  (--balance_combinations); report None when neither is configured."""
+  if cfg.balance_combinations:
+    train_rec, val_rec, report = _hold_out(
+        train_rec, val_rec, schema,
+        dataclasses.replace(cfg, balance_combinations=()))
+    train_rec, balanced = _balanced(train_rec, schema, cfg)
+    return train_rec, val_rec, {**(report or {}), "balanced": balanced}
   if not (cfg.holdout_combinations or cfg.calibration_combinations):
     return train_rec, val_rec, None
   try:
