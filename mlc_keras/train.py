@@ -74,7 +74,9 @@ _CACHE = flags.DEFINE_bool("cache", None, "Cache decoded images in memory.")
 _AUGMENT = flags.DEFINE_list(
     "augment", None, "Training augmentations: flip, crop (pad and crop, for "
     "small images), resized_crop (random resized crop cut while decoding, for "
-    "photos; needs --nocache), colour ('' for none). "
+    "photos; needs --nocache), colour, randaugment (--randaugment_ops random "
+    "ops of --randaugment_magnitude), erasing (random erasing, "
+    "--erasing_prob) ('' for none). "
     "Turn off any that change a label (e.g. flip for text, colour for a colour "
     "head).")
 # Feeding (issue 14).
@@ -90,6 +92,28 @@ _DATA_SERVICE = flags.DEFINE_string(
     "data_service", None, "grpc://host:port of a tf.data service dispatcher: "
     "its workers decode and augment the training input (README: 'Several "
     "GPUs, several machines').")
+# The recipe's augmentations (issue 15).
+_RA_OPS = flags.DEFINE_integer(
+    "randaugment_ops", _d.randaugment_ops, "--augment=randaugment: ops drawn "
+    "per image.", lower_bound=1)
+_RA_MAGNITUDE = flags.DEFINE_float(
+    "randaugment_magnitude", _d.randaugment_magnitude, "--augment="
+    "randaugment: strength of every op, 0-1 (1: rotate 30 degrees, shear "
+    "0.3, translate 30%, brightness 40%, ...).", lower_bound=0, upper_bound=1)
+_ERASING_PROB = flags.DEFINE_float(
+    "erasing_prob", _d.erasing_prob, "--augment=erasing: share of images "
+    "that get one rectangle of noise (2-33% of the area).", lower_bound=0,
+    upper_bound=1)
+_MIXUP = flags.DEFINE_float(
+    "mixup_alpha", _d.mixup_alpha, "MixUp: blend each training image with "
+    "another of its batch by lam ~ Beta(alpha, alpha) (e.g. 0.2), targets "
+    "mixed per head; a head labelled on only one of the two gets weight 0 "
+    "for that sample (README 'The training recipe'). 0: off.", lower_bound=0)
+_CUTMIX = flags.DEFINE_float(
+    "cutmix_alpha", _d.cutmix_alpha, "CutMix: paste a box of another image "
+    "of the batch (area share 1 - lam, lam ~ Beta(alpha, alpha), e.g. 1.0), "
+    "targets mixed by area as MixUp's. With both on, each batch uses one of "
+    "them. 0: off.", lower_bound=0)
 _DETERMINISTIC = flags.DEFINE_bool(
     "deterministic", False, "Deterministic data order and ops (slower).")
 _VALIDATE = flags.DEFINE_bool(
@@ -248,6 +272,22 @@ def _feed(data: config_lib.DataConfig) -> config_lib.DataConfig:
   return data
 
 
+def _recipe_data() -> dict:
+  """The recipe's DataConfig fields (issue 15)."""
+  return dict(randaugment_ops=_RA_OPS.value,
+              randaugment_magnitude=_RA_MAGNITUDE.value,
+              erasing_prob=_ERASING_PROB.value, mixup_alpha=_MIXUP.value,
+              cutmix_alpha=_CUTMIX.value)
+
+
+def _recipe_train() -> dict:
+  """The recipe's TrainConfig fields (issue 15)."""
+  return dict(label_smoothing=_per_head("label_smoothing",
+                                        _LABEL_SMOOTHING.value, bare=True),
+              clip_global_norm=_CLIP_GLOBAL_NORM.value,
+              ema_decay=_EMA_DECAY.value)
+
+
 def config_from_flags() -> config_lib.Config:
   """The run config: a preset, overridden by every flag that was set."""
   has_source = _MANIFEST.value or _TFRECORD.value or _TFDS.value
@@ -277,7 +317,8 @@ def config_from_flags() -> config_lib.Config:
       deterministic=_DETERMINISTIC.value, validate_images=_VALIDATE.value,
       image_check=_IMAGE_CHECK.value, val_cache_max_mb=_VAL_CACHE_MAX_MB.value,
       image_root=_IMAGE_ROOT.value, max_image_pixels=_MAX_PIXELS.value,
-      quarantine=_QUARANTINE.value, demo_dir=_DEMO_DIR.value)
+      quarantine=_QUARANTINE.value, demo_dir=_DEMO_DIR.value,
+      **_recipe_data())
   data = _feed(data)
   model = dataclasses.replace(
       cfg.model, backbone=_BACKBONE.value, weights=weights,
@@ -301,10 +342,7 @@ def config_from_flags() -> config_lib.Config:
       init_from=_INIT_FROM.value,
       reinit_heads=_names(_REINIT_HEADS.value),
       train_heads=_names(_TRAIN_HEADS.value),
-      train_backbone=_TRAIN_BACKBONE.value,
-      label_smoothing=_per_head("label_smoothing", _LABEL_SMOOTHING.value,
-                                bare=True),
-      clip_global_norm=_CLIP_GLOBAL_NORM.value, ema_decay=_EMA_DECAY.value)
+      train_backbone=_TRAIN_BACKBONE.value, **_recipe_train())
   return config_lib.Config(data=data, model=model, train=train)
 
 
