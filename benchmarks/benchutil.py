@@ -71,3 +71,20 @@ def write_jpegs(folder: str, n: int, min_side: int, max_side: int,
     writer.writerow(("image", "kind", "tone"))
     writer.writerows(rows)
   return manifest, total / n / 1024
+
+
+def balanced_draw(labels, k: int, num_classes: int, seed: int):
+  """A boolean mask of k images, as evenly spread over the classes as the
+  counts allow, drawn with a seeded permutation."""
+  import numpy as np
+  rng = np.random.default_rng(seed)
+  order = rng.permutation(len(labels))
+  per_class = [list(order[labels[order] == c]) for c in range(num_classes)]
+  picked, c = [], 0
+  while len(picked) < k:
+    if per_class[c % num_classes]:
+      picked.append(per_class[c % num_classes].pop(0))
+    c += 1
+  mask = np.zeros(len(labels), bool)
+  mask[picked] = True
+  return mask

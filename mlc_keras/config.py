@@ -14,12 +14,17 @@ from typing import Optional
 # TensorFlow loads; modeling.model and data.pipeline implement them (and
 # tests/preflight_test.py keeps the lists equal).
 BACKBONES = ("ResNet50V2", "ResNet101V2", "ResNet152V2", "MobileNetV2",
-             "ConvNeXtTiny")
+             "EfficientNetV2B0", "EfficientNetV2B1", "EfficientNetV2B2",
+             "EfficientNetV2B3", "EfficientNetV2S", "EfficientNetV2M",
+             "EfficientNetV2L", "ConvNeXtTiny", "ConvNeXtSmall",
+             "ConvNeXtBase", "ConvNeXtLarge", "ConvNeXtXLarge")
 AUGMENTATIONS = ("flip", "crop", "resized_crop", "colour", "randaugment",
                  "erasing")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 OPTIMIZERS = ("adamw", "sgd")
+# --preset names: functions of this module returning a Config.
+PRESETS = ("default", "demo", "tiny", "scratch_small", "finetune_imagenet")
 
 # Config fields set by no flag of their own (only by --preset), and fields
 # whose flag has another name.
@@ -226,6 +231,44 @@ def tiny() -> Config:
       data=DataConfig(image_size=32, demo_train_size=64, demo_val_size=32,
                       shuffle_buffer=64, augment=("flip", "crop")),
       train=TrainConfig(batch_size=8, epochs=1, steps_per_epoch=2, top_k=2),
+  )
+
+
+def scratch_small() -> Config:
+  """A from-scratch recipe for a small data set (thousands of images, no
+  pretrained weights): strong augmentation (flip, a random-resized crop
+  that keeps at least a third of the image, colour jitter), dropout 0.2 on
+  the features, five times the default weight decay, BatchNorm momentum
+  0.9 so inference statistics keep up in a short run, and 30 epochs at
+  2e-3 (a random backbone needs the larger step), label smoothing 0.1 on
+  every head (timm's default). ``resized_crop`` reads the full image each
+  epoch, so the decoded-pixel cache stays off. No weight EMA: Keras starts
+  the average at the initial weights, so a decay that suits one data size
+  leaves a smaller run's average near its random start."""
+  return Config(
+      data=DataConfig(augment=("flip", "resized_crop", "colour"),
+                      crop_scale=(0.35, 1.0), cache=False),
+      model=ModelConfig(weights=None, dropout=0.2, bn_momentum=0.9),
+      train=TrainConfig(epochs=30, learning_rate=2e-3, weight_decay=5e-4,
+                        label_smoothing=(("*", 0.1),)),
+  )
+
+
+def finetune_imagenet() -> Config:
+  """Fine-tuning from ImageNet weights: 224 px (the weights' own size),
+  two epochs training only the heads on the frozen backbone (BatchNorm in
+  inference mode) at 1e-3, then the whole backbone unfrozen at a tenth of
+  that with BatchNorm kept frozen (its statistics are ImageNet's, which
+  small batches would spoil); mild augmentation (flip and a resized crop
+  over at least a quarter of the image), dropout 0.1, label smoothing 0.1,
+  12 epochs."""
+  return Config(
+      data=DataConfig(image_size=224, augment=("flip", "resized_crop"),
+                      crop_scale=(0.25, 1.0), cache=False),
+      model=ModelConfig(weights="imagenet", dropout=0.1),
+      train=TrainConfig(epochs=12, learning_rate=1e-3, freeze_epochs=2,
+                        unfreeze_layers=0, finetune_lr_scale=0.1,
+                        label_smoothing=(("*", 0.1),)),
   )
 
 

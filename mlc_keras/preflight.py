@@ -223,7 +223,10 @@ def check_sources(dc: config_lib.DataConfig) -> None:
 
 def imagenet_file(backbone: str, image_size: int) -> tuple[str, str]:
   """(file name, download URL) of the no-top ImageNet weights Keras fetches
-  for ``backbone`` (keras/src/applications, Keras 3.15)."""
+  for ``backbone`` (keras/src/applications, Keras 3.15). EfficientNetV2 and
+  ConvNeXt name the file after the model's Keras name
+  ("efficientnetv2-b0", "convnext_tiny"), under which modeling.model
+  builds them."""
   if backbone.startswith("ResNet"):
     name = (f"{backbone[:-2].lower()}v2_weights_tf_dim_ordering_tf_kernels"
             "_notop.h5")
@@ -232,6 +235,12 @@ def imagenet_file(backbone: str, image_size: int) -> tuple[str, str]:
     side = image_size if image_size in _MOBILENET_SIDES else 224
     name = f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{side}_no_top.h5"
     return name, f"{_APPS}mobilenet_v2/{name}"
+  if backbone.startswith("EfficientNetV2"):
+    name = f"efficientnetv2-{backbone[len('EfficientNetV2'):].lower()}_notop.h5"
+    return name, f"{_APPS}efficientnet_v2/{name}"
+  if backbone.startswith("ConvNeXt"):
+    name = f"convnext_{backbone[len('ConvNeXt'):].lower()}_notop.h5"
+    return name, f"{_APPS}convnext/{name}"
   raise FlagError(f"--weights=imagenet: no ImageNet file known for "
                   f"--backbone={backbone}")
 
@@ -278,12 +287,6 @@ def check_weights(mc: config_lib.ModelConfig, image_size: int,
       _fail("weights", weights, "no such file; give a local no-top weights "
             f"file, imagenet or none{hint}")
     return
-  if mc.backbone == "ConvNeXtTiny":
-    # Keras checks the model's name for the variant ("convnext_tiny"), and
-    # the backbone is built under the name "backbone".
-    _fail("weights", weights, "Keras loads ConvNeXtTiny's ImageNet weights "
-          "only into a model named convnext_tiny; pass the weights as a "
-          "local file (--weights=/path/to/convnext_tiny_notop.h5)")
   name, url = imagenet_file(mc.backbone, image_size)
   cache = keras_cache_dirs(keras_home)
   if any(os.path.isfile(os.path.join(d, name)) for d in cache):

@@ -31,9 +31,11 @@ _MODEL_DIR = flags.DEFINE_string(
     "(run.lock). Re-running with the same model_dir resumes an interrupted "
     "run and leaves a finished one alone (see --overwrite).")
 _PRESET = flags.DEFINE_enum(
-    "preset", None, ["default", "demo", "tiny"],
+    "preset", None, list(config_lib.PRESETS),
     "Starting config that the other flags override. Default: 'demo' when no "
-    "data source is given, else 'default'.")
+    "data source is given, else 'default'. Recipes: 'scratch_small' (from "
+    "scratch on a small data set) and 'finetune_imagenet' (ImageNet weights, "
+    "frozen then unfrozen backbone); see mlc_keras/config.py.")
 # Data.
 _MANIFEST = flags.DEFINE_string(
     "manifest", None, "Training CSV: an image path column and one column per "
@@ -143,8 +145,9 @@ _QUARANTINE = flags.DEFINE_bool(
 _DEMO_DIR = flags.DEFINE_string("demo_dir", _d.demo_dir,
                                 "Where the demo set is generated.")
 # Model.
-_BACKBONE = flags.DEFINE_string("backbone", _m.backbone,
-                                "A keras.applications backbone.")
+_BACKBONE = flags.DEFINE_string(
+    "backbone", _m.backbone, "A keras.applications backbone: "
+    + ", ".join(config_lib.BACKBONES) + ".")
 _WEIGHTS = flags.DEFINE_string(
     "weights", None, "Backbone weights: none, imagenet, or a local no-top "
     "weights file.")
@@ -252,6 +255,16 @@ def _per_head(flag: str, items: list[str], bare: bool = False):
     raise app.UsageError(str(e)) from None
 
 
+def _user_set(holder) -> bool:
+  return not flags.FLAGS[holder.name].using_default_value
+
+
+def _given(holder, preset_value):
+  """The flag's value when the user set it, else the preset's: a flag
+  default must not undo what a preset chose."""
+  return holder.value if _user_set(holder) else preset_value
+
+
 def _names(items: list[str]) -> tuple[str, ...]:
   return tuple(dict.fromkeys(i.strip() for i in items if i.strip()))
 
@@ -272,20 +285,22 @@ def _feed(data: config_lib.DataConfig) -> config_lib.DataConfig:
   return data
 
 
-def _recipe_data() -> dict:
-  """The recipe's DataConfig fields (issue 15)."""
-  return dict(randaugment_ops=_RA_OPS.value,
-              randaugment_magnitude=_RA_MAGNITUDE.value,
-              erasing_prob=_ERASING_PROB.value, mixup_alpha=_MIXUP.value,
-              cutmix_alpha=_CUTMIX.value)
+def _recipe_data(preset: config_lib.DataConfig) -> dict:
+  """The recipe's DataConfig fields (issue 15): each flag the user set, else
+  the preset's value."""
+  return {holder.name: _given(holder, getattr(preset, holder.name))
+          for holder in (_RA_OPS, _RA_MAGNITUDE, _ERASING_PROB, _MIXUP,
+                         _CUTMIX)}
 
 
-def _recipe_train() -> dict:
-  """The recipe's TrainConfig fields (issue 15)."""
-  return dict(label_smoothing=_per_head("label_smoothing",
-                                        _LABEL_SMOOTHING.value, bare=True),
-              clip_global_norm=_CLIP_GLOBAL_NORM.value,
-              ema_decay=_EMA_DECAY.value)
+def _recipe_train(preset: config_lib.TrainConfig) -> dict:
+  """The recipe's TrainConfig fields (issue 15), as _recipe_data."""
+  smoothing = (_per_head("label_smoothing", _LABEL_SMOOTHING.value, bare=True)
+               if _user_set(_LABEL_SMOOTHING) else preset.label_smoothing)
+  return dict(label_smoothing=smoothing,
+              clip_global_norm=_given(_CLIP_GLOBAL_NORM,
+                                      preset.clip_global_norm),
+              ema_decay=_given(_EMA_DECAY, preset.ema_decay))
 
 
 def config_from_flags() -> config_lib.Config:
@@ -297,7 +312,7 @@ def config_from_flags() -> config_lib.Config:
   def pick(value, default):
     return default if value is None else value
 
-  weights = _WEIGHTS.value
+  weights = _given(_WEIGHTS, cfg.model.weights)
   if weights is not None and weights.lower() == "none":
     weights = None
   augment = cfg.data.augment if _AUGMENT.value is None else tuple(
@@ -318,11 +333,12 @@ def config_from_flags() -> config_lib.Config:
       image_check=_IMAGE_CHECK.value, val_cache_max_mb=_VAL_CACHE_MAX_MB.value,
       image_root=_IMAGE_ROOT.value, max_image_pixels=_MAX_PIXELS.value,
       quarantine=_QUARANTINE.value, demo_dir=_DEMO_DIR.value,
-      **_recipe_data())
+      **_recipe_data(cfg.data))
   data = _feed(data)
   model = dataclasses.replace(
-      cfg.model, backbone=_BACKBONE.value, weights=weights,
-      dropout=_DROPOUT.value, bn_momentum=_BN_MOMENTUM.value)
+      cfg.model, backbone=_given(_BACKBONE, cfg.model.backbone),
+      weights=weights, dropout=_given(_DROPOUT, cfg.model.dropout),
+      bn_momentum=_given(_BN_MOMENTUM, cfg.model.bn_momentum))
   train = dataclasses.replace(
       cfg.train, batch_size=pick(_BATCH_SIZE.value, cfg.train.batch_size),
       epochs=pick(_EPOCHS.value, cfg.train.epochs),
@@ -333,16 +349,18 @@ def config_from_flags() -> config_lib.Config:
       class_weight=_CLASS_WEIGHT.value,
       loss_weights=_per_head("loss_weights", _LOSS_WEIGHTS.value),
       focal_loss=_per_head("focal_loss", _FOCAL_LOSS.value, bare=True),
-      top_k=_TOP_K.value, freeze_epochs=_FREEZE_EPOCHS.value,
-      unfreeze_layers=_UNFREEZE_LAYERS.value,
-      finetune_lr_scale=_FINETUNE_LR_SCALE.value,
+      top_k=_TOP_K.value,
+      freeze_epochs=_given(_FREEZE_EPOCHS, cfg.train.freeze_epochs),
+      unfreeze_layers=_given(_UNFREEZE_LAYERS, cfg.train.unfreeze_layers),
+      finetune_lr_scale=_given(_FINETUNE_LR_SCALE,
+                               cfg.train.finetune_lr_scale),
       backup_every_steps=_BACKUP_STEPS.value,
       monitor=_MONITOR.value or None,
       early_stopping_patience=_PATIENCE.value,
       init_from=_INIT_FROM.value,
       reinit_heads=_names(_REINIT_HEADS.value),
       train_heads=_names(_TRAIN_HEADS.value),
-      train_backbone=_TRAIN_BACKBONE.value, **_recipe_train())
+      train_backbone=_TRAIN_BACKBONE.value, **_recipe_train(cfg.train))
   return config_lib.Config(data=data, model=model, train=train)
 
 

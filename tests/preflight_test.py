@@ -100,6 +100,16 @@ class PreflightTest(parameterized.TestCase, tf.test.TestCase):
     self.assertEqual(preflight.check(config_lib.demo()), preflight.Plan())
     self.assertEqual(preflight.check(config_lib.default()), preflight.Plan())
 
+  def test_recipe_presets_pass_the_checks(self):
+    for preset in ("scratch_small", "finetune_imagenet"):
+      cfg = getattr(config_lib, preset)()
+      preflight.check_ranges(cfg)
+      config_lib.check_feed(cfg.data)
+      self.assertEqual(cfg.model.backbone, "ResNet50V2")
+    self.assertEqual(config_lib.PRESETS[:3], ("default", "demo", "tiny"))
+    for preset in config_lib.PRESETS:
+      self.assertIsInstance(getattr(config_lib, preset)(), config_lib.Config)
+
   def test_tf_config(self):
     def plan(task, cluster=None):
       return preflight.parse_tf_config(json.dumps(
@@ -155,10 +165,19 @@ class PreflightTest(parameterized.TestCase, tf.test.TestCase):
     probe.assert_not_called()  # cached: no network
     self.assertEqual(preflight.imagenet_file("ResNet101V2", 224)[0],
                      "resnet101v2_weights_tf_dim_ordering_tf_kernels_notop.h5")
-    with self.assertRaisesRegex(preflight.FlagError, "ConvNeXtTiny.*local "
-                                "file"):
+    # Built under their Keras names (modeling/model.py), EfficientNetV2 and
+    # ConvNeXt take ImageNet weights too: their files are looked up alike
+    # (tests/modeling_backbones_test.py checks the names against Keras).
+    self.assertEqual(preflight.imagenet_file("ConvNeXtTiny", 32), (
+        "convnext_tiny_notop.h5", "https://storage.googleapis.com/tensorflow/"
+        "keras-applications/convnext/convnext_tiny_notop.h5"))
+    self.assertEqual(preflight.imagenet_file("EfficientNetV2S", 32)[0],
+                     "efficientnetv2-s_notop.h5")
+    with self.assertRaisesRegex(preflight.FlagError, "^--weights=imagenet: "
+                                "the ConvNeXtTiny weights are not in the "
+                                "Keras cache"):
       preflight.check(_cfg("model", weights="imagenet", backbone="ConvNeXtTiny"),
-                      probe=probe)
+                      keras_home=home, probe=probe)
 
   def test_unreachable_url_is_answered_quickly(self):
     # A refused local port: an error string, not an exception.

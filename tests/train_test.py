@@ -1,6 +1,7 @@
 """End-to-end tests of the training CLI (real subprocess, tiny settings)."""
 
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -69,6 +70,53 @@ class TrainCliTest(tf.test.TestCase):
     proc = run_cli("mlc_keras.train", "--loss_weights=shape", timeout=300)
     self.assertNotEqual(proc.returncode, 0)
     self.assertIn("--loss_weights: expected head=number, got 'shape'", proc.stderr)
+
+
+class PresetCliTest(tf.test.TestCase):
+  """--preset's recipes reach the run config, and a flag the user gives
+  wins over the preset even when it equals the flag's default."""
+
+  def config(self, *args):
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys; from absl import flags; "
+         "from mlc_keras import train; flags.FLAGS(sys.argv); "
+         "print(train.config_from_flags().to_json())", "--manifest=t.csv",
+         *args], cwd=REPO, capture_output=True, text=True, check=True,
+        env=dict(os.environ, PYTHONPATH=REPO)).stdout
+    return config_lib.Config.from_dict(json.loads(out))
+
+  def test_recipes_and_overrides(self):
+    fine = self.config("--preset=finetune_imagenet")
+    self.assertEqual(fine, dataclasses.replace(
+        config_lib.finetune_imagenet(), data=dataclasses.replace(
+            config_lib.finetune_imagenet().data, manifest="t.csv")))
+    self.assertEqual((fine.model.weights, fine.train.freeze_epochs,
+                      fine.train.finetune_lr_scale, fine.data.image_size,
+                      fine.model.dropout), ("imagenet", 2, 0.1, 224, 0.1))
+    mine = self.config("--preset=finetune_imagenet", "--weights=none",
+                       "--freeze_epochs=0", "--dropout=0", "--epochs=3",
+                       "--backbone=EfficientNetV2B0", "--crop_scale=0.5,1")
+    self.assertEqual((mine.model.weights, mine.train.freeze_epochs,
+                      mine.model.dropout, mine.train.epochs,
+                      mine.model.backbone, mine.data.crop_scale),
+                     (None, 0, 0.0, 3, "EfficientNetV2B0", (0.5, 1.0)))
+    self.assertEqual(mine.train.finetune_lr_scale, 0.1)  # still the preset's
+    scratch = self.config("--preset=scratch_small")
+    self.assertEqual((scratch.model.weights, scratch.train.weight_decay,
+                      scratch.data.augment, scratch.model.dropout,
+                      scratch.train.label_smoothing),
+                     (None, 5e-4, ("flip", "resized_crop", "colour"), 0.2,
+                      (("*", 0.1),)))
+    self.assertEqual(self.config("--preset=scratch_small",
+                                 "--label_smoothing=category=0.2",
+                                 "--ema_decay=0.99").train.label_smoothing,
+                     (("category", 0.2),))
+    self.assertEqual(self.config("--preset=scratch_small",
+                                 "--label_smoothing=").train.label_smoothing,
+                     ())
+    # Without --preset a manifest run is the default config, as before.
+    self.assertEqual(self.config().model, config_lib.ModelConfig())
+    self.assertEqual(self.config().train, config_lib.TrainConfig())
 
 
 class OwnershipCliTest(tf.test.TestCase):

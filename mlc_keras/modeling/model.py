@@ -18,24 +18,46 @@ BACKBONE_LAYER = "backbone"
 FEATURES_LAYER = "features"
 
 
+# Pixel scalings (scale, offset), applied to 0-255 RGB by the model's
+# "preprocess" layer. "torch": ImageNet mean / std per channel, what Keras'
+# EfficientNetV2 B0-B3 and ConvNeXt do in their own first layers.
+_MEAN = (0.485, 0.456, 0.406)
+_STD = (0.229, 0.224, 0.225)
+_PIXELS = {
+    "tf": (1.0 / 127.5, -1.0),
+    "v2": (1.0 / 128.0, -1.0),  # EfficientNetV2 S, M, L
+    "torch": (tuple(1.0 / (255.0 * s) for s in _STD),
+              tuple(-m / s for m, s in zip(_MEAN, _STD))),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class _Backbone:
   build: Callable[..., keras.Model]
-  # "tf": the network wants [-1, 1] pixels; "raw": it rescales 0-255 itself.
-  pixels: str
+  pixels: str  # a key of _PIXELS
+  # The network has its own preprocessing layers, which are turned off:
+  # their Normalization keeps mean and variance as captured constants that
+  # the ONNX converter turns into extra graph inputs; the "preprocess"
+  # Rescaling computes the same pixels as constants of the graph.
+  own_preprocessing: bool = False
 
 
 def _backbones() -> dict[str, _Backbone]:
   apps = keras.applications
-  return {
+  table = {
       "ResNet50V2": _Backbone(apps.ResNet50V2, "tf"),
       "ResNet101V2": _Backbone(apps.ResNet101V2, "tf"),
       "ResNet152V2": _Backbone(apps.ResNet152V2, "tf"),
       "MobileNetV2": _Backbone(apps.MobileNetV2, "tf"),
-      # EfficientNetV2 is left out: Keras looks up its block table by the
-      # name= argument, so it cannot be built under the name "backbone".
-      "ConvNeXtTiny": _Backbone(apps.ConvNeXtTiny, "raw"),
   }
+  for variant in ("B0", "B1", "B2", "B3", "S", "M", "L"):
+    name = "EfficientNetV2" + variant
+    table[name] = _Backbone(getattr(apps, name),
+                            "torch" if variant.startswith("B") else "v2", True)
+  for variant in ("Tiny", "Small", "Base", "Large", "XLarge"):
+    name = "ConvNeXt" + variant
+    table[name] = _Backbone(getattr(apps, name), "torch", True)
+  return table
 
 
 BACKBONES = tuple(_backbones())
@@ -52,7 +74,8 @@ def build_model(schema: heads_lib.LabelSchema,
   Args:
     schema: heads and their classes; one softmax output per head, named after it.
     image_size: side of the square uint8 RGB input.
-    backbone: a name from BACKBONES (keras.applications, include_top=False).
+    backbone: a name from BACKBONES (keras.applications, include_top=False,
+      built under its Keras name and wrapped as the layer "backbone").
     weights: None, "imagenet" (downloaded by Keras on first use) or the path of
       a local no-top weights file.
     dropout: dropout rate on the pooled features (0 disables it).
@@ -70,15 +93,11 @@ def build_model(schema: heads_lib.LabelSchema,
   spec = table[backbone]
   image = keras.Input(shape=(image_size, image_size, 3), dtype="uint8",
                       name="image")
-  if spec.pixels == "tf":
-    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess")(image)
-  else:
-    x = keras.layers.Rescaling(1.0, name="preprocess")(image)
-  net = spec.build(include_top=False, weights=weights,
-                   input_shape=(image_size, image_size, 3), pooling="avg",
-                   name=BACKBONE_LAYER)
+  scale, offset = _PIXELS[spec.pixels]
+  x = keras.layers.Rescaling(scale, offset=offset, name="preprocess")(image)
+  net = _wrapped(spec, image_size, weights)
   if bn_momentum is not None:
-    for layer in net.layers:
+    for layer in backbone_layers(net):
       if isinstance(layer, keras.layers.BatchNormalization):
         layer.momentum = float(bn_momentum)
   features = net(x)
@@ -88,6 +107,30 @@ def build_model(schema: heads_lib.LabelSchema,
   outputs = {h.name: head_layer(h, dtype="float32")(features)
              for h in schema.heads}
   return keras.Model(image, outputs, name="mlc_" + backbone.lower())
+
+
+def _wrapped(spec: _Backbone, image_size: int,
+             weights: Optional[str]) -> keras.Model:
+  """The keras.applications network built under its own Keras name, then
+  re-wrapped (same layers, same weights) as a model named "backbone".
+  Keras reads the name: EfficientNetV2 looks up its block table by it and
+  ConvNeXt accepts ImageNet weights only under its variant's name, so
+  building it as "backbone" directly fails for both."""
+  own = {"include_preprocessing": False} if spec.own_preprocessing else {}
+  inner = spec.build(include_top=False, weights=weights,
+                     input_shape=(image_size, image_size, 3), pooling="avg",
+                     **own)
+  return keras.Model(inner.input, inner.output, name=BACKBONE_LAYER)
+
+
+def backbone_layers(net: keras.Model):
+  """Every layer inside the backbone, nested ones included (ConvNeXt keeps
+  its stem and downsampling layers in Sequential blocks)."""
+  for layer in net.layers:
+    if isinstance(layer, keras.Model):
+      yield from backbone_layers(layer)
+    else:
+      yield layer
 
 
 def head_layer(head: heads_lib.HeadSpec, **kwargs) -> keras.layers.Dense:
@@ -114,7 +157,7 @@ def set_backbone_trainable(model: keras.Model, trainable: bool,
     for layer in net.layers[:-top_layers]:
       layer.trainable = False
   if not train_batchnorm:
-    for layer in net.layers:
+    for layer in backbone_layers(net):
       if isinstance(layer, keras.layers.BatchNormalization):
         layer.trainable = False
 
