@@ -107,6 +107,14 @@ class DataConfig:
   # on: each batch one of them).
   mixup_alpha: float = 0.0
   cutmix_alpha: float = 0.0
+  # Combinations of head values no training or validation image may carry
+  # ("head=value+head=value;..." or a file, data/combinations.py), and
+  # others left out of training only (evaluate --stacking fits on them).
+  holdout_combinations: Optional[str] = None
+  calibration_combinations: Optional[str] = None
+  # Heads whose value combinations are oversampled to about equal counts in
+  # training (combinations.balance); () for none.
+  balance_combinations: tuple[str, ...] = ()
   demo_dir: str = "mlc_runs/demo_data"
   demo_train_size: int = 2000
   demo_val_size: int = 400

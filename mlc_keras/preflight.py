@@ -48,6 +48,11 @@ def absolute_paths(cfg: config_lib.Config) -> config_lib.Config:
       cfg.data, **{k: absolute(getattr(cfg.data, k)) for k in (
           "manifest", "val_manifest", "tfrecord", "val_tfrecord", "heads_file",
           "image_root", "demo_dir", "tfds_data_dir")})
+  # A combinations spec is a file or inline text: only a file is a path.
+  data = dataclasses.replace(data, **{
+      k: absolute(getattr(data, k)) for k in (
+          "holdout_combinations", "calibration_combinations")
+      if getattr(data, k) and os.path.isfile(getattr(data, k))})
   weights = cfg.model.weights
   if weights and weights != "imagenet":
     weights = os.path.abspath(weights)
@@ -217,6 +222,12 @@ def check_sources(dc: config_lib.DataConfig) -> None:
   if dc.label_columns and dc.heads_file:
     raise FlagError("--label_columns and --heads_file both choose the heads; "
                     "give one")
+  if (dc.holdout_combinations or dc.calibration_combinations
+      or dc.balance_combinations) and (dc.tfrecord or dc.tfds):
+    raise FlagError("--holdout_combinations / --calibration_combinations / "
+                    "--balance_combinations read the labels of manifest rows; "
+                    "give --manifest (or the demo set), not --tfrecord / "
+                    "--tfds")
   if dc.image_root and not os.path.isdir(dc.image_root):
     _fail("image_root", dc.image_root, "no such folder")
 

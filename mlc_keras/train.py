@@ -71,6 +71,21 @@ _TAG_COLUMNS = flags.DEFINE_list(
 _VAL_FRACTION = flags.DEFINE_float(
     "val_fraction", _d.val_fraction,
     "Share of --manifest held out for validation when no --val_manifest.")
+# Held-out combinations (issue 13).
+_HOLDOUT = flags.DEFINE_string(
+    "holdout_combinations", None, "Combinations of head values that no "
+    "training or validation image may carry, e.g. 'shape=triangle+colour=blue;"
+    "shape=circle+colour=red' or a file with one per line; rows that may carry "
+    "one (a blank label included) are removed and listed in holdout.json.")
+_CALIBRATION_COMBOS = flags.DEFINE_string(
+    "calibration_combinations", None, "Combinations removed from training "
+    "only (same syntax): validation keeps them, so evaluate --stacking can fit "
+    "its bias on unseen combinations other than the test's.")
+_BALANCE = flags.DEFINE_list(
+    "balance_combinations", [], "Heads (two or more, e.g. category,ink) whose "
+    "value combinations training draws about equally often: a row of a rare "
+    "combination is repeated (up to 10x) within each epoch. Off by default "
+    "(see BUILD_NOTES, issue 13, for its measured effect).")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "Square input side.")
 _CACHE = flags.DEFINE_bool("cache", None, "Cache decoded images in memory.")
 _AUGMENT = flags.DEFINE_list(
@@ -269,6 +284,13 @@ def _names(items: list[str]) -> tuple[str, ...]:
   return tuple(dict.fromkeys(i.strip() for i in items if i.strip()))
 
 
+def _combination_fields() -> dict:
+  """The DataConfig fields of the combination flags (issue 13)."""
+  return dict(holdout_combinations=_HOLDOUT.value or None,
+              calibration_combinations=_CALIBRATION_COMBOS.value or None,
+              balance_combinations=_names(_BALANCE.value))
+
+
 def _feed(data: config_lib.DataConfig) -> config_lib.DataConfig:
   """The feeding flags on top of ``data``, checked."""
   try:
@@ -333,7 +355,8 @@ def config_from_flags() -> config_lib.Config:
       image_check=_IMAGE_CHECK.value, val_cache_max_mb=_VAL_CACHE_MAX_MB.value,
       image_root=_IMAGE_ROOT.value, max_image_pixels=_MAX_PIXELS.value,
       quarantine=_QUARANTINE.value, demo_dir=_DEMO_DIR.value,
-      **_recipe_data(cfg.data))
+      **_recipe_data(cfg.data),
+      **_combination_fields())
   data = _feed(data)
   model = dataclasses.replace(
       cfg.model, backbone=_given(_BACKBONE, cfg.model.backbone),
