@@ -91,7 +91,9 @@ _CACHE = flags.DEFINE_bool("cache", None, "Cache decoded images in memory.")
 _AUGMENT = flags.DEFINE_list(
     "augment", None, "Training augmentations: flip, crop (pad and crop, for "
     "small images), resized_crop (random resized crop cut while decoding, for "
-    "photos; needs --nocache), colour ('' for none). "
+    "photos; needs --nocache), colour, randaugment (--randaugment_ops random "
+    "ops of --randaugment_magnitude), erasing (random erasing, "
+    "--erasing_prob) ('' for none). "
     "Turn off any that change a label (e.g. flip for text, colour for a colour "
     "head).")
 # Feeding (issue 14).
@@ -107,6 +109,28 @@ _DATA_SERVICE = flags.DEFINE_string(
     "data_service", None, "grpc://host:port of a tf.data service dispatcher: "
     "its workers decode and augment the training input (README: 'Several "
     "GPUs, several machines').")
+# The recipe's augmentations (issue 15).
+_RA_OPS = flags.DEFINE_integer(
+    "randaugment_ops", _d.randaugment_ops, "--augment=randaugment: ops drawn "
+    "per image.", lower_bound=1)
+_RA_MAGNITUDE = flags.DEFINE_float(
+    "randaugment_magnitude", _d.randaugment_magnitude, "--augment="
+    "randaugment: strength of every op, 0-1 (1: rotate 30 degrees, shear "
+    "0.3, translate 30%, brightness 40%, ...).", lower_bound=0, upper_bound=1)
+_ERASING_PROB = flags.DEFINE_float(
+    "erasing_prob", _d.erasing_prob, "--augment=erasing: share of images "
+    "that get one rectangle of noise (2-33% of the area).", lower_bound=0,
+    upper_bound=1)
+_MIXUP = flags.DEFINE_float(
+    "mixup_alpha", _d.mixup_alpha, "MixUp: blend each training image with "
+    "another of its batch by lam ~ Beta(alpha, alpha) (e.g. 0.2), targets "
+    "mixed per head; a head labelled on only one of the two gets weight 0 "
+    "for that sample (README 'The training recipe'). 0: off.", lower_bound=0)
+_CUTMIX = flags.DEFINE_float(
+    "cutmix_alpha", _d.cutmix_alpha, "CutMix: paste a box of another image "
+    "of the batch (area share 1 - lam, lam ~ Beta(alpha, alpha), e.g. 1.0), "
+    "targets mixed by area as MixUp's. With both on, each batch uses one of "
+    "them. 0: off.", lower_bound=0)
 _DETERMINISTIC = flags.DEFINE_bool(
     "deterministic", False, "Deterministic data order and ops (slower).")
 _VALIDATE = flags.DEFINE_bool(
@@ -283,6 +307,24 @@ def _feed(data: config_lib.DataConfig) -> config_lib.DataConfig:
   return data
 
 
+def _recipe_data(preset: config_lib.DataConfig) -> dict:
+  """The recipe's DataConfig fields (issue 15): each flag the user set, else
+  the preset's value."""
+  return {holder.name: _given(holder, getattr(preset, holder.name))
+          for holder in (_RA_OPS, _RA_MAGNITUDE, _ERASING_PROB, _MIXUP,
+                         _CUTMIX)}
+
+
+def _recipe_train(preset: config_lib.TrainConfig) -> dict:
+  """The recipe's TrainConfig fields (issue 15), as _recipe_data."""
+  smoothing = (_per_head("label_smoothing", _LABEL_SMOOTHING.value, bare=True)
+               if _user_set(_LABEL_SMOOTHING) else preset.label_smoothing)
+  return dict(label_smoothing=smoothing,
+              clip_global_norm=_given(_CLIP_GLOBAL_NORM,
+                                      preset.clip_global_norm),
+              ema_decay=_given(_EMA_DECAY, preset.ema_decay))
+
+
 def config_from_flags() -> config_lib.Config:
   """The run config: a preset, overridden by every flag that was set."""
   has_source = _MANIFEST.value or _TFRECORD.value or _TFDS.value
@@ -313,6 +355,7 @@ def config_from_flags() -> config_lib.Config:
       image_check=_IMAGE_CHECK.value, val_cache_max_mb=_VAL_CACHE_MAX_MB.value,
       image_root=_IMAGE_ROOT.value, max_image_pixels=_MAX_PIXELS.value,
       quarantine=_QUARANTINE.value, demo_dir=_DEMO_DIR.value,
+      **_recipe_data(cfg.data),
       **_combination_fields())
   data = _feed(data)
   model = dataclasses.replace(
@@ -340,12 +383,7 @@ def config_from_flags() -> config_lib.Config:
       init_from=_INIT_FROM.value,
       reinit_heads=_names(_REINIT_HEADS.value),
       train_heads=_names(_TRAIN_HEADS.value),
-      train_backbone=_TRAIN_BACKBONE.value,
-      label_smoothing=_per_head("label_smoothing", _LABEL_SMOOTHING.value,
-                                bare=True) if _user_set(_LABEL_SMOOTHING)
-      else cfg.train.label_smoothing,
-      clip_global_norm=_given(_CLIP_GLOBAL_NORM, cfg.train.clip_global_norm),
-      ema_decay=_given(_EMA_DECAY, cfg.train.ema_decay))
+      train_backbone=_TRAIN_BACKBONE.value, **_recipe_train(cfg.train))
   return config_lib.Config(data=data, model=model, train=train)
 
 

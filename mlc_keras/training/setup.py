@@ -250,15 +250,19 @@ def optimizer(cfg: config_lib.TrainConfig, total_steps: int,
 
 def compile_model(model: keras.Model, schema: heads_lib.LabelSchema,
                   optimizer, top_k: int = 5, jit_compile: bool = False,
-                  label_smoothing=None) -> None:
-  """``label_smoothing``: {head: s} (losses.smoothing_per_head)."""
+                  label_smoothing=None, soft: bool = False) -> None:
+  """``label_smoothing``: {head: s} (losses.smoothing_per_head); ``soft``:
+  training targets of single-label heads are [batch, k] probabilities
+  (MixUp / CutMix; validation's stay class indices, which the metrics take
+  too)."""
   selection = metrics.selection_metrics(schema)
   model.compile(optimizer=optimizer,
-                loss=losses.head_losses(schema, label_smoothing),
+                loss=losses.head_losses(schema, label_smoothing, soft),
                 loss_weights=losses.loss_weights(schema),
                 weighted_metrics={
                     h: ms + selection[h]
-                    for h, ms in metrics.weighted_metrics(schema, top_k).items()},
+                    for h, ms in metrics.weighted_metrics(
+                        schema, top_k, soft).items()},
                 jit_compile=jit_compile)
 
 
