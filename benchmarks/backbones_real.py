@@ -8,8 +8,8 @@ test.csv (complete labels).
 
 --table=backbones  one multi-head model (category, group, sleeves, ink) per
     backbone in --backbones: mean mA and category accuracy on the test rows,
-    training images/s (from Keras' ms/step lines, epochs after the first, so
-    tracing is out; the 500-image validation pass is in), parameters, fp32 TFLite size (exported
+    training images/s (Keras' end-of-epoch wall time, epochs after the
+    first, so tracing is out; the validation pass is in), parameters, fp32 TFLite size (exported
     from the first seed's run).
 --table=seed  the seed's table on real images, protocol of
     benchmarks/few_labels.py (its balanced_draw, in benchutil): (1) one single-label model
@@ -88,15 +88,16 @@ def _flags(manifest, val, seed, backbone, **extra):
 
 
 def _images_per_second(model_dir):
-  """Training images/s from Keras' per-epoch 'ms/step' (or 's/step'; the
-  epoch's wall time over its steps, its validation pass included), epochs
-  after the first (tracing); None when the log has no such line."""
+  """Training images/s from Keras' end-of-epoch lines ("30/30 - 66s - ..."):
+  steps x batch over the epoch's wall seconds (its validation pass
+  included; Keras' own "s/step" is rounded to whole seconds), epochs after
+  the first (tracing); None when the log has no such line."""
   with open(os.path.join(model_dir, "train.log"), encoding="utf-8") as f:
-    found = re.findall(r"(\d+(?:\.\d+)?)(ms|s)/step", f.read())
-  per_step = [float(v) / (1000 if u == "ms" else 1) for v, u in found]
-  if len(per_step) > 1:
-    per_step = per_step[1:]
-  return _BATCH.value / statistics.mean(per_step) if per_step else None
+    found = re.findall(r"^(\d+)/\1 - (\d+(?:\.\d+)?)s - ", f.read(), re.M)
+  rates = [int(steps) * _BATCH.value / float(sec) for steps, sec in found]
+  if len(rates) > 1:
+    rates = rates[1:]
+  return statistics.mean(rates) if rates else None
 
 
 def _tflite_size(model_dir):
