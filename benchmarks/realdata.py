@@ -87,8 +87,9 @@ def train_and_evaluate(model_dir: str, train_flags: Mapping[str, object],
        os.path.join(model_dir, "evaluate.log"))
   with open(os.path.join(model_dir, "evaluation.json"), encoding="utf-8") as f:
     report = json.load(f)
-  heads = {h["head"]: {"accuracy": h["accuracy"],
-                       "balanced_accuracy": h["balanced_accuracy"]}
+  # A tag head has neither number (its mAP is in "evaluation").
+  heads = {h["head"]: {"accuracy": h.get("accuracy"),
+                       "balanced_accuracy": h.get("balanced_accuracy")}
            for h in report["heads"]}
   return {"heads": heads,
           "mean_ma": report["across_heads"]["mean_balanced_accuracy"],

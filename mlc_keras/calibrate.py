@@ -6,12 +6,21 @@ accuracy) never changes. T is chosen per head to minimise the negative
 log-likelihood of the labelled validation samples, and is stored in the model
 as a ``Temperature`` layer after the head (modeling/layers.py), so Keras and
 every export apply it.
+
+Calibrated stacking (fit_stacking) is the same idea for composed classes: a
+bias subtracted from the scores of the classes seen in training, fitted on
+validation rows of other unseen classes than the test's, and carried by the
+``ComposeClasses`` layer of the "class" output.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Sequence
+
 import numpy as np
+
+from mlc_keras import scoring
 
 EPS = 1e-7
 # Search range of 1/T; NLL is convex in 1/T, so a golden-section search over
@@ -76,3 +85,43 @@ def fit_temperatures(collected, schema) -> dict[str, float]:
     probs, y, m = collected[h]
     out[h] = fit_temperature(probs[m], y[m]) if m.any() else 1.0
   return out
+
+
+# Calibrated stacking's gamma is searched among this many quantiles of the
+# rows' flip points (where a row's best class turns from seen to unseen).
+STACKING_CANDIDATES = 201
+
+
+def fit_stacking(scores: np.ndarray, target: np.ndarray, seen: np.ndarray,
+                 class_names: Sequence[str]) -> tuple[float, dict]:
+  """Calibrated stacking's gamma (Chao et al., ECCV 2016): the bias on the
+  seen classes' scores (compose.compose_scores) that maximises H on these
+  rows, whose classes must include seen and unseen ones with rows. Among
+  equal H the smallest |gamma| wins (0 when nothing beats no bias).
+  Returns (gamma, {"before", "after": scoring.gzsl_scores}).
+
+  Raises:
+    ValueError: no row of a seen class or none of an unseen class.
+  """
+  seen = np.asarray(seen, bool)
+  target = np.asarray(target, np.int64)
+  present = np.bincount(target, minlength=len(seen)) > 0
+  if not (present & seen).any() or not (present & ~seen).any():
+    raise ValueError(
+        "calibrated stacking needs rows of seen and of unseen classes to fit "
+        f"on; these rows have {int((present & seen).sum())} seen and "
+        f"{int((present & ~seen).sum())} unseen classes")
+  # Row i's best seen class gives way to its best unseen one past gamma = d.
+  d = scores[:, seen].max(axis=1) - scores[:, ~seen].max(axis=1)
+  cuts = np.quantile(d, np.linspace(0, 1, STACKING_CANDIDATES))
+  candidates = np.unique(np.concatenate([[0.0], cuts + 1e-6, cuts - 1e-6]))
+  best, best_h = 0.0, -1.0
+  for gamma in sorted(candidates, key=abs):
+    pred = (scores - gamma * seen[None, :]).argmax(axis=1)
+    h = scoring.gzsl_scores(target, pred, seen, class_names)["harmonic"]
+    if h > best_h + 1e-12:
+      best, best_h = float(gamma), h
+  before = scoring.gzsl_scores(target, scores.argmax(axis=1), seen, class_names)
+  after = scoring.gzsl_scores(
+      target, (scores - best * seen[None, :]).argmax(axis=1), seen, class_names)
+  return best, {"before": before, "after": after}

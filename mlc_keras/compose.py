@@ -196,12 +196,35 @@ def save(table: ClassTable, schema: heads_lib.LabelSchema, path: str) -> None:
 
 
 def compose_probs(head_probs: Mapping[str, np.ndarray],
-                  table: ClassTable) -> np.ndarray:
+                  table: ClassTable,
+                  bias: Optional[Sequence[float]] = None) -> np.ndarray:
   """{head: probs [N, k]} -> class probabilities [N, len(table)].
 
   Heads not in the table are ignored. A single row ([k] per head) gives [C].
+  ``bias`` [C]: subtracted from each class's score before the softmax
+  (calibrated stacking: gamma on the classes seen in training, see
+  stacking_bias).
   """
   single = np.ndim(next(iter(head_probs.values()))) == 1
+  scores = compose_scores(head_probs, table)
+  if bias is not None:
+    scores = scores - np.asarray(bias, np.float64)[None, :]
+  scores -= scores.max(axis=1, keepdims=True)
+  out = np.exp(scores)
+  out /= out.sum(axis=1, keepdims=True)
+  return out[0] if single else out
+
+
+def stacking_bias(seen: Sequence[bool], gamma: float) -> np.ndarray:
+  """[C] bias of calibrated stacking (Chao et al., ECCV 2016): ``gamma`` on
+  the classes seen in training, 0 on the others."""
+  return np.where(np.asarray(seen, bool), float(gamma), 0.0)
+
+
+def compose_scores(head_probs: Mapping[str, np.ndarray],
+                   table: ClassTable) -> np.ndarray:
+  """{head: probs [N, k]} -> [N, C] unnormalised class scores: the sum of
+  log p(head = value) over the heads each class specifies."""
   probs = {h: np.atleast_2d(np.asarray(p, np.float64))
            for h, p in head_probs.items()}
   missing = [h for h in table.heads if h not in probs]
@@ -214,10 +237,7 @@ def compose_probs(head_probs: Mapping[str, np.ndarray],
   scores = np.zeros((n, len(table)), np.float64)
   for h in table.heads:
     scores += np.log(np.clip(probs[h], EPS, 1.0)) @ mats[h]
-  scores -= scores.max(axis=1, keepdims=True)
-  out = np.exp(scores)
-  out /= out.sum(axis=1, keepdims=True)
-  return out[0] if single else out
+  return scores
 
 
 def predict_classes(class_probs: np.ndarray, table: ClassTable,

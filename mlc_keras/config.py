@@ -18,7 +18,8 @@ BACKBONES = ("ResNet50V2", "ResNet101V2", "ResNet152V2", "MobileNetV2",
              "EfficientNetV2B3", "EfficientNetV2S", "EfficientNetV2M",
              "EfficientNetV2L", "ConvNeXtTiny", "ConvNeXtSmall",
              "ConvNeXtBase", "ConvNeXtLarge", "ConvNeXtXLarge")
-AUGMENTATIONS = ("flip", "crop", "resized_crop", "colour")
+AUGMENTATIONS = ("flip", "crop", "resized_crop", "colour", "randaugment",
+                 "erasing")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 OPTIMIZERS = ("adamw", "sgd")
@@ -96,6 +97,24 @@ class DataConfig:
   # "grpc://host:port" of a tf.data service dispatcher that decodes the
   # training input on its workers (None: decode in this process).
   data_service: Optional[str] = None
+  # --- the recipe's augmentations (issue 15; data/augment.py) ---
+  # --augment=randaugment: ops per image and their magnitude (0-1).
+  randaugment_ops: int = 2
+  randaugment_magnitude: float = 0.5
+  # --augment=erasing: share of images given one noise rectangle.
+  erasing_prob: float = 0.25
+  # MixUp / CutMix Beta(alpha, alpha) mixing of batch pairs (0: off; both
+  # on: each batch one of them).
+  mixup_alpha: float = 0.0
+  cutmix_alpha: float = 0.0
+  # Combinations of head values no training or validation image may carry
+  # ("head=value+head=value;..." or a file, data/combinations.py), and
+  # others left out of training only (evaluate --stacking fits on them).
+  holdout_combinations: Optional[str] = None
+  calibration_combinations: Optional[str] = None
+  # Heads whose value combinations are oversampled to about equal counts in
+  # training (combinations.balance); () for none.
+  balance_combinations: tuple[str, ...] = ()
   demo_dir: str = "mlc_runs/demo_data"
   demo_train_size: int = 2000
   demo_val_size: int = 400

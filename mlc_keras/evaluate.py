@@ -33,9 +33,15 @@ _CALIBRATE = flags.DEFINE_bool(
     "--calibration_manifest), report ECE before/after on data it was not "
     "fitted on and write calibrated.keras.")
 _CALIBRATION_MANIFEST = flags.DEFINE_string(
-    "calibration_manifest", None, "With --calibrate: CSV to fit the "
-    "temperatures on (e.g. the validation set, when --manifest is a test set). "
+    "calibration_manifest", None, "With --calibrate (or --stacking): CSV to "
+    "fit the temperatures (the stacking bias) on (e.g. the validation set, when --manifest is a test set). "
     "Default: a seeded half of --manifest, the other half is reported on.")
+_STACKING = flags.DEFINE_bool(
+    "stacking", False, "With --class_table: calibrated stacking, a bias "
+    "against the classes seen in training fitted (for the best H) on "
+    "--calibration_manifest (default: the run's validation data, whose "
+    "unseen classes come from train --calibration_combinations), reported on "
+    "--manifest and written into calibrated.keras's class output.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Images per batch.",
                                    lower_bound=1)
 _TOP_K = flags.DEFINE_integer("top_k", 5, "k of top-k accuracy.", lower_bound=1)
@@ -62,7 +68,7 @@ def main(argv):
         calibration_manifest=_CALIBRATION_MANIFEST.value,
         batch_size=_BATCH_SIZE.value, top_k=_TOP_K.value,
         image_column=_IMAGE_COLUMN.value,
-        pseudo_label_threshold=_PSEUDO.value)
+        pseudo_label_threshold=_PSEUDO.value, stacking=_STACKING.value)
   except (ValueError, heads.SchemaError, manifest.DataError,
           compose.ClassTableError) as e:
     print(f"error: {e}", file=sys.stderr)

@@ -14,6 +14,7 @@ per-head temperature scaling. Artefacts written to model_dir:
   confusion_<head>.png one confusion matrix per head
   curves.png           training curves from history.csv (when present)
   calibrated.keras     the model with fitted temperatures (with calibrate=True)
+                       and/or the class output's stacking bias (stacking=True)
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy as np
 
 from mlc_keras import calibrate as calibrate_lib
 from mlc_keras import compose
-from mlc_keras import config as config_lib
+from mlc_keras import composed_lib
 from mlc_keras import evaluation_md
 from mlc_keras.data import manifest as manifest_lib
 from mlc_keras.data import pipeline
@@ -75,87 +76,11 @@ def head_report(spec: heads_lib.HeadSpec, probs: np.ndarray, labels: np.ndarray,
   return row
 
 
-def composed_report(collected, table, threshold: float,
-                    training: Optional[tuple] = None) -> dict:
-  """Accuracy of the table's classes on rows whose heads in the table are all
-  labelled and whose labels match a table class. ``training``: (labels by
-  head of the training data, its name) for seen / unseen, or (None, why)."""
-  labels = {h: collected[h][1] for h in table.heads}
-  masks = {h: collected[h][2] for h in table.heads}
-  target, usable = compose.classes_of(labels, masks, table)
-  rows = target >= 0
-  out = {"table": table.source, "classes": list(table.classes),
-         "threshold": threshold, "total": int(usable.size),
-         "heads_labelled": int(usable.sum()),
-         "no_matching_class": int((usable & ~rows).sum()),
-         "evaluated": int(rows.sum()),
-         "chance": 1.0 / len(table)}
-  if not rows.any():
-    out["note"] = NO_LABELS
-    return out
-  probs = compose.compose_probs({h: collected[h][0] for h in table.heads}, table)
-  p, t = probs[rows], target[rows]
-  pred = p.argmax(axis=1)
-  names = compose.predict_classes(p, table, threshold)
-  cm = confusion_matrix(t, pred, len(table))
-  _, recall, _ = precision_recall_f1(cm)
-  out.update(
-      accuracy=float(np.mean(pred == t)),
-      accuracy_with_unknown=float(np.mean(
-          [n == table.classes[c] for n, c in zip(names, t)])),
-      unknown_rate=float(np.mean([n == compose.UNKNOWN for n in names])),
-      macro_f1=macro_f1(cm),
-      per_class={c: {"support": int(cm[i].sum()), "recall": float(recall[i])}
-                 for i, c in enumerate(table.classes)},
-      confusion=cm.tolist())
-  if training is not None:
-    out["seen_unseen"] = seen_unseen(table, t, pred, *training)
-  return out
-
-
-def seen_unseen(table, target: np.ndarray, pred: np.ndarray,
-                train_labels: Optional[dict], source: str) -> dict:
-  """scoring.gzsl_scores of the evaluated rows, classes seen in
-  ``train_labels`` ({head: [N], -1 = missing}); without them, a not-defined
-  entry saying why (``source``)."""
-  if train_labels is None:
-    return {"seen": None, "unseen": None, "harmonic": None,
-            "not_defined": {"seen_unseen": source}}
-  seen = scoring.seen_classes(table.values, table.heads, train_labels)
-  return {"training_data": source,
-          **scoring.gzsl_scores(target, pred, seen, table.classes)}
-
-
-def training_labels(model_dir: str, schema: heads_lib.LabelSchema,
-                    image_column: str) -> tuple[Optional[dict], str]:
-  """({head: [N] labels, -1 = missing} of the images the run in ``model_dir``
-  trained on, the manifest's path), or (None, why not). The training
-  manifest comes from config.json (the demo set's train.csv for a demo run),
-  less the validation share when the run split it off."""
-  config = os.path.join(model_dir, run_dir.CONFIG_FILE)
-  d = run_dir.run_data(model_dir)
-  if d is None:
-    return None, f"{config}: no such file, so the training data is unknown"
-  if d.get("tfrecord") or d.get("tfds"):
-    return None, ("the run trained on TFRecord/TFDS data; seen classes are "
-                  "read from a training manifest")
-  path = d.get("manifest") or os.path.join(run_dir.demo_dir(d), "train.csv")
-  if not os.path.isfile(path):
-    rel = ("" if os.path.isabs(path) else
-           f", relative to the folder training ran in, not found from "
-           f"{os.getcwd()}")
-    return None, (f"{path} (the run's training manifest, from {config}"
-                  f"{rel}) is gone")
-  records, _ = manifest_lib.read_manifest(path, schema, image_column)
-  fraction = d.get("val_fraction", config_lib.DataConfig.val_fraction)
-  if d.get("manifest") and not d.get("val_manifest") and fraction > 0:
-    with open(config, encoding="utf-8") as f:
-      seed = json.load(f).get("train", {}).get("seed", 0)
-    records, _ = sources.split_records(records, fraction, seed)
-  slices = schema.label_slices()
-  return ({h.name: records.labels[:, slices[h.name]] if h.is_tags
-           else records.labels[:, slices[h.name].start] for h in schema.heads},
-          path)
+# The composed-class numbers (composed_lib), under their old names.
+composed_report = composed_lib.composed_report
+seen_unseen = composed_lib.seen_unseen
+training_labels = composed_lib.training_labels
+stacking_report = composed_lib.stacking_report
 
 
 # --- pictures -------------------------------------------------------------------
@@ -324,9 +249,9 @@ def calibration_report(fit_collected, shown, schema) -> tuple[dict, dict]:
 
 def _calibrate(model, model_dir: str, schema, manifest: str, collected,
                n: int, calibration_manifest: Optional[str], table,
-               load) -> dict:
-  """Fits temperatures, writes calibrated.keras, returns the report's
-  "calibration" entry. ``load(manifest)`` collects another manifest."""
+               load) -> tuple[dict, dict]:
+  """Fits temperatures; returns (the report's "calibration" entry, {head:
+  T}) (_save_calibrated writes calibrated.keras). ``load(manifest)`` collects another manifest."""
   if calibration_manifest and (os.path.abspath(calibration_manifest)
                                != os.path.abspath(manifest)):
     _, fit_collected = load(calibration_manifest)
@@ -341,12 +266,19 @@ def _calibrate(model, model_dir: str, schema, manifest: str, collected,
     cal = {"fitted_on": f"{manifest} (seeded half: {int(fit_rows.sum())} rows)",
            "reported_on": f"{manifest} (the other {int((~fit_rows).sum())} rows)"}
   temps, cal["heads"] = calibration_report(fit_collected, shown, schema)
-  calibrated = outputs.with_temperatures(model, temps)
+  cal["model"] = os.path.join(model_dir, run_dir.CALIBRATED_FILE)
+  return cal, temps
+
+
+def _save_calibrated(model, model_dir: str, temps, table, bias) -> str:
+  """Writes calibrated.keras: ``model`` with the temperatures and the class
+  output (its stacking bias, if any) inside, so every export applies them."""
+  calibrated = outputs.with_temperatures(model, temps) if temps else model
   if table is not None:
-    calibrated = outputs.with_class_output(calibrated, table)
-  cal["model"] = os.path.join(model_dir, "calibrated.keras")
-  calibrated.save(cal["model"])
-  return cal
+    calibrated = outputs.with_class_output(calibrated, table, bias)
+  path = os.path.join(model_dir, run_dir.CALIBRATED_FILE)
+  calibrated.save(path)
+  return path
 
 
 def _plot(report: dict, model_dir: str) -> None:
@@ -405,13 +337,17 @@ def evaluate(model_dir: str, manifest: Optional[str] = None,
              calibration_manifest: Optional[str] = None, batch_size: int = 32,
              top_k: int = 5, image_column: Optional[str] = None,
              plots: bool = True,
-             pseudo_label_threshold: Optional[float] = None) -> dict:
+             pseudo_label_threshold: Optional[float] = None,
+             stacking: bool = False) -> dict:
   """Evaluates ``<model_dir>/model.keras`` on ``manifest`` (default: the
   run's validation data) and writes the artefacts listed in the module
   docstring. With ``calibrate``, per-head temperatures are fitted on
   ``calibration_manifest`` (or on a seeded half of ``manifest``) and ECE/NLL
-  before and after are reported on the rest. Returns the report dict (also
-  evaluation.json)."""
+  before and after are reported on the rest. With ``stacking`` (and
+  ``class_table``), calibrated stacking's bias is fitted on
+  ``calibration_manifest`` (default: the run's validation data), reported on
+  ``manifest`` and carried by calibrated.keras's class output. Returns the
+  report dict (also evaluation.json)."""
   schema = heads_lib.LabelSchema.load(model_dir)
   image_column = image_column or run_dir.run_image_column(model_dir)
   table = compose.load(class_table, schema) if class_table else None
@@ -429,10 +365,19 @@ def evaluate(model_dir: str, manifest: Optional[str] = None,
             **report_from_collected(collected, schema, top_k=top_k,
                                     table=table, threshold=threshold,
                                     training=training)}
+  temps, bias = {}, None
   if calibrate:
-    report["calibration"] = _calibrate(model, model_dir, schema, manifest,
-                                       collected, n, calibration_manifest,
-                                       table, load)
+    report["calibration"], temps = _calibrate(
+        model, model_dir, schema, manifest, collected, n,
+        calibration_manifest, table, load)
+  if stacking:
+    bias, report["composed"]["stacking"] = composed_lib.stacking(
+        table, training, collected, manifest,
+        calibration_manifest or default_manifest(model_dir), load, temps,
+        model_dir, schema)
+  if calibrate or stacking:
+    report["calibrated_model"] = _save_calibrated(model, model_dir, temps,
+                                                  table, bias)
   if pseudo_label_threshold is not None:
     report["pseudo_labels"] = _pseudo_section(model_dir, collected, schema,
                                               pseudo_label_threshold)

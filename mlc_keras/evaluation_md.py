@@ -117,7 +117,38 @@ def _seen_unseen(su: Optional[dict]) -> list[str]:
           f"{len(unseen)} unseen ({shown or 'none'}).", "",
           "| S (seen) | U (unseen) | H | mean per-class |", "|---|---|---|---|",
           f"| {_or_why(su, 'seen')} | {_or_why(su, 'unseen')} "
-          f"| {_or_why(su, 'harmonic')} | {_or_why(su, 'mean_per_class')} |"]
+          f"| {_or_why(su, 'harmonic')} | {_or_why(su, 'mean_per_class')} |"
+          ] + _split_heads(su.get("heads"))
+
+
+def _split_heads(heads: Optional[dict]) -> list[str]:
+  """Each head's accuracy on rows of seen vs unseen classes, and the gap."""
+  if not heads:
+    return []
+  lines = ["", "Per head, on the evaluated rows of seen vs unseen classes "
+           "(gap = seen - unseen):", "",
+           "| head | seen (rows) | unseen (rows) | gap |", "|---|---|---|---|"]
+  for h, v in heads.items():
+    lines.append(f"| {h} | {_fmt(v['seen'])} ({v['seen_rows']}) | "
+                 f"{_fmt(v['unseen'])} ({v['unseen_rows']}) | {_fmt(v['gap'])} |")
+  return lines
+
+
+def _stacking(st: Optional[dict]) -> list[str]:
+  """Calibrated stacking: gamma, where it was fitted, S / U / H with it."""
+  if not st:
+    return []
+  fit = st["fit"]
+  return ["", f"Calibrated stacking: gamma {st['gamma']:.3f} subtracted from "
+          f"the seen classes' scores, fitted for the best H on "
+          f"`{st['fitted_on']}` (unseen there: "
+          f"{', '.join(st['fit_unseen_classes'])}; H {_fmt(fit['before']['harmonic'])}"
+          f" -> {_fmt(fit['after']['harmonic'])}).", "",
+          "| with stacking | S (seen) | U (unseen) | H | accuracy |",
+          "|---|---|---|---|---|",
+          f"| `{st['reported_on']}` | {_or_why(st, 'seen')} | "
+          f"{_or_why(st, 'unseen')} | {_or_why(st, 'harmonic')} | "
+          f"{_fmt(st['accuracy'])} |"]
 
 
 def _composed(comp: Optional[dict]) -> list[str]:
@@ -136,6 +167,7 @@ def _composed(comp: Optional[dict]) -> list[str]:
             f"(unknown rate {comp['unknown_rate']:.3f}); macro-F1 "
             f"{comp['macro_f1']:.3f}."]
   lines += _seen_unseen(comp.get("seen_unseen"))
+  lines += _stacking(comp.get("stacking"))
   lines += ["", "| class | support | recall |", "|---|---|---|"]
   for c, v in comp["per_class"].items():
     lines.append(f"| {c} | {v['support']} | {_fmt(v['recall'])} |")

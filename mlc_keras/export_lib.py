@@ -197,7 +197,10 @@ def load_model(request: Request, class_table: Optional[str] = None,
   table = compose.load(class_table, schema) if class_table else None
   model = run_dir.load_checked(request.model_path, schema)
   if table is not None:
-    return outputs_lib.with_class_output(model, table), schema, table
+    bias, note = outputs_lib.stacking_bias_for(model, table)
+    if note:
+      log(note)
+    return outputs_lib.with_class_output(model, table, bias), schema, table
   table = outputs_lib.table_of(model)
   if table is not None:
     log(f"the model has a {artefacts.CLASS_OUTPUT!r} output ({len(table)} "

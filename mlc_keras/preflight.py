@@ -48,6 +48,11 @@ def absolute_paths(cfg: config_lib.Config) -> config_lib.Config:
       cfg.data, **{k: absolute(getattr(cfg.data, k)) for k in (
           "manifest", "val_manifest", "tfrecord", "val_tfrecord", "heads_file",
           "image_root", "demo_dir", "tfds_data_dir")})
+  # A combinations spec is a file or inline text: only a file is a path.
+  data = dataclasses.replace(data, **{
+      k: absolute(getattr(data, k)) for k in (
+          "holdout_combinations", "calibration_combinations")
+      if getattr(data, k) and os.path.isfile(getattr(data, k))})
   weights = cfg.model.weights
   if weights and weights != "imagenet":
     weights = os.path.abspath(weights)
@@ -98,6 +103,34 @@ def _number_in(field: str, value, low, high=None, low_open=False,
     _fail(field, value, f"must be {lo}{hi}")
 
 
+def _check_recipe(dc: config_lib.DataConfig,
+                  tc: config_lib.TrainConfig) -> None:
+  """The training recipe's settings (issue 15)."""
+  _number_in("randaugment_ops", dc.randaugment_ops, 1, integer=True)
+  for field in ("randaugment_magnitude", "erasing_prob"):
+    _number_in(field, getattr(dc, field), 0, 1, high_open=False)
+  for field in ("mixup_alpha", "cutmix_alpha"):
+    _number_in(field, getattr(dc, field), 0)
+  for head, value in tc.label_smoothing:
+    if not (math.isfinite(value) and 0 <= value < 1):
+      _fail("label_smoothing", f"{head}={value}", "must be in [0, 1)")
+  if tc.clip_global_norm is not None:
+    _number_in("clip_global_norm", tc.clip_global_norm, 0, low_open=True)
+  if tc.ema_decay is not None and not 0 < tc.ema_decay < 1:
+    _fail("ema_decay", tc.ema_decay, "must be in (0, 1), e.g. 0.999")
+  if tc.strategy != "default":
+    # training/distributed.py's custom step supports neither.
+    mixing = [f for f in ("mixup_alpha", "cutmix_alpha") if getattr(dc, f)]
+    if mixing:
+      _fail(mixing[0], getattr(dc, mixing[0]), "is not supported with "
+            f"--strategy={tc.strategy} yet (its step takes class-index "
+            "targets); use the default strategy")
+    if tc.ema_decay is not None:
+      _fail("ema_decay", tc.ema_decay, "is not supported with "
+            f"--strategy={tc.strategy} yet (its custom step does not swap "
+            "the averaged weights in); use the default strategy")
+
+
 def check_ranges(cfg: config_lib.Config) -> None:
   """Sizes and counts in range, names among the known ones."""
   dc, mc, tc = cfg.data, cfg.model, cfg.train
@@ -112,6 +145,7 @@ def check_ranges(cfg: config_lib.Config) -> None:
   if unknown:
     _fail("augment", dc.augment, f"unknown augmentation {unknown[0]!r}; "
           f"choose from {', '.join(config_lib.AUGMENTATIONS)} ('' for none)")
+  _check_recipe(dc, tc)
   if mc.backbone not in config_lib.BACKBONES:
     _fail("backbone", mc.backbone,
           f"unknown backbone; choose one of {', '.join(config_lib.BACKBONES)}")
@@ -133,13 +167,6 @@ def check_ranges(cfg: config_lib.Config) -> None:
     for head, value in getattr(tc, field):
       if not (math.isfinite(value) and value >= 0):
         _fail(field, f"{head}={value}", "must be a number >= 0")
-  for head, value in tc.label_smoothing:
-    if not (math.isfinite(value) and 0 <= value < 1):
-      _fail("label_smoothing", f"{head}={value}", "must be in [0, 1)")
-  if tc.clip_global_norm is not None:
-    _number_in("clip_global_norm", tc.clip_global_norm, 0, low_open=True)
-  if tc.ema_decay is not None and not 0 < tc.ema_decay < 1:
-    _fail("ema_decay", tc.ema_decay, "must be in (0, 1), e.g. 0.999")
   for field, allowed in (("precision", config_lib.PRECISIONS),
                          ("strategy", config_lib.STRATEGIES),
                          ("optimizer", config_lib.OPTIMIZERS),
@@ -150,10 +177,6 @@ def check_ranges(cfg: config_lib.Config) -> None:
     # training/distributed.py's custom step supports neither.
     if tc.precision != "float32" or tc.jit_compile:
       _fail("strategy", tc.strategy, "supports float32 without --xla only")
-    if tc.ema_decay is not None:
-      _fail("ema_decay", tc.ema_decay, "is not supported with "
-            f"--strategy={tc.strategy} yet (its custom step does not swap "
-            "the averaged weights in); use the default strategy")
     if tc.freeze_epochs:
       _fail("freeze_epochs", tc.freeze_epochs, "is not supported with "
             f"--strategy={tc.strategy} yet; use the default strategy")
@@ -199,6 +222,12 @@ def check_sources(dc: config_lib.DataConfig) -> None:
   if dc.label_columns and dc.heads_file:
     raise FlagError("--label_columns and --heads_file both choose the heads; "
                     "give one")
+  if (dc.holdout_combinations or dc.calibration_combinations
+      or dc.balance_combinations) and (dc.tfrecord or dc.tfds):
+    raise FlagError("--holdout_combinations / --calibration_combinations / "
+                    "--balance_combinations read the labels of manifest rows; "
+                    "give --manifest (or the demo set), not --tfrecord / "
+                    "--tfds")
   if dc.image_root and not os.path.isdir(dc.image_root):
     _fail("image_root", dc.image_root, "no such folder")
 

@@ -379,6 +379,31 @@ def gzsl_scores(target: np.ndarray, pred: np.ndarray, seen: np.ndarray,
   return out
 
 
+def head_accuracy_by_split(collected: Mapping[str, tuple],
+                           row_seen: np.ndarray) -> dict:
+  """Per softmax head of metrics.collect()-style {head: (probs, labels,
+  mask)}: accuracy on its labelled rows whose combination was seen in
+  training (``row_seen``) and on the others, and the gap seen - unseen
+  (positive: the head is worse where the combination is new)."""
+  out = {}
+  row_seen = np.asarray(row_seen, bool)
+  for h, (probs, labels, mask) in collected.items():
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+      continue  # a tag head has no single accuracy
+    right = np.asarray(probs).argmax(axis=1) == labels
+    mask = np.asarray(mask, bool)
+    entry = {}
+    for name, sel in (("seen", mask & row_seen), ("unseen", mask & ~row_seen)):
+      entry[name] = float(right[sel].mean()) if sel.any() else None
+      entry[f"{name}_rows"] = int(sel.sum())
+    entry["gap"] = (entry["seen"] - entry["unseen"]
+                    if entry["seen"] is not None and entry["unseen"] is not None
+                    else None)
+    out[h] = entry
+  return out
+
+
 # --- tag heads ------------------------------------------------------------------
 
 NO_POSITIVE = "no positive example of this tag among the labelled samples"

@@ -71,12 +71,29 @@ _TAG_COLUMNS = flags.DEFINE_list(
 _VAL_FRACTION = flags.DEFINE_float(
     "val_fraction", _d.val_fraction,
     "Share of --manifest held out for validation when no --val_manifest.")
+# Held-out combinations (issue 13).
+_HOLDOUT = flags.DEFINE_string(
+    "holdout_combinations", None, "Combinations of head values that no "
+    "training or validation image may carry, e.g. 'shape=triangle+colour=blue;"
+    "shape=circle+colour=red' or a file with one per line; rows that may carry "
+    "one (a blank label included) are removed and listed in holdout.json.")
+_CALIBRATION_COMBOS = flags.DEFINE_string(
+    "calibration_combinations", None, "Combinations removed from training "
+    "only (same syntax): validation keeps them, so evaluate --stacking can fit "
+    "its bias on unseen combinations other than the test's.")
+_BALANCE = flags.DEFINE_list(
+    "balance_combinations", [], "Heads (two or more, e.g. category,ink) whose "
+    "value combinations training draws about equally often: a row of a rare "
+    "combination is repeated (up to 10x) within each epoch. Off by default "
+    "(see BUILD_NOTES, issue 13, for its measured effect).")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "Square input side.")
 _CACHE = flags.DEFINE_bool("cache", None, "Cache decoded images in memory.")
 _AUGMENT = flags.DEFINE_list(
     "augment", None, "Training augmentations: flip, crop (pad and crop, for "
     "small images), resized_crop (random resized crop cut while decoding, for "
-    "photos; needs --nocache), colour ('' for none). "
+    "photos; needs --nocache), colour, randaugment (--randaugment_ops random "
+    "ops of --randaugment_magnitude), erasing (random erasing, "
+    "--erasing_prob) ('' for none). "
     "Turn off any that change a label (e.g. flip for text, colour for a colour "
     "head).")
 # Feeding (issue 14).
@@ -92,6 +109,28 @@ _DATA_SERVICE = flags.DEFINE_string(
     "data_service", None, "grpc://host:port of a tf.data service dispatcher: "
     "its workers decode and augment the training input (README: 'Several "
     "GPUs, several machines').")
+# The recipe's augmentations (issue 15).
+_RA_OPS = flags.DEFINE_integer(
+    "randaugment_ops", _d.randaugment_ops, "--augment=randaugment: ops drawn "
+    "per image.", lower_bound=1)
+_RA_MAGNITUDE = flags.DEFINE_float(
+    "randaugment_magnitude", _d.randaugment_magnitude, "--augment="
+    "randaugment: strength of every op, 0-1 (1: rotate 30 degrees, shear "
+    "0.3, translate 30%, brightness 40%, ...).", lower_bound=0, upper_bound=1)
+_ERASING_PROB = flags.DEFINE_float(
+    "erasing_prob", _d.erasing_prob, "--augment=erasing: share of images "
+    "that get one rectangle of noise (2-33% of the area).", lower_bound=0,
+    upper_bound=1)
+_MIXUP = flags.DEFINE_float(
+    "mixup_alpha", _d.mixup_alpha, "MixUp: blend each training image with "
+    "another of its batch by lam ~ Beta(alpha, alpha) (e.g. 0.2), targets "
+    "mixed per head; a head labelled on only one of the two gets weight 0 "
+    "for that sample (README 'The training recipe'). 0: off.", lower_bound=0)
+_CUTMIX = flags.DEFINE_float(
+    "cutmix_alpha", _d.cutmix_alpha, "CutMix: paste a box of another image "
+    "of the batch (area share 1 - lam, lam ~ Beta(alpha, alpha), e.g. 1.0), "
+    "targets mixed by area as MixUp's. With both on, each batch uses one of "
+    "them. 0: off.", lower_bound=0)
 _DETERMINISTIC = flags.DEFINE_bool(
     "deterministic", False, "Deterministic data order and ops (slower).")
 _VALIDATE = flags.DEFINE_bool(
@@ -245,6 +284,13 @@ def _names(items: list[str]) -> tuple[str, ...]:
   return tuple(dict.fromkeys(i.strip() for i in items if i.strip()))
 
 
+def _combination_fields() -> dict:
+  """The DataConfig fields of the combination flags (issue 13)."""
+  return dict(holdout_combinations=_HOLDOUT.value or None,
+              calibration_combinations=_CALIBRATION_COMBOS.value or None,
+              balance_combinations=_names(_BALANCE.value))
+
+
 def _feed(data: config_lib.DataConfig) -> config_lib.DataConfig:
   """The feeding flags on top of ``data``, checked."""
   try:
@@ -259,6 +305,24 @@ def _feed(data: config_lib.DataConfig) -> config_lib.DataConfig:
   except ValueError as e:
     raise app.UsageError(str(e)) from None
   return data
+
+
+def _recipe_data(preset: config_lib.DataConfig) -> dict:
+  """The recipe's DataConfig fields (issue 15): each flag the user set, else
+  the preset's value."""
+  return {holder.name: _given(holder, getattr(preset, holder.name))
+          for holder in (_RA_OPS, _RA_MAGNITUDE, _ERASING_PROB, _MIXUP,
+                         _CUTMIX)}
+
+
+def _recipe_train(preset: config_lib.TrainConfig) -> dict:
+  """The recipe's TrainConfig fields (issue 15), as _recipe_data."""
+  smoothing = (_per_head("label_smoothing", _LABEL_SMOOTHING.value, bare=True)
+               if _user_set(_LABEL_SMOOTHING) else preset.label_smoothing)
+  return dict(label_smoothing=smoothing,
+              clip_global_norm=_given(_CLIP_GLOBAL_NORM,
+                                      preset.clip_global_norm),
+              ema_decay=_given(_EMA_DECAY, preset.ema_decay))
 
 
 def config_from_flags() -> config_lib.Config:
@@ -290,7 +354,9 @@ def config_from_flags() -> config_lib.Config:
       deterministic=_DETERMINISTIC.value, validate_images=_VALIDATE.value,
       image_check=_IMAGE_CHECK.value, val_cache_max_mb=_VAL_CACHE_MAX_MB.value,
       image_root=_IMAGE_ROOT.value, max_image_pixels=_MAX_PIXELS.value,
-      quarantine=_QUARANTINE.value, demo_dir=_DEMO_DIR.value)
+      quarantine=_QUARANTINE.value, demo_dir=_DEMO_DIR.value,
+      **_recipe_data(cfg.data),
+      **_combination_fields())
   data = _feed(data)
   model = dataclasses.replace(
       cfg.model, backbone=_given(_BACKBONE, cfg.model.backbone),
@@ -317,12 +383,7 @@ def config_from_flags() -> config_lib.Config:
       init_from=_INIT_FROM.value,
       reinit_heads=_names(_REINIT_HEADS.value),
       train_heads=_names(_TRAIN_HEADS.value),
-      train_backbone=_TRAIN_BACKBONE.value,
-      label_smoothing=_per_head("label_smoothing", _LABEL_SMOOTHING.value,
-                                bare=True) if _user_set(_LABEL_SMOOTHING)
-      else cfg.train.label_smoothing,
-      clip_global_norm=_given(_CLIP_GLOBAL_NORM, cfg.train.clip_global_norm),
-      ema_decay=_given(_EMA_DECAY, cfg.train.ema_decay))
+      train_backbone=_TRAIN_BACKBONE.value, **_recipe_train(cfg.train))
   return config_lib.Config(data=data, model=model, train=train)
 
 

@@ -79,6 +79,14 @@ class EndToEndTest(tf.test.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     cls.root = tempfile.mkdtemp(prefix="e2e_test_")
+    # One tiny training serves both tests, run as a newcomer runs it: from
+    # the folder it writes into, relative paths, its "Next:" lines kept.
+    cls.work = os.path.join(cls.root, "newcomer")
+    os.makedirs(cls.work)
+    cls.printed = Cli(cls.root, "train", "--preset=tiny", "--model_dir=run",
+                      "--demo_dir=demo_data", cwd=cls.work).result()
+    cls.model_dir = os.path.join(cls.work, "run")
+    cls.demo_dir = os.path.join(cls.work, "demo_data")
 
   @classmethod
   def tearDownClass(cls):
@@ -86,10 +94,7 @@ class EndToEndTest(tf.test.TestCase):
     super().tearDownClass()
 
   def test_train_export_predict(self):
-    model_dir = os.path.join(self.root, "run")
-    demo_dir = os.path.join(self.root, "demo_data")
-    Cli(self.root, "train", "--preset=tiny", f"--model_dir={model_dir}",
-        f"--demo_dir={demo_dir}").result()
+    model_dir, demo_dir = self.model_dir, self.demo_dir
     self.assertTrue(os.path.isfile(os.path.join(model_dir, "model.keras")))
 
     table_path = compose.write_demo_table(os.path.join(self.root, "classes.csv"))
@@ -168,10 +173,7 @@ class EndToEndTest(tf.test.TestCase):
     # as printed, from the folder where train ran, with relative paths and
     # every other flag at its default (export: all formats and its default
     # TFLite variants, published only if every one passes parity).
-    work = os.path.join(self.root, "newcomer")
-    os.makedirs(work)
-    printed = Cli(self.root, "train", "--preset=tiny", "--model_dir=run",
-                  "--demo_dir=demo_data", cwd=work).result()
+    work, printed = self.work, self.printed
     # Paths that travel: config.json names the demo set absolutely.
     with open(os.path.join(work, "run", "config.json")) as f:
       self.assertEqual(json.load(f)["data"]["demo_dir"],

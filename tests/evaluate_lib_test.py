@@ -175,6 +175,11 @@ class FieldMetricsInReportTest(tf.test.TestCase):
                                 **report})
     self.assertIn("## Across heads", md)
     self.assertIn("| 1.000 | 0.500 | 0.667 | 0.750 |", md)
+    # Rows 0 and 2 are blue_triangle (unseen), row 1 red_circle (seen):
+    # colour is right on rows 0 and 1, wrong on row 2.
+    self.assertAllClose([su["heads"]["colour"][k] for k in
+                         ("seen", "unseen", "gap")], [1.0, 0.5, 0.5])
+    self.assertIn("| colour | 1.000 (1) | 0.500 (2) | 0.500 |", md)
 
   def test_seen_unseen_not_defined_without_a_training_manifest(self):
     root = self.get_temp_dir()

@@ -896,3 +896,32 @@ class TagExportTest(tf.test.TestCase):
 
 if __name__ == "__main__":
   tf.test.main()
+
+
+class StackedExportTest(tf.test.TestCase):
+  """calibrated.keras with a calibrated-stacking bias in its class output
+  (evaluate --stacking): every artefact applies the bias (parity)."""
+
+  def test_every_artefact_subtracts_the_bias(self):
+    from mlc_keras import compose
+    fixture = export_fixture.stacked()
+    images, _ = make_images(24, seed=4)
+    heads = {k: v.numpy() for k, v in run_dir.model_outputs(
+        fixture.model, images).items() if k != "class"}
+    want = compose.compose_probs(heads, fixture.table, fixture.bias)
+    unbiased = compose.compose_probs(heads, fixture.table)
+    # The premise: the bias moves the class probabilities noticeably.
+    self.assertGreater(np.abs(want - unbiased).max(), 0.05)
+    with open(fixture.result.parity_path) as f:
+      report = json.load(f)
+    self.assertGreaterEqual(len(report["reports"]), 3)
+    for r in report["reports"]:
+      self.assertTrue(r["passed"], r)
+    for name, path, use_bytes in (
+        ("saved_model", fixture.result.saved_model, False),
+        ("saved_model_bytes", fixture.result.saved_model, True),
+        ("tflite_fp32", fixture.result.tflite["fp32"], False),
+        ("onnx", fixture.result.onnx, False)):
+      with self.subTest(name):
+        got = predictors.load_predictor(path, use_bytes).predict(images)
+        self.assertAllClose(got["class"], want, atol=1e-4, rtol=0)

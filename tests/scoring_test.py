@@ -182,6 +182,36 @@ class SeenUnseenTest(tf.test.TestCase):
       self.assertFalse(math.isnan(v))
 
 
+class HeadAccuracyBySplitTest(tf.test.TestCase):
+
+  def test_each_head_on_seen_and_unseen_rows_and_the_gap(self):
+    # Rows 0-2 of seen combinations, 3-4 of unseen ones.
+    row_seen = np.array([1, 1, 1, 0, 0], bool)
+    collected = {
+        # argmax 0 1 1 0 2 against 0 1 0 1 2: seen 2/3, unseen 1/2.
+        "a": (np.array([[.9, .1, 0], [.1, .9, 0], [.2, .8, 0], [.6, .4, 0],
+                        [0, .1, .9]]),
+              np.array([0, 1, 0, 1, 2]), np.ones(5, bool)),
+        # Row 1 and row 4 unlabelled: seen 2/2 right, unseen 0/1.
+        "b": (np.array([[.8, .2], [.3, .7], [.1, .9], [.7, .3], [.5, .5]]),
+              np.array([0, 0, 1, 1, 0]), np.array([1, 0, 1, 1, 0], bool)),
+        # A tag head has no single accuracy: left out.
+        "t": (np.zeros((5, 2)), np.zeros((5, 2)), np.ones(5, bool)),
+    }
+    r = scoring.head_accuracy_by_split(collected, row_seen)
+    self.assertEqual(sorted(r), ["a", "b"])
+    self.assertAllClose([r["a"]["seen"], r["a"]["unseen"], r["a"]["gap"]],
+                        [2 / 3, 1 / 2, 2 / 3 - 1 / 2])
+    self.assertEqual((r["a"]["seen_rows"], r["a"]["unseen_rows"]), (3, 2))
+    self.assertAllClose([r["b"]["seen"], r["b"]["unseen"], r["b"]["gap"]],
+                        [1.0, 0.0, 1.0])
+    self.assertEqual((r["b"]["seen_rows"], r["b"]["unseen_rows"]), (2, 1))
+    none = scoring.head_accuracy_by_split({"a": collected["a"]},
+                                          np.ones(5, bool))
+    self.assertIsNone(none["a"]["unseen"])
+    self.assertIsNone(none["a"]["gap"])
+
+
 class TagScoresTest(tf.test.TestCase):
 
   def test_tags_are_binary_attributes_across_heads(self):

@@ -17,12 +17,14 @@ import tensorflow as tf
 
 from mlc_keras import config as config_lib
 from mlc_keras import heads as heads_lib
+from mlc_keras.data import augment as augment_lib
 from mlc_keras.data import imageio
 from mlc_keras.data import manifest
 from mlc_keras.data import sources
 
 AUTOTUNE = tf.data.AUTOTUNE
-AUGMENTATIONS = ("flip", "crop", "resized_crop", "colour")
+AUGMENTATIONS = ("flip", "crop", "resized_crop", "colour", "randaugment",
+                 "erasing")
 # Inception's / ResNet's random resized crop: 8%-100% of the area, aspect
 # 3/4-4/3 (torchvision's RandomResizedCrop defaults are the same).
 CROP_SCALE = (0.08, 1.0)
@@ -71,11 +73,14 @@ def _pixels(item, seed, image_size: int, encoded: bool, kinds: Sequence[str],
 
 def augment(image: tf.Tensor, seed: tf.Tensor, kinds: Sequence[str],
             crop_scale: Sequence[float] = CROP_SCALE,
-            crop_ratio: Sequence[float] = CROP_RATIO) -> tf.Tensor:
+            crop_ratio: Sequence[float] = CROP_RATIO,
+            recipe: augment_lib.Recipe = augment_lib.Recipe()) -> tf.Tensor:
   """Seeded (stateless) augmentation of one uint8 image: the same seed gives
   the same pixels, so runs and resumed runs are reproducible.
   "resized_crop" here crops these pixels and resizes back to their size;
-  train_dataset instead cuts it while decoding, from the full image."""
+  train_dataset instead cuts it while decoding, from the full image.
+  "randaugment" and "erasing" (data/augment.py, settings in ``recipe``)
+  come last, erasing after everything."""
   check_augmentations(kinds, crop_scale, crop_ratio)
   if "resized_crop" in kinds:
     side = image.shape[0] or tf.shape(image)[0]
@@ -94,6 +99,15 @@ def augment(image: tf.Tensor, seed: tf.Tensor, kinds: Sequence[str],
     x = tf.image.stateless_random_contrast(x, 0.8, 1.2, seeds[3])
     x = tf.image.stateless_random_saturation(x, 0.8, 1.2, seeds[4])
     image = tf.cast(tf.round(tf.clip_by_value(x, 0.0, 1.0) * 255.0), tf.uint8)
+  # Folded in like _crop_seed: the older kinds keep their pixels.
+  fold = tf.random.experimental.stateless_fold_in
+  if "randaugment" in kinds:
+    image = augment_lib.randaugment(image, fold(seed, 6),
+                                    recipe.randaugment_ops,
+                                    recipe.randaugment_magnitude)
+  if "erasing" in kinds:
+    image = augment_lib.random_erasing(image, fold(seed, 7),
+                                       recipe.erasing_prob)
   return image
 
 
@@ -133,9 +147,12 @@ def _epoch_fn(base: tf.data.Dataset, source: sources.Source, *, decoded: bool,
               buffer: int, image_size: int, batch_size: int, seed: int,
               steps_per_epoch: Optional[int], augmentations: Sequence[str],
               crop_scale: Sequence[float], crop_ratio: Sequence[float],
-              unread: bool = False):
+              unread: bool = False, recipe=augment_lib.Recipe(),
+              per_batch=None):
   """epoch -> that epoch's batches, keyed by (seed, epoch) alone.
-  ``unread``: ``base`` holds file paths, read after the shuffle."""
+  ``unread``: ``base`` holds file paths, read after the shuffle;
+  ``per_batch(images, labels, seed)``: applied to each batch with a seed of
+  (seed, epoch, batch index) (MixUp / CutMix)."""
 
   def one_epoch(epoch):
     # tf.data pairs an op seed with the graph's global seed, and with a
@@ -160,12 +177,17 @@ def _epoch_fn(base: tf.data.Dataset, source: sources.Source, *, decoded: bool,
         image = _pixels(image, seed_i, image_size, source.encoded,
                         augmentations, crop_scale, crop_ratio)
       if pixel_kinds:
-        image = augment(image, seed_i, pixel_kinds)
+        image = augment(image, seed_i, pixel_kinds, recipe=recipe)
       return image, labels
     ds = ds.map(finish, num_parallel_calls=AUTOTUNE).batch(
         batch_size, drop_remainder=True)
     if steps_per_epoch:
       ds = ds.repeat().take(steps_per_epoch)
+    if per_batch is not None:
+      # Folded with a tag so that batch b's seed is not image b's.
+      ds = ds.enumerate().map(
+          lambda b, batch: per_batch(*batch, tf.stack(
+              [epoch_seed, -1 - b])), num_parallel_calls=AUTOTUNE)
     return ds
   return one_epoch
 
@@ -188,6 +210,25 @@ def _base(source: sources.Source, decoded: bool
   return unread, source.make_paths() if unread else source.make()
 
 
+def _buffer(source: sources.Source, decoded: bool, shuffle_buffer: int) -> int:
+  if source.size is not None and (not decoded or source.size <= shuffle_buffer):
+    # Undecoded records are a path or a few KB of bytes: shuffle them all.
+    return max(source.size, 1)
+  return shuffle_buffer
+
+
+def _mixer(schema: heads_lib.LabelSchema, class_weights, recipe):
+  """The per-batch MixUp / CutMix of _epoch_fn (None when off)."""
+  if not recipe.mixes:
+    return None
+  recipe.check()
+
+  def mix(images, labels, seed):
+    ys, ws = _targets(labels, schema, class_weights)
+    return augment_lib.mix_batch(images, ys, ws, seed, schema, recipe)
+  return mix
+
+
 def train_dataset(source: sources.Source, schema: heads_lib.LabelSchema, *,
                   image_size: int, batch_size: int, seed: int,
                   start_epoch: int = 0, end_epoch: int = 1_000_000,
@@ -199,28 +240,29 @@ def train_dataset(source: sources.Source, schema: heads_lib.LabelSchema, *,
                   crop_scale: Sequence[float] = CROP_SCALE,
                   crop_ratio: Sequence[float] = CROP_RATIO,
                   data_service: Optional[str] = None,
+                  recipe: augment_lib.Recipe = augment_lib.Recipe(),
                   ) -> tf.data.Dataset:
   """Batches for training, epochs ``start_epoch`` .. ``end_epoch - 1`` back
   to back; each epoch holds ``len // batch_size`` full batches.
 
-  Epoch e is shuffled with a seed made of (seed, e), and each image is
-  augmented with a seed made of (seed, e, position), so a run resumed at
-  epoch e sees exactly the batches an uninterrupted run would have.
+  Epoch e is shuffled with a seed made of (seed, e), each image augmented
+  with one of (seed, e, position), so a run resumed at epoch e sees exactly
+  the batches an uninterrupted run would have.
   ``cache`` is False, True (in memory) or a file path prefix; it keeps
   decoded, resized pixels, so augmentation still differs per epoch.
   With ``steps_per_epoch`` every epoch is exactly that many batches (the
   epoch's order repeats if it needs more than one pass).
   "resized_crop" (a random window of ``crop_scale`` of the area, aspect
   ``crop_ratio``) is cut while decoding each epoch, so it cannot be combined
-  with ``cache`` (which keeps pixels already resized).
+  with ``cache`` (which keeps pixels already resized). ``recipe``:
+  data/augment.py (MixUp / CutMix batches carry soft per-head targets).
 
   ``data_service`` ("grpc://host:port"): the whole pipeline above runs on
   tf.data service workers, which split it by epoch (dynamic sharding of the
   epoch range): one worker gives exactly the local batches in the local
   order; several give the same batches, each once, epochs interleaved.
   """
-  _check_train_args(augmentations, crop_scale, crop_ratio, cache,
-                    data_service)
+  _check_train_args(augmentations, crop_scale, crop_ratio, cache, data_service)
   if source.size is not None:
     steps_for(source.size, batch_size, source.name)
   decoded = cache is not False
@@ -229,18 +271,17 @@ def train_dataset(source: sources.Source, schema: heads_lib.LabelSchema, *,
     base = base.map(lambda x, y: (_to_pixels(x, image_size, source.encoded), y),
                     num_parallel_calls=AUTOTUNE)
     base = base.cache("" if cache is True else cache)
-  buffer = shuffle_buffer
-  if source.size is not None and (not decoded or source.size <= shuffle_buffer):
-    # Undecoded records are a path or a few KB of bytes: shuffle them all.
-    buffer = max(source.size, 1)
   one_epoch = _epoch_fn(
-      base, source, decoded=decoded, buffer=buffer, image_size=image_size,
+      base, source, decoded=decoded,
+      buffer=_buffer(source, decoded, shuffle_buffer), image_size=image_size,
       batch_size=batch_size, seed=seed, steps_per_epoch=steps_per_epoch,
       augmentations=augmentations, crop_scale=tuple(crop_scale),
-      crop_ratio=tuple(crop_ratio), unread=unread)
+      crop_ratio=tuple(crop_ratio), unread=unread, recipe=recipe,
+      per_batch=_mixer(schema, class_weights, recipe))
   ds = tf.data.Dataset.range(start_epoch, end_epoch).flat_map(one_epoch)
-  ds = ds.map(lambda x, y: (x, *_targets(y, schema, class_weights)),
-              num_parallel_calls=AUTOTUNE)
+  if not recipe.mixes:  # mixed batches got their targets in one_epoch
+    ds = ds.map(lambda x, y: (x, *_targets(y, schema, class_weights)),
+                num_parallel_calls=AUTOTUNE)
   if data_service is not None:
     # Options first: they travel with the dataset graph to the workers.
     ds = ds.with_options(_options(deterministic)).apply(

@@ -50,9 +50,11 @@ class ComposeClasses(keras.layers.Layer):
     classes: the table's class names (the output's column order).
     heads: the heads the table uses.
     values: per class, per head, the class index asked for or -1.
+    bias: per class, subtracted from its score before the softmax
+      (calibrated stacking, compose.stacking_bias); None: no bias.
   """
 
-  def __init__(self, classes, heads, values, **kwargs):
+  def __init__(self, classes, heads, values, bias=None, **kwargs):
     super().__init__(**kwargs)
     self.classes = [str(c) for c in classes]
     self.heads = [str(h) for h in heads]
@@ -62,14 +64,20 @@ class ComposeClasses(keras.layers.Layer):
       raise ValueError(
           f"values must be [{len(self.classes)} classes][{len(self.heads)} "
           "heads]")
+    self.bias = None if bias is None else [float(b) for b in bias]
+    if self.bias is not None and len(self.bias) != len(self.classes):
+      raise ValueError(f"bias must have {len(self.classes)} values (one per "
+                       f"class), got {len(self.bias)}")
     self._table = compose.ClassTable(tuple(self.classes), tuple(self.heads),
                                      tuple(tuple(r) for r in self.values))
     self._mats = None
 
   @classmethod
   def from_table(cls, table: compose.ClassTable,
-                 name: str = compose.CLASS_OUTPUT, **kwargs) -> "ComposeClasses":
-    return cls(table.classes, table.heads, table.values, name=name, **kwargs)
+                 name: str = compose.CLASS_OUTPUT, bias=None,
+                 **kwargs) -> "ComposeClasses":
+    return cls(table.classes, table.heads, table.values, bias=bias, name=name,
+               **kwargs)
 
   def build(self, input_shape):
     widths = {h: int(input_shape[h][-1]) for h in self.heads}
@@ -90,6 +98,8 @@ class ComposeClasses(keras.layers.Layer):
       logp = ops.log(ops.clip(p, compose.EPS, 1.0))
       term = ops.matmul(logp, ops.convert_to_tensor(self._mats[h], "float32"))
       scores = term if scores is None else scores + term
+    if self.bias is not None:
+      scores = scores - ops.convert_to_tensor([self.bias], "float32")
     return ops.softmax(scores, axis=-1)
 
   def compute_output_shape(self, input_shape):
@@ -98,7 +108,7 @@ class ComposeClasses(keras.layers.Layer):
   def get_config(self):
     config = super().get_config()
     config.update(classes=list(self.classes), heads=list(self.heads),
-                  values=[list(r) for r in self.values])
+                  values=[list(r) for r in self.values], bias=self.bias)
     return config
 
   def table(self, source: str) -> compose.ClassTable:

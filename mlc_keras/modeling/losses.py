@@ -33,7 +33,8 @@ class SparseFocalCrossentropy(keras.losses.Loss):
   balance is left to --class_weight, which folds into sample_weight).
   Keras' sparse cross-entropy has no label smoothing, so a smoothed head
   with gamma=0 comes here too (categorical cross-entropy on the one-hot).
-  ``soft``: y_true is already a [batch, k] target (MixUp / CutMix).
+  ``soft``: y_true may be a [batch, k] target (MixUp / CutMix); class
+  indices are still taken (validation).
   """
 
   def __init__(self, gamma: float = 2.0, label_smoothing: float = 0.0,
@@ -45,7 +46,9 @@ class SparseFocalCrossentropy(keras.losses.Loss):
     self.soft = bool(soft)
 
   def call(self, y_true, y_pred):
-    if self.soft:
+    # Validation batches of a mixing run still hold class indices.
+    if self.soft and len(y_true.shape) == len(y_pred.shape) and (
+        y_true.shape[-1] == y_pred.shape[-1]):
       target = keras.ops.cast(y_true, y_pred.dtype)
     else:
       y_true = keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32")

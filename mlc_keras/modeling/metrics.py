@@ -28,13 +28,45 @@ def majority(labels: np.ndarray, num_classes: int) -> float:
   return float(np.bincount(labels, minlength=num_classes).max() / labels.size)
 
 
-def weighted_metrics(schema: heads_lib.LabelSchema,
-                     top_k: int = 5) -> dict[str, list[keras.metrics.Metric]]:
-  """Accuracy per head, plus top-k where a head has more than k classes.
+def hard_labels(y_true, y_pred):
+  """Class indices of ``y_true``: soft [batch, k] targets (MixUp / CutMix)
+  give their largest class, index labels pass through. A single-label head
+  has k >= 2 classes, so index labels shaped [batch, 1] are never taken for
+  soft ones."""
+  k = y_pred.shape[-1]
+  if len(y_true.shape) == 2 and k and k > 1 and y_true.shape[-1] == k:
+    return keras.ops.argmax(y_true, axis=-1)
+  return y_true
+
+
+class _HardTargets:
+  """Mixed into a sparse metric: soft training targets are scored by their
+  largest class (validation's index labels are unchanged)."""
+
+  def update_state(self, y_true, y_pred, sample_weight=None):
+    return super().update_state(hard_labels(y_true, y_pred), y_pred,
+                                sample_weight=sample_weight)
+
+
+class SoftAccuracy(_HardTargets, keras.metrics.SparseCategoricalAccuracy):
+  pass
+
+
+class SoftTopK(_HardTargets, keras.metrics.SparseTopKCategoricalAccuracy):
+  pass
+
+
+def weighted_metrics(schema: heads_lib.LabelSchema, top_k: int = 5,
+                     soft: bool = False
+                     ) -> dict[str, list[keras.metrics.Metric]]:
+  """Accuracy per head, plus top-k where a head has more than k classes;
+  ``soft``: training targets may be soft (see hard_labels).
 
   Passed to compile() as ``weighted_metrics`` (``metrics=`` ignores
   sample_weight, so masked samples would count).
   """
+  accuracy = SoftAccuracy if soft else keras.metrics.SparseCategoricalAccuracy
+  top = SoftTopK if soft else keras.metrics.SparseTopKCategoricalAccuracy
   out = {}
   for h in schema.heads:
     if h.is_tags:
@@ -42,11 +74,10 @@ def weighted_metrics(schema: heads_lib.LabelSchema,
       # come after training.
       out[h.name] = [keras.metrics.BinaryAccuracy(name="acc")]
       continue
-    ms = [keras.metrics.SparseCategoricalAccuracy(name="acc")]
+    ms = [accuracy(name="acc")]
     k = reported_top_k(h.num_classes, top_k)
     if k is not None:
-      ms.append(keras.metrics.SparseTopKCategoricalAccuracy(
-          k=k, name=f"top{k}"))
+      ms.append(top(k=k, name=f"top{k}"))
     out[h.name] = ms
   return out
 
@@ -74,6 +105,11 @@ class BalancedAccuracy(keras.metrics.MeanIoU):
     super().__init__(num_classes=num_classes, name=name,
                      dtype=dtype or "float32", sparse_y_true=True,
                      sparse_y_pred=False)
+
+  def update_state(self, y_true, y_pred, sample_weight=None):
+    # Soft (mixed) training targets count as their largest class.
+    return super().update_state(hard_labels(y_true, y_pred), y_pred,
+                                sample_weight=sample_weight)
 
   def result(self):
     cm = keras.ops.cast(self.total_cm, "float32")

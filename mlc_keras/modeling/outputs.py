@@ -53,10 +53,11 @@ def temperatures_of(model: keras.Model) -> dict[str, float]:
           for l in model.layers if isinstance(l, layers.Temperature)}
 
 
-def with_class_output(model: keras.Model,
-                      table: compose.ClassTable) -> keras.Model:
+def with_class_output(model: keras.Model, table: compose.ClassTable,
+                      bias=None) -> keras.Model:
   """The same model (shared weights) with an extra "class" output: the
-  table's class probabilities. An existing "class" output is replaced."""
+  table's class probabilities, ``bias`` [C] (calibrated stacking) subtracted
+  from the class scores first. An existing "class" output is replaced."""
   outputs = {k: v for k, v in model_lib.named_outputs(model).items()
              if k != compose.CLASS_OUTPUT}
   missing = [h for h in table.heads if h not in outputs]
@@ -64,7 +65,7 @@ def with_class_output(model: keras.Model,
     raise compose.ClassTableError(
         f"{table.source}: head(s) {missing} are not outputs of the model "
         f"({', '.join(sorted(outputs))})")
-  composed = layers.ComposeClasses.from_table(table)(
+  composed = layers.ComposeClasses.from_table(table, bias=bias)(
       {h: outputs[h] for h in table.heads})
   return keras.Model(model.inputs, {**outputs, compose.CLASS_OUTPUT: composed},
                      name=model.name)
@@ -83,3 +84,32 @@ def table_of(model: keras.Model) -> Optional[compose.ClassTable]:
     return None
   return layer.table(
       f"the {compose.CLASS_OUTPUT!r} layer of model {model.name!r}")
+
+
+def stacking_bias_of(model: keras.Model) -> Optional[list]:
+  """The calibrated-stacking bias [C] of ``model``'s "class" output, or None
+  (no class output, or one without a bias)."""
+  try:
+    layer = model.get_layer(compose.CLASS_OUTPUT)
+  except ValueError:
+    return None
+  return getattr(layer, "bias", None) if isinstance(
+      layer, layers.ComposeClasses) else None
+
+
+def stacking_bias_for(model: keras.Model, table: compose.ClassTable
+                      ) -> tuple[Optional[list], Optional[str]]:
+  """(bias, note): ``model``'s calibrated-stacking bias when ``table`` is the
+  table it was fitted for (same classes and values), else None; the note
+  says which (None when the model carries no bias)."""
+  bias = stacking_bias_of(model)
+  if bias is None:
+    return None, None
+  carried = table_of(model)
+  if (carried.classes, carried.heads, carried.values) == (
+      table.classes, table.heads, table.values):
+    return bias, ("the class table is the one of the model's class output: "
+                  "its calibrated-stacking bias is kept")
+  return None, ("the model's calibrated-stacking bias was fitted for another "
+                "class table: this one is composed without a bias (run "
+                "evaluate --stacking with it to fit one)")

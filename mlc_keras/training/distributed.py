@@ -34,6 +34,7 @@ import tensorflow as tf
 
 from mlc_keras import config as config_lib
 from mlc_keras import heads as heads_lib
+from mlc_keras.data import augment
 from mlc_keras.data import pipeline
 from mlc_keras.modeling import grow
 from mlc_keras.modeling import losses
@@ -218,7 +219,7 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
         crop_scale=dc.crop_scale, crop_ratio=dc.crop_ratio,
         data_service=dc.data_service,
         shuffle_buffer=dc.shuffle_buffer, deterministic=dc.deterministic,
-        class_weights=run.class_weights)
+        class_weights=run.class_weights, recipe=augment.Recipe.of(dc))
   iterator = iter(distribute(strategy, make_global, tc.batch_size))
   step = make_train_step(strategy, model, optimizer, run.schema, run.label_smoothing)
   head_metrics = metrics.weighted_metrics(run.schema, tc.top_k)

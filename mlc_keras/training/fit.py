@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from mlc_keras import config as config_lib
+from mlc_keras.data import augment
 from mlc_keras.data import pipeline
 from mlc_keras.modeling import grow
 from mlc_keras.modeling import model as model_lib
@@ -204,13 +205,14 @@ def _train_phase(model: keras.Model, phase: Phase, run: setup.Run,
       crop_scale=dc.crop_scale, crop_ratio=dc.crop_ratio,
       data_service=dc.data_service,
       shuffle_buffer=dc.shuffle_buffer, deterministic=dc.deterministic,
-      class_weights=run.class_weights)
+      class_weights=run.class_weights, recipe=augment.Recipe.of(dc))
   with strategy.scope():
     # A new optimizer per phase: the set of trainable variables changed.
     setup.compile_model(
         model, run.schema,
         setup.optimizer(tc, steps * phase.epochs, phase.lr_scale),
-        tc.top_k, tc.jit_compile, label_smoothing=run.label_smoothing)
+        tc.top_k, tc.jit_compile, label_smoothing=run.label_smoothing,
+        soft=augment.Recipe.of(dc).mixes)
   history = os.path.join(model_dir, "history.csv")
   # With --ema_decay the averaged weights are in the model from validation
   # to just before the backup (training/ema.py).

@@ -20,6 +20,7 @@ from mlc_keras import config as config_lib
 from mlc_keras import heads as heads_lib
 from mlc_keras import tagging
 from mlc_keras import scoring
+from mlc_keras.data import combinations
 from mlc_keras.data import demo
 from mlc_keras.data import imagecheck
 from mlc_keras.data import manifest as manifest_lib
@@ -48,6 +49,8 @@ class DataBundle:
   train_size: int
   # Rows left out under --quarantine (see write_quarantine).
   quarantined: list = dataclasses.field(default_factory=list)
+  # What --holdout_combinations removed (combinations.split), or None.
+  holdout: Optional[dict] = None
 
 
 def load_data(cfg: config_lib.DataConfig, seed: int,
@@ -99,6 +102,7 @@ def load_data(cfg: config_lib.DataConfig, seed: int,
     train_rec, val_rec = sources_lib.split_records(train_rec, cfg.val_fraction, seed)
   else:
     val_rec = None
+  train_rec, val_rec, holdout = _hold_out(train_rec, val_rec, schema, cfg)
   if check and (cfg.validate_images or cfg.quarantine):
     train_rec, val_rec = (_checked(rec, cfg, quarantined, check_cache)
                           for rec in (train_rec, val_rec))
@@ -107,7 +111,58 @@ def load_data(cfg: config_lib.DataConfig, seed: int,
   train = sources_lib.records_source(train_rec)
   val = (sources_lib.records_source(val_rec)
          if val_rec is not None and len(val_rec) else None)
-  return DataBundle(schema, train, val, len(train_rec), quarantined or [])
+  return DataBundle(schema, train, val, len(train_rec), quarantined or [],
+                    holdout)
+
+
+def _balanced(train_rec, schema, cfg: config_lib.DataConfig):
+  try:
+    train_rec, report = combinations.balance(train_rec, schema,
+                                             cfg.balance_combinations)
+  except combinations.CombinationError as e:
+    raise manifest_lib.DataError(str(e)) from None
+  log.info("--balance_combinations: %d rows drawn as %d (%d combinations, "
+           "up to %dx)", report["rows"], report["rows_balanced"],
+           report["groups"], report["max_repeat"])
+  return train_rec, report
+
+
+def _hold_out(train_rec, val_rec, schema, cfg: config_lib.DataConfig):
+  """(train, val, report): the held-out combinations removed (data/
+  combinations.py), then the training rows balanced over combinations
+  (--balance_combinations); report None when neither is configured."""
+  if cfg.balance_combinations:
+    train_rec, val_rec, report = _hold_out(
+        train_rec, val_rec, schema,
+        dataclasses.replace(cfg, balance_combinations=()))
+    train_rec, balanced = _balanced(train_rec, schema, cfg)
+    return train_rec, val_rec, {**(report or {}), "balanced": balanced}
+  if not (cfg.holdout_combinations or cfg.calibration_combinations):
+    return train_rec, val_rec, None
+  try:
+    holdout = combinations.parse(cfg.holdout_combinations, schema)
+    calibration = combinations.parse(cfg.calibration_combinations, schema,
+                                     "--calibration_combinations")
+  except combinations.CombinationError as e:
+    raise manifest_lib.DataError(str(e)) from None
+  overlap = set(holdout) & set(calibration)
+  if overlap:
+    raise manifest_lib.DataError(
+        "--holdout_combinations and --calibration_combinations both name "
+        + ", ".join(c.name(schema) for c in overlap) + "; the stacking bias "
+        "must be fitted on other combinations than the test's")
+  train_rec, val_rec, report = combinations.split(
+      train_rec, val_rec, schema, holdout, calibration)
+  if not len(train_rec):
+    raise manifest_lib.DataError(
+        "--holdout_combinations removed every training row")
+  removed = report["removed"]
+  log.info("held-out combinations: %d training rows removed (%d labelled "
+           "with one, %d with a blank that may hide one), %d validation rows "
+           "(holdout.json)", sum(removed["train"].values()),
+           removed["train"]["labelled"], removed["train"]["blank"],
+           sum(removed["val"].values()))
+  return train_rec, val_rec, report
 
 
 def _tfds_bundle(cfg: config_lib.DataConfig,
@@ -195,15 +250,19 @@ def optimizer(cfg: config_lib.TrainConfig, total_steps: int,
 
 def compile_model(model: keras.Model, schema: heads_lib.LabelSchema,
                   optimizer, top_k: int = 5, jit_compile: bool = False,
-                  label_smoothing=None) -> None:
-  """``label_smoothing``: {head: s} (losses.smoothing_per_head)."""
+                  label_smoothing=None, soft: bool = False) -> None:
+  """``label_smoothing``: {head: s} (losses.smoothing_per_head); ``soft``:
+  training targets of single-label heads are [batch, k] probabilities
+  (MixUp / CutMix; validation's stay class indices, which the metrics take
+  too)."""
   selection = metrics.selection_metrics(schema)
   model.compile(optimizer=optimizer,
-                loss=losses.head_losses(schema, label_smoothing),
+                loss=losses.head_losses(schema, label_smoothing, soft),
                 loss_weights=losses.loss_weights(schema),
                 weighted_metrics={
                     h: ms + selection[h]
-                    for h, ms in metrics.weighted_metrics(schema, top_k).items()},
+                    for h, ms in metrics.weighted_metrics(
+                        schema, top_k, soft).items()},
                 jit_compile=jit_compile)
 
 
@@ -268,6 +327,11 @@ def prepare_run(cfg: config_lib.Config, out_dir: str) -> Run:
   schema.save(os.path.join(out_dir, "labels.json"))
   with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
     f.write(cfg.to_json() + "\n")
+  if bundle.holdout is not None:
+    with open(os.path.join(out_dir, combinations.HOLDOUT_FILE), "w",
+              encoding="utf-8") as f:
+      json.dump(bundle.holdout, f, indent=2)
+      f.write("\n")
   # steps_for also refuses a training set smaller than one batch.
   full_steps = pipeline.steps_for(bundle.train_size, tc.batch_size,
                                   bundle.train.name)

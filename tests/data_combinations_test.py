@@ -1,0 +1,211 @@
+"""Held-out combinations (data/combinations.py): the spec, the rule for
+blank labels, and the guarantee that a held-out combination never reaches
+training or validation, checked on what load_data feeds."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from mlc_keras import config as config_lib
+from mlc_keras import evaluate_lib
+from mlc_keras import heads as heads_lib
+from mlc_keras.data import combinations
+from mlc_keras.data import manifest
+from mlc_keras.training import setup
+from tests import testutil
+
+SCHEMA = testutil.SCHEMA  # shape: circle square triangle; colour: blue red
+
+
+def _rows(pairs, prefix):
+  return [{"image": f"img/{prefix}{i:02d}.png", "shape": s, "colour": c}
+          for i, (s, c) in enumerate(pairs)]
+
+
+# Training rows: (shape, colour); "" is a blank label.
+TRAIN = [("triangle", "blue"), ("triangle", "red"), ("circle", "blue"),
+         ("circle", "red"), ("square", "blue"), ("square", "red"),
+         ("triangle", ""), ("", "blue"), ("", ""), ("circle", "red"),
+         ("square", "blue"), ("triangle", "blue")]
+VAL = [("triangle", "blue"), ("square", "red"), ("triangle", ""),
+       ("circle", "red"), ("square", "blue")]
+
+
+class ParseTest(tf.test.TestCase):
+
+  def test_inline_and_file_give_the_same_combinations(self):
+    inline = combinations.parse(
+        "shape=triangle+colour=blue; colour=red+shape=square", SCHEMA)
+    path = os.path.join(self.get_temp_dir(), "held.txt")
+    with open(path, "w") as f:
+      f.write("# held out of training\nshape=triangle+colour=blue\n\n"
+              "colour=red+shape=square  # order of heads is free\n")
+    self.assertEqual(combinations.parse(path, SCHEMA), inline)
+    self.assertEqual(inline[0].values, (("shape", 2), ("colour", 0)))
+    self.assertEqual([c.name(SCHEMA) for c in inline],
+                     ["shape=triangle+colour=blue", "shape=square+colour=red"])
+    self.assertEqual(combinations.parse(None, SCHEMA), ())
+
+  def test_bad_entries_are_named(self):
+    cases = {
+        "shape=triangle+size=big": "entry 1 .*'size' is not a head",
+        "shape=oval+colour=red": "entry 1 .*oval",
+        "shape=circle": "at least two heads",
+        "shape=circle+shape=square": "'shape' appears twice",
+        "shape=circle+colour=red;shape triangle": "entry 2 .*not head=value",
+        "missing/file.txt": "no such file",
+    }
+    for spec, message in cases.items():
+      with self.assertRaisesRegex(combinations.CombinationError,
+                                  "--holdout_combinations.*" + message):
+        combinations.parse(spec, SCHEMA)
+    path = os.path.join(self.get_temp_dir(), "bad.txt")
+    with open(path, "w") as f:
+      f.write("shape=circle+colour=blue\nshape=circle+colour=pink\n")
+    with self.assertRaisesRegex(combinations.CombinationError,
+                                r"bad.txt:2: .*pink"):
+      combinations.parse(path, SCHEMA)
+    tags = heads_lib.LabelSchema((
+        heads_lib.HeadSpec("shape", ("circle", "square")),
+        heads_lib.HeadSpec("marks", ("bar", "edge"), kind=heads_lib.TAGS)))
+    with self.assertRaisesRegex(combinations.CombinationError, "tag head"):
+      combinations.parse("shape=circle+marks=bar", tags)
+
+  def test_a_blank_label_may_hide_the_combination(self):
+    labels = {"shape": np.array([2, 2, 2, -1, -1, 0]),
+              "colour": np.array([0, 1, -1, 0, -1, 0])}
+    combo = combinations.parse("shape=triangle+colour=blue", SCHEMA)
+    sure, maybe = combinations.carries(labels, combo)
+    self.assertEqual(sure.tolist(), [True, False, False, False, False, False])
+    self.assertEqual(maybe.tolist(), [True, False, True, True, True, False])
+
+
+class SplitTest(tf.test.TestCase):
+  """--holdout_combinations leaves training and validation; the
+  calibration combinations leave training only."""
+
+  def _config(self, root, **kwargs):
+    train = testutil.write_manifest(root, _rows(TRAIN, "t"))
+    val = testutil.write_manifest(root, _rows(VAL, "v"), name="val.csv")
+    return config_lib.DataConfig(
+        manifest=train, val_manifest=val, validate_images=False,
+        holdout_combinations="shape=triangle+colour=blue",
+        calibration_combinations="shape=square+colour=red", **kwargs)
+
+  def _fed(self, source):
+    """(shape, colour) of every element the source yields."""
+    return [tuple(int(v) for v in labels.numpy())
+            for _, labels in source.make()]
+
+  def test_no_held_out_combination_is_fed(self):
+    root = self.get_temp_dir()
+    bundle = setup.load_data(self._config(root), seed=0)
+    train, val = self._fed(bundle.train), self._fed(bundle.val)
+    # triangle=2 blue=0, square=1 red=1; -1 blank.
+    for s, c in train:
+      self.assertFalse(s in (2, -1) and c in (0, -1), (s, c))
+      self.assertFalse(s in (1, -1) and c in (1, -1), (s, c))
+    for s, c in val:
+      self.assertFalse(s in (2, -1) and c in (0, -1), (s, c))
+    # Kept, by hand: training rows 1, 2, 3, 4, 9, 10 (0 and 11 are
+    # triangle+blue, 5 square+red; 6, 7, 8 have a blank that may hide
+    # triangle+blue). Validation keeps square+red (the calibration pair).
+    self.assertEqual(sorted(train), sorted([(2, 1), (0, 0), (0, 1), (1, 0),
+                                            (0, 1), (1, 0)]))
+    self.assertEqual(sorted(val), sorted([(1, 1), (0, 1), (1, 0)]))
+    self.assertEqual(bundle.train_size, 6)
+    self.assertEqual(bundle.holdout["removed"], {
+        "train": {"labelled": 3, "blank": 3},
+        "val": {"labelled": 1, "blank": 1}})
+    self.assertEqual(bundle.holdout["holdout"], ["shape=triangle+colour=blue"])
+    self.assertEqual(bundle.holdout["calibration"], ["shape=square+colour=red"])
+
+  def test_the_check_names_a_leaking_row(self):
+    records, _ = manifest.read_manifest(
+        testutil.write_manifest(self.get_temp_dir(), _rows(TRAIN, "t")),
+        SCHEMA)
+    combo = combinations.parse("shape=circle+colour=red", SCHEMA)
+    with self.assertRaisesRegex(AssertionError,
+                                r"training data: .*train.csv:5 may carry"):
+      combinations.check_absent(records, SCHEMA, combo, "training data")
+
+  def test_an_overlap_and_a_bad_spec_are_refused(self):
+    root = self.get_temp_dir()
+    cfg = dataclasses.replace(self._config(root),
+                              calibration_combinations="colour=blue+"
+                              "shape=triangle")
+    with self.assertRaisesRegex(manifest.DataError,
+                                "both name shape=triangle\\+colour=blue"):
+      setup.load_data(cfg, seed=0)
+    cfg = dataclasses.replace(self._config(root), holdout_combinations="x=1+y=2")
+    with self.assertRaisesRegex(manifest.DataError,
+                                "--holdout_combinations: entry 1 'x=1\\+y=2'"):
+      setup.load_data(cfg, seed=0)
+
+  def test_the_run_records_it_and_evaluate_counts_it_unseen(self):
+    root = self.get_temp_dir()
+    data = self._config(root)
+    cfg = config_lib.Config(data=data, train=dataclasses.replace(
+        config_lib.TrainConfig(), batch_size=2))
+    run_dir = os.path.join(root, "run")
+    os.makedirs(run_dir)
+    setup.prepare_run(cfg, run_dir)
+    with open(os.path.join(run_dir, combinations.HOLDOUT_FILE)) as f:
+      held = json.load(f)
+    self.assertEqual(held["kept"], {"train": 6, "val": 3})
+    labels, source = evaluate_lib.training_labels(run_dir, SCHEMA, "image")
+    self.assertIn("holdout.json", source)
+    # The 6 rows training kept, not the manifest's 12.
+    self.assertEqual(len(labels["shape"]), 6)
+    self.assertNotIn(2, labels["shape"][labels["colour"] == 0].tolist())
+
+
+class BalanceTest(tf.test.TestCase):
+  """--balance_combinations repeats rows of rare combinations."""
+
+  def _records(self, pairs):
+    path = testutil.write_manifest(self.get_temp_dir(), _rows(pairs, "b"))
+    return manifest.read_manifest(path, SCHEMA)[0]
+
+  def test_rare_combinations_are_repeated_to_the_largest(self):
+    pairs = ([("circle", "blue")] * 4 + [("circle", "red")] * 2 +
+             [("square", "blue"), ("triangle", "red"), ("square", "")])
+    balanced, report = combinations.balance(self._records(pairs), SCHEMA,
+                                            ["shape", "colour"])
+    got = {}
+    for s, c in balanced.labels.tolist():
+      got[(s, c)] = got.get((s, c), 0) + 1
+    # Largest group 4: x1, x2, x4, x4; the blank-colour row once.
+    self.assertEqual(got, {(0, 0): 4, (0, 1): 4, (1, 0): 4, (2, 1): 4,
+                           (1, -1): 1})
+    self.assertEqual(report, {"heads": ["shape", "colour"], "groups": 4,
+                              "rows": 9, "rows_balanced": 17, "max_repeat": 4})
+
+  def test_repeats_are_capped_and_heads_checked(self):
+    pairs = [("circle", "blue")] * 40 + [("square", "red")]
+    balanced, report = combinations.balance(self._records(pairs), SCHEMA,
+                                            ["shape", "colour"])
+    self.assertEqual(len(balanced), 40 + combinations.MAX_REPEAT)
+    self.assertEqual(report["max_repeat"], combinations.MAX_REPEAT)
+    with self.assertRaisesRegex(combinations.CombinationError,
+                                "--balance_combinations: 'size' is not"):
+      combinations.balance(balanced, SCHEMA, ["shape", "size"])
+    with self.assertRaisesRegex(combinations.CombinationError, "at least two"):
+      combinations.balance(balanced, SCHEMA, ["shape"])
+
+  def test_load_data_feeds_the_balanced_rows(self):
+    root = self.get_temp_dir()
+    train = testutil.write_manifest(root, _rows(
+        [("circle", "blue")] * 3 + [("square", "red")], "l"))
+    cfg = config_lib.DataConfig(manifest=train, val_manifest=train,
+                                validate_images=False,
+                                balance_combinations=("shape", "colour"))
+    bundle = setup.load_data(cfg, seed=0)
+    self.assertEqual(bundle.train_size, 6)
+    self.assertEqual(sum(1 for _ in bundle.train.make()), 6)
+    self.assertEqual(len(bundle.val.records), 4)  # validation untouched
