@@ -123,8 +123,9 @@ def main(argv):
   os.makedirs(_OUT.value, exist_ok=True)
   store = os.path.join(_OUT.value, "runs.json")
   runs = _load(store)
-  for arm in _ARMS.value:
-    for seed in seeds:
+  # Seed-major, so that a stopped table has every arm at n seeds.
+  for seed in seeds:
+    for arm in _ARMS.value:
       key = f"{arm}/{seed}"
       if key in runs:
         continue
