@@ -8,8 +8,8 @@ test.csv (complete labels).
 
 --table=backbones  one multi-head model (category, group, sleeves, ink) per
     backbone in --backbones: mean mA and category accuracy on the test rows,
-    training images/s (from Keras' ms/step lines, epochs after the first, so
-    tracing and validation are out), parameters, fp32 TFLite size (exported
+    training images/s (Keras' end-of-epoch wall time, epochs after the
+    first, so tracing is out; the validation pass is in), parameters, fp32 TFLite size (exported
     from the first seed's run).
 --table=seed  the seed's table on real images, protocol of
     benchmarks/few_labels.py (its balanced_draw, in benchutil): (1) one single-label model
@@ -88,14 +88,16 @@ def _flags(manifest, val, seed, backbone, **extra):
 
 
 def _images_per_second(model_dir):
-  """Training images/s from Keras' per-epoch 'ms/step' (or 's/step'),
-  epochs after the first; None when the log has no such line."""
+  """Training images/s from Keras' end-of-epoch lines ("30/30 - 66s - ..."):
+  steps x batch over the epoch's wall seconds (its validation pass
+  included; Keras' own "s/step" is rounded to whole seconds), epochs after
+  the first (tracing); None when the log has no such line."""
   with open(os.path.join(model_dir, "train.log"), encoding="utf-8") as f:
-    found = re.findall(r"(\d+(?:\.\d+)?)(ms|s)/step", f.read())
-  per_step = [float(v) / (1000 if u == "ms" else 1) for v, u in found]
-  if len(per_step) > 1:
-    per_step = per_step[1:]
-  return _BATCH.value / statistics.mean(per_step) if per_step else None
+    found = re.findall(r"^(\d+)/\1 - (\d+(?:\.\d+)?)s - ", f.read(), re.M)
+  rates = [int(steps) * _BATCH.value / float(sec) for steps, sec in found]
+  if len(rates) > 1:
+    rates = rates[1:]
+  return statistics.mean(rates) if rates else None
 
 
 def _tflite_size(model_dir):
@@ -120,35 +122,42 @@ def _parameters(backbone):
 
 
 def backbones_table(paths, seeds):
-  rows = []
-  for backbone in _BACKBONES.value:
-    results = []
-    for seed in seeds:
+  """Seed-major (every backbone once, then the next seed), the table
+  printed after each round, so an interrupted run still gives one."""
+  results = {b: [] for b in _BACKBONES.value}
+  for seed in seeds:
+    for backbone in _BACKBONES.value:
       run = os.path.join(_OUT.value, f"{backbone}_s{seed}")
       r = realdata.train_and_evaluate(
           run, _flags(paths["train"], paths["val"], seed, backbone),
           paths["test"])
       r["ips"] = _images_per_second(run)
-      if seed == seeds[0]:
-        r["tflite"] = _tflite_size(run)
+      r["tflite"] = _tflite_size(run) if seed == seeds[0] else None
       print(f"  {backbone} seed {seed}: mean mA {r['mean_ma']:.3f}, category "
             f"{r['heads']['category']['accuracy']:.3f}, {r['ips'] or 0:.1f} "
             f"img/s, {r['train_seconds']:.0f} s", flush=True)
-      results.append(r)
-    rows.append((backbone, results, _parameters(backbone)))
-  table = [(b, realdata.mean_spread([r["mean_ma"] for r in rs]),
-            realdata.mean_spread([r["heads"]["category"]["accuracy"]
-                                  for r in rs]),
-            realdata.mean_spread([r["ips"] for r in rs]),
-            f"{params / 1e6:.2f} M", f"{rs[0]['tflite'] / 2**20:.1f} MB")
-           for b, rs, params in rows]
+      results[backbone].append(r)
+    _print_backbones(results)
+
+
+def _print_backbones(results):
+  table = []
+  for b, rs in results.items():
+    table.append((b, realdata.mean_spread([r["mean_ma"] for r in rs]),
+                  realdata.mean_spread([r["heads"]["category"]["accuracy"]
+                                        for r in rs]),
+                  realdata.mean_spread([r["ips"] for r in rs]),
+                  f"{_parameters(b) / 1e6:.2f} M",
+                  f"{rs[0]['tflite'] / 2**20:.1f} MB"))
   print(realdata.markdown_table(
       ["backbone", "mean mA", "category acc", "train images/s",
-       "backbone params", "TFLite fp32"], table))
-  base = statistics.mean(r["mean_ma"] for r in rows[0][1])
-  for b, rs, _ in rows[1:]:
-    print(f"mean mA {b} / {rows[0][0]}: "
-          f"{statistics.mean(r['mean_ma'] for r in rs) / base:.3f}")
+       "backbone params", "TFLite fp32"], table), flush=True)
+  first, *rest = results
+  base = statistics.mean(r["mean_ma"] for r in results[first])
+  for b in rest:
+    print(f"mean mA {b} / {first}: "
+          f"{statistics.mean(r['mean_ma'] for r in results[b]) / base:.3f}",
+          flush=True)
 
 
 def seed_table(paths, seeds, data):
