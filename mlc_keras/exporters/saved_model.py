@@ -56,13 +56,9 @@ class ServingModule(tf.Module):
     size = run_dir.image_size_of(model)
     class_names = _label_outputs(run_dir.symbolic_outputs(model), schema, table)
     tag_thresholds = _tag_thresholds(schema)
-    for name, cap in (("max_image_bytes", max_image_bytes),
-                      ("max_image_pixels", max_image_pixels)):
-      if cap <= 0:
-        raise ExportError(f"{name} must be > 0, got {cap}")
     self.image_size = size
-    self.max_image_bytes = int(max_image_bytes)
-    self.max_image_pixels = int(max_image_pixels)
+    self.max_image_bytes = _positive("max_image_bytes", max_image_bytes)
+    self.max_image_pixels = _positive("max_image_pixels", max_image_pixels)
     self.threshold = artefacts.check_threshold(threshold)
 
     def probabilities(image):
@@ -108,6 +104,10 @@ class ServingModule(tf.Module):
     self.serve_examples = serve_examples
     # Tracked so tf.saved_model.save writes them; the functions capture them.
     self.model_variables = list(serve_image.get_concrete_function().variables)
+    self._add_assets(labels_path, classes_path)
+
+  def _add_assets(self, labels_path: Optional[str],
+                  classes_path: Optional[str]) -> None:
     if labels_path is not None:
       self.labels = tf.saved_model.Asset(labels_path)
     if classes_path is not None:
@@ -158,6 +158,12 @@ class ServingModule(tf.Module):
         **{artefacts.CLASSIFY_PREFIX + h: fn.get_concrete_function()
            for h, fn in self.classify.items()},
     }
+
+
+def _positive(name: str, cap) -> int:
+  if cap <= 0:
+    raise ExportError(f"{name} must be > 0, got {cap}")
+  return int(cap)
 
 
 def _classify_function(example_probabilities, head: str, classes: list[str]):
