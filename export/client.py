@@ -151,6 +151,13 @@ def parse_grpc_response(response) -> list[dict]:
 def predict_grpc(target: str, model: str, images: Sequence[bytes],
                  version: Optional[int] = None, timeout: float = 30,
                  label: Optional[str] = None) -> list[dict]:
+  response = _grpc_call(target, "Predict",
+                        grpc_request(images, model, version, label), timeout)
+  return parse_grpc_response(response)
+
+
+def _grpc_call(target: str, method: str, request, timeout: float):
+  """One PredictionService call (Predict, Classify, GetModelMetadata)."""
   import grpc
   from tensorflow_serving.apis import prediction_service_pb2_grpc
   # Images can be MBs: raise gRPC's 4 MB default message cap.
@@ -158,9 +165,7 @@ def predict_grpc(target: str, model: str, images: Sequence[bytes],
              ("grpc.max_receive_message_length", 64 << 20)]
   with grpc.insecure_channel(target, options=options) as channel:
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-    response = stub.Predict(grpc_request(images, model, version, label),
-                            timeout=timeout)
-  return parse_grpc_response(response)
+    return getattr(stub, method)(request, timeout=timeout)
 
 
 # --- the Classify API: one head per call, tf.Examples in --------------------
@@ -207,14 +212,9 @@ def parse_classify_rest(response: dict, head: str) -> list[dict]:
 def classify_grpc(target: str, model: str, head: str, images: Sequence[bytes],
                   version: Optional[int] = None, timeout: float = 30,
                   label: Optional[str] = None) -> list[dict]:
-  import grpc
-  from tensorflow_serving.apis import prediction_service_pb2_grpc
-  options = [("grpc.max_send_message_length", 64 << 20),
-             ("grpc.max_receive_message_length", 64 << 20)]
-  with grpc.insecure_channel(target, options=options) as channel:
-    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-    response = stub.Classify(classify_request(images, model, head, version,
-                                              label), timeout=timeout)
+  response = _grpc_call(
+      target, "Classify",
+      classify_request(images, model, head, version, label), timeout)
   return parse_classify_grpc(response, head)
 
 
@@ -290,12 +290,8 @@ def metadata_rest(server: str, model: str, version: Optional[int] = None,
 
 def metadata_grpc(target: str, model: str, version: Optional[int] = None,
                   label: Optional[str] = None, timeout: float = 30) -> dict:
-  import grpc
-  from tensorflow_serving.apis import prediction_service_pb2_grpc
-  with grpc.insecure_channel(target) as channel:
-    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-    response = stub.GetModelMetadata(metadata_request(model, version, label),
-                                     timeout=timeout)
+  response = _grpc_call(target, "GetModelMetadata",
+                        metadata_request(model, version, label), timeout)
   return parse_metadata_grpc(response)
 
 
