@@ -63,23 +63,6 @@ _FEW_HEAD = flags.DEFINE_string("few_head", "sleeves",
 _FEW_K = flags.DEFINE_integer("few_k", 100, "Its labelled training rows.")
 
 
-def _read(path):
-  with open(path, newline="", encoding="utf-8") as f:
-    rows = list(csv.DictReader(f))
-  return rows
-
-
-def _write(path, rows, columns, folder):
-  """A manifest of ``columns`` with image paths made absolute (the copies
-  live elsewhere than the images)."""
-  with open(path, "w", newline="", encoding="utf-8") as f:
-    w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-    w.writeheader()
-    for r in rows:
-      w.writerow(dict(r, image=os.path.join(folder, r["image"])))
-  return path
-
-
 def _flags(manifest, val, seed, backbone, **extra):
   return dict(manifest=manifest, val_manifest=val, seed=seed,
               backbone=backbone, weights="none", image_size=_SIZE.value,
@@ -161,7 +144,7 @@ def _print_backbones(results):
 
 
 def seed_table(paths, seeds, data):
-  train = _read(paths["train"])
+  train = realdata.read_rows(paths["train"])
   heads = [c for c in train[0] if c != "image"]
   few = _FEW_HEAD.value
   rows = {k: [] for k in ("single", "multi", "shared", "alone")}
@@ -177,9 +160,9 @@ def seed_table(paths, seeds, data):
     kept = {id(r) for r, k in zip(labelled, keep) if k}
     masked = [dict(r, **{few: r[few] if id(r) in kept else ""})
               for r in train]
-    shared = _write(os.path.join(folder, "shared.csv"), masked,
+    shared = realdata.write_rows(os.path.join(folder, "shared.csv"), masked,
                     ["image"] + heads, data)
-    alone = _write(os.path.join(folder, "alone.csv"),
+    alone = realdata.write_rows(os.path.join(folder, "alone.csv"),
                    [r for r in train if id(r) in kept], ["image", few], data)
     arms = {
         "single": (paths["train"], dict(label_columns="category")),
@@ -214,17 +197,9 @@ def seed_table(paths, seeds, data):
 
 def main(argv):
   del argv
-  found = realdata.locate(_FMNIST.value)
-  os.makedirs(_OUT.value, exist_ok=True)
+  paths = realdata.fixed_splits(_FMNIST.value, _OUT.value, _VAL_ROWS.value,
+                                _TEST_ROWS.value)
   data = os.path.abspath(_FMNIST.value)
-  # Fixed subsets: the first rows of val.csv and test.csv.
-  paths = {"train": _write(os.path.join(_OUT.value, "train.csv"),
-                           _read(found["train"]),
-                           list(_read(found["train"])[0]), data)}
-  for split, n in (("val", _VAL_ROWS.value), ("test", _TEST_ROWS.value)):
-    rows = _read(found[split])
-    paths[split] = _write(os.path.join(_OUT.value, f"{split}.csv"), rows[:n],
-                          list(rows[0]), data)
   seeds = [int(s) for s in _SEEDS.value]
   print(f"budget: {_SIZE.value} px, batch {_BATCH.value}, "
         f"{_STEPS.value} x {_EPOCHS.value} steps, lr {_LR.value}, "

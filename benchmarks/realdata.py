@@ -22,6 +22,7 @@ the evaluate report (evaluation.json): per-head accuracy and balanced accuracy
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -46,6 +47,37 @@ def locate(folder: str) -> dict:
         f"--fmnist_dir={folder}: {', '.join(missing)} not found. Write the "
         f"manifests with: python {GENERATOR} --out={folder}  (needs apt-get "
         "install dataset-fashion-mnist)")
+  return paths
+
+
+def read_rows(path: str) -> list:
+  with open(path, newline="", encoding="utf-8") as f:
+    return list(csv.DictReader(f))
+
+
+def write_rows(path: str, rows, columns, folder: str) -> str:
+  """A manifest of ``columns`` with image paths made absolute against
+  ``folder`` (the copies live elsewhere than the images)."""
+  with open(path, "w", newline="", encoding="utf-8") as f:
+    w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+      w.writerow(dict(r, image=os.path.join(folder, r["image"])))
+  return path
+
+
+def fixed_splits(folder: str, out: str, val_rows: int, test_rows: int) -> dict:
+  """train.csv whole, the first ``val_rows`` rows of val.csv and the first
+  ``test_rows`` of test.csv, written under ``out``: the fixed validation and
+  test subsets every real-image table shares."""
+  found = locate(folder)
+  os.makedirs(out, exist_ok=True)
+  data = os.path.abspath(folder)
+  paths = {}
+  for split, n in (("train", None), ("val", val_rows), ("test", test_rows)):
+    rows = read_rows(found[split])
+    paths[split] = write_rows(os.path.join(out, f"{split}.csv"), rows[:n],
+                              list(rows[0]), data)
   return paths
 
 
