@@ -130,6 +130,9 @@ class ModelConfig:
   # short run (inference accuracy near chance); 0.9 catches up within ~100
   # steps. See BUILD_NOTES.md.
   bn_momentum: float = 0.9
+  # > 0: a private Dense(n, relu) between the pooled features and each head
+  # (modeling/model.build_model); 0: every head reads the features directly.
+  head_projection: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -170,6 +170,11 @@ _DROPOUT = flags.DEFINE_float("dropout", _m.dropout, "Dropout on features.")
 _BN_MOMENTUM = flags.DEFINE_float(
     "bn_momentum", _m.bn_momentum, "BatchNorm momentum of the backbone (lower "
     "it for short runs; Keras' default is 0.99).")
+_HEAD_PROJECTION = flags.DEFINE_integer(
+    "head_projection", _m.head_projection, "Width of a private Dense+relu "
+    "projection of the pooled features per head (0: heads read the features "
+    "directly). Measured for unseen attribute combinations in BUILD_NOTES.md "
+    "(issue 13).")
 # Training.
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Global batch size.")
 _EPOCHS = flags.DEFINE_integer("epochs", None, "Epochs.")
@@ -361,7 +366,8 @@ def config_from_flags() -> config_lib.Config:
   model = dataclasses.replace(
       cfg.model, backbone=_given(_BACKBONE, cfg.model.backbone),
       weights=weights, dropout=_given(_DROPOUT, cfg.model.dropout),
-      bn_momentum=_given(_BN_MOMENTUM, cfg.model.bn_momentum))
+      bn_momentum=_given(_BN_MOMENTUM, cfg.model.bn_momentum),
+      head_projection=_given(_HEAD_PROJECTION, cfg.model.head_projection))
   train = dataclasses.replace(
       cfg.train, batch_size=pick(_BATCH_SIZE.value, cfg.train.batch_size),
       epochs=pick(_EPOCHS.value, cfg.train.epochs),

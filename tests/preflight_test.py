@@ -44,6 +44,7 @@ _BAD = [
      "--backbone=ResNet50: unknown backbone; choose one of ResNet50V2"),
     ("model", {"weights": "/no/weights.h5"}, "--weights=/no/weights.h5: no such file"),
     ("model", {"dropout": 1.5}, "--dropout=1.5: must be >= 0 and < 1"),
+    ("model", {"head_projection": -8}, "--head_projection=-8: must be >= 0"),
     ("train", {"batch_size": 0}, "--batch_size=0: must be >= 1"),
     ("train", {"epochs": 0}, "--epochs=0: must be >= 1"),
     ("train", {"steps_per_epoch": 0}, "--steps_per_epoch=0: must be >= 1"),

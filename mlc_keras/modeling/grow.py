@@ -123,6 +123,7 @@ def copy_from(parent: keras.Model, parent_schema: heads_lib.LabelSchema,
   for plan, spec in zip(plans, child_schema.heads):
     if plan.status not in (COPIED, EXTENDED):
       continue
+    _copy_projection(parent, child, spec.name, origin)
     kernel, bias = parent.get_layer(spec.name).get_weights()
     new_kernel, new_bias = child.get_layer(spec.name).get_weights()
     if kernel.shape[0] != new_kernel.shape[0]:
@@ -134,6 +135,22 @@ def copy_from(parent: keras.Model, parent_schema: heads_lib.LabelSchema,
       new_bias[j] = bias[i]
     child.get_layer(spec.name).set_weights([new_kernel, new_bias])
   return plans
+
+
+def _copy_projection(parent: keras.Model, child: keras.Model, head: str,
+                     origin: str) -> None:
+  """A kept head keeps its private projection (--head_projection): the two
+  models must agree on its width, which the error names."""
+  have = model_lib.projection_width(parent, head)
+  want = model_lib.projection_width(child, head)
+  if have != want:
+    raise GrowError(
+        f"{origin}: head {head!r} reads the features through a "
+        f"{have or 'no'}-unit projection there, {want or 'no'} in the new "
+        f"model; give --head_projection={have}")
+  if have:
+    name = model_lib.projection_name(head)
+    child.get_layer(name).set_weights(parent.get_layer(name).get_weights())
 
 
 def format_plan(plans: Sequence[HeadPlan], origin: str) -> str:
@@ -170,6 +187,9 @@ def freeze_all_but(model: keras.Model, schema: heads_lib.LabelSchema,
   check_train_heads(schema, train_heads)
   for h in schema.heads:
     model.get_layer(h.name).trainable = h.name in train_heads
+    if model_lib.projection_width(model, h.name):
+      model.get_layer(model_lib.projection_name(h.name)).trainable = (
+          h.name in train_heads)
   if not train_backbone:
     model.get_layer(model_lib.BACKBONE_LAYER).trainable = False
 

@@ -16,6 +16,7 @@ from mlc_keras import heads as heads_lib
 
 BACKBONE_LAYER = "backbone"
 FEATURES_LAYER = "features"
+PROJECTION_SUFFIX = "_projection"
 
 
 # Pixel scalings (scale, offset), applied to 0-255 RGB by the model's
@@ -68,7 +69,8 @@ def build_model(schema: heads_lib.LabelSchema,
                 backbone: str = "ResNet50V2",
                 weights: Optional[str] = None,
                 dropout: float = 0.0,
-                bn_momentum: Optional[float] = 0.9) -> keras.Model:
+                bn_momentum: Optional[float] = 0.9,
+                head_projection: int = 0) -> keras.Model:
   """Builds the functional multi-head model.
 
   Args:
@@ -81,6 +83,10 @@ def build_model(schema: heads_lib.LabelSchema,
     dropout: dropout rate on the pooled features (0 disables it).
     bn_momentum: momentum for every BatchNormalization layer of the backbone;
       None keeps the Keras default (0.99).
+    head_projection: when > 0, each head reads the pooled features through a
+      private Dense(head_projection, relu) layer named "<head>_projection"
+      instead of reading them directly, so that what one head needs of the
+      features is kept apart from what the others need (issue 13).
 
   Returns:
     A keras.Model with input "image" and a dict of float32 outputs keyed by
@@ -91,6 +97,11 @@ def build_model(schema: heads_lib.LabelSchema,
     raise ValueError(
         f"unknown backbone {backbone!r}; choose one of: {', '.join(table)}")
   spec = table[backbone]
+  clash = [h for h in schema.names if projection_name(h) in schema.names]
+  if head_projection and clash:
+    raise ValueError(
+        f"head_projection: the projection of head {clash[0]!r} would be named "
+        f"{projection_name(clash[0])!r}, which is another head; rename it")
   image = keras.Input(shape=(image_size, image_size, 3), dtype="uint8",
                       name="image")
   scale, offset = _PIXELS[spec.pixels]
@@ -104,9 +115,26 @@ def build_model(schema: heads_lib.LabelSchema,
   features = keras.layers.Identity(name=FEATURES_LAYER)(features)
   if dropout:
     features = keras.layers.Dropout(dropout, name="dropout")(features)
-  outputs = {h.name: head_layer(h, dtype="float32")(features)
-             for h in schema.heads}
+  outputs = {}
+  for h in schema.heads:
+    x = features
+    if head_projection:
+      x = keras.layers.Dense(head_projection, activation="relu",
+                             name=projection_name(h.name))(x)
+    outputs[h.name] = head_layer(h, dtype="float32")(x)
   return keras.Model(image, outputs, name="mlc_" + backbone.lower())
+
+
+def projection_name(head: str) -> str:
+  return head + PROJECTION_SUFFIX
+
+
+def projection_width(model: keras.Model, head: str) -> int:
+  """Units of ``head``'s private projection in ``model``; 0 without one."""
+  try:
+    return model.get_layer(projection_name(head)).units
+  except ValueError:
+    return 0
 
 
 def _wrapped(spec: _Backbone, image_size: int,

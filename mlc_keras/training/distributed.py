@@ -277,7 +277,8 @@ def _train_state(strategy, cfg: config_lib.Config, run: setup.Run,
       # A parent's backbone replaces whatever weights the flags name.
       model = model_lib.build_model(
           run.schema, dc.image_size, mc.backbone,
-          None if tc.init_from else mc.weights, mc.dropout, mc.bn_momentum)
+          None if tc.init_from else mc.weights, mc.dropout, mc.bn_momentum,
+          mc.head_projection)
     else:
       model = build_model(run.schema, dc.image_size)
     grown = setup.init_from_parent(model, run.schema, tc)

@@ -128,7 +128,8 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
     # are downloaded.
     model = model_lib.build_model(
         run.schema, dc.image_size, mc.backbone,
-        None if tc.init_from else mc.weights, mc.dropout, mc.bn_momentum)
+        None if tc.init_from else mc.weights, mc.dropout, mc.bn_momentum,
+          mc.head_projection)
   grown = setup.init_from_parent(model, run.schema, tc)
   monitor, shared = _shared_callbacks(run, tc, model_dir, val_ds is not None)
   schedule = phases(tc, model_dir)
