@@ -62,6 +62,9 @@ ARMS = {
     "projections": {"head_projection": 64},
     "balanced+projections": {"balance_combinations": "{pair}",
                              "head_projection": 64},
+    # CutMix pairs every image with another of the batch, mostly of another
+    # combination: a shape's pixels pasted next to another colour's.
+    "cutmix": {"cutmix_alpha": "1.0"},
 }
 SETS = {
     "demo": {"pair": ("shape", "colour"),
@@ -179,12 +182,20 @@ def main(argv):
   work = os.path.abspath(_WORK.value)
   os.makedirs(work, exist_ok=True)
   results_path = os.path.join(work, "results.jsonl")
+  done = set()
+  if os.path.exists(results_path):
+    with open(results_path, encoding="utf-8") as f:
+      done = {(r["set"], r["arm"], r["seed"])
+              for r in map(json.loads, filter(str.strip, f))}
   if not _TABLE_ONLY.value:
     data = {name: prepare(name, work) for name in _SETS.value}
-    # Seeds outermost: a run cut short still has every set and arm at n >= 1.
+    # Seeds outermost: a run cut short still has every set and arm at n >= 1;
+    # a finished (set, arm, seed) in results.jsonl is not run again.
     for seed in _SEEDS.value:
       for name in _SETS.value:
         for arm in _ARMS.value:
+          if (name, arm, int(seed)) in done:
+            continue
           r = run_arm(name, arm, int(seed), data[name], work)
           with open(results_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(r) + "\n")
