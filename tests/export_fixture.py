@@ -245,33 +245,36 @@ STACKING_BIAS = (1.5, 0.0, 1.5, 0.0)
 
 @functools.lru_cache(maxsize=None)
 def stacked() -> types.SimpleNamespace:
-  """plain()'s model with CLASS_TABLE's class output carrying a calibrated-
-  stacking bias, saved as calibrated.keras (what `evaluate --stacking`
-  writes) and exported fp32 without --class_table: the table and its bias
-  come from the model.
+  """A small_cnn (cheap to convert: the export path, not the backbone, is
+  under test) on SCHEMA with CLASS_TABLE's class output carrying a
+  calibrated-stacking bias, saved as calibrated.keras (what `evaluate
+  --stacking` writes) and exported fp32 without --class_table: the table and
+  its bias come from the model.
 
   Attributes: model_dir, model (keras.Model with the biased class output),
   table, bias, result (ExportResult), log.
   """
   from mlc_keras import compose  # pylint: disable=g-import-not-at-top
   from mlc_keras.modeling import outputs  # pylint: disable=g-import-not-at-top
-  source = plain()
   root = _temp_root("export_fixture_stacked_")
   model_dir = os.path.join(root, "run")
   os.makedirs(model_dir)
-  shutil.copyfile(source.model_file,
-                  os.path.join(model_dir, run_dir.MODEL_FILE))
+  keras.utils.set_random_seed(7)
+  plain_model = model_lib.small_cnn(SCHEMA, SIZE)
+  plain_model.save(os.path.join(model_dir, run_dir.MODEL_FILE))
   SCHEMA.save(model_dir)
   table_path = os.path.join(root, "classes.csv")
   with open(table_path, "w") as f:
     f.write(CLASS_TABLE)
   table = compose.load(table_path, SCHEMA)
-  model = outputs.with_class_output(source.model, table, list(STACKING_BIAS))
+  model = outputs.with_class_output(plain_model, table, list(STACKING_BIAS))
   model.save(os.path.join(model_dir, run_dir.CALIBRATED_FILE))
+  parity_dir = os.path.join(root, "parity")
+  write_images(parity_dir, make_images(20, seed=6)[0])
   log = []
   result = export_lib.export(
       model_dir, output=os.path.join(root, "export"), quantizations="fp32",
-      parity_images=source.parity_dir, isolate=False, log=log.append)
+      parity_images=parity_dir, isolate=False, log=log.append)
   return types.SimpleNamespace(model_dir=model_dir, model=model, table=table,
                                bias=np.array(STACKING_BIAS), result=result,
                                log=log)
