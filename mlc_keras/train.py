@@ -330,6 +330,18 @@ def _recipe_train(preset: config_lib.TrainConfig) -> dict:
               ema_decay=_given(_EMA_DECAY, preset.ema_decay))
 
 
+def _model_config(preset: config_lib.ModelConfig) -> config_lib.ModelConfig:
+  """The preset's model section with the model flags that were set."""
+  weights = _given(_WEIGHTS, preset.weights)
+  if weights is not None and weights.lower() == "none":
+    weights = None
+  return dataclasses.replace(
+      preset, backbone=_given(_BACKBONE, preset.backbone), weights=weights,
+      dropout=_given(_DROPOUT, preset.dropout),
+      bn_momentum=_given(_BN_MOMENTUM, preset.bn_momentum),
+      head_projection=_given(_HEAD_PROJECTION, preset.head_projection))
+
+
 def config_from_flags() -> config_lib.Config:
   """The run config: a preset, overridden by every flag that was set."""
   has_source = _MANIFEST.value or _TFRECORD.value or _TFDS.value
@@ -339,9 +351,6 @@ def config_from_flags() -> config_lib.Config:
   def pick(value, default):
     return default if value is None else value
 
-  weights = _given(_WEIGHTS, cfg.model.weights)
-  if weights is not None and weights.lower() == "none":
-    weights = None
   augment = cfg.data.augment if _AUGMENT.value is None else tuple(
       a for a in _AUGMENT.value if a)
   data = dataclasses.replace(
@@ -363,11 +372,7 @@ def config_from_flags() -> config_lib.Config:
       **_recipe_data(cfg.data),
       **_combination_fields())
   data = _feed(data)
-  model = dataclasses.replace(
-      cfg.model, backbone=_given(_BACKBONE, cfg.model.backbone),
-      weights=weights, dropout=_given(_DROPOUT, cfg.model.dropout),
-      bn_momentum=_given(_BN_MOMENTUM, cfg.model.bn_momentum),
-      head_projection=_given(_HEAD_PROJECTION, cfg.model.head_projection))
+  model = _model_config(cfg.model)
   train = dataclasses.replace(
       cfg.train, batch_size=pick(_BATCH_SIZE.value, cfg.train.batch_size),
       epochs=pick(_EPOCHS.value, cfg.train.epochs),

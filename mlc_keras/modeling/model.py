@@ -97,8 +97,9 @@ def build_model(schema: heads_lib.LabelSchema,
     raise ValueError(
         f"unknown backbone {backbone!r}; choose one of: {', '.join(table)}")
   spec = table[backbone]
-  clash = [h for h in schema.names if projection_name(h) in schema.names]
-  if head_projection and clash:
+  clash = [h for h in schema.names
+           if head_projection and projection_name(h) in schema.names]
+  if clash:
     raise ValueError(
         f"head_projection: the projection of head {clash[0]!r} would be named "
         f"{projection_name(clash[0])!r}, which is another head; rename it")

@@ -39,7 +39,6 @@ from mlc_keras.data import pipeline
 from mlc_keras.modeling import grow
 from mlc_keras.modeling import losses
 from mlc_keras.modeling import metrics
-from mlc_keras.modeling import model as model_lib
 from mlc_keras.modeling import saving
 from mlc_keras.training import setup
 
@@ -271,14 +270,10 @@ def _train_state(strategy, cfg: config_lib.Config, run: setup.Run,
   parent's weights are copied in before the checkpoint is restored (a resumed
   run overwrites them); --train_heads freezes the rest before the optimizer
   is built, so it holds slots for the trainable heads only."""
-  tc, dc, mc = cfg.train, cfg.data, cfg.model
+  tc, dc = cfg.train, cfg.data
   with strategy.scope():
     if build_model is None:
-      # A parent's backbone replaces whatever weights the flags name.
-      model = model_lib.build_model(
-          run.schema, dc.image_size, mc.backbone,
-          None if tc.init_from else mc.weights, mc.dropout, mc.bn_momentum,
-          mc.head_projection)
+      model = setup.build_model(cfg, run.schema)
     else:
       model = build_model(run.schema, dc.image_size)
     grown = setup.init_from_parent(model, run.schema, tc)

@@ -105,7 +105,7 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
                        verbose: int = 1) -> dict:
   """train_lib.train_and_evaluate for --strategy=default, through
   ``model.fit``; ``verbose`` is fit's (2: one line per epoch)."""
-  tc, dc, mc = cfg.train, cfg.data, cfg.model
+  tc, dc = cfg.train, cfg.data
   if tc.precision not in setup.PRECISIONS:
     raise ValueError(f"--precision must be one of {setup.PRECISIONS}, got "
                      f"{tc.precision!r}")
@@ -124,12 +124,7 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
                                cache=_cache_validation(run.bundle.val, dc))
   strategy = setup.make_strategy(tc.strategy)
   with strategy.scope():
-    # A parent's backbone replaces whatever weights the flags name, so none
-    # are downloaded.
-    model = model_lib.build_model(
-        run.schema, dc.image_size, mc.backbone,
-        None if tc.init_from else mc.weights, mc.dropout, mc.bn_momentum,
-          mc.head_projection)
+    model = setup.build_model(cfg, run.schema)
   grown = setup.init_from_parent(model, run.schema, tc)
   monitor, shared = _shared_callbacks(run, tc, model_dir, val_ds is not None)
   schedule = phases(tc, model_dir)

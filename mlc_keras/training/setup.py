@@ -28,6 +28,7 @@ from mlc_keras.data import pipeline
 from mlc_keras.data import sources as sources_lib
 from mlc_keras.data import tfrecords
 from mlc_keras.modeling import grow
+from mlc_keras.modeling import model as model_lib
 from mlc_keras.modeling import losses
 from mlc_keras.modeling import metrics
 
@@ -278,6 +279,17 @@ class Run:
   quarantine_note: Optional[str]
   # {head: label smoothing} (losses.smoothing_per_head; empty: none).
   label_smoothing: dict = dataclasses.field(default_factory=dict)
+
+
+def build_model(cfg: config_lib.Config, schema) -> keras.Model:
+  """The configured model, shared by fit.py and distributed.py (call it in
+  the strategy's scope). A parent's backbone (--init_from) replaces whatever
+  weights the flags name, so none are downloaded."""
+  mc = cfg.model
+  return model_lib.build_model(
+      schema, cfg.data.image_size, mc.backbone,
+      None if cfg.train.init_from else mc.weights, mc.dropout, mc.bn_momentum,
+      mc.head_projection)
 
 
 def init_from_parent(model: keras.Model, schema, tc: config_lib.TrainConfig
