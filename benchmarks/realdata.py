@@ -108,7 +108,21 @@ def train_and_evaluate(model_dir: str, train_flags: Mapping[str, object],
   """One arm: trains into ``model_dir`` with ``train_flags`` (``model_dir``
   is added), evaluates on ``test_manifest`` and returns
   ``{"heads": {head: {"accuracy", "balanced_accuracy"}}, "mean_ma",
-  "train_seconds", "evaluation": <the whole evaluation.json>}``."""
+  "train_seconds", "evaluation": <the whole evaluation.json>}``.
+
+  A finished arm leaves ``result.json`` (the result and the exact flags and
+  test manifest that made it); called again with the same arguments it is
+  returned without training, so a table cut at a deadline resumes where it
+  stopped. Other arguments train afresh."""
+  key = {"train": {k: str(v) for k, v in train_flags.items()},
+         "test": test_manifest,
+         "evaluate": {k: str(v) for k, v in (evaluate_flags or {}).items()}}
+  done = os.path.join(model_dir, "result.json")
+  if os.path.exists(done):
+    with open(done, encoding="utf-8") as f:
+      stored = json.load(f)
+    if stored.get("key") == key:
+      return stored["result"]
   if fresh and os.path.isdir(model_dir):
     shutil.rmtree(model_dir)
   os.makedirs(model_dir, exist_ok=True)
@@ -123,9 +137,13 @@ def train_and_evaluate(model_dir: str, train_flags: Mapping[str, object],
   heads = {h["head"]: {"accuracy": h.get("accuracy"),
                        "balanced_accuracy": h.get("balanced_accuracy")}
            for h in report["heads"]}
-  return {"heads": heads,
-          "mean_ma": report["across_heads"]["mean_balanced_accuracy"],
-          "train_seconds": train_s, "evaluation": report}
+  result = {"heads": heads,
+            "mean_ma": report["across_heads"]["mean_balanced_accuracy"],
+            "train_seconds": train_s, "evaluation": report}
+  with open(done + ".tmp", "w", encoding="utf-8") as f:
+    json.dump({"key": key, "result": result}, f)
+  os.replace(done + ".tmp", done)
+  return result
 
 
 def mean_spread(values: Sequence[Optional[float]]) -> str:
