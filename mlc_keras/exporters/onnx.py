@@ -42,13 +42,71 @@ def _unknown_onnx_ops(graph, onnx_module) -> list[str]:
   return unknown
 
 
+# Attributes that keep grappler from inlining a nested function call.
+_NO_INLINE_ATTRS = ("_XlaMustCompile", "_noinline")
+
+
+def _inlinable_graph(fn, input_signature):
+  """``fn`` frozen (variables as constants) into a GraphDef grappler can
+  inline whole, with its input and output tensor names and tf2onnx's
+  renaming to the structured output names.
+
+  Keras' TF backend runs a grouped convolution (ConvNeXt's depthwise
+  convolution is a Conv2D with groups = channels) through a nested
+  ``tf.function(jit_compile=True)``, because TF's CPU kernel has no groups.
+  That call carries ``_XlaMustCompile`` and ``_noinline``, so it stays a
+  StatefulPartitionedCall tf2onnx cannot convert. With the two attributes
+  dropped it is inlined to a plain Conv2D whose kernel has fewer input
+  channels than its input, which tf2onnx writes as an ONNX Conv with
+  ``group``. Nothing else in the graph changes; graphs without such calls
+  convert exactly as before.
+  """
+  import tf2onnx  # pylint: disable=g-import-not-at-top
+  # The freezing tf2onnx's own from_function uses (there is no public one).
+  from tensorflow.python.framework import convert_to_constants  # pylint: disable=g-import-not-at-top,g-direct-tensorflow-import
+  concrete = fn.get_concrete_function(*input_signature)
+  frozen = convert_to_constants.convert_variables_to_constants_v2(
+      concrete, lower_control_flow=False, aggressive_inlining=True)
+  graph_def = frozen.graph.as_graph_def(add_shapes=True)
+  nodes = list(graph_def.node)
+  for function in graph_def.library.function:
+    nodes.extend(function.node_def)
+    for attr in _NO_INLINE_ATTRS:
+      function.attr.pop(attr, None)
+  for node in nodes:
+    for attr in _NO_INLINE_ATTRS:
+      node.attr.pop(attr, None)
+  inputs = [t.name for t in concrete.inputs if t.dtype != tf.resource]
+  outputs = [t.name for t in concrete.outputs if t.dtype != tf.resource]
+  rename = tf2onnx.convert.tensor_names_from_structed(concrete, inputs, outputs)
+  return (graph_def, [t.name for t in frozen.inputs],
+          [t.name for t in frozen.outputs], rename)
+
+
+def _erfc(ctx, node, name, args):
+  """tf2onnx handler for TF's Erfc (exact GELU: 0.5 x erfc(-x / sqrt 2),
+  ConvNeXt's activation), which tf2onnx 1.17 lacks and ONNX has no op for:
+  rewritten in place as 1 - Erf(x). For large arguments erfc is tiny and
+  1 - erf(x) loses its relative precision, not its absolute one (< 1e-7),
+  which is what GELU's product with x and the fp32 parity bound see."""
+  del args
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from tf2onnx import utils  # pylint: disable=g-import-not-at-top
+  dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.input[0]))
+  erf = ctx.make_node("Erf", [node.input[0]])
+  one = ctx.make_const(utils.make_name(f"{name}_one"), np.array(1, dtype))
+  node.type = "Sub"
+  ctx.replace_inputs(node, [one.output[0], erf.output[0]])
+
+
 def function_to_onnx(fn, input_signature: Sequence[tf.TensorSpec],
                      output_path: str, opset: int = ONNX_OPSET) -> str:
   """Converts a tf.function with tf2onnx and fails loudly on any op ONNX
   cannot express.
 
-  tf2onnx 1.17 only logs "Unsupported ops" and writes a model that cannot
-  load, so the result is checked four ways: tf2onnx's own error log, every
+  Frozen and converted through ``_inlinable_graph`` (grouped convolutions)
+  with an ``Erfc`` handler (exact GELU). tf2onnx 1.17 only logs "Unsupported
+  ops" and writes a model that cannot load, so the result is checked four ways: tf2onnx's own error log, every
   node (sub-graphs included) against the ONNX op schemas, onnx.checker, and
   an onnxruntime session.
   """
@@ -64,8 +122,11 @@ def function_to_onnx(fn, input_signature: Sequence[tf.TensorSpec],
   tf2onnx_logger = logging.getLogger("tf2onnx")
   tf2onnx_logger.addHandler(collector)
   try:
-    model_proto, _ = tf2onnx.convert.from_function(
-        fn, input_signature=list(input_signature), opset=opset)
+    graph_def, inputs, outputs, rename = _inlinable_graph(
+        fn, list(input_signature))
+    model_proto, _ = tf2onnx.convert.from_graph_def(
+        graph_def, input_names=inputs, output_names=outputs, opset=opset,
+        custom_op_handlers={"Erfc": (_erfc, [])}, tensors_to_rename=rename)
   except Exception as e:
     raise ExportError(f"tf2onnx could not convert the function: {e}") from e
   finally:
