@@ -31,6 +31,7 @@ from mlc_keras.modeling import grow
 from mlc_keras.modeling import model as model_lib
 from mlc_keras.modeling import losses
 from mlc_keras.modeling import metrics
+from mlc_keras.training import ema
 
 log = logging.getLogger("mlc_keras")
 
@@ -238,14 +239,14 @@ def optimizer(cfg: config_lib.TrainConfig, total_steps: int,
       decay_steps=max(total_steps - warmup, 1), alpha=0.01,
       warmup_target=peak, warmup_steps=warmup)
   extra = {"global_clipnorm": cfg.clip_global_norm}
+  adamw, sgd = keras.optimizers.AdamW, keras.optimizers.SGD
   if cfg.ema_decay is not None:
     extra.update(use_ema=True, ema_momentum=cfg.ema_decay)
+    adamw, sgd = ema.AdamW, ema.SGD  # the average with warm-up
   if cfg.optimizer == "adamw":
-    return keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay,
-                                  **extra)
+    return adamw(schedule, weight_decay=cfg.weight_decay, **extra)
   if cfg.optimizer == "sgd":
-    return keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True,
-                                **extra)
+    return sgd(schedule, momentum=0.9, nesterov=True, **extra)
   raise ValueError(f"--optimizer must be 'adamw' or 'sgd', got {cfg.optimizer!r}")
 
 
