@@ -116,9 +116,19 @@ def plot_confusion(cm: np.ndarray, classes: Sequence[str], title: str,
 
 
 def read_history(path: str) -> dict[str, list[float]]:
-  """history.csv (Keras CSVLogger) -> {column: values}."""
+  """history.csv (Keras CSVLogger) -> {column: values}. A row with more or
+  fewer fields than the header (two writers on one file, a cut write) is a
+  ValueError naming the file and line, not a crash in the plot."""
   with open(path, newline="", encoding="utf-8") as f:
-    rows = list(csv.DictReader(f))
+    lines = list(csv.reader(f))
+  header, rows = (lines[0], lines[1:]) if lines else ([], [])
+  for n, row in enumerate(rows, start=2):
+    if row and len(row) != len(header):
+      raise ValueError(
+          f"{path} line {n}: {len(row)} fields where the header has "
+          f"{len(header)}; the file is damaged (two trainings writing one "
+          f"model_dir?)")
+  rows = [dict(zip(header, row)) for row in rows if row]
   cols = {}
   for r in rows:
     for k, v in r.items():

@@ -119,6 +119,24 @@ class NumbersTest(tf.test.TestCase):
     self.assertAllClose(r6["accuracy_with_unknown"], 2 / 3)
 
 
+class ReadHistoryTest(tf.test.TestCase):
+
+  def test_columns_and_a_damaged_row_named_by_line(self):
+    path = os.path.join(self.get_temp_dir(), "history.csv")
+    with open(path, "w", encoding="utf-8") as f:
+      f.write("epoch,loss,val_loss\n0,1.5,2.0\n1,1.0,\n\n")
+    got = evaluate_lib.read_history(path)
+    self.assertEqual(got["epoch"], [0.0, 1.0])
+    self.assertEqual(got["loss"], [1.5, 1.0])
+    self.assertTrue(np.isnan(got["val_loss"][1]))
+    # Two trainings appending to one file: a row of 6 fields on line 3.
+    with open(path, "w", encoding="utf-8") as f:
+      f.write("epoch,loss,val_loss\n0,1.5,2.0\n1,1.0,1.1,0,1.4,2.1\n")
+    with self.assertRaisesRegex(ValueError, r"history\.csv line 3: 6 fields "
+                                r"where the header has 3"):
+      evaluate_lib.read_history(path)
+
+
 class FieldMetricsInReportTest(tf.test.TestCase):
   """evaluate's report carries scoring's numbers: mA per head and across
   heads, and seen / unseen S, U, H against the run's training manifest."""
