@@ -106,8 +106,8 @@ def function_to_onnx(fn, input_signature: Sequence[tf.TensorSpec],
 
   Frozen and converted through ``_inlinable_graph`` (grouped convolutions)
   with an ``Erfc`` handler (exact GELU). tf2onnx 1.17 only logs "Unsupported
-  ops" and writes a model that cannot load, so the result is checked four ways: tf2onnx's own error log, every
-  node (sub-graphs included) against the ONNX op schemas, onnx.checker, and
+  ops" and writes a model that cannot load, so the result is checked four
+  ways: tf2onnx's own error log, every node (sub-graphs included) against the ONNX op schemas, onnx.checker, and
   an onnxruntime session.
   """
   try:

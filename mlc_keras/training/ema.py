@@ -24,7 +24,7 @@ from-scratch recipe run scored 0.30 mean mA against 0.72 without EMA). Here
 the momentum of step n is min(decay, (1 + n) / (10 + n)), the ``num_updates``
 rule of TF's ``tf.train.ExponentialMovingAverage``: 0.5 at step 8, 0.9 at
 step 80, the full decay d from step (10 d - 1) / (1 - d) on (440 for 0.98,
-~9,990 for 0.999). ``AdamW`` and ``SGD`` below are Keras' optimizers with only
+~8,990 for 0.999). ``AdamW`` and ``SGD`` below are Keras' optimizers with only
 that one method changed; setup.optimizer uses them when --ema_decay is set.
 
 Keras' SwapEMAWeights swaps by adding and subtracting (a + b - b is not
