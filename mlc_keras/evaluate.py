@@ -16,6 +16,8 @@ import sys
 from absl import app
 from absl import flags
 
+from mlc_keras import cli_help
+
 _MODEL_DIR = flags.DEFINE_string(
     "model_dir", None, "A training run's folder (model.keras, labels.json, "
     "config.json).", required=True)
@@ -77,9 +79,18 @@ def main(argv):
     print(f.read())
 
 
+# --help lists every flag of this module under these headings (cli_help).
+_HELP_GROUPS = {
+    "run folder": (_MODEL_DIR,),
+    "data": (_MANIFEST, _IMAGE_COLUMN, _BATCH_SIZE, _TOP_K),
+    "calibration": (_CALIBRATE, _CALIBRATION_MANIFEST, _PSEUDO),
+    "composed classes": (_CLASS_TABLE, _THRESHOLD, _STACKING),
+}
+
+
 def run():
   """The mlc-evaluate console script (setup.cfg): the same flags as python -m."""
-  app.run(main)
+  cli_help.run(main, __doc__, _HELP_GROUPS)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from mlc_keras import cli_help
 from mlc_keras import config as config_lib  # no TensorFlow: --help stays fast
 
 _MODEL_DIR = flags.DEFINE_string(
@@ -134,9 +135,20 @@ def main(argv):
   print(f"  parity report   {result.parity_path}")
 
 
+# --help lists every flag of this module under these headings (cli_help).
+_HELP_GROUPS = {
+    "run folder": (_MODEL_DIR, _MODEL_FILE),
+    "export": (_OUTPUT, _MODEL_NAME, _VERSION, _FORMATS, _QUANTIZATION,
+               _OVERWRITE),
+    "parity and int8 images": (_PARITY_IMAGES, _REPRESENTATIVE, _IMAGE_COLUMN),
+    "composed classes": (_CLASS_TABLE, _THRESHOLD),
+    "serving limits": (_MAX_IMAGE_BYTES, _MAX_IMAGE_PIXELS),
+}
+
+
 def run():
   """The mlc-export console script (setup.cfg): the same flags as python -m."""
-  app.run(main)
+  cli_help.run(main, __doc__, _HELP_GROUPS)
 
 
 if __name__ == "__main__":

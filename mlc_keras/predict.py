@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import sys
 
-from absl import app
 from absl import flags
+
+from mlc_keras import cli_help
 
 _MODEL = flags.DEFINE_string(
     "model", None, "Model file or folder (.keras, model folder, SavedModel, "
@@ -67,9 +68,17 @@ def main(argv):
     sys.exit(2)
 
 
+# --help lists every flag of this module under these headings (cli_help).
+_HELP_GROUPS = {
+    "model": (_MODEL,),
+    "data": (_IMAGE_COLUMN, _BATCH_SIZE),
+    "composed classes": (_CLASS_TABLE, _THRESHOLD),
+}
+
+
 def run():
   """The mlc-predict console script (setup.cfg): the same flags as python -m."""
-  app.run(main)
+  cli_help.run(main, __doc__, _HELP_GROUPS)
 
 
 if __name__ == "__main__":

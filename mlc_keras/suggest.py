@@ -21,6 +21,8 @@ import sys
 from absl import app
 from absl import flags
 
+from mlc_keras import cli_help
+
 _MODEL_DIR = flags.DEFINE_string(
     "model_dir", None, "A training run's folder (or a .keras file with "
     "labels.json beside it).", required=True)
@@ -87,8 +89,18 @@ def main(argv):
           f"(listed in {out.pseudo_cells})")
 
 
+# --help lists every flag of this module under these headings (cli_help).
+_HELP_GROUPS = {
+    "run folder": (_MODEL_DIR,),
+    "data": (_MANIFEST, _IMAGE_COLUMN, _BATCH_SIZE),
+    "suggestions": (_BUDGET, _RULE, _HEADS, _OUTPUT),
+    "pseudo-labels": (_PSEUDO, _PSEUDO_OUTPUT),
+}
+
+
 def run():
-  app.run(main)
+  """The mlc-suggest console script (setup.cfg): the same flags as python -m."""
+  cli_help.run(main, __doc__, _HELP_GROUPS)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ import sys
 from absl import app
 from absl import flags
 
+from mlc_keras import cli_help
+
 _MANIFEST = flags.DEFINE_string("manifest", None, "CSV manifest.", required=True)
 _OUTPUT = flags.DEFINE_string(
     "output", None, "Output prefix; shards are <prefix>-00000-of-0000N.tfrecord.",
@@ -48,9 +50,16 @@ def main(argv):
   print(f"wrote {len(records)} examples to {len(shards)} shard(s): {shards[0]} ...")
 
 
+# --help lists every flag of this module under these headings (cli_help).
+_HELP_GROUPS = {
+    "data": (_MANIFEST, _IMAGE_COLUMN, _HEADS_FILE, _IMAGE_CHECK),
+    "output": (_OUTPUT, _NUM_SHARDS),
+}
+
+
 def run():
   """The mlc-tfrecord console script (setup.cfg): the same flags as python -m."""
-  app.run(main)
+  cli_help.run(main, __doc__, _HELP_GROUPS)
 
 
 if __name__ == "__main__":

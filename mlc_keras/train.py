@@ -19,6 +19,7 @@ import sys
 from absl import app
 from absl import flags
 
+from mlc_keras import cli_help
 from mlc_keras import config as config_lib
 
 _d = config_lib.DataConfig()
@@ -462,8 +463,35 @@ def _exit_on_known(e: Exception) -> None:
     sys.exit(3)
 
 
+# --help lists every flag of this module under these headings (cli_help);
+# one left out here still shows, under "other".
+_HELP_GROUPS = {
+    "run folder": (_MODEL_DIR, _PRESET, _OVERWRITE, _BACKUP_STEPS),
+    "data": (_MANIFEST, _VAL_MANIFEST, _VAL_FRACTION, _IMAGE_COLUMN,
+             _LABEL_COLUMNS, _TAG_COLUMNS, _HEADS_FILE, _TFRECORD,
+             _VAL_TFRECORD, _TFDS, _TFDS_HEADS, _TFDS_TRAIN, _TFDS_VAL,
+             _TFDS_DATA_DIR, _DEMO_DIR),
+    "images and checks": (_IMAGE_SIZE, _CACHE, _VAL_CACHE_MAX_MB, _VALIDATE,
+                          _IMAGE_CHECK, _IMAGE_ROOT, _MAX_PIXELS, _QUARANTINE,
+                          _DETERMINISTIC, _DATA_SERVICE),
+    "augmentation": (_AUGMENT, _CROP_SCALE, _CROP_RATIO, _RA_OPS,
+                     _RA_MAGNITUDE, _ERASING_PROB, _MIXUP, _CUTMIX),
+    "combinations": (_HOLDOUT, _CALIBRATION_COMBOS, _BALANCE),
+    "model": (_BACKBONE, _WEIGHTS, _DROPOUT, _BN_MOMENTUM, _HEAD_PROJECTION),
+    "training": (_EPOCHS, _BATCH_SIZE, _STEPS, _LR, _OPTIMIZER, _SEED,
+                 _CLASS_WEIGHT, _LOSS_WEIGHTS, _FOCAL_LOSS, _LABEL_SMOOTHING,
+                 _CLIP_GLOBAL_NORM, _EMA_DECAY, _TOP_K),
+    "fine-tuning and growing a model": (
+        _FREEZE_EPOCHS, _UNFREEZE_LAYERS, _FINETUNE_LR_SCALE, _INIT_FROM,
+        _REINIT_HEADS, _TRAIN_HEADS, _TRAIN_BACKBONE),
+    "model selection": (_MONITOR, _PATIENCE),
+    "devices": (_PRECISION, _XLA, _STRATEGY),
+}
+
+
 def run():
-  app.run(main)
+  """The mlc-train console script (setup.cfg): the same flags as python -m."""
+  cli_help.run(main, __doc__, _HELP_GROUPS)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,96 @@
+"""--help for the CLIs: the verb's own flags under group headings.
+
+absl's --help lists the key flags of the module named by sys.argv[0]. For a
+console script (mlc-train) that is the launcher file, which defines no flag,
+so absl prints "Try --helpfull" and nothing else; key flags
+(flags.declare_key_flag, adopt_module_key_flags) are registered under the
+declaring module's name, so they do not reach it either. And under
+python -m, absl prints one alphabetical list. Each CLI declares its groups
+instead; --helpfull is left to absl (every flag of every module).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable, Mapping, Sequence
+
+from absl import app
+from absl import flags
+
+# What absl's HelpFlag answers to (--help, --helpshort, -?, single dash too).
+_HELP_ARGS = frozenset({"--help", "-help", "--helpshort", "-helpshort", "-?",
+                        "--help=true", "-help=true", "--help=1"})
+
+Groups = Mapping[str, Sequence[flags.FlagHolder]]
+
+
+def wants_help(argv: Sequence[str]) -> bool:
+  """Whether argv asks for --help (before a '--' that ends the flags)."""
+  for arg in argv[1:]:
+    if arg == "--":
+      return False
+    if arg in _HELP_ARGS:
+      return True
+  return False
+
+
+def _module_flags(groups: Groups, fv: flags.FlagValues) -> list[flags.Flag]:
+  """Every flag defined in the module that defined the grouped flags, in
+  definition order."""
+  modules = {fv.find_module_defining_flag(h.name)
+             for holders in groups.values() for h in holders}
+  seen, out = set(), []
+  for module in modules:
+    for flag in fv.get_flags_for_module(module):
+      if flag.name not in seen:
+        seen.add(flag.name)
+        out.append(flag)
+  return out
+
+
+def _render(flag: flags.Flag) -> str:
+  name = f"--[no]{flag.name}" if flag.boolean else f"--{flag.name}"
+  text = flags.text_wrap(f"{name}: {flag.help or ''}", indent="      ",
+                         firstline_indent="  ")
+  if flag.default_as_str:
+    text += "\n" + flags.text_wrap(f"(default: {flag.default_as_str})",
+                                   indent="      ")
+  if flag.parser.syntactic_help:
+    text += "\n" + flags.text_wrap(f"({flag.parser.syntactic_help})",
+                                   indent="      ")
+  return text
+
+
+def grouped_help(doc: str | None, groups: Groups,
+                 flag_values: flags.FlagValues | None = None) -> str:
+  """The help text: ``doc``, then each group's flags in the order given; a
+  flag of the same module that no group names is listed under "other", so a
+  new flag is never hidden."""
+  fv = flags.FLAGS if flag_values is None else flag_values
+  parts = [(doc or "").rstrip("\n")]
+  listed = set()
+  for heading, holders in groups.items():
+    lines = []
+    for holder in holders:
+      if holder.name in listed:
+        continue
+      listed.add(holder.name)
+      lines.append(_render(fv[holder.name]))
+    if lines:
+      parts.append(f"\n{heading}:\n" + "\n".join(lines))
+  rest = [f for f in _module_flags(groups, fv) if f.name not in listed]
+  if rest:
+    parts.append("\nother:\n" + "\n".join(_render(f) for f in rest))
+  parts.append("\nTry --helpfull for every flag (absl, TensorFlow, "
+               "--flagfile).\n")
+  return "\n".join(parts)
+
+
+def run(main: Callable, doc: str | None, groups: Groups,
+        argv: Sequence[str] | None = None) -> None:
+  """app.run(main), except that --help prints grouped_help and exits 0."""
+  argv = sys.argv if argv is None else argv
+  if wants_help(argv):
+    sys.stdout.write(grouped_help(doc, groups))
+    sys.exit(0)
+  app.run(main, argv=list(argv))
