@@ -80,6 +80,7 @@ def _train_setting_aside(cfg: config_lib.Config, model_dir: str,
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from mlc_keras.data import manifest  # pylint: disable=g-import-not-at-top
   from mlc_keras.training import setup  # pylint: disable=g-import-not-at-top
+  set_aside = set()
   for attempt in range(MAX_SET_ASIDE + 1):
     try:
       return _train(cfg, model_dir, verbose)
@@ -93,6 +94,15 @@ def _train_setting_aside(cfg: config_lib.Config, model_dir: str,
             f"training stopped at an image that failed after the check:\n"
             f"  {where}\nFix or remove the row and re-run the same command "
             "to resume (or add --quarantine to set such rows aside)") from None
+      row = (problem.origin, problem.line)
+      if row in set_aside:
+        # Setting it aside did not keep it out: another restart would fail
+        # the same way, so each retry would only cost a restart, forever.
+        raise manifest.DataError(
+            f"training failed again at a row already set aside "
+            f"(--quarantine):\n  {where}\nFix or remove the row and re-run "
+            "the same command to resume") from None
+      set_aside.add(row)
       if attempt == MAX_SET_ASIDE:
         raise manifest.DataError(
             f"{MAX_SET_ASIDE + 1} images failed during training, the last:\n"

@@ -99,6 +99,26 @@ class CheckTest(tf.test.TestCase):
                      "40x30 = 1,200 pixels is over the limit of 1,100 "
                      "(--max_image_pixels)")
 
+  def test_animated_webp_is_refused_from_its_header(self):
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    frames = [Image.fromarray(np.full((16, 16, 3), v, np.uint8))
+              for v in (0, 120, 240)]
+    buf = io.BytesIO()
+    frames[0].save(buf, "WEBP", save_all=True, append_images=frames[1:])
+    animated = buf.getvalue()
+    self.assertTrue(animated[20] & 2)  # VP8X's animation flag
+    # Exactly the reason a decode gives (imageio.decode), before any decode.
+    self.assertEqual(self._bad(animated), headers.ANIMATED_WEBP)
+    self.assertStartsWith(
+        headers.ANIMATED_WEBP,
+        "cannot decode: animated WebP is not supported; save a still")
+    # A still extended WebP (VP8X with alpha only) passes.
+    still = io.BytesIO()
+    Image.fromarray(np.zeros((16, 16, 4), np.uint8), "RGBA").save(
+        still, "WEBP")
+    self.assertEqual(still.getvalue()[12:16], b"VP8X")
+    self.assertEqual(_header(still.getvalue()).width, 16)
+
   def test_truncated_header(self):
     self.assertIn("cut short", self._bad(_png(8, 8)[:20]))
 

@@ -9,10 +9,12 @@ import dataclasses
 import os
 from unittest import mock
 
+import numpy as np
 import tensorflow as tf
 
 from mlc_keras import config as config_lib
 from mlc_keras import train_lib
+from mlc_keras.data import headers
 from mlc_keras.data import imagecheck
 from mlc_keras.data import manifest
 from mlc_keras.modeling import model as model_lib
@@ -93,6 +95,68 @@ class FailureDuringTrainingTest(tf.test.TestCase):
     entry = imagecheck.load_cache(os.path.join(
         self.model_dir, imagecheck.CACHE_FILE))[table[0]["path"]]
     self.assertEqual(entry.level, "decode")
+
+
+class QuarantineTerminatesTest(tf.test.TestCase):
+  """A row set aside is never named again, and a row failing again after
+  being set aside ends the run instead of restarting it forever."""
+
+  def setUp(self):
+    super().setUp()
+    self.dir = self.get_temp_dir()
+    self.rows = testutil.simple_rows(6)
+    path = testutil.write_manifest(self.dir, self.rows, size=32)
+    cfg = config_lib.tiny()
+    self.cfg = dataclasses.replace(cfg, data=dataclasses.replace(
+        cfg.data, manifest=path, image_size=32, val_fraction=0.0,
+        quarantine=True))
+    self.model_dir = os.path.join(self.dir, "run")
+    os.makedirs(self.model_dir)
+
+  def test_the_row_named_is_the_failing_one_not_one_set_aside(self):
+    # Row 1 (line 3) is missing: quarantined by the check before training.
+    os.remove(os.path.join(self.dir, self.rows[1]["image"]))
+    # Row 3 (line 5) passes the header check but fails to decode.
+    broken = os.path.join(self.dir, self.rows[3]["image"])
+    with open(broken, "r+b") as f:
+      f.seek(40)
+      f.write(b"\xff" * 20)
+    error = tf.errors.InvalidArgumentError(None, None, "Invalid PNG data")
+    problem = setup.failed_image(self.cfg, self.model_dir, error)
+    self.assertEqual((problem.line, problem.path), (5, broken))
+    self.assertStartsWith(problem.reason, "cannot decode: ")
+
+  def test_a_row_failing_again_after_set_aside_stops_the_run(self):
+    problem = manifest.Problem("m.csv", 3, "a.webp", "cannot decode: x")
+    error = tf.errors.InvalidArgumentError(None, None, "cannot decode")
+    calls = []
+
+    def train(*args):
+      calls.append(args)
+      raise error
+    with mock.patch.object(train_lib, "_train", train), \
+        mock.patch.object(setup, "failed_image", lambda *a: problem):
+      with self.assertRaisesRegex(
+          manifest.DataError,
+          r"^training failed again at a row already set aside "
+          r"\(--quarantine\):\n  m\.csv:3: a\.webp: cannot decode: x\n"):
+        train_lib._train_setting_aside(self.cfg, self.model_dir, 0)
+    self.assertLen(calls, 2)  # the first try and one restart, no more
+
+  def test_missing_file_and_animated_webp_are_both_set_aside_before_training(
+      self):
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    os.remove(os.path.join(self.dir, self.rows[1]["image"]))
+    frames = [Image.fromarray(np.full((16, 16, 3), v, np.uint8))
+              for v in (0, 240)]
+    anim = os.path.join(self.dir, self.rows[4]["image"])
+    os.remove(anim)
+    frames[0].save(anim, "WEBP", save_all=True, append_images=frames[1:])
+    bundle = setup.load_data(self.cfg.data, seed=0)
+    self.assertEqual(
+        [(q.line, q.reason) for q in bundle.quarantined],
+        [(3, "file not found"), (6, headers.ANIMATED_WEBP)])
+    self.assertEqual(bundle.train_size, 4)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,10 @@ _TAIL = 4096  # where a JPEG's end-of-image marker is looked for
 
 NOT_AN_IMAGE = ("not a JPEG, PNG, GIF, BMP or WebP image (or its header is "
                 "cut short)")
+# imageio.decode refuses these by the same VP8X flag (TF's DecodeWebP crashes
+# on some): saying so from the header keeps them out before training starts.
+ANIMATED_WEBP = ("cannot decode: animated WebP is not supported; save a still "
+                 "image (PNG, JPEG or still WebP)")
 
 
 class HeaderError(ValueError):
@@ -121,7 +125,10 @@ def _webp(head: bytes) -> Header:
     bits = _u(head, 21, 4)
     return Header("webp", bits % 2 ** 14 + 1, bits // 2 ** 14 % 2 ** 14 + 1)
   if chunk == b"VP8X" and len(head) >= 30:
-    return Header("webp", _u(head, 24, 3) + 1, _u(head, 27, 3) + 1)
+    header = Header("webp", _u(head, 24, 3) + 1, _u(head, 27, 3) + 1)
+    if head[20] & 2:  # the animation flag, as libwebp reads it
+      raise HeaderError(ANIMATED_WEBP, header)
+    return header
   raise HeaderError(NOT_AN_IMAGE)
 
 

@@ -439,8 +439,12 @@ def failed_image(cfg: config_lib.Config, model_dir: str,
   if dc.tfrecord or dc.tfds:
     return None
   cache = os.path.join(model_dir, imagecheck.CACHE_FILE)
-  # Only the rows, not their check: the check passed before training.
-  bundle = load_data(dc, cfg.train.seed, check=False)
+  # The rows training read: under --quarantine the check (answered from its
+  # cache) leaves out the rows already set aside, which would otherwise be
+  # named again (a missing file fails the search's decode too) while the
+  # image really at fault stays in; without it every row passed the check.
+  bundle = load_data(dc, cfg.train.seed, check_cache=cache,
+                     check=dc.quarantine)
   records = [s.records for s in (bundle.train, bundle.val)
              if s is not None and s.records is not None]
   problem = imagecheck.explain(error.message or "", records)
