@@ -188,6 +188,10 @@ class TrainConfig:
   # Weight EMA decay per step (None: no EMA); the averaged weights are the
   # ones validated, kept in best.keras / model.keras and exported.
   ema_decay: Optional[float] = None
+  # Heads declared independent factors (modeling/factors.py): during
+  # training each one's logits get the log prior of its class given the
+  # others' labels, so it does not learn their co-occurrence. () for none.
+  factor_heads: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import importlib.util
 import json
 import math
 import os
@@ -26,6 +27,10 @@ _APPS = "https://storage.googleapis.com/tensorflow/keras-applications/"
 # for any other).
 _MOBILENET_SIDES = (96, 128, 160, 192, 224)
 PROBE_TIMEOUT = 3.0
+# tensorflow-datasets is an extra: only --tfds needs it (and pyarrow with it).
+TFDS_INSTALL_HINT = ("needs tensorflow-datasets, which is not installed: "
+                     "pip install -e '.[tfds]' (or pip install "
+                     "tensorflow-datasets==4.9.10)")
 
 
 class FlagError(ValueError):
@@ -118,6 +123,12 @@ def _check_recipe(dc: config_lib.DataConfig,
     _number_in("clip_global_norm", tc.clip_global_norm, 0, low_open=True)
   if tc.ema_decay is not None and not 0 < tc.ema_decay < 1:
     _fail("ema_decay", tc.ema_decay, "must be in (0, 1), e.g. 0.999")
+  if tc.factor_heads:
+    mixing = [f for f in ("mixup_alpha", "cutmix_alpha") if getattr(dc, f)]
+    if mixing:
+      _fail(mixing[0], getattr(dc, mixing[0]), "cannot be combined with "
+            "--factor_heads: a mixed image has two rows' labels, and its "
+            "prior would be neither row's")
   if tc.strategy != "default":
     # training/distributed.py's custom step supports neither.
     mixing = [f for f in ("mixup_alpha", "cutmix_alpha") if getattr(dc, f)]
@@ -205,6 +216,8 @@ def check_sources(dc: config_lib.DataConfig) -> None:
     if path and not (os.path.isfile(path) or (
         field != "heads_file" and os.path.isdir(path))):
       _fail(field, path, "no such file")
+  if dc.tfds and importlib.util.find_spec("tensorflow_datasets") is None:
+    _fail("tfds", dc.tfds, TFDS_INSTALL_HINT)
   if dc.val_manifest and not dc.manifest:
     _fail("val_manifest", dc.val_manifest, "needs --manifest (the training "
           "CSV)")

@@ -10,7 +10,7 @@ the zero weight removes it from loss, gradients and metrics.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -112,7 +112,12 @@ def augment(image: tf.Tensor, seed: tf.Tensor, kinds: Sequence[str],
 
 
 def _targets(labels: tf.Tensor, schema: heads_lib.LabelSchema,
-             class_weights: Optional[Sequence[np.ndarray]]):
+             class_weights: Optional[Sequence[np.ndarray]],
+             factor_priors: Optional[Mapping] = None):
+  """(targets, sample weights) per head from int labels (-1: missing).
+  ``factor_priors`` ({head: modeling.factors.FactorPrior}, training only):
+  such a head's target is [one-hot (k) | the row's log prior (k)], which its
+  loss adds to the logits (modeling/losses.py)."""
   ys, ws = {}, {}
   slices = schema.label_slices()
   for k, head in enumerate(schema.heads):
@@ -133,7 +138,24 @@ def _targets(labels: tf.Tensor, schema: heads_lib.LabelSchema,
       w = w * tf.gather(tf.constant(class_weights[k], tf.float32), clamped)
     ys[head.name] = clamped
     ws[head.name] = w
+    if factor_priors and head.name in factor_priors:
+      ys[head.name] = _with_prior(clamped, labels, schema,
+                                  factor_priors[head.name], head.num_classes)
   return ys, ws
+
+
+def _with_prior(clamped, labels, schema, prior, num_classes):
+  slices = schema.label_slices()
+  log_prior = tf.constant(prior.log_marginal)[tf.newaxis]
+  for other, table in prior.pmi.items():
+    yb = labels[..., slices[other].start]
+    log_prior = log_prior + tf.gather(tf.constant(table), yb + 1)
+  return tf.concat([tf.one_hot(clamped, num_classes), log_prior], axis=-1)
+
+
+FACTORS_WITH_MIXING = (
+    "factor_heads cannot be combined with MixUp or CutMix: a mixed image "
+    "has two rows' labels, and its prior would be neither row's")
 
 
 def _options(deterministic: bool) -> tf.data.Options:
@@ -241,6 +263,7 @@ def train_dataset(source: sources.Source, schema: heads_lib.LabelSchema, *,
                   crop_ratio: Sequence[float] = CROP_RATIO,
                   data_service: Optional[str] = None,
                   recipe: augment_lib.Recipe = augment_lib.Recipe(),
+                  factor_priors: Optional[Mapping] = None,
                   ) -> tf.data.Dataset:
   """Batches for training, epochs ``start_epoch`` .. ``end_epoch - 1`` back
   to back; each epoch holds ``len // batch_size`` full batches.
@@ -256,6 +279,7 @@ def train_dataset(source: sources.Source, schema: heads_lib.LabelSchema, *,
   ``crop_ratio``) is cut while decoding each epoch, so it cannot be combined
   with ``cache`` (which keeps pixels already resized). ``recipe``:
   data/augment.py (MixUp / CutMix batches carry soft per-head targets).
+  ``factor_priors``: see _targets (not with MixUp / CutMix).
 
   ``data_service`` ("grpc://host:port"): the whole pipeline above runs on
   tf.data service workers, which split it by epoch (dynamic sharding of the
@@ -263,6 +287,8 @@ def train_dataset(source: sources.Source, schema: heads_lib.LabelSchema, *,
   order; several give the same batches, each once, epochs interleaved.
   """
   _check_train_args(augmentations, crop_scale, crop_ratio, cache, data_service)
+  if factor_priors and recipe.mixes:
+    raise ValueError(FACTORS_WITH_MIXING)
   if source.size is not None:
     steps_for(source.size, batch_size, source.name)
   decoded = cache is not False
@@ -280,7 +306,8 @@ def train_dataset(source: sources.Source, schema: heads_lib.LabelSchema, *,
       per_batch=_mixer(schema, class_weights, recipe))
   ds = tf.data.Dataset.range(start_epoch, end_epoch).flat_map(one_epoch)
   if not recipe.mixes:  # mixed batches got their targets in one_epoch
-    ds = ds.map(lambda x, y: (x, *_targets(y, schema, class_weights)),
+    ds = ds.map(lambda x, y: (x, *_targets(y, schema, class_weights,
+                                           factor_priors)),
                 num_parallel_calls=AUTOTUNE)
   if data_service is not None:
     # Options first: they travel with the dataset graph to the workers.

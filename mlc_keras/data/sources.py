@@ -143,9 +143,22 @@ def parse_tfds_heads(spec: str) -> list[tuple[str, str]]:
   return pairs
 
 
+def _import_tfds():
+  """tensorflow_datasets, an optional extra ([tfds]): a DataError naming it
+  when it is not installed."""
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  except ModuleNotFoundError as e:
+    if e.name != "tensorflow_datasets":
+      raise
+    from mlc_keras import preflight  # pylint: disable=g-import-not-at-top
+    raise manifest.DataError(f"--tfds {preflight.TFDS_INSTALL_HINT}") from None
+  return tfds
+
+
 def _tfds_schema(name: str, features, feature_heads: Sequence[tuple[str, str]],
                  image_feature: str) -> heads_lib.LabelSchema:
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  tfds = _import_tfds()
   if image_feature not in features:
     raise manifest.DataError(
         f"TFDS {name!r} has no {image_feature!r} feature (features: "
@@ -172,7 +185,7 @@ def tfds_source(name: str, split: str, feature_heads: Sequence[tuple[str, str]],
                 ) -> tuple[Source, heads_lib.LabelSchema]:
   """A TFDS split; each ClassLabel feature in ``feature_heads`` becomes a head
   whose classes are the feature's names."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  tfds = _import_tfds()
   builder = tfds.builder(name, data_dir=data_dir)
   schema = _tfds_schema(name, builder.info.features, feature_heads,
                         image_feature)
@@ -201,16 +214,22 @@ def count(source: Source) -> int:
   return int(source.make().reduce(np.int64(0), lambda n, _: n + 1))
 
 
+def all_labels(source: Source, schema: heads_lib.LabelSchema) -> np.ndarray:
+  """Every example's labels, int [n, label_width] (-1: missing); read from
+  the manifest's records where there are some, else one pass without
+  decoding."""
+  if source.records is not None:
+    return source.records.labels
+  if not count(source):
+    return np.zeros((0, schema.label_width), np.int32)
+  return np.stack(list(source.make().map(lambda _, y: y).as_numpy_iterator()))
+
+
 def label_counts(source: Source,
                  schema: heads_lib.LabelSchema) -> list[np.ndarray]:
   """Per head, the number of labelled examples of each class (of a tag
   head: the number of labelled examples carrying each tag)."""
-  if source.records is not None:
-    labels = source.records.labels
-  else:
-    labels = np.stack(list(source.make().map(
-        lambda _, y: y).as_numpy_iterator())) if count(source) else np.zeros(
-            (0, schema.label_width), np.int32)
+  labels = all_labels(source, schema)
   out = []
   for h, cols in zip(schema.heads, schema.label_slices().values()):
     y = labels[:, cols]

@@ -33,8 +33,9 @@ class SparseFocalCrossentropy(keras.losses.Loss):
   balance is left to --class_weight, which folds into sample_weight).
   Keras' sparse cross-entropy has no label smoothing, so a smoothed head
   with gamma=0 comes here too (categorical cross-entropy on the one-hot).
-  ``soft``: y_true may be a [batch, k] target (MixUp / CutMix); class
-  indices are still taken (validation).
+  ``soft``: y_true may be a [batch, k] target (MixUp / CutMix) or a
+  factor head's [batch, 2k] one-hot target and log prior
+  (modeling/factors.py); class indices are still taken (validation).
   """
 
   def __init__(self, gamma: float = 2.0, label_smoothing: float = 0.0,
@@ -46,9 +47,19 @@ class SparseFocalCrossentropy(keras.losses.Loss):
     self.soft = bool(soft)
 
   def call(self, y_true, y_pred):
-    # Validation batches of a mixing run still hold class indices.
+    k = y_pred.shape[-1]
     if self.soft and len(y_true.shape) == len(y_pred.shape) and (
-        y_true.shape[-1] == y_pred.shape[-1]):
+        y_true.shape[-1] == 2 * k):
+      # A factor head in training: [one-hot | log prior], the prior added to
+      # the logits (modeling/factors.py); softmax(log q + prior) is the
+      # softmax of the adjusted logits.
+      y_true = keras.ops.cast(y_true, y_pred.dtype)
+      target, log_prior = y_true[..., :k], y_true[..., k:]
+      y_pred = keras.ops.softmax(
+          keras.ops.log(keras.ops.maximum(y_pred, 1e-7)) + log_prior)
+    # Validation batches of a mixing run still hold class indices.
+    elif self.soft and len(y_true.shape) == len(y_pred.shape) and (
+        y_true.shape[-1] == k):
       target = keras.ops.cast(y_true, y_pred.dtype)
     else:
       y_true = keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32")

@@ -30,12 +30,14 @@ def majority(labels: np.ndarray, num_classes: int) -> float:
 
 def hard_labels(y_true, y_pred):
   """Class indices of ``y_true``: soft [batch, k] targets (MixUp / CutMix)
+  and a factor head's [batch, 2k] training targets (modeling/factors.py)
   give their largest class, index labels pass through. A single-label head
   has k >= 2 classes, so index labels shaped [batch, 1] are never taken for
   soft ones."""
   k = y_pred.shape[-1]
-  if len(y_true.shape) == 2 and k and k > 1 and y_true.shape[-1] == k:
-    return keras.ops.argmax(y_true, axis=-1)
+  if len(y_true.shape) == 2 and k and k > 1 and y_true.shape[-1] in (k, 2 * k):
+    # [batch, 2k]: a factor head's one-hot target and its log prior.
+    return keras.ops.argmax(y_true[:, :k], axis=-1)
   return y_true
 
 

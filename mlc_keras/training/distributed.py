@@ -99,14 +99,15 @@ def distribute(strategy: tf.distribute.Strategy,
 
 
 def make_train_step(strategy, model, optimizer, schema: heads_lib.LabelSchema,
-                    label_smoothing=None):
+                    label_smoothing=None, soft: bool = False):
   """A tf.function running one step on every replica (``label_smoothing``:
-  {head: s}, see losses.head_losses).
+  {head: s}, see losses.head_losses; ``soft``: factor heads' targets carry
+  their log prior, see modeling/factors.py).
 
   Returns (global loss, {head: global head loss}, (outputs, labels,
   weights)) of this worker's replicas for the metrics (see local_batches).
   """
-  head_losses = losses.head_losses(schema, label_smoothing)
+  head_losses = losses.head_losses(schema, label_smoothing, soft)
   weights = losses.loss_weights(schema)
   replicas = strategy.num_replicas_in_sync
 
@@ -218,10 +219,13 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
         crop_scale=dc.crop_scale, crop_ratio=dc.crop_ratio,
         data_service=dc.data_service,
         shuffle_buffer=dc.shuffle_buffer, deterministic=dc.deterministic,
-        class_weights=run.class_weights, recipe=augment.Recipe.of(dc))
+        class_weights=run.class_weights, recipe=augment.Recipe.of(dc),
+        factor_priors=run.factor_priors)
   iterator = iter(distribute(strategy, make_global, tc.batch_size))
-  step = make_train_step(strategy, model, optimizer, run.schema, run.label_smoothing)
-  head_metrics = metrics.weighted_metrics(run.schema, tc.top_k)
+  soft = bool(run.factor_priors)
+  step = make_train_step(strategy, model, optimizer, run.schema,
+                         run.label_smoothing, soft)
+  head_metrics = metrics.weighted_metrics(run.schema, tc.top_k, soft)
   history_path = os.path.join(out_dir, "history.csv")
   for epoch in range(start_epoch, tc.epochs):
     row = _train_epoch(strategy, step, iterator, head_metrics, epoch,

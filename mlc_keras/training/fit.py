@@ -201,14 +201,15 @@ def _train_phase(model: keras.Model, phase: Phase, run: setup.Run,
       crop_scale=dc.crop_scale, crop_ratio=dc.crop_ratio,
       data_service=dc.data_service,
       shuffle_buffer=dc.shuffle_buffer, deterministic=dc.deterministic,
-      class_weights=run.class_weights, recipe=augment.Recipe.of(dc))
+      class_weights=run.class_weights, recipe=augment.Recipe.of(dc),
+      factor_priors=run.factor_priors)
   with strategy.scope():
     # A new optimizer per phase: the set of trainable variables changed.
     setup.compile_model(
         model, run.schema,
         setup.optimizer(tc, steps * phase.epochs, phase.lr_scale),
         tc.top_k, tc.jit_compile, label_smoothing=run.label_smoothing,
-        soft=augment.Recipe.of(dc).mixes)
+        soft=augment.Recipe.of(dc).mixes or bool(run.factor_priors))
   history = os.path.join(model_dir, "history.csv")
   # With --ema_decay the averaged weights are in the model from validation
   # to just before the backup (training/ema.py).

@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from mlc_keras import config as config_lib
 from mlc_keras import heads as heads_lib
+from mlc_keras import run_dir
 from mlc_keras import tagging
 from mlc_keras import scoring
 from mlc_keras.data import combinations
@@ -27,6 +28,7 @@ from mlc_keras.data import manifest as manifest_lib
 from mlc_keras.data import pipeline
 from mlc_keras.data import sources as sources_lib
 from mlc_keras.data import tfrecords
+from mlc_keras.modeling import factors
 from mlc_keras.modeling import grow
 from mlc_keras.modeling import model as model_lib
 from mlc_keras.modeling import losses
@@ -280,6 +282,8 @@ class Run:
   quarantine_note: Optional[str]
   # {head: label smoothing} (losses.smoothing_per_head; empty: none).
   label_smoothing: dict = dataclasses.field(default_factory=dict)
+  # {factor head: modeling.factors.FactorPrior} (empty: no factor heads).
+  factor_priors: dict = dataclasses.field(default_factory=dict)
 
 
 def build_model(cfg: config_lib.Config, schema) -> keras.Model:
@@ -321,6 +325,9 @@ def prepare_run(cfg: config_lib.Config, out_dir: str) -> Run:
   tc = cfg.train
   bundle = load_data(cfg.data, tc.seed, check_cache=os.path.join(
       out_dir, imagecheck.CACHE_FILE))
+  # A resume must mean the same classes as its backup: checked before this
+  # run writes anything of its own over the interrupted run's files.
+  run_dir.check_resumed_schema(out_dir, bundle.schema)
   quarantine_note = write_quarantine(bundle, out_dir)
   if bundle.train.records is not None:
     small = imagecheck.upscale_note(
@@ -337,9 +344,10 @@ def prepare_run(cfg: config_lib.Config, out_dir: str) -> Run:
       gammas = {**{n: gammas["*"] for n in schema.names},
                 **{k: v for k, v in gammas.items() if k != "*"}}
     schema = schema.with_focal_gammas(gammas)
-  schema.save(os.path.join(out_dir, "labels.json"))
+  # config.json first: it marks the folder as a run (run_dir.foreign_files).
   with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
     f.write(cfg.to_json() + "\n")
+  schema.save(os.path.join(out_dir, "labels.json"))
   if bundle.holdout is not None:
     with open(os.path.join(out_dir, combinations.HOLDOUT_FILE), "w",
               encoding="utf-8") as f:
@@ -352,8 +360,15 @@ def prepare_run(cfg: config_lib.Config, out_dir: str) -> Run:
   class_weights = pipeline.class_weights_from(tc.class_weight, bundle.train,
                                               schema)
   smoothing = losses.smoothing_per_head(schema, tc.label_smoothing)
+  priors = {}
+  if tc.factor_heads:
+    priors = factors.priors(sources_lib.all_labels(bundle.train, schema),
+                            schema,
+                            tc.factor_heads)
+    log.info("factor heads %s: each one's training logits get the log prior "
+             "of its class given the others' labels", ", ".join(priors))
   return Run(bundle, schema, steps, class_weights, quarantine_note,
-             smoothing)
+             smoothing, priors)
 
 
 # With no validation data, the end-of-run report scores at most this many
