@@ -260,6 +260,14 @@ _EMA_DECAY = flags.DEFINE_float(
     "with this decay per step (e.g. 0.999; 0.99 for runs of a few hundred "
     "steps): validation, best.keras, model.keras and every export use the "
     "averaged weights. Default: off.")
+_FACTOR_HEADS = flags.DEFINE_list(
+    "factor_heads", [], "Heads (two or more, e.g. char,family) that are "
+    "independent factors of the world, whatever their co-occurrence in the "
+    "training data: during training each one's logits get the log prior of "
+    "its class given the others' labels, so that it reads its own attribute "
+    "also on combinations never seen in training (inference uses the plain "
+    "outputs). Do not declare heads that are functions of each other. "
+    "Default: none.")
 _BACKUP_STEPS = flags.DEFINE_integer(
     "backup_every_steps", None, "Back up every N steps (default: each epoch).")
 # Owning the model_dir.
@@ -395,7 +403,8 @@ def config_from_flags() -> config_lib.Config:
       init_from=_INIT_FROM.value,
       reinit_heads=_names(_REINIT_HEADS.value),
       train_heads=_names(_TRAIN_HEADS.value),
-      train_backbone=_TRAIN_BACKBONE.value, **_recipe_train(cfg.train))
+      train_backbone=_TRAIN_BACKBONE.value,
+      factor_heads=_names(_FACTOR_HEADS.value), **_recipe_train(cfg.train))
   return config_lib.Config(data=data, model=model, train=train)
 
 
@@ -476,7 +485,7 @@ _HELP_GROUPS = {
                           _DETERMINISTIC, _DATA_SERVICE),
     "augmentation": (_AUGMENT, _CROP_SCALE, _CROP_RATIO, _RA_OPS,
                      _RA_MAGNITUDE, _ERASING_PROB, _MIXUP, _CUTMIX),
-    "combinations": (_HOLDOUT, _CALIBRATION_COMBOS, _BALANCE),
+    "combinations": (_HOLDOUT, _CALIBRATION_COMBOS, _BALANCE, _FACTOR_HEADS),
     "model": (_BACKBONE, _WEIGHTS, _DROPOUT, _BN_MOMENTUM, _HEAD_PROJECTION),
     "training": (_EPOCHS, _BATCH_SIZE, _STEPS, _LR, _OPTIMIZER, _SEED,
                  _CLASS_WEIGHT, _LOSS_WEIGHTS, _FOCAL_LOSS, _LABEL_SMOOTHING,
