@@ -9,6 +9,8 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
+import sys
+from unittest import mock
 
 import numpy as np
 import tensorflow as tf
@@ -338,6 +340,12 @@ class TFDSTest(tf.test.TestCase):
     self.assertAllEqual(weights["digit"], np.ones(5))
     with self.assertRaisesRegex(manifest.DataError, "no feature 'nope'"):
       sources.tfds_source("mnist", "train", [("nope", "x")])
+
+  def test_missing_tfds_is_a_data_error_with_the_install_hint(self):
+    with mock.patch.dict(sys.modules, {"tensorflow_datasets": None}):
+      with self.assertRaisesRegex(manifest.DataError,
+                                  r"pip install -e '\.\[tfds\]'"):
+        sources.tfds_source("mnist", "train", [("label", "digit")])
 
 
 if __name__ == "__main__":

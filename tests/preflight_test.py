@@ -257,6 +257,22 @@ class CliTest(tf.test.TestCase):
         self.assertFalse(os.path.exists(os.path.join(self.get_temp_dir(),
                                                      "run")))
 
+  def test_tfds_without_the_extra_exits_2_naming_it(self):
+    # sys.modules[name] = None: the import fails as if it were not installed.
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys; "
+         "sys.modules['tensorflow_datasets'] = None; "
+         "sys.argv = ['mlc-train', '--tfds=mnist', '--model_dir=run']; "
+         "from mlc_keras import train; train.run()"],
+        cwd=self.get_temp_dir(), env=dict(os.environ, PYTHONPATH=REPO),
+        capture_output=True, text=True, timeout=120)
+    self.assertEqual(proc.returncode, 2, proc.stderr[-2000:])
+    self.assertEqual(
+        proc.stderr, "error: --tfds=mnist: needs tensorflow-datasets, which is "
+        "not installed: pip install -e '.[tfds]' (or pip install "
+        "tensorflow-datasets==4.9.10)\n")
+    self.assertFalse(os.path.exists(os.path.join(self.get_temp_dir(), "run")))
+
 
 if __name__ == "__main__":
   tf.test.main()
