@@ -123,6 +123,10 @@ def _check_recipe(dc: config_lib.DataConfig,
     _number_in("clip_global_norm", tc.clip_global_norm, 0, low_open=True)
   if tc.ema_decay is not None and not 0 < tc.ema_decay < 1:
     _fail("ema_decay", tc.ema_decay, "must be in (0, 1), e.g. 0.999")
+  if dc.calibration_combinations == "auto" and len(tc.factor_heads) < 2:
+    _fail("calibration_combinations", "auto", "picks combinations of the "
+          "factor heads: name two or more with --factor_heads (e.g. "
+          "--factor_heads=char,family)")
   if tc.factor_heads:
     mixing = [f for f in ("mixup_alpha", "cutmix_alpha") if getattr(dc, f)]
     if mixing:

@@ -81,7 +81,10 @@ _HOLDOUT = flags.DEFINE_string(
 _CALIBRATION_COMBOS = flags.DEFINE_string(
     "calibration_combinations", None, "Combinations removed from training "
     "only (same syntax): validation keeps them, so evaluate --stacking can fit "
-    "its bias on unseen combinations other than the test's.")
+    "its bias on unseen combinations other than the test's. 'auto' picks "
+    "about 5% of the --factor_heads' combinations from the data (seeded, "
+    "each also in validation, never a held-out one, never a value's last "
+    "training row) and lists them in holdout.json.")
 _BALANCE = flags.DEFINE_list(
     "balance_combinations", [], "Heads (two or more, e.g. category,ink) whose "
     "value combinations training draws about equally often: a row of a rare "

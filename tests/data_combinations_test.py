@@ -209,3 +209,73 @@ class BalanceTest(tf.test.TestCase):
     self.assertEqual(bundle.train_size, 6)
     self.assertEqual(sum(1 for _ in bundle.train.make()), 6)
     self.assertEqual(len(bundle.val.records), 4)  # validation untouched
+
+
+def _records(labels):
+  labels = np.asarray(labels, np.int32)
+  return manifest.Records(tuple(f"{i}.png" for i in range(len(labels))),
+                          labels, tuple(range(2, len(labels) + 2)), "t.csv")
+
+
+class AutoCalibrationTest(tf.test.TestCase):
+  """--calibration_combinations=auto: picked from the data, never a held-out
+  combination, never a value's last training row."""
+
+  def test_never_held_out_never_a_values_last_row(self):
+    rng = np.random.default_rng(0)
+    # 6 x 5 values; (a, b) with a == b is rare: one row each, plus blanks.
+    rows = [(a, b) for a in range(6) for b in range(5) if a != b] * 3
+    rows += [(a, a) for a in range(5)] + [(a, -1) for a in range(6)]
+    schema = heads_lib.LabelSchema((
+        heads_lib.HeadSpec("a", tuple("a%d" % i for i in range(6))),
+        heads_lib.HeadSpec("b", tuple("b%d" % i for i in range(5)))))
+    train, val = _records(rows), _records(rng.permutation(rows)[:60])
+    held = combinations.parse("a=a0+b=b1;a=a2+b=b3", schema)
+    train_kept = combinations.remove(train, schema, held)[0]
+    for seed in range(20):
+      chosen = combinations.auto_calibration(
+          train_kept, val, schema, ["a", "b"], seed, exclude=held,
+          share=0.3)
+      self.assertNotEmpty(chosen)
+      self.assertEmpty(set(chosen) & set(held))
+      left = combinations.remove(train_kept, schema, chosen)[0]
+      for k, h in enumerate(("a", "b")):
+        labelled = set(left.labels[:, k][left.labels[:, k] >= 0])
+        self.assertEqual(labelled, set(range(schema.head(h).num_classes)),
+                         f"seed {seed}: a value of {h} left training")
+      # Every chosen combination has validation images to fit on.
+      _, in_val = combinations.carries(combinations.head_labels(val, schema),
+                                       chosen)
+      self.assertGreater(in_val.sum(), 0)
+    # At most 30% of the 33 combinations labelled in training (35 less the
+    # two held out); fewer where candidates lack validation rows.
+    for seed in range(5):
+      n = len(combinations.auto_calibration(
+          train_kept, val, schema, ["a", "b"], seed, exclude=held, share=0.3))
+      self.assertBetween(n, 1, 10)
+    self.assertEqual(
+        combinations.auto_calibration(train_kept, val, schema, ["a", "b"], 3,
+                                      exclude=held),
+        combinations.auto_calibration(train_kept, val, schema, ["a", "b"], 3,
+                                      exclude=held))
+
+  def test_a_value_only_in_one_combination_is_never_taken(self):
+    schema = heads_lib.LabelSchema((
+        heads_lib.HeadSpec("a", ("x", "y")), heads_lib.HeadSpec("b", ("p", "q"))))
+    # y only ever with q: (y, q) would take y's last row.
+    rows = [(0, 0), (0, 1), (1, 1)] * 4
+    chosen = combinations.auto_calibration(
+        _records(rows), _records(rows), schema, ["a", "b"], 0, share=1.0)
+    self.assertNotIn((("a", 1), ("b", 1)), [c.values for c in chosen])
+    self.assertNotEmpty(chosen)
+
+  def test_a_blank_that_may_hide_it_counts_as_removed(self):
+    schema = heads_lib.LabelSchema((
+        heads_lib.HeadSpec("a", ("x", "y")), heads_lib.HeadSpec("b", ("p", "q"))))
+    # (x, p) may be taken only if x keeps a row: x's other rows are (x, blank),
+    # which taking (x, p) also removes. So x+p is never chosen.
+    rows = [(0, 0), (0, -1), (1, 0), (1, 1)] * 3
+    for seed in range(10):
+      chosen = combinations.auto_calibration(
+          _records(rows), _records(rows), schema, ["a", "b"], seed, share=1.0)
+      self.assertNotIn((("a", 0), ("b", 0)), [c.values for c in chosen])

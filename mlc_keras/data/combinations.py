@@ -180,6 +180,70 @@ def split(train, val, schema: heads_lib.LabelSchema,
   return train, val, report
 
 
+# --calibration_combinations=auto: the share of the training data's
+# combinations left out of training for the stacking fit.
+AUTO = "auto"
+AUTO_SHARE = 0.05
+
+
+def auto_calibration(train, val, schema: heads_lib.LabelSchema,
+                     heads: Sequence[str], seed: int,
+                     exclude: Sequence[Combination] = (),
+                     share: float = AUTO_SHARE) -> tuple[Combination, ...]:
+  """Calibration combinations of ``heads`` picked from the data itself:
+  about ``share`` of the combinations labelled in ``train`` (at least one),
+  each also labelled in ``val`` (the stacking fit needs its images) and
+  none of ``exclude`` (the held-out ones). Drawn in a seeded order; a
+  candidate is taken only if, with every combination taken so far removed
+  (blank cells that may hide one included, as ``remove`` does), each value
+  of each of ``heads`` keeps a training row labelled with it, so that no
+  value leaves training. Deterministic in ``seed``.
+
+  Raises:
+    CombinationError: no combination qualifies (too few heads, no
+      validation data, or every candidate would take a value's last row).
+  """
+  heads = list(dict.fromkeys(heads))
+  if len(heads) < 2:
+    raise CombinationError(
+        "--calibration_combinations=auto picks combinations of the "
+        "--factor_heads: declare at least two")
+  if val is None or not len(val):
+    raise CombinationError(
+        "--calibration_combinations=auto needs validation data (the "
+        "stacking fit's images of the calibration combinations)")
+  train_y, val_y = head_labels(train, schema), head_labels(val, schema)
+
+  def present(labels):
+    y = np.stack([labels[h] for h in heads], axis=1)
+    return {tuple(r) for r in y[(y != heads_lib.MISSING).all(axis=1)]}
+
+  excluded = {tuple(dict(c.values).get(h) for h in heads) for c in exclude}
+  candidates = sorted((present(train_y) & present(val_y)) - excluded)
+  rng = np.random.default_rng(seed)
+  order = rng.permutation(len(candidates))
+  want = max(1, int(round(share * len(present(train_y)))))
+  chosen = []
+  kept = np.ones(len(train), bool)
+  for i in order:
+    if len(chosen) == want:
+      break
+    combo = Combination(tuple(zip(heads, map(int, candidates[i]))))
+    _, maybe = carries(train_y, [combo])
+    left = kept & ~maybe
+    if all(np.isin(np.arange(schema.head(h).num_classes),
+                   train_y[h][left]).all() for h in heads):
+      chosen.append(combo)
+      kept = left
+  if not chosen:
+    raise CombinationError(
+        "--calibration_combinations=auto: no combination of "
+        f"{'+'.join(heads)} can leave training without taking a value's "
+        "last training row")
+  chosen.sort(key=lambda c: c.values)
+  return tuple(chosen)
+
+
 # Combination-balanced oversampling repeats a row at most this many times: a
 # pair seen on 5 images is not worth 150 copies of the same 5 pictures.
 MAX_REPEAT = 10

@@ -59,11 +59,12 @@ class DataBundle:
 
 def load_data(cfg: config_lib.DataConfig, seed: int,
               check_cache: Optional[str] = None,
-              check: bool = True) -> DataBundle:
+              check: bool = True, factor_heads=()) -> DataBundle:
   """Resolves the configured source into a schema and train/val sources,
   validating labels and (for manifests) every image before training.
   ``check_cache``: the image check's cache file (see data.imagecheck);
-  ``check``: False skips the image check (rows only)."""
+  ``check``: False skips the image check (rows only); ``factor_heads``: the
+  heads --calibration_combinations=auto combines."""
   sources = [s for s in (cfg.manifest, cfg.tfrecord, cfg.tfds) if s]
   if len(sources) > 1:
     raise manifest_lib.DataError(
@@ -106,7 +107,8 @@ def load_data(cfg: config_lib.DataConfig, seed: int,
     train_rec, val_rec = sources_lib.split_records(train_rec, cfg.val_fraction, seed)
   else:
     val_rec = None
-  train_rec, val_rec, holdout = _hold_out(train_rec, val_rec, schema, cfg)
+  train_rec, val_rec, holdout = _hold_out(train_rec, val_rec, schema, cfg,
+                                          seed, factor_heads)
   if check and (cfg.validate_images or cfg.quarantine):
     train_rec, val_rec = (_checked(rec, cfg, quarantined, check_cache)
                           for rec in (train_rec, val_rec))
@@ -131,22 +133,31 @@ def _balanced(train_rec, schema, cfg: config_lib.DataConfig):
   return train_rec, report
 
 
-def _hold_out(train_rec, val_rec, schema, cfg: config_lib.DataConfig):
+def _hold_out(train_rec, val_rec, schema, cfg: config_lib.DataConfig,
+              seed: int = 0, factor_heads=()):
   """(train, val, report): the held-out combinations removed (data/
   combinations.py), then the training rows balanced over combinations
   (--balance_combinations); report None when neither is configured."""
   if cfg.balance_combinations:
     train_rec, val_rec, report = _hold_out(
         train_rec, val_rec, schema,
-        dataclasses.replace(cfg, balance_combinations=()))
+        dataclasses.replace(cfg, balance_combinations=()), seed, factor_heads)
     train_rec, balanced = _balanced(train_rec, schema, cfg)
     return train_rec, val_rec, {**(report or {}), "balanced": balanced}
   if not (cfg.holdout_combinations or cfg.calibration_combinations):
     return train_rec, val_rec, None
   try:
     holdout = combinations.parse(cfg.holdout_combinations, schema)
-    calibration = combinations.parse(cfg.calibration_combinations, schema,
-                                     "--calibration_combinations")
+    if cfg.calibration_combinations == combinations.AUTO:
+      calibration = combinations.auto_calibration(
+          combinations.remove(train_rec, schema, holdout)[0], val_rec,
+          schema, factor_heads, seed, exclude=holdout)
+      log.info("--calibration_combinations=auto: %s left out of training "
+               "for evaluate --stacking (holdout.json)",
+               ";".join(c.name(schema) for c in calibration))
+    else:
+      calibration = combinations.parse(cfg.calibration_combinations, schema,
+                                       "--calibration_combinations")
   except combinations.CombinationError as e:
     raise manifest_lib.DataError(str(e)) from None
   overlap = set(holdout) & set(calibration)
@@ -324,7 +335,7 @@ def prepare_run(cfg: config_lib.Config, out_dir: str) -> Run:
   ``out_dir``."""
   tc = cfg.train
   bundle = load_data(cfg.data, tc.seed, check_cache=os.path.join(
-      out_dir, imagecheck.CACHE_FILE))
+      out_dir, imagecheck.CACHE_FILE), factor_heads=tc.factor_heads)
   # A resume must mean the same classes as its backup: checked before this
   # run writes anything of its own over the interrupted run's files.
   run_dir.check_resumed_schema(out_dir, bundle.schema)
@@ -459,7 +470,7 @@ def failed_image(cfg: config_lib.Config, model_dir: str,
   # named again (a missing file fails the search's decode too) while the
   # image really at fault stays in; without it every row passed the check.
   bundle = load_data(dc, cfg.train.seed, check_cache=cache,
-                     check=dc.quarantine)
+                     check=dc.quarantine, factor_heads=cfg.train.factor_heads)
   records = [s.records for s in (bundle.train, bundle.val)
              if s is not None and s.records is not None]
   problem = imagecheck.explain(error.message or "", records)
