@@ -1,4 +1,4 @@
-"""README.md (and docs/*.md) render as written: every code fence closes where
+"""README.md, export/README.md and docs/*.md render as written: every code fence closes where
 its author closed it (CommonMark, as GitHub renders it)."""
 
 import glob
@@ -34,7 +34,8 @@ def fence_problems(text: str) -> list[str]:
 class ReadmeTest(tf.test.TestCase):
 
   def test_fences_balance(self):
-    paths = [os.path.join(REPO, "README.md")] + sorted(
+    paths = [os.path.join(REPO, "README.md"),
+             os.path.join(REPO, "export", "README.md")] + sorted(
         glob.glob(os.path.join(REPO, "docs", "**", "*.md"), recursive=True))
     for path in paths:
       with self.subTest(os.path.relpath(path, REPO)):
