@@ -225,3 +225,17 @@ class MixedFitTest(tf.test.TestCase):
     probs, labels, _ = collected["shape"]
     self.assertAllClose(history["val_shape_acc"][-1],
                         np.mean(probs.argmax(1) == labels), atol=1e-6)
+
+
+class FlipSensitiveTest(tf.test.TestCase):
+
+  def test_text_and_side_heads_are_named(self):
+    schema = heads_lib.LabelSchema((
+        heads_lib.HeadSpec("char", tuple("abcdXYZ") + ("dot",)),
+        heads_lib.HeadSpec("digit", tuple("0123456789")),
+        heads_lib.HeadSpec("facing", ("Left", "right", "front")),
+        heads_lib.HeadSpec("shape", ("circle", "square", "x")),
+        heads_lib.HeadSpec("marks", ("a", "b"), kind="tags"),
+    ))
+    self.assertEqual(augment.flip_sensitive_heads(schema),
+                     ["char", "digit", "facing"])

@@ -77,6 +77,27 @@ class Recipe:
         raise ValueError(f"--{name} must be >= 0 (0: off), got {value}")
 
 
+# Which heads an augmentation can change the label of, for the warning at the
+# start of a run (a guess from the class names: the user knows better).
+_SIDES = ("left", "right")
+
+
+def flip_sensitive_heads(schema) -> list[str]:
+  """Softmax heads a horizontal flip may change the label of: classes that
+  look like characters (most are one letter or digit: a mirrored 'b' is a
+  'd', most glyphs mirrored are no glyph at all) or name a side."""
+  out = []
+  for h in schema.heads:
+    if h.is_tags:
+      continue
+    names = [c.lower() for c in h.classes]
+    chars = sum(len(c) == 1 and c.isalnum() for c in names)
+    if chars * 2 > len(names) or any(
+        side in c for c in names for side in _SIDES):
+      out.append(h.name)
+  return out
+
+
 def _uniform(seed, low=0.0, high=1.0, shape=()):
   return tf.random.stateless_uniform(shape, seed, low, high)
 

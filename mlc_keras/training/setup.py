@@ -21,6 +21,7 @@ from mlc_keras import heads as heads_lib
 from mlc_keras import run_dir
 from mlc_keras import tagging
 from mlc_keras import scoring
+from mlc_keras.data import augment
 from mlc_keras.data import combinations
 from mlc_keras.data import demo
 from mlc_keras.data import imagecheck
@@ -355,6 +356,13 @@ def prepare_run(cfg: config_lib.Config, out_dir: str) -> Run:
       gammas = {**{n: gammas["*"] for n in schema.names},
                 **{k: v for k, v in gammas.items() if k != "*"}}
     schema = schema.with_focal_gammas(gammas)
+  if "flip" in cfg.data.augment:
+    changed = augment.flip_sensitive_heads(schema)
+    if changed:
+      log.warning("--augment=flip mirrors every training image, which can "
+                  "change the label of head(s) %s (their classes look like "
+                  "characters or sides); drop flip from --augment unless "
+                  "mirrored images keep those labels", ", ".join(changed))
   # config.json first: it marks the folder as a run (run_dir.foreign_files).
   with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
     f.write(cfg.to_json() + "\n")
