@@ -167,6 +167,13 @@ class ExportLibTest(tf.test.TestCase):
     self.assertEqual(spec.dtype, tf.uint8)
     self.assertEqual(spec.shape.as_list(), [None, SIZE, SIZE, 3])
     self.assertEqual(sorted(tensor.structured_outputs), ["colour", "tone"])
+    # The ONNX file names its batch dimension, in and out.
+    session = predictors.OnnxPredictor(self.result.onnx).session
+    (image,) = session.get_inputs()
+    self.assertEqual((image.name, image.shape),
+                     ("image", ["batch", SIZE, SIZE, 3]))
+    self.assertEqual({o.name: o.shape for o in session.get_outputs()},
+                     {"colour": ["batch", 3], "tone": ["batch", 2]})
 
   # --- round trips ----------------------------------------------------------
 
@@ -530,6 +537,29 @@ class ExportLibTest(tf.test.TestCase):
                       os.path.join(folder, "img_002.png")])
     with self.assertRaisesRegex(artefacts.ExportError, "no such"):
       predict_lib.list_images(os.path.join(self.root, "missing"))
+
+
+class OnnxTest(tf.test.TestCase):
+  """function_to_onnx on a tiny function (no export fixture)."""
+
+  def test_onnx_batch_dimension_is_named(self):
+    spec = tf.TensorSpec([None, 4], tf.float32, name="x")
+
+    @tf.function(input_signature=[spec])
+    def double(x):
+      return {"p": tf.reduce_sum(x * 2.0, axis=1, keepdims=True)}
+
+    path = os.path.join(self.get_temp_dir(), "double.onnx")
+    onnx_lib.function_to_onnx(double, [spec], path)
+    import onnx  # pylint: disable=g-import-not-at-top
+    graph = onnx.load(path).graph
+    self.assertEqual([d.dim_param or d.dim_value
+                      for d in graph.input[0].type.tensor_type.shape.dim],
+                     ["batch", 4])
+    self.assertEqual([d.dim_param or d.dim_value
+                      for d in graph.output[0].type.tensor_type.shape.dim],
+                     ["batch", 1])
+    self.assertNotIn("unk__", str(graph.value_info))
 
 
 class HeaderSizeTest(tf.test.TestCase):

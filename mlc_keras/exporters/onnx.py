@@ -99,6 +99,32 @@ def _erfc(ctx, node, name, args):
   ctx.replace_inputs(node, [one.output[0], erf.output[0]])
 
 
+BATCH_DIM = "batch"
+
+
+def _name_batch_dim(graph) -> None:
+  """Names the leading dimension of every graph input and output "batch".
+
+  tf2onnx names each unknown dimension with a fresh symbol (``unk__562``),
+  so a reader of the model (Netron, onnxruntime's get_inputs()) cannot tell
+  the batch from any other unknown size, nor that the outputs share the
+  input's. Every image in, one row per image out: the leading dimension is
+  the batch wherever it is symbolic; the same symbol inside the graph
+  (value_info) is renamed with it.
+  """
+  symbols = set()
+  for value in list(graph.input) + list(graph.output):
+    dims = value.type.tensor_type.shape.dim
+    if dims and not dims[0].HasField("dim_value"):
+      if dims[0].dim_param:
+        symbols.add(dims[0].dim_param)
+      dims[0].dim_param = BATCH_DIM
+  for value in graph.value_info:
+    for dim in value.type.tensor_type.shape.dim:
+      if dim.dim_param in symbols:
+        dim.dim_param = BATCH_DIM
+
+
 def function_to_onnx(fn, input_signature: Sequence[tf.TensorSpec],
                      output_path: str, opset: int = ONNX_OPSET) -> str:
   """Converts a tf.function with tf2onnx and fails loudly on any op ONNX
@@ -140,6 +166,7 @@ def function_to_onnx(fn, input_signature: Sequence[tf.TensorSpec],
     raise ExportError(
         "ONNX conversion produced a model ONNX Runtime cannot run: "
         + "; ".join(problems))
+  _name_batch_dim(model_proto.graph)
   try:
     onnx.checker.check_model(model_proto, full_check=True)
   except Exception as e:
