@@ -1,203 +1,307 @@
-r"""One command for a machine with a GPU: how fast the package trains there.
+r"""How fast the model trains and predicts on one accelerator, on any Keras
+backend; runs where TensorFlow is not installed (JAX backend).
 
-  python benchmarks/gpu.py            # ResNet50V2, 224 px, batch 128 (halved until it fits)
-  python benchmarks/gpu.py --tiny     # seconds on a CPU: small CNN, 32 px, batch 4
+  KERAS_BACKEND=jax python benchmarks/gpu.py        # ResNet50V2, 224 px
+  python benchmarks/gpu.py --backend=tensorflow     # the same on TF + XLA
+  python benchmarks/gpu.py --tiny                   # seconds on a CPU
 
-Needs nothing but the package (JPEGs are generated into a temporary folder).
-For float32, mixed_float16 and mixed_float16 + XLA, the train step's images/s
-(model.fit through compile_model, AdamW, two heads with missing labels) fed
-(a) by synthetic tensors (one in-memory batch, repeated) and (b) by the real
-pipeline (pipeline.train_dataset over --num_images generated photo-like
-JPEGs of --jpeg_side px, flip + crop, decoding on this host's cores). Each
-arm is one fit() of --steps steps whose first --warmup are not timed. Then
-the N-heads-vs-N-models ratio on the device: the train step of one model
-with --heads heads against --heads one-head models stepped one after the
-other (same backbone, batch, precision mixed_float16 on a GPU, float32 on a
-CPU). Prints a table, a JSON line, and the ratio last.
+The model is the package's own (modeling.model.build_model, uint8 input,
+preprocessing inside) compiled with its masked per-head losses
+(modeling.losses: "mean_with_sample_weight", some labels missing with weight
+0, as the demo's heads have them) and AdamW, jit-compiled, under mixed
+precision: bfloat16 on Hopper or newer (compute capability >= 9), float16 on
+older GPUs (Keras adds loss scaling), float32 on a CPU. The data is one
+synthetic uint8 batch put on the device once and fed again every step (on
+TensorFlow a repeated in-memory tf.data batch), so the figures are the
+step's, not the input pipeline's (see benchmarks/input_pipeline.py).
+
+Three arms: one head (the demo's "shape"), the demo's heads
+(mlc_keras/data/demo.py SCHEMA: four softmax heads and a tag head) and
+--heads heads (the demo's plus softmax heads of 10 classes). Each arm: one
+fit() of --warmup steps (compilation), then one timed fit() of --steps
+steps; the same for predict(). The batch is halved while it does not fit.
+Peak memory: the device allocator's peak so far in the process (cumulative
+over the arms on JAX, per arm on TensorFlow), or the process's peak RSS on a
+CPU. The last line is one JSON object; "step_ratio" is the --heads-head
+model's train-step time per image over the one-head model's (1.0: the extra
+heads cost nothing).
+
+Carrying it to a machine with CUDA + JAX but no TensorFlow and no network:
+see BUILD_NOTES.md "Backends and the GPU benchmark" (benchmarks/gpu_wheels.sh
+downloads keras and its small dependencies into wheels/).
 
 Reference: NVIDIA's ResNet-50 v1.5 TF reference trains at ~2,375 img/s on an
-A100-40GB with AMP + XLA; "pipeline / synthetic" under 1 says the host's
-cores cannot decode that fast (see benchmarks/input_pipeline.py for images/s
-per core, and README "Several GPUs, several machines" for tf.data service).
+A100-40GB with AMP + XLA.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
+import platform
+import resource
 import sys
-import tempfile
 import time
 
 from absl import app
 from absl import flags
-import benchutil  # benchmarks/ is sys.path[0] when a script runs
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
+BACKENDS = ("jax", "tensorflow")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+
+_BACKEND = flags.DEFINE_enum(
+    "backend", os.environ.get("KERAS_BACKEND", "jax"), BACKENDS,
+    "Keras backend (default: $KERAS_BACKEND, else jax).")
 _TINY = flags.DEFINE_bool(
-    "tiny", False, "CPU smoke mode: small CNN, 32 px, batch 4, 3 steps, 8 "
-    "JPEGs of 64 px, 2 heads (tests/benchmarks_gpu_test.py runs it).")
-_BACKBONE = flags.DEFINE_string("backbone", "ResNet50V2", "Backbone.")
+    "tiny", False, "CPU smoke mode: 32 px, batch 2, 1 warm-up + 2 timed "
+    "steps, backbone small_cnn unless --backbone is given (ResNet50V2's "
+    "compilation alone takes minutes on 2 cores); "
+    "tests/benchmarks_gpu_test.py runs it.")
+_BACKBONE = flags.DEFINE_string(
+    "backbone", "ResNet50V2",
+    "A modeling.model.BACKBONES name, or small_cnn (modeling.model.small_cnn).")
 _SIZE = flags.DEFINE_integer("image_size", 224, "Input side.")
-_BATCH = flags.DEFINE_integer("batch", 128, "Batch size; halved on OOM.")
-_STEPS = flags.DEFINE_integer("steps", 30, "fit() steps per arm.")
-_WARMUP = flags.DEFINE_integer("warmup", 5, "Leading steps left untimed.")
-_NUM_IMAGES = flags.DEFINE_integer("num_images", 1024, "JPEGs generated.")
-_JPEG_SIDE = flags.DEFINE_integer("jpeg_side", 500, "Generated JPEG side.")
-_HEADS = flags.DEFINE_integer("heads", 8, "N of N heads vs N models.")
+_BATCH = flags.DEFINE_integer("batch", 256, "Batch size; halved on OOM.")
+_STEPS = flags.DEFINE_integer("steps", 50, "Timed steps per arm.")
+_WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps first (compile).")
+_HEADS = flags.DEFINE_integer("heads", 8, "Heads of the widest arm.")
+_PRECISION = flags.DEFINE_enum(
+    "precision", "auto", PRECISIONS,
+    "auto: mixed_bfloat16 on compute capability >= 9, mixed_float16 on an "
+    "older GPU, float32 on a CPU.")
 
-ARMS = (("float32", False), ("mixed_float16", False), ("mixed_float16", True))
+_MIB = 1 << 20
 
 
 def settings() -> dict:
   if _TINY.value:
-    return dict(backbone="small_cnn", size=32, batch=4, steps=3, warmup=1,
-                num_images=8, jpeg_side=64, heads=2)
+    backbone = _BACKBONE.value if _BACKBONE.present else "small_cnn"
+    return dict(backbone=backbone, size=32, batch=2, steps=2, warmup=1,
+                heads=_HEADS.value)
   return dict(backbone=_BACKBONE.value, size=_SIZE.value, batch=_BATCH.value,
-              steps=_STEPS.value, warmup=_WARMUP.value,
-              num_images=_NUM_IMAGES.value, jpeg_side=_JPEG_SIDE.value,
-              heads=_HEADS.value)
+              steps=_STEPS.value, warmup=_WARMUP.value, heads=_HEADS.value)
 
 
-def build(schema, s: dict, precision: str, xla: bool):
+def device_info(backend: str) -> dict:
+  """{"kind": "gpu"|"cpu", "name", "compute_capability" (str or None)}."""
+  if backend == "jax":
+    import jax
+    d = jax.devices()[0]
+    if d.platform == "gpu":
+      return {"kind": "gpu", "name": d.device_kind,
+              "compute_capability": getattr(d, "compute_capability", None)}
+    return {"kind": d.platform, "name": platform.processor() or d.device_kind,
+            "compute_capability": None}
+  import tensorflow as tf
+  gpus = tf.config.list_physical_devices("GPU")
+  if gpus:
+    details = tf.config.experimental.get_device_details(gpus[0])
+    cc = details.get("compute_capability")
+    return {"kind": "gpu", "name": details.get("device_name", "GPU"),
+            "compute_capability": ".".join(map(str, cc)) if cc else None}
+  return {"kind": "cpu", "name": platform.processor() or "CPU",
+          "compute_capability": None}
+
+
+def choose_precision(requested: str, device: dict) -> str:
+  if requested != "auto":
+    return requested
+  if device["kind"] != "gpu":
+    return "float32"
+  try:
+    major = int(str(device["compute_capability"]).split(".")[0])
+  except ValueError:
+    major = 0
+  return "mixed_bfloat16" if major >= 9 else "mixed_float16"
+
+
+def arm_schemas(n: int):
+  """(arm name, schema): one head, the demo's heads, n heads."""
+  from mlc_keras import heads as heads_lib
+  from mlc_keras.data import demo
+  base = demo.SCHEMA.heads
+  extra = tuple(
+      heads_lib.HeadSpec(f"extra{i}", tuple(f"c{j}" for j in range(10)))
+      for i in range(max(0, n - len(base))))
+  return (("1_head", heads_lib.LabelSchema(base[:1])),
+          (f"demo_{len(base)}_heads", demo.SCHEMA),
+          (f"{n}_heads", heads_lib.LabelSchema((base + extra)[:n])))
+
+
+def synthetic_batch(schema, batch: int, size: int, seed: int = 0):
+  """(uint8 images, labels, sample weights) as numpy, with missing labels
+  (weight 0) at the demo's rates."""
+  import numpy as np
+  from mlc_keras.data import demo
+  rng = np.random.default_rng(seed)
+  x = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+  y, w = {}, {}
+  for h in schema.heads:
+    if h.is_tags:
+      y[h.name] = (rng.random((batch, h.num_classes)) < demo.MARK_RATE
+                   ).astype(np.float32)
+    else:
+      y[h.name] = rng.integers(0, h.num_classes, batch).astype(np.int32)
+    missing = demo.MISSING_RATE.get(h.name, 0.2)
+    w[h.name] = (rng.random(batch) >= missing).astype(np.float32)
+  return x, y, w
+
+
+def on_device(backend: str, batch):
+  """A zero-argument callable returning a fresh iterable for fit() or
+  predict() that yields ``batch`` (a tuple) every step without copying it
+  from the host again."""
   import keras
+  if backend == "tensorflow":
+    import tensorflow as tf
+    ds = tf.data.Dataset.from_tensors(batch).repeat()
+    return lambda: ds
+  tensors = keras.tree.map_structure(keras.ops.convert_to_tensor, batch)
+
+  def forever():
+    while True:
+      yield tensors
+  return forever
+
+
+def build(schema, s: dict, precision: str):
+  import keras
+  from mlc_keras.modeling import losses
   from mlc_keras.modeling import model as model_lib
-  from mlc_keras.training import setup
+  keras.backend.clear_session()
+  # After clear_session, which resets the global dtype policy.
   keras.mixed_precision.set_global_policy(precision)
   keras.utils.set_random_seed(0)
   if s["backbone"] == "small_cnn":
     model = model_lib.small_cnn(schema, s["size"])
   else:
     model = model_lib.build_model(schema, s["size"], s["backbone"], None)
-  # No top-k metric (k >= classes): small_cnn's heads stay float16 under
-  # mixed precision, which InTopK refuses; the step's cost is the same.
-  setup.compile_model(model, schema, keras.optimizers.AdamW(1e-4),
-                      top_k=1000, jit_compile=xla)
+  model.compile(optimizer=keras.optimizers.AdamW(1e-4),
+                loss=losses.head_losses(schema),
+                loss_weights=losses.loss_weights(schema),
+                jit_compile=True)
   return model
 
 
-def fit_rate(model, ds, s: dict) -> float:
-  """Timed steps/s of one fit() of s["steps"] steps, after s["warmup"]."""
+def _sync(model) -> None:
   import keras
-  ends = []
-
-  class Ends(keras.callbacks.Callback):
-
-    def on_train_batch_end(self, batch, logs=None):
-      ends.append(time.perf_counter())
-  model.fit(ds, epochs=1, steps_per_epoch=s["steps"], callbacks=[Ends()],
-            verbose=0, shuffle=False)
-  timed = ends[s["warmup"] - 1:] if s["warmup"] else ends
-  return (len(timed) - 1) / (timed[-1] - timed[0])
+  keras.ops.convert_to_numpy(model.trainable_variables[-1].value)
 
 
-def synthetic(schema, s: dict):
-  import numpy as np
-  import tensorflow as tf
-  rng = np.random.default_rng(0)
-  b = s["batch"]
-  x = rng.integers(0, 256, (b, s["size"], s["size"], 3), dtype=np.uint8)
-  y = {h.name: rng.integers(0, h.num_classes, b).astype(np.int32)
-       for h in schema.heads}
-  w = {h.name: (np.arange(b) % 3 != k).astype(np.float32)
-       for k, h in enumerate(schema.heads)}
-  return tf.data.Dataset.from_tensors((x, y, w)).repeat()
+def rates(model, schema, s: dict, backend: str) -> tuple[float, float]:
+  """(train images/s, predict images/s) over s["steps"] timed steps."""
+  x, y, w = synthetic_batch(schema, s["batch"], s["size"])
+  train = on_device(backend, (x, y, w))
+  images = on_device(backend, (x,))
+  model.fit(train(), epochs=1, steps_per_epoch=s["warmup"], verbose=0,
+            shuffle=False)
+  _sync(model)
+  start = time.perf_counter()
+  model.fit(train(), epochs=1, steps_per_epoch=s["steps"], verbose=0,
+            shuffle=False)
+  _sync(model)
+  train_s = time.perf_counter() - start
+  model.predict(images(), steps=s["warmup"], verbose=0)
+  start = time.perf_counter()
+  model.predict(images(), steps=s["steps"], verbose=0)
+  predict_s = time.perf_counter() - start
+  n = s["steps"] * s["batch"]
+  return n / train_s, n / predict_s
 
 
-def precision_rows(source, schema, s: dict) -> list[dict]:
-  """One row per ARMS entry; the batch is halved while it does not fit."""
-  import tensorflow as tf
-  from mlc_keras.data import pipeline
-  rows = []
-  for precision, xla in ARMS:
-    while True:
-      try:
-        model = build(schema, s, precision, xla)
-        synth = fit_rate(model, synthetic(schema, s), s) * s["batch"]
-        real_ds = pipeline.train_dataset(
-            source, schema, image_size=s["size"], batch_size=s["batch"],
-            seed=0, augmentations=("flip", "crop"))
-        real = fit_rate(model, real_ds, s) * s["batch"]
-        break
-      except tf.errors.ResourceExhaustedError:
-        if s["batch"] == 1:
-          raise
-        s["batch"] //= 2
-        print(f"  out of memory: batch halved to {s['batch']}", flush=True)
-    rows.append({"precision": precision, "xla": xla, "batch": s["batch"],
-                 "synthetic_img_s": synth, "pipeline_img_s": real,
-                 "pipeline_over_synthetic": real / synth})
-    print(f"  {precision}{' + XLA' if xla else ''}: {synth:.1f} / "
-          f"{real:.1f} img/s", flush=True)
-  return rows
+def peak_memory(backend: str, device: dict) -> tuple[float, str]:
+  """(MiB, what was measured)."""
+  if device["kind"] == "gpu" and backend == "jax":
+    import jax
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+      return stats["peak_bytes_in_use"] / _MIB, "device_peak_in_process"
+  if device["kind"] == "gpu" and backend == "tensorflow":
+    import tensorflow as tf
+    return (tf.config.experimental.get_memory_info("GPU:0")["peak"] / _MIB,
+            "device_peak_in_arm")
+  # Linux reports ru_maxrss in KiB.
+  return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+          "host_peak_rss")
 
 
-def heads_vs_models(s: dict, gpu: bool) -> dict:
-  """Train-step time of one N-head model over N one-head models'."""
-  from mlc_keras import heads as heads_lib
-  n = s["heads"]
-  classes = tuple(f"c{j}" for j in range(10))
-  multi = heads_lib.LabelSchema(tuple(
-      heads_lib.HeadSpec(f"h{i}", classes) for i in range(n)))
-  precision = "mixed_float16" if gpu else "float32"
-  one = build(multi, s, precision, False)
-  one_rate = fit_rate(one, synthetic(multi, s), s)
-  seconds = 0.0
-  for i in range(n):
-    single = heads_lib.LabelSchema((multi.heads[i],))
-    seconds += 1 / fit_rate(build(single, s, precision, False),
-                            synthetic(single, s), s)
-  return {"heads": n, "precision": precision, "one_model_ms": 1e3 / one_rate,
-          "n_models_ms": seconds * 1e3, "ratio": (1 / one_rate) / seconds}
+def _out_of_memory(error: Exception) -> bool:
+  text = str(error)
+  return "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
+
+
+def run_arm(name: str, schema, s: dict, backend: str, precision: str,
+            device: dict) -> dict:
+  while True:
+    try:
+      if backend == "tensorflow" and device["kind"] == "gpu":
+        import tensorflow as tf
+        tf.config.experimental.reset_memory_stats("GPU:0")
+      model = build(schema, s, precision)
+      train, predict = rates(model, schema, s, backend)
+      break
+    except Exception as e:  # pylint: disable=broad-except
+      if not _out_of_memory(e) or s["batch"] == 1:
+        raise
+      s["batch"] //= 2
+      print(f"  out of memory: batch halved to {s['batch']}", flush=True)
+  mib, what = peak_memory(backend, device)
+  row = {"arm": name, "heads": len(schema.heads), "batch": s["batch"],
+         "train_img_s": train, "predict_img_s": predict,
+         "train_step_ms": 1e3 * s["batch"] / train,
+         "peak_memory_mib": mib, "memory": what}
+  print(f"  {name:<16} batch {s['batch']:>4}  train {train:9.1f} img/s  "
+        f"predict {predict:9.1f} img/s  peak {mib:8.0f} MiB ({what})",
+        flush=True)
+  return row
 
 
 def main(argv):
   del argv
+  backend = _BACKEND.value
+  if "keras" in sys.modules and os.environ.get("KERAS_BACKEND") != backend:
+    raise app.UsageError("keras was imported before the backend was chosen")
+  os.environ["KERAS_BACKEND"] = backend
   import keras
-  import tensorflow as tf
-  from mlc_keras.data import manifest as manifest_lib
-  from mlc_keras.data import sources
+  import mlc_keras  # pylint: disable=unused-import  (checks the keras version)
 
   s = settings()
-  gpus = tf.config.list_physical_devices("GPU")
-  device = (tf.config.experimental.get_device_details(gpus[0]).get(
-      "device_name", "GPU") if gpus else "CPU")
-  print(f"{benchutil.machine()}; device {device}", flush=True)
-  if not gpus and not _TINY.value:
-    print("no GPU found: this measures the CPU (use --tiny for a quick check)")
-  workdir = tempfile.mkdtemp(prefix="gpu_bench_")
+  device = device_info(backend)
+  precision = choose_precision(_PRECISION.value, device)
+  backend_version = __import__(backend).__version__
+  print(f"{os.cpu_count()} CPU cores, Python {platform.python_version()}, "
+        f"keras {keras.__version__} on {backend} {backend_version}; device "
+        f"{device['name']} ({device['kind']}, compute capability "
+        f"{device['compute_capability']}); {precision}, jit", flush=True)
+  if device["kind"] != "gpu" and not _TINY.value:
+    print("no GPU found: this measures the CPU (--tiny for a quick check)")
   started = time.time()
+  rows = []
   try:
-    path, _ = benchutil.write_jpegs(workdir, s["num_images"], s["jpeg_side"],
-                                    s["jpeg_side"], distinct=64)
-    records, schema = manifest_lib.read_manifest(path)
-    source = sources.records_source(records)
-    rows = precision_rows(source, schema, s)
-    ratio = heads_vs_models(s, bool(gpus))
+    for name, schema in arm_schemas(s["heads"]):
+      rows.append(run_arm(name, schema, s, backend, precision, device))
   finally:
     keras.mixed_precision.set_global_policy("float32")
-    shutil.rmtree(workdir, ignore_errors=True)
-
-  print(f"\n{s['backbone']} {s['size']}px on {device}, {s['steps'] - s['warmup']}"
-        f" timed steps per arm; real pipeline over {s['num_images']} JPEGs of "
-        f"{s['jpeg_side']} px")
-  print(f"{'precision':<22} {'batch':>6} {'synthetic img/s':>16} "
-        f"{'pipeline img/s':>15} {'pipe/synth':>11}")
-  for r in rows:
-    name = r["precision"] + (" + XLA" if r["xla"] else "")
-    print(f"{name:<22} {r['batch']:>6} {r['synthetic_img_s']:>16.1f} "
-          f"{r['pipeline_img_s']:>15.1f} {r['pipeline_over_synthetic']:>11.3f}")
-  print(f"\n{ratio['heads']} heads in one model: {ratio['one_model_ms']:.1f} ms "
-        f"per step; {ratio['heads']} one-head models: "
-        f"{ratio['n_models_ms']:.1f} ms ({ratio['precision']})")
-  print(json.dumps({"benchmark": "gpu", "device": device, "tiny": _TINY.value,
-                    "backbone": s["backbone"], "image_size": s["size"],
-                    "rows": rows, "heads_vs_models": ratio,
-                    "seconds": time.time() - started}))
-  print(f"\nN heads / N models train-step time: {ratio['ratio']:.3f} "
-        f"(1/N = {1 / ratio['heads']:.3f})")
+  # Per image: an arm may have run at a halved batch.
+  ratio = rows[0]["train_img_s"] / rows[-1]["train_img_s"]
+  predict_ratio = rows[0]["predict_img_s"] / rows[-1]["predict_img_s"]
+  print(f"{rows[-1]['heads']}-head / 1-head train step: {ratio:.3f}; "
+        f"predict: {predict_ratio:.3f}", flush=True)
+  print(json.dumps({
+      "benchmark": "gpu", "backend": backend,
+      "backend_version": backend_version, "keras": keras.__version__,
+      "device": device["name"], "device_kind": device["kind"],
+      "compute_capability": device["compute_capability"],
+      "precision": precision, "jit": True, "tiny": _TINY.value,
+      "backbone": s["backbone"], "image_size": s["size"],
+      "steps": s["steps"], "warmup": s["warmup"], "rows": rows,
+      "step_ratio": ratio, "predict_ratio": predict_ratio,
+      "step_ratio_heads": rows[-1]["heads"],
+      "peak_memory_mib": max(r["peak_memory_mib"] for r in rows),
+      "seconds": time.time() - started}))
 
 
 if __name__ == "__main__":
