@@ -19,7 +19,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import shutil
+import tempfile
 import time
 from typing import Mapping, Optional, Sequence
 
@@ -57,6 +59,14 @@ RESUMABLE_CHANGES = frozenset({
 _PATH_FIELDS = ("data.manifest", "data.val_manifest", "data.tfrecord",
                 "data.val_tfrecord", "data.heads_file", "data.image_root",
                 "data.demo_dir", "data.tfds_data_dir", "model.weights")
+
+# What a training run writes into its folder before config.json (the run's
+# marker): the lock record and the image check's cache (and its temporary
+# file), and the rows set aside. A folder holding nothing else is a run that
+# stopped early. Logs (*.log) are let be: `train ... > run/train.log` is how
+# a batch job keeps one, and training writes no such file.
+_BEFORE_CONFIG = ("run.lock", "image_check.csv", "quarantine.csv",
+                  "lr_find")  # train --find_lr's curve, before a run
 
 log = logging.getLogger("mlc_keras")
 
@@ -177,6 +187,48 @@ def _start_over(model_dir: str) -> None:
                 ", ".join(removed), model_dir)
 
 
+def is_run_config(config) -> bool:
+  """Whether parsed JSON is a config.json this package wrote (a Config's
+  sections), the marker of one of its run folders."""
+  return isinstance(config, dict) and all(
+      isinstance(config.get(k), dict) for k in ("data", "model", "train"))
+
+
+def foreign_files(model_dir: str) -> list[str]:
+  """The names in ``model_dir`` that are not this package's, when it holds
+  no run of this package (no config.json of one); [] for a missing or empty
+  folder, or a run's."""
+  if not os.path.isdir(model_dir):
+    return []
+  names = sorted(os.listdir(model_dir))
+  try:
+    _, config = _load_config(model_dir)
+  except RunDirError:
+    config = None
+  if is_run_config(config):
+    return []
+  return [n for n in names if n not in _BEFORE_CONFIG
+          and not n.startswith("image_check.csv.tmp")
+          and not n.endswith(".log")]
+
+
+def check_writable(model_dir: str) -> None:
+  """Creates ``model_dir`` if needed; raises RunDirError naming it when it is
+  a file or cannot be written (a read-only folder), before a run starts."""
+  if os.path.exists(model_dir) and not os.path.isdir(model_dir):
+    raise RunDirError(f"{model_dir} is a file, not a folder; give a folder "
+                      "as --model_dir")
+  try:
+    os.makedirs(model_dir, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix=".write_check", dir=model_dir)
+    os.close(fd)
+    os.remove(probe)
+  except OSError as e:
+    raise RunDirError(
+        f"{model_dir}: cannot write there ({e.strerror or e}); give a "
+        "folder you can write as --model_dir") from None
+
+
 def claim(model_dir: str, config: Mapping, overwrite: bool = False,
           chief: bool = True) -> str:
   """Decides what training ``config`` (Config.to_dict) in ``model_dir``
@@ -187,8 +239,18 @@ def claim(model_dir: str, config: Mapping, overwrite: bool = False,
 
   Raises RunFinished when the folder holds a finished run, and RunDirError
   naming each flag and both values when an interrupted run's backup was made
-  with a config that means something else (RESUMABLE_CHANGES may differ).
+  with a config that means something else (RESUMABLE_CHANGES may differ),
+  or naming the files of a folder that holds something else than a run of
+  this package (refused even with ``overwrite``: those files are a user's).
   """
+  foreign = foreign_files(model_dir) if chief else []
+  if foreign:
+    shown = ", ".join(foreign[:10]) + (
+        f" and {len(foreign) - 10} more" if len(foreign) > 10 else "")
+    raise RunDirError(
+        f"{model_dir} is not empty and holds no mlc_keras run (no config.json "
+        f"of one): {shown}; nothing was written. Train into a new or empty "
+        "--model_dir (--overwrite only replaces an mlc_keras run).")
   if overwrite:
     if chief:
       _start_over(model_dir)
@@ -223,6 +285,49 @@ def claim(model_dir: str, config: Mapping, overwrite: bool = False,
         "with --overwrite (or a new --model_dir). Its config.json is "
         "unchanged.")
   return "resume"
+
+
+def schema_differences(saved: heads_lib.LabelSchema,
+                       now: heads_lib.LabelSchema) -> list[str]:
+  """What differs in meaning between two schemas: heads (their order),
+  each head's kind and its classes (their order); [] when none. Loss
+  weights, focal gammas and tag thresholds are settings, not meaning."""
+  if saved.names != now.names:
+    return [f"heads: {', '.join(saved.names)} in the interrupted run, "
+            f"{', '.join(now.names)} now"]
+  out = []
+  for old, new in zip(saved.heads, now.heads):
+    if old.kind != new.kind:
+      out.append(f"head {old.name!r}: kind {old.kind} in the interrupted run, "
+                 f"{new.kind} now")
+    elif old.classes != new.classes:
+      out.append(f"head {old.name!r}: classes {', '.join(old.classes)} in the "
+                 f"interrupted run, {', '.join(new.classes)} now")
+  return out
+
+
+def check_resumed_schema(model_dir: str, schema: heads_lib.LabelSchema
+                         ) -> None:
+  """Before a run writes its labels.json: when ``model_dir`` holds an
+  interrupted run, its saved labels.json must mean what ``schema`` (inferred
+  from the data now, or given) means, since the backup's output columns are
+  its classes in that order (a class renamed or inserted in the manifest
+  would silently retrain column k as another class).
+
+  Raises RunDirError naming each head and both class lists."""
+  in_progress = _in_progress(model_dir)
+  path = os.path.join(model_dir, LABELS_FILE)
+  if not in_progress or not os.path.isfile(path):
+    return
+  diffs = schema_differences(heads_lib.LabelSchema.load(path), schema)
+  if diffs:
+    raise RunDirError(
+        f"{model_dir} holds an interrupted run ({', '.join(in_progress)}) "
+        "whose backup was trained on other classes than the data has now:\n  "
+        + "\n  ".join(diffs) + f"\nRestore the data the run was started "
+        f"with (its classes are in {path}) to resume, or start over with "
+        "--overwrite (or a new --model_dir). Its labels.json and "
+        "config.json are unchanged.")
 
 
 # --- config.json / results.json --------------------------------------------------
@@ -282,6 +387,31 @@ def example_manifest(model_dir: str) -> Optional[str]:
   candidates = [os.path.join(demo, "heldout.csv")] if demo else []
   candidates += _recorded_sources(model_dir)[1]
   return next((c for c in candidates if os.path.isfile(c)), None)
+
+
+def next_commands(model_dir: str) -> list[str]:
+  """The evaluate, export and predict commands train prints after a run,
+  each runnable as printed: paths shell-quoted (a space or a quote in one
+  would split or break the pasted command), evaluate and predict given real
+  held-out images when the run names some (else a <placeholder> to fill,
+  never a command that fails as printed)."""
+  q = shlex.quote
+  images = example_manifest(model_dir)
+  data = run_data(model_dir) or {}
+  demo = demo_dir(data) if data else None
+  # evaluate's default data (evaluate_lib.default_manifest): the run's
+  # validation manifest or the demo set's; a run that split its validation
+  # rows off the training manifest (--val_fraction) or read TFRecord/TFDS
+  # has none to name, so the command says what to fill in.
+  default = data.get("val_manifest") or (
+      demo and os.path.join(demo, "val.csv"))
+  evaluate_data = "" if default and os.path.isfile(default) else (
+      " --manifest=<held-out manifest>")
+  return [f"python -m mlc_keras.evaluate --model_dir={q(model_dir)}"
+          + evaluate_data,
+          f"python -m mlc_keras.export --model_dir={q(model_dir)}",
+          f"python -m mlc_keras.predict --model={q(model_dir)} "
+          + (q(images) if images else "<images>")]
 
 
 def _recorded_sources(model_dir: str) -> tuple[list[str], list[str]]:

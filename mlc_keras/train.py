@@ -443,13 +443,33 @@ def main(argv):
   except Exception as e:  # pylint: disable=broad-except
     _exit_on_known(e)
     raise
-  # Printed commands must run as printed: name real images when there are any.
-  images = run_dir.example_manifest(_MODEL_DIR.value) or "<images>"
   print(f"\nModel written to {_MODEL_DIR.value}/model.keras (labels.json beside "
-        "it). Next:\n"
-        f"  python -m mlc_keras.evaluate --model_dir={_MODEL_DIR.value}\n"
-        f"  python -m mlc_keras.export --model_dir={_MODEL_DIR.value}\n"
-        f"  python -m mlc_keras.predict --model={_MODEL_DIR.value} {images}")
+        "it). Next:\n" + "\n".join(
+            "  " + c for c in run_dir.next_commands(_MODEL_DIR.value)))
+
+
+def _find_lr(cfg) -> None:
+  """--find_lr: the range test, its suggestion and the command using it."""
+  from mlc_keras import preflight  # pylint: disable=g-import-not-at-top
+  out = os.path.join(_MODEL_DIR.value, "lr_find")
+  try:
+    cfg = preflight.absolute_paths(cfg)
+    preflight.check(cfg)
+    from mlc_keras.training import lr_find  # pylint: disable=g-import-not-at-top
+    result = lr_find.range_test(cfg, out, steps=_FIND_LR_STEPS.value)
+  except preflight.FlagError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except Exception as e:  # pylint: disable=broad-except
+    _exit_on_known(e)
+    raise
+  keep = [a for a in sys.argv[1:] if not a.startswith(
+      ("--find_lr", "--nofind_lr", "--learning_rate"))]
+  print(f"\nLearning-rate range test: {len(result.losses)} steps, lowest "
+        f"smoothed loss at {result.at_minimum:.3g}; suggested learning rate "
+        f"{result.suggestion:.2g}.\nCurve: {result.png_path} (and "
+        f"{result.csv_path}). Train with it:\n  python -m mlc_keras.train "
+        + " ".join(keep + [f"--learning_rate={result.suggestion:.2g}"]))
 
 
 def _exit_on_known(e: Exception) -> None:

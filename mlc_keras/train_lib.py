@@ -55,7 +55,8 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
 
   Raises preflight.FlagError (a bad config value, named),
   run_lock.LockedError (another run owns model_dir), run_dir.RunFinished,
-  run_dir.RunDirError (a resume with other settings), and
+  run_dir.RunDirError (a resume with other settings or another schema, a
+  folder holding other files than a run's, one that cannot be written), and
   training.setup.NonFiniteLossError when the loss turns NaN or Inf.
 
   An image that fails to read or decode during training (deleted, changed
@@ -66,6 +67,8 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
   """
   cfg = preflight.absolute_paths(cfg)
   plan = preflight.check(cfg, tf_config=tf_config, keras_home=keras_home)
+  if plan.chief:
+    run_dir.check_writable(model_dir)
   # Only the chief writes model_dir, so only it holds the lock (run_lock.py).
   owner = run_lock.RunLock(model_dir) if plan.chief else contextlib.nullcontext()
   with owner:

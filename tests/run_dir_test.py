@@ -5,11 +5,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shlex
+import tempfile
+from unittest import mock
 
 import tensorflow as tf
 
 from mlc_keras import artefacts
 from mlc_keras import config as config_lib
+from mlc_keras import heads as heads_lib
 from mlc_keras import run_dir
 
 
@@ -51,6 +55,30 @@ class RunConfigTest(tf.test.TestCase):
       json.dump({"data": {"manifest": paths["train"],
                           "val_manifest": None}}, f)
     self.assertIsNone(run_dir.example_manifest(run))
+
+  def test_next_commands_run_as_printed_whatever_the_path(self):
+    root = os.path.join(self.get_temp_dir(), "it's a run")
+    run, demo = os.path.join(root, "my run"), os.path.join(root, "demo set")
+    os.makedirs(run)
+    os.makedirs(demo)
+    heldout, val = (os.path.join(demo, n) for n in ("heldout.csv", "val.csv"))
+    open(heldout, "w").close()
+    open(val, "w").close()
+    with open(os.path.join(run, "config.json"), "w") as f:
+      json.dump({"data": {"demo_dir": demo, "manifest": None}}, f)
+    argv = [shlex.split(c) for c in run_dir.next_commands(run)]
+    self.assertEqual(argv, [
+        ["python", "-m", "mlc_keras.evaluate", f"--model_dir={run}"],
+        ["python", "-m", "mlc_keras.export", f"--model_dir={run}"],
+        ["python", "-m", "mlc_keras.predict", f"--model={run}", heldout]])
+    # No validation manifest (as after --val_fraction): evaluate's default
+    # would fail, so the line asks for one.
+    os.remove(val)
+    self.assertEqual(run_dir.next_commands(run)[0],
+                     f"python -m mlc_keras.evaluate --model_dir={shlex.quote(run)}"
+                     " --manifest=<held-out manifest>")
+    os.remove(heldout)  # nothing held out to name: a placeholder
+    self.assertEndsWith(run_dir.next_commands(run)[2], " <images>")
 
   def test_demo_dir_is_the_one_demo_rule(self):
     # evaluate's default manifest and export's default images both ask it.
@@ -222,6 +250,85 @@ class ClaimTest(tf.test.TestCase):
     self.assertEqual(os.listdir(folder), ["export"])
     self.assertIn("deleted the previous run's model.keras, best.keras, "
                   "config.json, history.csv, tensorboard, backup", logs.output[0])
+
+  def test_folder_of_someone_elses_files_is_refused_even_with_overwrite(self):
+    folder = os.path.join(self.get_temp_dir(), "theirs")
+    os.makedirs(folder)
+    for name, text in (("config.json", '{"lr": 0.1}'), ("labels.json", "[]"),
+                       ("history.csv", "epoch,loss\n0,1.0\n")):
+      with open(os.path.join(folder, name), "w") as f:
+        f.write(text)
+    before = self._snapshot(folder)
+    for overwrite in (False, True):
+      with self.assertRaisesRegex(
+          run_dir.RunDirError,
+          r"^\S*theirs is not empty and holds no mlc_keras run \(no "
+          r"config.json of one\): config.json, history.csv, labels.json; "
+          r"nothing was written. Train into a new or empty --model_dir "
+          r"\(--overwrite only replaces an mlc_keras run\).$"):
+        run_dir.claim(folder, _config(), overwrite=overwrite)
+      self.assertEqual(self._snapshot(folder), before)
+    # What a run writes before its config.json is its own: claimed.
+    early = os.path.join(self.get_temp_dir(), "early")
+    os.makedirs(early)
+    for name in ("run.lock", "image_check.csv", "quarantine.csv",
+                 "train.log"):
+      open(os.path.join(early, name), "w").close()
+    self.assertEqual(run_dir.claim(early, _config()), "new")
+    # A worker does not judge the folder: the chief does.
+    self.assertEqual(run_dir.claim(folder, _config(), chief=False), "new")
+
+  def test_a_file_or_read_only_folder_is_named_before_anything(self):
+    path = os.path.join(self.get_temp_dir(), "a_file")
+    open(path, "w").close()
+    with self.assertRaisesRegex(run_dir.RunDirError,
+                                r"a_file is a file, not a folder; give a "
+                                r"folder as --model_dir$"):
+      run_dir.check_writable(path)
+    folder = os.path.join(self.get_temp_dir(), "new_run")
+    run_dir.check_writable(folder)  # created, and left empty
+    self.assertEqual(os.listdir(folder), [])
+    # Tests run as root, where chmod does not stop a write.
+    denied = PermissionError(13, "Permission denied")
+    with mock.patch.object(tempfile, "mkstemp", side_effect=denied):
+      with self.assertRaisesRegex(run_dir.RunDirError,
+                                  r"new_run: cannot write there \(Permission "
+                                  r"denied\); give a folder you can write"):
+        run_dir.check_writable(folder)
+
+  def test_a_resume_must_keep_its_classes(self):
+    shape = heads_lib.HeadSpec("shape", ("circle", "square"))
+    saved = heads_lib.LabelSchema((
+        shape, heads_lib.HeadSpec("colour", ("blue", "red"))))
+    folder = self._run(_config(), "backup/")
+    saved.save(os.path.join(folder, "labels.json"))
+    before = self._snapshot(folder)
+    run_dir.check_resumed_schema(folder, saved)  # the same meaning: resumes
+    # Settings of a head are not its meaning.
+    run_dir.check_resumed_schema(folder, saved.with_loss_weights({"shape": 2}))
+    # red renamed aqua (column 0, blue, would silently train as aqua), and a
+    # class added (the columns after it shift).
+    for old, new in ((("blue", "red"), ("aqua", "blue")),
+                     (("blue", "red"), ("blue", "green", "red"))):
+      now = heads_lib.LabelSchema((shape, heads_lib.HeadSpec("colour", new)))
+      with self.assertRaisesRegex(
+          run_dir.RunDirError,
+          r"holds an interrupted run \(backup\) whose backup was trained on "
+          r"other classes than the data has now:\n  head 'colour': classes "
+          f"{', '.join(old)} in the interrupted run, {', '.join(new)} now\n"
+          r"Restore the data"):
+        run_dir.check_resumed_schema(folder, now)
+    with self.assertRaisesRegex(run_dir.RunDirError,
+                                "heads: shape, colour in the interrupted run, "
+                                "colour, shape now"):
+      run_dir.check_resumed_schema(folder, heads_lib.LabelSchema(
+          tuple(reversed(saved.heads))))
+    self.assertEqual(self._snapshot(folder), before)
+    # No backup: nothing to keep, the new schema is written as it is.
+    fresh = self._run(_config())
+    saved.save(os.path.join(fresh, "labels.json"))
+    run_dir.check_resumed_schema(fresh, heads_lib.LabelSchema(
+        tuple(reversed(saved.heads))))
 
   def test_relative_paths_of_an_older_config_mean_the_same_files(self):
     cwd = os.getcwd()

@@ -13,6 +13,8 @@ import numpy as np
 import tensorflow as tf
 
 from mlc_keras import config as config_lib
+from mlc_keras import heads as heads_lib
+from mlc_keras import run_dir
 from mlc_keras import train_lib
 from mlc_keras.data import headers
 from mlc_keras.data import imagecheck
@@ -157,6 +159,64 @@ class QuarantineTerminatesTest(tf.test.TestCase):
         [(q.line, q.reason) for q in bundle.quarantined],
         [(3, "file not found"), (6, headers.ANIMATED_WEBP)])
     self.assertEqual(bundle.train_size, 4)
+
+
+class RunFolderTest(tf.test.TestCase):
+  """What train refuses before it writes: another schema on a resume, a
+  folder that is not a run's."""
+
+  def setUp(self):
+    super().setUp()
+    self.dir = self.get_temp_dir()
+    path = testutil.write_manifest(self.dir, testutil.simple_rows(6))
+    cfg = config_lib.tiny()
+    self.cfg = dataclasses.replace(cfg, data=dataclasses.replace(
+        cfg.data, manifest=path, image_size=32, val_fraction=0.0))
+    self.model_dir = os.path.join(self.dir, "run")
+    os.makedirs(os.path.join(self.model_dir, "backup"))
+
+  def _files(self):
+    out = {}
+    for name in sorted(os.listdir(self.model_dir)):
+      path = os.path.join(self.model_dir, name)
+      if os.path.isfile(path):
+        with open(path, "rb") as f:
+          out[name] = f.read()
+    return out
+
+  def test_resume_on_renamed_classes_is_refused_before_labels_are_written(
+      self):
+    # The interrupted run knew colour as aqua, blue; the data now says blue,
+    # red (the manifest renamed a class).
+    old = heads_lib.LabelSchema((testutil.SCHEMA.head("shape"),
+                                 heads_lib.HeadSpec("colour",
+                                                    ("aqua", "blue"))))
+    old.save(os.path.join(self.model_dir, "labels.json"))
+    with open(os.path.join(self.model_dir, "config.json"), "w") as f:
+      f.write(self.cfg.to_json())
+    before = self._files()
+    with self.assertRaisesRegex(
+        run_dir.RunDirError, r"head 'colour': classes aqua, blue in the "
+        r"interrupted run, blue, red now\n"):
+      setup.prepare_run(self.cfg, self.model_dir)
+    after = self._files()
+    after.pop(imagecheck.CACHE_FILE)  # the check's own cache
+    self.assertEqual(after, before)
+
+  def test_train_into_a_folder_of_other_files_writes_nothing(self):
+    os.rmdir(os.path.join(self.model_dir, "backup"))
+    for name in ("config.json", "labels.json", "history.csv"):
+      with open(os.path.join(self.model_dir, name), "w") as f:
+        f.write("mine")
+    before = self._files()
+    with self.assertRaisesRegex(run_dir.RunDirError,
+                                "holds no mlc_keras run .*: config.json, "
+                                "history.csv, labels.json; nothing was "
+                                "written"):
+      train_lib.train_and_evaluate(self.cfg, self.model_dir, verbose=0)
+    self.assertEqual(self._files(), before)
+    self.assertEqual(sorted(os.listdir(self.model_dir)),
+                     ["config.json", "history.csv", "labels.json"])
 
 
 if __name__ == "__main__":
