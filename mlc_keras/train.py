@@ -272,6 +272,14 @@ _FACTOR_HEADS = flags.DEFINE_list(
     "also on combinations never seen in training (inference uses the plain "
     "outputs). Do not declare heads that are functions of each other. "
     "Default: none.")
+_FIND_LR = flags.DEFINE_bool(
+    "find_lr", False, "Instead of training, run the learning-rate range test: "
+    "--find_lr_steps steps with the rate rising from 1e-6 to 1, the loss "
+    "curve in <model_dir>/lr_find/lr_find.png and .csv, and the suggested "
+    "--learning_rate (a tenth of the rate at the lowest smoothed loss) "
+    "printed with the command to train with it.")
+_FIND_LR_STEPS = flags.DEFINE_integer(
+    "find_lr_steps", 100, "Steps of --find_lr.", lower_bound=10)
 _BACKUP_STEPS = flags.DEFINE_integer(
     "backup_every_steps", None, "Back up every N steps (default: each epoch).")
 # Owning the model_dir.
@@ -428,6 +436,9 @@ def main(argv):
   # every head's numbers instead of one bar frame per epoch.
   quiet = os.environ.get("MLC_QUIET") == "1" or not sys.stdout.isatty()
   verbose = 2 if quiet else 1
+  if _FIND_LR.value:
+    _find_lr(cfg)
+    return
   try:
     train_lib.train_and_evaluate(
         cfg, _MODEL_DIR.value, verbose=verbose, overwrite=_OVERWRITE.value,
@@ -511,7 +522,8 @@ _HELP_GROUPS = {
                      _RA_MAGNITUDE, _ERASING_PROB, _MIXUP, _CUTMIX),
     "combinations": (_HOLDOUT, _CALIBRATION_COMBOS, _BALANCE, _FACTOR_HEADS),
     "model": (_BACKBONE, _WEIGHTS, _DROPOUT, _BN_MOMENTUM, _HEAD_PROJECTION),
-    "training": (_EPOCHS, _BATCH_SIZE, _STEPS, _LR, _OPTIMIZER, _SEED,
+    "training": (_EPOCHS, _BATCH_SIZE, _STEPS, _LR, _FIND_LR, _FIND_LR_STEPS,
+                 _OPTIMIZER, _SEED,
                  _CLASS_WEIGHT, _LOSS_WEIGHTS, _FOCAL_LOSS, _LABEL_SMOOTHING,
                  _CLIP_GLOBAL_NORM, _EMA_DECAY, _TOP_K),
     "fine-tuning and growing a model": (
