@@ -14,15 +14,22 @@ import tensorflow as tf
 
 from mlc_keras import artefacts
 from mlc_keras import compose
+from mlc_keras import config as config_lib
 from mlc_keras import heads as heads_lib
 from mlc_keras import predictors
+from mlc_keras import run_dir
 from mlc_keras import tagging
 from mlc_keras.artefacts import ExportError
 from mlc_keras.data import headers
+from mlc_keras.data import imagecheck
 from mlc_keras.data import imageio
 from mlc_keras.data import manifest
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
+# Training's cap (DataConfig.max_image_pixels): a decompression bomb is
+# refused from its header here as in training and serving.
+MAX_IMAGE_PIXELS = config_lib.DataConfig.max_image_pixels
+OVER_CAP = "too many pixels to decode"
 
 
 # --- images ------------------------------------------------------------------------
@@ -83,9 +90,19 @@ def expand_inputs(inputs: Sequence[str], image_column: str = "image",
   return paths
 
 
-def read_image(path: str, image_size: int) -> np.ndarray:
+def read_image(path: str, image_size: int,
+               max_pixels: Optional[int] = MAX_IMAGE_PIXELS) -> np.ndarray:
   """One file -> uint8 [S, S, 3] through imageio.decode_and_resize (the
-  training path). Raises ExportError naming the file if it is unreadable."""
+  training path), after training's header check (imagecheck.check_file:
+  a file over ``max_pixels`` is refused before it is decoded). Raises
+  ExportError naming the file if it is refused or unreadable."""
+  reason = imagecheck.check_file(path, max_pixels)
+  if reason == "file not found" or reason.startswith("cannot read"):
+    raise ExportError(f"{path}: cannot read image ({reason})")
+  if reason.endswith("(--max_image_pixels)"):
+    raise ExportError(f"{path}: {OVER_CAP}: {reason}")
+  if reason:
+    raise ExportError(f"{path}: not a decodable image ({reason})")
   try:
     with open(path, "rb") as f:
       data = f.read()
@@ -185,6 +202,11 @@ def predict_files(predictor, paths: Sequence[str], batch_size: int = 32,
         errors[path] = str(e)
     good = [p for p in chunk if p not in errors]
     outputs = predictor(np.stack(images)) if images else None
+    if outputs is not None:
+      # Every artefact: a line must never name classes of another model.
+      run_dir.check_outputs_match_schema(
+          {k: np.shape(v) for k, v in outputs.items()}, predictor.schema,
+          predictor.path)
     if outputs is not None and table is not None:
       outputs = compose_outputs(outputs, table)
     for path in chunk:
@@ -248,7 +270,8 @@ def _summary(n: int, failed: list[str], skipped: collections.Counter,
   parts = [f"{n} image(s) predicted"]
   if failed:
     kinds = collections.Counter(
-        "not decodable" if "not a decodable image" in f else "unreadable"
+        "not decodable" if "not a decodable image" in f else
+        "over the pixel cap" if OVER_CAP in f else "unreadable"
         for f in failed)
     parts.append(f"{len(failed)} failed (" + ", ".join(
         f"{k}: {v}" for k, v in sorted(kinds.items())) + ")")

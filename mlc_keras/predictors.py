@@ -266,11 +266,21 @@ def load_predictor(path: str, bytes_signature: bool = False) -> Predictor:
     .tflite file or a .onnx file.
   bytes_signature: for a SavedModel, go through serving_default (encoded
     bytes) instead of the tensor signature.
+
+  Raises ExportError when labels.json is missing or (a .keras model) does
+  not have as many classes per head as the model has columns.
   """
   if not os.path.exists(path):
     raise ExportError(f"{path}: no such model file or folder")
   predictor = _open(path, bytes_signature)
   predictor.schema  # fail now, naming the artefact, if labels.json is missing
+  if isinstance(predictor, KerasPredictor):
+    # A labels.json rewritten after the model was saved would name the
+    # wrong classes; a .keras file's widths are known without a call.
+    run_dir.check_outputs_match_schema(
+        {n: tuple(t.shape) for n, t in
+         run_dir.symbolic_outputs(predictor.model).items()},
+        predictor.schema, predictor.path)
   return predictor
 
 

@@ -6,16 +6,20 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+from unittest import mock
 
 import numpy as np
 import tensorflow as tf
 
 from mlc_keras import artefacts
 from mlc_keras import compose
+from mlc_keras import heads as heads_lib
+from mlc_keras import predictors
 from mlc_keras.modeling import model as model_lib
 from mlc_keras.modeling import outputs
 from mlc_keras.modeling import saving
@@ -351,6 +355,68 @@ class PredictTest(tf.test.TestCase):
     self.assertEqual(proc.returncode, 2, proc.stderr[-2000:])
     self.assertIn(f"error: {bad}:1: column 'size' is not a head", proc.stderr)
     self.assertEqual(proc.stdout, "")
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+  """A small PNG whose header claims width x height (a decompression bomb's
+  header: only the header is read before the cap refuses it)."""
+  data = bytearray(tf.io.encode_png(np.zeros((4, 4, 3), np.uint8)).numpy())
+  data[16:24] = width.to_bytes(4, "big") + height.to_bytes(4, "big")
+  return bytes(data)
+
+
+class PredictChecksTest(tf.test.TestCase):
+  """Training's header check and pixel cap, and labels.json against the
+  model's widths, on a small .keras model (no export fixture)."""
+
+  def setUp(self):
+    super().setUp()
+    self.root = self.get_temp_dir()
+    self.model_dir = os.path.join(self.root, "run")
+    os.makedirs(self.model_dir)
+    model_lib.small_cnn(SCHEMA, 32).save(
+        os.path.join(self.model_dir, "model.keras"))
+    SCHEMA.save(self.model_dir)
+    images, _ = make_images(1, seed=1)
+    self.good = os.path.join(self.root, "good.png")
+    with open(self.good, "wb") as f:
+      f.write(tf.io.encode_png(images[0]).numpy())
+
+  def test_pixel_bomb_is_refused_from_its_header_and_never_decoded(self):
+    bomb = os.path.join(self.root, "bomb.png")
+    with open(bomb, "wb") as f:
+      f.write(_png_claiming(10000, 10000))
+    reason = ("too many pixels to decode: 10000x10000 = 100,000,000 pixels "
+              "is over the limit of 89,478,485 (--max_image_pixels)")
+    with mock.patch.object(predict_lib.imageio, "decode_and_resize",
+                           side_effect=AssertionError("decoded")):
+      with self.assertRaisesRegex(artefacts.ExportError,
+                                  f"^{re.escape(bomb + ': ' + reason)}$"):
+        predict_lib.read_image(bomb, 32)
+    out, err = io.StringIO(), io.StringIO()
+    with self.assertRaisesRegex(artefacts.ExportError,
+                                r"1 of 2 image\(s\) could not be predicted"):
+      predict_lib.run(self.model_dir, [self.good, bomb], out=out, err=err)
+    self.assertLen(out.getvalue().splitlines(), 1)  # the good one
+    self.assertIn("1 failed (over the pixel cap: 1)", err.getvalue())
+
+  def test_labels_that_do_not_fit_the_model_are_refused(self):
+    # labels.json rewritten with a class more than the model has columns.
+    wider = heads_lib.LabelSchema((
+        heads_lib.HeadSpec("colour", ("red", "green", "blue", "aqua")),
+        SCHEMA.head("tone")))
+    wider.save(self.model_dir)
+    message = ("head 'colour' has 4 classes in labels.json but the model "
+               "outputs 3 columns")
+    with self.assertRaisesRegex(artefacts.ExportError, message):
+      predict_lib.run(self.model_dir, [self.good], out=io.StringIO(),
+                      err=io.StringIO())
+    # Any artefact (its widths seen at its first call): not even the first
+    # line is produced.
+    predictor = predictors.KerasPredictor(
+        os.path.join(self.model_dir, "model.keras"))
+    with self.assertRaisesRegex(artefacts.ExportError, message):
+      next(predict_lib.predict_files(predictor, [self.good]))
 
 
 if __name__ == "__main__":

@@ -218,6 +218,16 @@ def check(records: manifest.Records, level: str = "header",
   return list(_problems(records, known, max_pixels))
 
 
+def check_file(path: str, max_pixels: Optional[int]) -> str:
+  """Why the header check refuses the file at ``path`` (what check() says
+  of a manifest row, for one file: predict's), or "" when it passes."""
+  found = _stat(path)
+  if isinstance(found, str):
+    return found
+  e = _header_entry(path, *found, tail=True)
+  return _over_cap(e, max_pixels) or e.reason
+
+
 def _problems(records: manifest.Records, known: dict,
               max_pixels: Optional[int]) -> Iterable[manifest.Problem]:
   for line, p in zip(records.lines, records.paths):
