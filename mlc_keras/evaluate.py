@@ -59,6 +59,7 @@ _IMAGE_COLUMN = flags.DEFINE_string(
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from mlc_keras import artefacts  # pylint: disable=g-import-not-at-top
   from mlc_keras import compose  # pylint: disable=g-import-not-at-top
   from mlc_keras import evaluate_lib  # pylint: disable=g-import-not-at-top
   from mlc_keras import heads  # pylint: disable=g-import-not-at-top
@@ -72,7 +73,7 @@ def main(argv):
         image_column=_IMAGE_COLUMN.value,
         pseudo_label_threshold=_PSEUDO.value, stacking=_STACKING.value)
   except (ValueError, heads.SchemaError, manifest.DataError,
-          compose.ClassTableError) as e:
+          compose.ClassTableError, artefacts.ExportError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   with open(f"{_MODEL_DIR.value}/evaluation.md", encoding="utf-8") as f:

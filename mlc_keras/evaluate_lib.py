@@ -224,9 +224,12 @@ def _rows(collected, rows: np.ndarray):
 
 
 def _collect(model, manifest: str, schema, image_column: str,
-             batch_size: int):
-  """(number of rows, metrics.collect() output) of ``model`` on ``manifest``."""
+             batch_size: int, max_pixels: Optional[int]):
+  """(number of rows, metrics.collect() output) of ``model`` on ``manifest``,
+  whose images first pass training's header check (a missing, cut short or
+  over-the-cap file is a DataError naming its line, before any decode)."""
   records, _ = manifest_lib.read_manifest(manifest, schema, image_column)
+  sources.check_images(records, max_pixels=max_pixels, level="header")
   ds = pipeline.eval_dataset(sources.records_source(records), schema,
                              image_size=int(model.input_shape[1]),
                              batch_size=batch_size)
@@ -359,14 +362,20 @@ def evaluate(model_dir: str, manifest: Optional[str] = None,
   ``manifest`` and carried by calibrated.keras's class output. Returns the
   report dict (also evaluation.json)."""
   schema = heads_lib.LabelSchema.load(model_dir)
+  # Its reports go there: a read-only folder is said before the work.
+  run_dir.check_writable(model_dir)
   image_column = image_column or run_dir.run_image_column(model_dir)
+  # The run's own pixel cap (a config.json without it: training's default).
+  max_pixels = (run_dir.run_data(model_dir) or {}).get(
+      "max_image_pixels", sources.MAX_IMAGE_PIXELS)
   table = compose.load(class_table, schema) if class_table else None
   manifest = manifest or default_manifest(model_dir)
   model_path = os.path.join(model_dir, "model.keras")
-  model = saving.load_model(model_path)
+  model = run_dir.load_checked(model_path, schema)
 
   def load(path):
-    return _collect(model, path, schema, image_column, batch_size)
+    return _collect(model, path, schema, image_column, batch_size,
+                    max_pixels)
 
   n, collected = load(manifest)
   training = (training_labels(model_dir, schema, image_column)

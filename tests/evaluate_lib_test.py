@@ -10,6 +10,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from mlc_keras import artefacts
 from mlc_keras import calibrate
 from mlc_keras import compose
 from mlc_keras import config as config_lib
@@ -297,6 +298,52 @@ class EvaluateTest(tf.test.TestCase):
     self.assertEqual(set(after), {"shape", "colour", "size", "class"})
     for h in schema.names:
       self.assertAllEqual(np.argmax(before[h], 1), np.argmax(after[h], 1))
+
+  def test_every_image_is_checked_before_any_is_decoded(self):
+    root = self.get_temp_dir()
+    rows = testutil.simple_rows(4)
+    manifest = testutil.write_manifest(root, rows, name="val.csv")
+    model_dir = os.path.join(root, "checked_run")
+    os.makedirs(model_dir)
+    testutil.SCHEMA.save(model_dir)
+    model_lib.small_cnn(testutil.SCHEMA, 32).save(
+        os.path.join(model_dir, "model.keras"))
+    # The run's own cap: its 32x32 images pass, a 40x30 one does not.
+    cfg = config_lib.Config(data=config_lib.DataConfig(
+        val_manifest=manifest, max_image_pixels=1100))
+    with open(os.path.join(model_dir, "config.json"), "w") as f:
+      f.write(cfg.to_json())
+    paths = [os.path.join(root, r["image"]) for r in rows]
+    os.remove(paths[1])
+    with self.assertRaisesRegex(
+        manifest_lib.DataError,
+        f"^1 image file\\(s\\) not found:\n  {manifest}:3: {paths[1]}$"):
+      evaluate_lib.evaluate(model_dir, plots=False)
+    testutil.write_image(paths[1])
+    jpeg = open(paths[0], "rb").read()
+    with open(paths[0], "wb") as f:
+      f.write(jpeg[:len(jpeg) - 40])  # cut short
+    with open(paths[2], "wb") as f:
+      f.write(tf.io.encode_jpeg(np.zeros((30, 40, 3), np.uint8)).numpy())
+    with self.assertRaisesRegex(
+        manifest_lib.DataError,
+        f"^2 image\\(s\\) could not be decoded:\n"
+        f"  {manifest}:2: {paths[0]} \\(cannot decode: cut short \\(no "
+        f"JPEG end-of-image marker\\)\\)\n"
+        f"  {manifest}:4: {paths[2]} \\(40x30 = 1,200 pixels is over the "
+        f"limit of 1,100 \\(--max_image_pixels\\)\\)$"):
+      evaluate_lib.evaluate(model_dir, plots=False)
+    self.assertFalse(os.path.exists(os.path.join(model_dir,
+                                                 "evaluation.json")))
+    # labels.json must fit the model: a class added after it was saved.
+    heads_lib.LabelSchema((
+        testutil.SCHEMA.head("shape"),
+        heads_lib.HeadSpec("colour", ("blue", "green", "red")))).save(
+            model_dir)
+    with self.assertRaisesRegex(artefacts.ExportError,
+                                "head 'colour' has 3 classes in labels.json "
+                                "but the model outputs 2 columns"):
+      evaluate_lib.evaluate(model_dir, plots=False)
 
   def test_default_manifest_errors(self):
     model_dir = self.get_temp_dir()
