@@ -315,6 +315,9 @@ def check_weights(mc: config_lib.ModelConfig, image_size: int,
               if weights.lower().endswith("imagenet") else "")
       _fail("weights", weights, "no such file; give a local no-top weights "
             f"file, imagenet or none{hint}")
+    why = weights_file_problem(weights)
+    if why:
+      _fail("weights", weights, why)
     return
   name, url = imagenet_file(mc.backbone, image_size)
   cache = keras_cache_dirs(keras_home)
@@ -327,6 +330,34 @@ def check_weights(mc: config_lib.ModelConfig, image_size: int,
           f"({os.path.join(cache[0], name)}) and cannot be downloaded from "
           f"{url} ({why}). Offline: fetch that file on a connected machine "
           f"and pass --weights=/path/to/{name}, or copy it into {cache[0]}")
+
+
+# Keras' load_weights picks its reader by the file name's ending; each
+# reader wants its container, told by its first bytes (HDF5's superblock may
+# sit after a user block of 512 * 2^n bytes).
+_HDF5 = b"\x89HDF\r\n\x1a\n"
+_ZIP = b"PK\x03\x04"
+
+
+def weights_file_problem(path: str) -> Optional[str]:
+  """Why Keras could not read ``path`` as weights (by its name and first
+  bytes, without loading it), or None. Shapes that do not fit the backbone
+  are only found by loading."""
+  if path.endswith(".keras"):
+    offsets, magic, kind = (0,), _ZIP, "a .keras (zip) file"
+  elif path.endswith((".h5", ".hdf5")):
+    offsets, magic, kind = (0, 512, 1024, 2048), _HDF5, "an HDF5 file"
+  else:
+    return ("not a Keras weights file: Keras reads weights from a file "
+            "named *.weights.h5, *.h5, *.hdf5 or *.keras")
+  try:
+    with open(path, "rb") as f:
+      head = f.read(2048 + len(magic))
+  except OSError as e:
+    return f"cannot read it ({e.strerror})"
+  if not any(head[o:o + len(magic)] == magic for o in offsets):
+    return f"not a Keras weights file: its content is not {kind}"
+  return None
 
 
 def parse_tf_config(text: str) -> Plan:

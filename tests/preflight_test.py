@@ -96,6 +96,33 @@ class PreflightTest(parameterized.TestCase, tf.test.TestCase):
     with self.assertRaisesRegex(preflight.FlagError, "^" + message):
       preflight.check(_cfg(section, **values))
 
+  def test_weights_file_that_is_not_weights_is_named(self):
+    tmp = self.get_temp_dir()
+    cases = {
+        "notes.h5": (b"not weights", "its content is not an HDF5 file"),
+        "model.keras": (b"\x89HDF\r\n\x1a\n", "its content is not a "
+                        ".keras \\(zip\\) file"),
+        "weights.bin": (b"\x89HDF\r\n\x1a\n", "Keras reads weights from a "
+                        "file named \\*.weights.h5, \\*.h5, \\*.hdf5 or "
+                        "\\*.keras$"),
+    }
+    for name, (content, why) in cases.items():
+      path = os.path.join(tmp, name)
+      with open(path, "wb") as f:
+        f.write(content)
+      with self.subTest(name):
+        with self.assertRaisesRegex(
+            preflight.FlagError,
+            f"^--weights={path}: not a Keras weights file: {why}"):
+          preflight.check(_cfg("model", weights=path))
+    # The containers Keras reads pass (their contents are read by Keras).
+    for name, content in (("ok.weights.h5", b"\x89HDF\r\n\x1a\n"),
+                          ("ok.keras", b"PK\x03\x04")):
+      path = os.path.join(tmp, name)
+      with open(path, "wb") as f:
+        f.write(content + bytes(100))
+      self.assertIsNone(preflight.weights_file_problem(path))
+
   def test_good_values_pass(self):
     self.assertEqual(preflight.check(config_lib.tiny()), preflight.Plan())
     self.assertEqual(preflight.check(config_lib.demo()), preflight.Plan())
