@@ -7,8 +7,9 @@ the owner (pid, host, start time, command) so that a refused run can name
 it. Two cases are told apart when the flock is free but a record is left:
 
 * the record is from this host and its pid is gone (or is another process
-  now, told by the pid's start time): the owner was killed; the lock is
-  taken over with a message;
+  now, told by the pid's start time, or a zombie not yet reaped), or its
+  pid lives but this file system's flocks work (so it holds none and is not
+  training): the lock is taken over with a message;
 * the record is from another host: its process cannot be checked from here,
   and on a shared folder whose file system does not carry flocks between
   hosts a free flock proves nothing, so the run is refused with the owner's
@@ -51,17 +52,46 @@ def _proc_start(pid: int) -> Optional[str]:
     return None
 
 
+def _proc_state(pid: int) -> Optional[str]:
+  """The state letter of ``pid`` (Linux /proc: "R", "S", "Z"...), or None."""
+  try:
+    with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+      return f.read().rsplit(")", 1)[1].split()[0]
+  except (OSError, IndexError):
+    return None
+
+
 def pid_alive(pid: int, start: Optional[str] = None) -> bool:
   """Whether process ``pid`` runs on this host (and, given the ``start``
-  recorded with it, is still that process)."""
+  recorded with it, is still that process). A zombie (state Z: dead, not yet
+  reaped by its parent, which in a container without an init can take
+  seconds) does not run."""
   try:
     os.kill(pid, 0)
   except ProcessLookupError:
     return False
   except PermissionError:
     pass  # alive, owned by another user
+  if _proc_state(pid) == "Z":
+    return False
   now = _proc_start(pid)
   return start is None or now is None or now == start
+
+
+def _flock_works(path: str) -> tuple[bool, int]:
+  """Whether flocks exclude each other on ``path``'s file system, tried
+  while this process holds one: a second open of the file must be refused.
+  Where it is not (some network file systems), a free flock proves nothing
+  and a live owner's pid is what is left to go by. Also returns the second
+  descriptor, for the caller to close when it lets go of its lock: where
+  flock is emulated by POSIX locks (NFS), closing any descriptor of the
+  file would drop this process's lock."""
+  fd = os.open(path, os.O_RDWR)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    return True, fd
+  return False, fd
 
 
 def describe(owner: dict) -> str:
@@ -95,6 +125,7 @@ class RunLock:
     self.command = command or " ".join(sys.argv) or "python"
     self.took_over: Optional[dict] = None
     self._fd: Optional[int] = None
+    self._probe_fd: Optional[int] = None  # see _flock_works
 
   def acquire(self) -> "RunLock":
     os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
@@ -122,6 +153,7 @@ class RunLock:
       self._check_left_record(fd)
     except LockedError:
       os.close(fd)
+      self._close_probe()
       raise
     record = {"pid": os.getpid(), "host": socket.gethostname(),
               "started": time.time(), "proc_start": _proc_start(os.getpid()),
@@ -147,7 +179,10 @@ class RunLock:
                   self.path, owner["unreadable"])
       return
     if host == socket.gethostname() and isinstance(pid, int):
-      if pid_alive(pid, owner.get("proc_start")) and pid != os.getpid():
+      # On a file system whose flocks work, the flock is the authority: an
+      # owner alive without it is not training here (it has let go).
+      if (pid_alive(pid, owner.get("proc_start")) and pid != os.getpid()
+          and not self._flock_works()):
         raise LockedError(
             f"{os.path.dirname(self.path)} is in use by another training run "
             f"({describe(owner)}), which holds no flock on {self.path} (a "
@@ -163,6 +198,15 @@ class RunLock:
         f"delete {self.path} and start again; otherwise train into another "
         "--model_dir.")
 
+  def _flock_works(self) -> bool:
+    works, self._probe_fd = _flock_works(self.path)
+    return works
+
+  def _close_probe(self) -> None:
+    if self._probe_fd is not None:
+      os.close(self._probe_fd)
+      self._probe_fd = None
+
   def release(self) -> None:
     if self._fd is None:
       return
@@ -174,6 +218,7 @@ class RunLock:
       pass
     os.close(self._fd)
     self._fd = None
+    self._close_probe()
 
   def __enter__(self) -> "RunLock":
     return self.acquire()

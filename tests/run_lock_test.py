@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
+from unittest import mock
 
 import tensorflow as tf
 
@@ -84,6 +86,51 @@ class RunLockTest(tf.test.TestCase):
     self.assertFalse(run_lock.pid_alive(os.getppid(), "1"))
     with run_lock.RunLock(model_dir) as lock:
       self.assertEqual(lock.took_over["pid"], os.getppid())
+
+  def test_killed_owner_not_yet_reaped_is_gone(self):
+    # A child killed and not waited for stays a zombie (state Z), as a
+    # killed trainer does where PID 1 reaps late; os.kill(pid, 0) still
+    # succeeds on it.
+    child = subprocess.Popen(["sleep", "60"])
+    self.addCleanup(child.wait)
+    start = run_lock._proc_start(child.pid)
+    os.kill(child.pid, signal.SIGKILL)
+    for _ in range(200):
+      if run_lock._proc_state(child.pid) == "Z":
+        break
+      time.sleep(0.01)
+    self.assertEqual(run_lock._proc_state(child.pid), "Z")
+    os.kill(child.pid, 0)  # no error: only its state tells it is dead
+    self.assertFalse(run_lock.pid_alive(child.pid, start))
+    model_dir = self.get_temp_dir()
+    with open(os.path.join(model_dir, run_lock.LOCK_FILE), "w") as f:
+      json.dump({"pid": child.pid, "host": socket.gethostname(),
+                 "proc_start": start, "started": 0}, f)
+    with mock.patch.object(run_lock, "_flock_works",
+                           lambda path: (False, os.open(path, os.O_RDONLY))):
+      with run_lock.RunLock(model_dir) as lock:  # even without flocks
+        self.assertEqual(lock.took_over["pid"], child.pid)
+
+  def test_live_pid_without_the_flock_counts_only_where_flocks_fail(self):
+    # Our parent lives (with the start time recorded) but holds no flock.
+    model_dir = self.get_temp_dir()
+    record = {"pid": os.getppid(), "host": socket.gethostname(),
+              "proc_start": run_lock._proc_start(os.getppid()), "started": 0}
+    path = os.path.join(model_dir, run_lock.LOCK_FILE)
+    with open(path, "w") as f:
+      json.dump(record, f)
+    with mock.patch.object(run_lock, "_flock_works",
+                           lambda p: (False, os.open(p, os.O_RDONLY))):
+      with self.assertRaisesRegex(run_lock.LockedError,
+                                  f"pid {os.getppid()} .*which holds no "
+                                  "flock"):
+        run_lock.RunLock(model_dir).acquire()
+    # Here flocks work (a local file system): the flock is the authority.
+    with run_lock.RunLock(model_dir) as lock:
+      self.assertEqual(lock.took_over["pid"], os.getppid())
+      works, fd = run_lock._flock_works(lock.path)
+      os.close(fd)
+      self.assertTrue(works)
 
   def test_unreadable_record_is_taken_over(self):
     model_dir = self.get_temp_dir()
