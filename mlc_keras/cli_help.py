@@ -37,8 +37,8 @@ def wants_help(argv: Sequence[str]) -> bool:
 def _module_flags(groups: Groups, fv: flags.FlagValues) -> list[flags.Flag]:
   """Every flag defined in the module that defined the grouped flags, in
   definition order."""
-  modules = {fv.find_module_defining_flag(h.name)
-             for holders in groups.values() for h in holders}
+  modules = dict.fromkeys(fv.find_module_defining_flag(h.name)
+                          for holders in groups.values() for h in holders)
   seen, out = set(), []
   for module in modules:
     for flag in fv.get_flags_for_module(module):
