@@ -1,0 +1,314 @@
+"""Defaults against a plain Keras script, on real images, per head, on seen
+and held-out combinations of two factor heads.
+
+Arms (each a subprocess, exactly what a user runs):
+- plain: benchmarks/plain_keras.py (ResNet50V2 from scratch, masked losses,
+  AdamW warm-up + cosine, BatchNorm momentum 0.9, no augmentation);
+- before: ``python -m mlc_keras.train`` with the defaults main had before the
+  defaults campaign, pinned as flags (BEFORE), so the arm means the same
+  thing after the defaults change;
+- after: ``python -m mlc_keras.train`` with today's defaults (only the
+  data, image size, epochs and seed given);
+- any key of EXTRA: an ablation (today's defaults plus those flags).
+
+Every arm gets the same manifests (held-out pairs already removed from
+training and validation), image size, epochs, batch size and seed. Every
+model is scored by the same code (``score``): its saved .keras on the test
+manifest, per head, accuracy on rows of seen pairs and of held-out pairs.
+
+Sets:
+- glyphs: ../shared/data/glyphs.py's set (char x family; 48 pairs held out;
+  the test style, bold italic, is never trained on). Its train.csv keeps the
+  calibration pairs out already; val.csv has them (they are seen pairs for
+  this table: a user's validation data).
+- fmnist: Fashion-MNIST, category x ink (benchmarks/realdata.py), six pairs
+  held out (composition_real.SETS).
+- demo: the embedded demo shapes, shape x colour (composition_real.SETS).
+
+  python benchmarks/defaults_real.py --sets=glyphs --arms=plain,before,after \
+      --seeds=0,1,2 --epochs=6 --work_dir=/work/defaults_real
+
+A finished run leaves one line in <work_dir>/results.jsonl and is not run
+again (a table cut by a deadline resumes); ``--table_only`` prints the table.
+The last line printed is the ratio (after - plain) of the held-out mean.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from benchmarks import realdata  # pylint: disable=wrong-import-position
+
+_SETS = flags.DEFINE_list("sets", ["glyphs"], "glyphs, fmnist, demo.")
+_ARMS = flags.DEFINE_list("arms", ["plain", "before", "after"], "Arms.")
+_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds.")
+_EPOCHS = flags.DEFINE_integer("epochs", 6, "Epochs (the budget).")
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", 64, "Input side.")
+_BATCH = flags.DEFINE_integer("batch_size", 32, "Batch size.")
+_GLYPHS = flags.DEFINE_string("glyphs_dir", "/work/data/glyphs",
+                              "Folder written by ../shared/data/glyphs.py.")
+_FMNIST = flags.DEFINE_string("fmnist_dir", "/work/data/fmnist",
+                              "Folder written by ../shared/data/fashion_mnist.py.")
+_TRAIN_ROWS = flags.DEFINE_integer(
+    "train_rows", 3000,
+    "Training rows kept (a fixed random sample; fmnist has 54k).")
+_WORK = flags.DEFINE_string("work_dir", "/tmp/defaults_real", "Runs go here.")
+_TABLE_ONLY = flags.DEFINE_bool("table_only", False, "Print the table only.")
+_RESCORE = flags.DEFINE_bool(
+    "rescore", False, "Score every finished run's saved model again (no "
+    "training), then print the table.")
+
+# The defaults main had before the defaults campaign (config.py then).
+BEFORE = {"augment": "flip,crop", "learning_rate": "1e-3"}
+EXTRA = {
+    "noaug": {"augment": ""},
+    "flipcrop": {"augment": "flip,crop"},
+}
+# Arm "factors": today's defaults with --factor_heads (modeling/factors.py):
+# the set's two pair heads, and on glyphs weight and slant too (the test
+# style, bold italic, is an unseen weight x slant combination). char and
+# case are functions of each other, so case is not declared.
+FACTORS = {"glyphs": "char,family,weight,slant", "fmnist": "category,ink",
+           "demo": "shape,colour"}
+# composition_real.SETS' held-out pairs (that module defines flags of the
+# same names, so it is not imported).
+HELDOUT = {
+    "fmnist": {("tshirt", "low"), ("trouser", "mid"), ("pullover", "high"),
+               ("dress", "low"), ("coat", "mid"), ("bag", "high")},
+    "demo": {("circle", "red"), ("square", "green")},
+}
+PAIRS = {"glyphs": ("char", "family"), "fmnist": ("category", "ink"),
+         "demo": ("shape", "colour")}
+
+
+def _write(path, rows, columns):
+  with open(path, "w", newline="", encoding="utf-8") as f:
+    w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+  return path
+
+
+def _absolute(rows, folder):
+  return [dict(r, image=os.path.join(folder, r["image"])) for r in rows]
+
+
+def prepare(name: str, work: str) -> dict:
+  """{train, val, test, heldout} for a set: manifests with absolute image
+  paths, held-out pairs removed from train and val."""
+  out = os.path.join(work, "data", name)
+  os.makedirs(out, exist_ok=True)
+  pair = PAIRS[name]
+  if name == "glyphs":
+    folder = os.path.abspath(_GLYPHS.value)
+    with open(os.path.join(folder, "heldout.txt"), encoding="utf-8") as f:
+      heldout = {tuple(v.split("=")[1] for v in line.strip().split("+"))
+                 for line in f if line.strip()}
+    src = {s: os.path.join(folder, f"{s}.csv") for s in ("train", "val", "test")}
+  elif name == "fmnist":
+    src = realdata.locate(_FMNIST.value)
+    folder = os.path.abspath(_FMNIST.value)
+    heldout = HELDOUT["fmnist"]
+  else:
+    from mlc_keras.data import demo  # pylint: disable=g-import-not-at-top
+    paths = demo.generate(os.path.join(out, "demo_data"), 1600, 400, seed=0)
+    test = demo.generate(os.path.join(out, "demo_test"), 8, 900, seed=1)
+    src = {"train": paths["train"], "val": paths["val"], "test": test["val"]}
+    folder = None
+    heldout = HELDOUT["demo"]
+  paths = {"heldout": sorted(heldout), "name": name}
+  for split, path in src.items():
+    rows = realdata.read_rows(path)
+    base = folder or os.path.dirname(os.path.abspath(path))
+    columns = list(rows[0])
+    if name == "demo":
+      columns = [c for c in columns if c != "marks"]  # a tag head
+    rows = _absolute(rows, base)
+    if split != "test":
+      rows = [r for r in rows if (r[pair[0]], r[pair[1]]) not in heldout]
+    if split == "train" and len(rows) > _TRAIN_ROWS.value:
+      rows = random.Random(0).sample(rows, _TRAIN_ROWS.value)
+    paths[split] = _write(os.path.join(out, f"{split}.csv"), rows, columns)
+  return paths
+
+
+def _run(cmd, log_path):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
+             PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  start = time.perf_counter()
+  with open(log_path, "w", encoding="utf-8") as log:
+    log.write(" ".join(cmd) + "\n")
+    log.flush()
+    code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT,
+                           env=env, cwd=REPO)
+  if code:
+    with open(log_path, encoding="utf-8") as log:
+      raise RuntimeError(f"exit {code} (log {log_path}):\n"
+                         + "".join(log.readlines()[-15:]))
+  return time.perf_counter() - start
+
+
+def train(arm: str, data: dict, seed: int, run_dir: str) -> tuple[str, dict]:
+  """Trains one arm; returns (the .keras file to score, the flags used)."""
+  os.makedirs(run_dir, exist_ok=True)
+  budget = {"image_size": _IMAGE_SIZE.value, "epochs": _EPOCHS.value,
+            "batch_size": _BATCH.value, "seed": seed}
+  if arm == "plain":
+    args = dict(budget, train=data["train"], val=data["val"],
+                out=os.path.join(run_dir, "model.keras"))
+    cmd = [sys.executable, os.path.join(REPO, "benchmarks", "plain_keras.py")]
+    cmd += [f"--{k}={v}" for k, v in args.items()]
+    _run(cmd, os.path.join(run_dir, "train.log"))
+    return args["out"], args
+  if arm == "factors":
+    extra = {"factor_heads": FACTORS[data["name"]]}
+  elif arm in ("before", "after") or arm in EXTRA:
+    extra = BEFORE if arm == "before" else EXTRA.get(arm, {})
+  else:
+    raise SystemExit(f"--arms: unknown arm {arm!r}")
+  args = dict(budget, manifest=data["train"], val_manifest=data["val"],
+              model_dir=run_dir, overwrite="true", **extra)
+  cmd = [sys.executable, "-m", "mlc_keras.train"]
+  cmd += [f"--{k}={v}" for k, v in args.items()]
+  _run(cmd, os.path.join(run_dir, "train.log"))
+  return os.path.join(run_dir, "model.keras"), args
+
+
+def score(model_path: str, test_csv: str, pair, heldout, image_size: int
+          ) -> dict:
+  """{head: {"seen", "unseen", "all"}} accuracy of the model's argmax on the
+  test manifest's labelled cells; unseen = rows whose pair is held out."""
+  import keras  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from mlc_keras.data import imageio  # pylint: disable=g-import-not-at-top
+  from mlc_keras.modeling import saving  # pylint: disable=g-import-not-at-top
+  rows = realdata.read_rows(test_csv)
+  model = saving.load_model(model_path)
+  ds = tf.data.Dataset.from_tensor_slices([r["image"] for r in rows]).map(
+      lambda p: imageio.decode_and_resize(tf.io.read_file(p), image_size)
+  ).batch(64)
+  probs = model.predict(ds, verbose=0)
+  # Class order: mlc_keras writes labels.json beside its model, the plain
+  # script <model>.classes.json.
+  labels = os.path.join(os.path.dirname(model_path), "labels.json")
+  if os.path.exists(labels):
+    with open(labels, encoding="utf-8") as f:
+      classes = {h["name"]: h["classes"] for h in json.load(f)["heads"]}
+  else:
+    with open(os.path.splitext(model_path)[0] + ".classes.json",
+              encoding="utf-8") as f:
+      classes = json.load(f)
+  unseen = np.array([(r[pair[0]], r[pair[1]]) in heldout for r in rows])
+  out = {}
+  both = None
+  for head in [*pair, *(h for h in probs if h not in pair)]:
+    p = probs[head]
+    names = np.array(classes[head])[np.argmax(p, axis=-1)]
+    truth = np.array([r[head] for r in rows])
+    labelled = truth != ""
+    right = names == truth
+    def acc(mask):
+      m = mask & labelled
+      return float(right[m].mean()) if m.any() else None
+    out[head] = {"seen": acc(~unseen), "unseen": acc(unseen),
+                 "all": acc(np.ones_like(unseen))}
+    if head in pair:
+      both = right if both is None else both & right
+  # The composed class (pair[0], pair[1]) is right when both heads are.
+  s, u = float(both[~unseen].mean()), float(both[unseen].mean())
+  composed = {"S": s, "U": u, "H": 2 * s * u / (s + u) if s + u else 0.0}
+  keras.backend.clear_session()
+  return out, composed
+
+
+def table(results: list, pair_of) -> str:
+  ms = realdata.mean_spread
+  header = ["set", "epochs", "arm", "n", "head A seen / held-out",
+            "head B seen / held-out", "mean seen (all heads)",
+            "mean held-out (pair heads)", "composed S / U / H",
+            "other heads (all test rows)"]
+  rows = []
+  keys = list(dict.fromkeys((r["set"], r["epochs"], r["arm"]) for r in results))
+  for s, e, a in sorted(keys, key=lambda k: (k[0], k[1])):
+    rs = [r for r in results if (r["set"], r["epochs"], r["arm"]) == (s, e, a)]
+    pair = pair_of[s]
+    cells = [f"{h}: {ms([r['heads'][h]['seen'] for r in rs])} / "
+             f"{ms([r['heads'][h]['unseen'] for r in rs])}" for h in pair]
+    seen = [sum(v["seen"] for v in r["heads"].values()) / len(r["heads"])
+            for r in rs]
+    held = [sum(r["heads"][h]["unseen"] for h in pair) / 2 for r in rs]
+    others = sorted(h for h in rs[0]["heads"] if h not in pair)
+    other = ", ".join(f"{h} {ms([r['heads'][h]['all'] for r in rs])}"
+                      for h in others)
+    comp = [r for r in rs if "composed" in r]
+    composed = " / ".join(ms([r["composed"][k] for r in comp])
+                          for k in ("S", "U", "H"))
+    rows.append([s, e, a, len(rs), *cells, ms(seen), ms(held), composed,
+                 other])
+  return realdata.markdown_table(header, rows)
+
+
+def main(argv):
+  del argv
+  work = os.path.abspath(_WORK.value)
+  os.makedirs(work, exist_ok=True)
+  results_path = os.path.join(work, "results.jsonl")
+  results = []
+  if os.path.exists(results_path):
+    with open(results_path, encoding="utf-8") as f:
+      results = [json.loads(line) for line in f if line.strip()]
+  if _RESCORE.value:
+    # Results written before a scoring change: score their saved models again.
+    for r in results:
+      data = prepare(r["set"], work)
+      model = r.get("model") or os.path.join(
+          work, "runs", f"{r['set']}_e{r['epochs']}_{r['arm']}_{r['seed']}",
+          "model.keras")
+      r["heads"], r["composed"] = score(
+          model, data["test"], PAIRS[r["set"]],
+          {tuple(p) for p in data["heldout"]}, _IMAGE_SIZE.value)
+      r["model"] = model
+    with open(results_path + ".tmp", "w", encoding="utf-8") as f:
+      f.writelines(json.dumps(r) + "\n" for r in results)
+    os.replace(results_path + ".tmp", results_path)
+  elif not _TABLE_ONLY.value:
+    done = {(r["set"], r["epochs"], r["arm"], r["seed"]) for r in results}
+    for name in _SETS.value:
+      data = prepare(name, work)
+      heldout = {tuple(p) for p in data["heldout"]}
+      for seed in map(int, _SEEDS.value):
+        for arm in _ARMS.value:
+          key = (name, _EPOCHS.value, arm, seed)
+          if key in done:
+            continue
+          run_dir = os.path.join(work, "runs", f"{name}_e{_EPOCHS.value}_{arm}_{seed}")
+          start = time.perf_counter()
+          model_path, args = train(arm, data, seed, run_dir)
+          heads, composed = score(model_path, data["test"], PAIRS[name],
+                                  heldout, _IMAGE_SIZE.value)
+          result = {"set": name, "epochs": _EPOCHS.value, "arm": arm,
+                    "seed": seed, "seconds": time.perf_counter() - start,
+                    "flags": args, "model": model_path, "heads": heads,
+                    "composed": composed}
+          results.append(result)
+          with open(results_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(result) + "\n")
+          print(json.dumps({k: result[k] for k in ("set", "arm", "seed", "heads")}),
+                flush=True)
+  print(table(results, PAIRS))
+
+
+if __name__ == "__main__":
+  app.run(main)
