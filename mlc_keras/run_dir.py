@@ -400,11 +400,14 @@ def next_commands(model_dir: str) -> list[str]:
   data = run_data(model_dir) or {}
   demo = demo_dir(data) if data else None
   # evaluate's default data (evaluate_lib.default_manifest): the run's
-  # validation manifest or the demo set's; a run that split its validation
-  # rows off the training manifest (--val_fraction) or read TFRecord/TFDS
-  # has none to name, so the command says what to fill in.
+  # validation manifest, the demo set's, or the rows a --val_fraction run
+  # split off its training manifest; a TFRecord/TFDS run (or one whose
+  # manifests are gone) has none, so the command says what to fill in.
+  split = (data.get("manifest") and not data.get("val_manifest")
+           and data.get("val_fraction", config_lib.DataConfig.val_fraction) > 0)
   default = data.get("val_manifest") or (
-      demo and os.path.join(demo, "val.csv"))
+      demo and os.path.join(demo, "val.csv")) or (
+          split and data.get("manifest"))
   evaluate_data = "" if default and os.path.isfile(default) else (
       " --manifest=<held-out manifest>")
   return [f"python -m mlc_keras.evaluate --model_dir={q(model_dir)}"

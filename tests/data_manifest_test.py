@@ -191,6 +191,22 @@ class TagColumnTest(tf.test.TestCase):
                                          [1, 0, 0, 0],
                                          [0, 0, 1, 0]])
 
+  def test_written_records_read_back_the_same(self):
+    path = self._manifest(["edge|bar", "", "(none)", "corner"])
+    records, schema = manifest.read_manifest(path, tag_columns=["marks"])
+    out = os.path.join(self.get_temp_dir(), "elsewhere", "copy.csv")
+    os.makedirs(os.path.dirname(out))
+    manifest.write_records(out, records, schema, image_column="file")
+    with open(out) as f:
+      self.assertEqual(f.readline().strip(), "file,shape,marks")
+      # Tags in vocabulary order; "(none)" and the blank kept apart.
+      self.assertEqual([l.strip().split(",", 1)[1] for l in f],
+                       ["square,bar|edge", "circle,", "square,(none)",
+                        "circle,corner"])
+    again, _ = manifest.read_manifest(out, schema, "file")
+    self.assertEqual(again.paths, records.paths)
+    self.assertAllEqual(again.labels, records.labels)
+
   def test_tag_outside_the_vocabulary_names_file_line_column_value(self):
     train = self._manifest(["bar", "edge"])
     _, schema = manifest.read_manifest(train, tag_columns=["marks"])

@@ -345,6 +345,33 @@ class EvaluateTest(tf.test.TestCase):
                                 "but the model outputs 2 columns"):
       evaluate_lib.evaluate(model_dir, plots=False)
 
+  def test_a_val_fraction_run_is_evaluated_on_the_rows_it_held_out(self):
+    root = self.get_temp_dir()
+    rows = testutil.simple_rows(8)
+    manifest = testutil.write_manifest(root, rows)
+    model_dir = os.path.join(root, "split_run")
+    os.makedirs(model_dir)
+    testutil.SCHEMA.save(model_dir)
+    model_lib.small_cnn(testutil.SCHEMA, 32).save(
+        os.path.join(model_dir, "model.keras"))
+    cfg = config_lib.Config(
+        data=config_lib.DataConfig(manifest=manifest, val_fraction=0.5),
+        train=config_lib.TrainConfig(seed=3))
+    with open(os.path.join(model_dir, "config.json"), "w") as f:
+      f.write(cfg.to_json())
+    path = evaluate_lib.default_manifest(model_dir)  # was "give --manifest"
+    self.assertEqual(path, os.path.join(model_dir,
+                                        evaluate_lib.VALIDATION_SPLIT_FILE))
+    records, _ = manifest_lib.read_manifest(manifest, testutil.SCHEMA)
+    _, held_out = sources.split_records(records, 0.5, seed=3)
+    self.assertNotEmpty(held_out.paths)
+    written, _ = manifest_lib.read_manifest(path, testutil.SCHEMA)
+    self.assertEqual(written.paths, held_out.paths)
+    self.assertAllEqual(written.labels, held_out.labels)
+    report = evaluate_lib.evaluate(model_dir, plots=False)
+    self.assertEqual((report["data"], report["samples"]),
+                     (path, len(held_out.paths)))
+
   def test_default_manifest_errors(self):
     model_dir = self.get_temp_dir()
     cfg = config_lib.Config(data=config_lib.DataConfig(manifest="x.csv"))

@@ -71,12 +71,21 @@ class RunConfigTest(tf.test.TestCase):
         ["python", "-m", "mlc_keras.evaluate", f"--model_dir={run}"],
         ["python", "-m", "mlc_keras.export", f"--model_dir={run}"],
         ["python", "-m", "mlc_keras.predict", f"--model={run}", heldout]])
-    # No validation manifest (as after --val_fraction): evaluate's default
-    # would fail, so the line asks for one.
+    # No validation data to default to (the demo's val.csv gone; a
+    # TFRecord or TFDS run alike): the line asks for a manifest.
     os.remove(val)
     self.assertEqual(run_dir.next_commands(run)[0],
                      f"python -m mlc_keras.evaluate --model_dir={shlex.quote(run)}"
                      " --manifest=<held-out manifest>")
+    # A --val_fraction run: evaluate defaults to the rows it held out.
+    train = os.path.join(root, "train.csv")
+    open(train, "w").close()
+    with open(os.path.join(run, "config.json"), "w") as f:
+      json.dump({"data": {"manifest": train, "val_fraction": 0.1}}, f)
+    self.assertEqual(shlex.split(run_dir.next_commands(run)[0])[3:],
+                     [f"--model_dir={run}"])
+    with open(os.path.join(run, "config.json"), "w") as f:
+      json.dump({"data": {"demo_dir": demo, "manifest": None}}, f)
     os.remove(heldout)  # nothing held out to name: a placeholder
     self.assertEndsWith(run_dir.next_commands(run)[2], " <images>")
 

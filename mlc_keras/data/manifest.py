@@ -146,6 +146,31 @@ def read_images(path: str, image_column: str = "image",
   return _records(table, image_column, schema.heads if schema is not None else ())
 
 
+def write_records(path: str, records: Records,
+                  schema: heads_lib.LabelSchema,
+                  image_column: str = "image") -> None:
+  """Writes ``records`` as a manifest read_manifest reads back to the same
+  paths (absolute, as records hold them) and labels: one column per head
+  of ``schema`` (the schema the labels were read with), a blank cell where
+  a label is missing, a tag head's tags joined by TAG_SEPARATOR."""
+  slices = schema.label_slices()
+  with open(path, "w", newline="", encoding="utf-8") as f:
+    writer = csv.writer(f)
+    writer.writerow([image_column, *schema.names])
+    for p, labels in zip(records.paths, records.labels):
+      row = [os.path.abspath(p)]
+      for h in schema.heads:
+        y = labels[slices[h.name]]
+        if (y < 0).any():
+          row.append("")
+        elif h.is_tags:
+          row.append(heads_lib.TAG_SEPARATOR.join(
+              c for c, on in zip(h.classes, y) if on) or heads_lib.NO_TAGS)
+        else:
+          row.append(h.classes[int(y[0])])
+      writer.writerow(row)
+
+
 # --- the steps ----------------------------------------------------------------
 
 
