@@ -49,6 +49,35 @@ class EmbeddedLabelsTest(tf.test.TestCase):
                      beside)
 
 
+class OnnxDescriptionTest(tf.test.TestCase):
+
+  def test_doc_string_describes_input_and_heads(self):
+    import onnx  # pylint: disable=g-import-not-at-top
+    from onnx import helper  # pylint: disable=g-import-not-at-top
+    out = [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, ["batch", 2])
+           for n in ("tone", "class")]
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["image"], [n]) for n in ("tone", "class")],
+        "g", [helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT,
+                                            ["batch", 2])], out)
+    path = os.path.join(self.get_temp_dir(), "m.onnx")
+    onnx.save(helper.make_model(graph), path)
+    labels = json.dumps({"heads": [
+        {"name": "tone", "kind": "softmax", "classes": ["dark", "light"]},
+        {"name": "marks", "kind": "tags", "classes": ["bar", "edge"]}]})
+    metadata.embed_onnx(path, labels)
+    model = onnx.load(path)
+    self.assertEqual(model.doc_string.splitlines()[1:], [
+        "  tone: class probabilities (softmax) over dark, light",
+        "  marks: independent tag probabilities (sigmoid) over bar, edge",
+        "  class: the class table's classes (classes.csv), composed from the "
+        "heads",
+        "Labels: metadata_props['mlc_keras/labels.json'] (labels.json)."])
+    self.assertIn("uint8 [batch, S, S, 3]", model.doc_string)
+    self.assertEqual({p.key: p.value for p in model.metadata_props},
+                     {"mlc_keras/labels.json": labels})
+
+
 class ExampleSignatureTest(tf.test.TestCase):
 
   def test_tfrecord_examples_score_as_the_bytes_signature(self):

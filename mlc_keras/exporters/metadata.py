@@ -10,7 +10,7 @@ reader; LiteRT ignores entries it does not know).
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 from mlc_keras import artefacts
 
@@ -18,9 +18,30 @@ from mlc_keras import artefacts
 LABELS_KEY = "mlc_keras/" + artefacts.LABELS_FILE
 
 
+def onnx_description(labels_text: str, outputs: Sequence[str] = ()) -> str:
+  """The ONNX model's doc_string: what goes in and what comes out, for a
+  reader of the file (Netron, onnx.load) who has no labels.json."""
+  import json  # pylint: disable=g-import-not-at-top
+  lines = ["mlc_keras multi-head image classifier. Input 'image': uint8 "
+           "[batch, S, S, 3] (RGB pixels, NHWC). One output per head, named "
+           "after it, [batch, classes]:"]
+  for head in json.loads(labels_text).get("heads", []):
+    what = ("independent tag probabilities (sigmoid)"
+            if head.get("kind") == "tags" else "class probabilities (softmax)")
+    lines.append(f"  {head['name']}: {what} over "
+                 + ", ".join(str(c) for c in head["classes"]))
+  if "class" in outputs:
+    lines.append("  class: the class table's classes (classes.csv), composed "
+                 "from the heads")
+  lines.append(f"Labels: metadata_props[{LABELS_KEY!r}] (labels.json).")
+  return "\n".join(lines)
+
+
 def embed_onnx(path: str, labels_text: str) -> None:
   import onnx  # pylint: disable=g-import-not-at-top
   model = onnx.load(path)
+  model.doc_string = onnx_description(
+      labels_text, [o.name for o in model.graph.output])
   for prop in list(model.metadata_props):
     if prop.key == LABELS_KEY:
       model.metadata_props.remove(prop)
