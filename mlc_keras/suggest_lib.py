@@ -241,6 +241,7 @@ def suggest(model_dir: str, manifest: str, budget: int, output: str, *,
   from mlc_keras import predictors  # pylint: disable=g-import-not-at-top
   from mlc_keras import run_dir  # pylint: disable=g-import-not-at-top
   from mlc_keras.data import manifest as manifest_lib  # pylint: disable=g-import-not-at-top
+  from mlc_keras.data import sources  # pylint: disable=g-import-not-at-top
   if rule not in RULES:
     raise ValueError(f"--rule must be one of {RULES}, got {rule!r}")
   if pseudo_label_threshold is not None and not pseudo_output:
@@ -249,6 +250,11 @@ def suggest(model_dir: str, manifest: str, budget: int, output: str, *,
   predictor = predictors.KerasPredictor(model_path)
   schema = run_dir.load_schema(model_path)
   records = manifest_lib.read_images(manifest, image_column, schema)
+  # Training's image check with the run's cap, before any model call: a bad
+  # file is named with its manifest line, every one at once.
+  run = run_dir.run_data(model_dir) if os.path.isdir(model_dir) else None
+  sources.check_images(records, level="header", max_pixels=(run or {}).get(
+      "max_image_pixels", sources.MAX_IMAGE_PIXELS))
   probs = {h: [] for h in schema.names}
   for start in range(0, len(records), chunk):
     images = predict_lib.load_images(records.paths[start:start + chunk],

@@ -132,6 +132,42 @@ class FilesTest(tf.test.TestCase):
     self.assertEqual(human, {(4, "colour")})
 
 
+class ImageCheckTest(tf.test.TestCase):
+
+  def test_pool_images_pass_training_check_before_any_model_call(self):
+    from mlc_keras.modeling import model as model_lib  # pylint: disable=g-import-not-at-top
+    root = self.get_temp_dir()
+    model_dir = os.path.join(root, "run")
+    os.makedirs(model_dir)
+    model_lib.small_cnn(SCHEMA, 32).save(os.path.join(model_dir,
+                                                      "model.keras"))
+    SCHEMA.save(model_dir)
+    good = os.path.join(root, "good.png")
+    with open(good, "wb") as f:
+      f.write(tf.io.encode_png(np.zeros((32, 32, 3), np.uint8)).numpy())
+    big = os.path.join(root, "big.png")  # over the default cap by its header
+    png = bytearray(tf.io.encode_png(np.zeros((4, 4, 3), np.uint8)).numpy())
+    png[16:24] = (10000).to_bytes(4, "big") * 2
+    with open(big, "wb") as f:
+      f.write(bytes(png))
+    pool = os.path.join(root, "pool.csv")
+    with open(pool, "w") as f:
+      f.write(f"image,colour,tone\n{good},,\n{big},,\nmissing.png,,\n")
+    with self.assertRaisesRegex(
+        manifest_lib.DataError,
+        f"^1 image file\\(s\\) not found:\n  {pool}:4: \\S*missing.png$"):
+      suggest_lib.suggest(model_dir, pool, 1, os.path.join(root, "ask.csv"))
+    with open(pool, "w") as f:
+      f.write(f"image,colour,tone\n{good},,\n{big},,\n")
+    with self.assertRaisesRegex(
+        manifest_lib.DataError,
+        f"^1 image\\(s\\) could not be decoded:\n  {pool}:3: {big} "
+        "\\(10000x10000 = 100,000,000 pixels is over the limit of "
+        "89,478,485 \\(--max_image_pixels\\)\\)$"):
+      suggest_lib.suggest(model_dir, pool, 1, os.path.join(root, "ask.csv"))
+    self.assertFalse(os.path.exists(os.path.join(root, "ask.csv")))
+
+
 class ConsoleScriptTest(tf.test.TestCase):
 
   def test_every_verb_has_a_script_with_a_run_function(self):
