@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from typing import Optional
 
 from mlc_keras import config as config_lib
@@ -68,7 +69,14 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
   cfg = preflight.absolute_paths(cfg)
   plan = preflight.check(cfg, tf_config=tf_config, keras_home=keras_home)
   if plan.chief:
-    run_dir.check_writable(model_dir)
+    try:
+      run_dir.check_writable(model_dir)
+    except run_dir.RunDirError:
+      # A finished run read-only is still finished: the same command again
+      # answers so (claim writes nothing), other ones hear why not.
+      if not overwrite and os.path.isdir(model_dir):
+        run_dir.claim(model_dir, cfg.to_dict())
+      raise
   # Only the chief writes model_dir, so only it holds the lock (run_lock.py).
   owner = run_lock.RunLock(model_dir) if plan.chief else contextlib.nullcontext()
   with owner:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
+import tempfile
 from unittest import mock
 
 import numpy as np
@@ -14,6 +15,7 @@ import tensorflow as tf
 
 from mlc_keras import config as config_lib
 from mlc_keras import heads as heads_lib
+from mlc_keras import preflight
 from mlc_keras import run_dir
 from mlc_keras import train_lib
 from mlc_keras.data import headers
@@ -202,6 +204,26 @@ class RunFolderTest(tf.test.TestCase):
     after = self._files()
     after.pop(imagecheck.CACHE_FILE)  # the check's own cache
     self.assertEqual(after, before)
+
+  def test_read_only_folder_is_one_line_and_a_finished_run_stays_finished(
+      self):
+    os.rmdir(os.path.join(self.model_dir, "backup"))
+    denied = PermissionError(13, "Permission denied")
+    # Tests run as root, where chmod does not stop a write.
+    with mock.patch.object(tempfile, "mkstemp", side_effect=denied):
+      with self.assertRaisesRegex(run_dir.RunDirError,
+                                  r"run: cannot write there \(Permission "
+                                  r"denied\)"):
+        train_lib.train_and_evaluate(self.cfg, self.model_dir, verbose=0)
+      with open(os.path.join(self.model_dir, "config.json"), "w") as f:
+        f.write(preflight.absolute_paths(self.cfg).to_json())
+      with open(os.path.join(self.model_dir, "model.keras"), "w") as f:
+        f.write("a finished run's model")
+      with self.assertRaises(run_dir.RunFinished) as e:
+        train_lib.train_and_evaluate(self.cfg, self.model_dir, verbose=0)
+      self.assertTrue(e.exception.same_flags)
+    self.assertEqual(sorted(os.listdir(self.model_dir)),
+                     ["config.json", "model.keras"])
 
   def test_train_into_a_folder_of_other_files_writes_nothing(self):
     os.rmdir(os.path.join(self.model_dir, "backup"))
