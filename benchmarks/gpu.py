@@ -53,7 +53,7 @@ BACKENDS = ("jax", "tensorflow")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 
 _BACKEND = flags.DEFINE_enum(
-    "backend", os.environ.get("KERAS_BACKEND", "jax"), BACKENDS,
+    "backend", None, BACKENDS,
     "Keras backend (default: $KERAS_BACKEND, else jax).")
 _TINY = flags.DEFINE_bool(
     "tiny", False, "CPU smoke mode: 32 px, batch 2, 1 warm-up + 2 timed "
@@ -261,7 +261,10 @@ def run_arm(name: str, schema, s: dict, backend: str, precision: str,
 
 def main(argv):
   del argv
-  backend = _BACKEND.value
+  backend = _BACKEND.value or os.environ.get("KERAS_BACKEND", "jax")
+  if backend not in BACKENDS:
+    raise app.UsageError(f"KERAS_BACKEND={backend}: this benchmark runs on "
+                         f"{' or '.join(BACKENDS)} (--backend)")
   if "keras" in sys.modules and os.environ.get("KERAS_BACKEND") != backend:
     raise app.UsageError("keras was imported before the backend was chosen")
   os.environ["KERAS_BACKEND"] = backend
