@@ -1,7 +1,9 @@
 """The same model, weights and batch give the same losses, metrics and
 training step on the JAX backend as on TensorFlow: the package's compile
 (masked per-head losses, weighted metrics) run once here (TensorFlow) and
-once in a subprocess under KERAS_BACKEND=jax."""
+once in a subprocess under KERAS_BACKEND=jax. And the weight average's
+checks (training_ema_test: warm-up, swaps, exact mid-epoch resume) hold when
+run under JAX."""
 
 import importlib.util
 import os
@@ -101,6 +103,35 @@ class JaxMatchesTensorFlowTest(unittest.TestCase):
     self.assertGreater(moved, 1e-3)  # the step did something to compare
     for i, (a, b) in enumerate(zip(jax_after, after)):
       np.testing.assert_allclose(a, b, atol=1e-5, err_msg=f"weight {i}")
+
+  def test_ema_and_exact_resume_hold_on_jax(self):
+    # training_ema_test's in-process checks, written against the Keras API,
+    # run again under the JAX backend: the warm-up average computed by hand,
+    # the swap around validation and epoch end, and a run interrupted
+    # mid-epoch that resumes from its backup to bit-identical weights.
+    names = [
+        "SwapTest.test_validation_and_epoch_end_see_the_hand_computed_average",
+        "WarmupTest.test_average_follows_the_warmup_rule_and_forgets_the_"
+        "start",
+        "ResumeTest.test_interrupted_mid_epoch_resumes_to_the_same_average"]
+    code = (
+        "import sys, unittest\n"
+        "import keras\n"
+        "print('backend', keras.backend.backend())\n"
+        "suite = unittest.defaultTestLoader.loadTestsFromNames(\n"
+        f"    ['tests.training_ema_test.' + n for n in {names!r}])\n"
+        "result = unittest.TextTestRunner(stream=sys.stdout).run(suite)\n"
+        "print('ran', result.testsRun, 'skipped', len(result.skipped))\n"
+        "sys.exit(0 if result.wasSuccessful() else 1)\n")
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu",
+               CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="3",
+               PYTHONPATH=ROOT)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                          text=True, env=env, timeout=600, check=False,
+                          cwd=ROOT)
+    self.assertEqual(proc.returncode, 0, proc.stdout[-3000:])
+    self.assertIn("backend jax", proc.stdout)
+    self.assertIn(f"ran {len(names)} skipped 0", proc.stdout)
 
 
 if __name__ == "__main__":
