@@ -101,7 +101,7 @@ class DataConfig:
   # "grpc://host:port" of a tf.data service dispatcher that decodes the
   # training input on its workers (None: decode in this process).
   data_service: Optional[str] = None
-  # --- the recipe's augmentations (issue 15; data/augment.py) ---
+  # --- the recipe's augmentations (data/augment.py) ---
   # --augment=randaugment: ops per image and their magnitude (0-1).
   randaugment_ops: int = 2
   randaugment_magnitude: float = 0.5
@@ -184,7 +184,7 @@ class TrainConfig:
   reinit_heads: tuple[str, ...] = ()
   train_heads: tuple[str, ...] = ()
   train_backbone: bool = False
-  # --- the training recipe (issue 15) ---
+  # --- the training recipe ---
   # Label smoothing "head=s" ("*" = every head; none: 0).
   label_smoothing: tuple[tuple[str, float], ...] = ()
   # Gradients rescaled to at most this global L2 norm (None: not clipped).

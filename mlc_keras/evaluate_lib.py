@@ -205,7 +205,7 @@ def default_manifest(model_dir: str) -> str:
   if d.get("val_manifest"):
     val = d["val_manifest"]
     if not os.path.isfile(val) and not os.path.isabs(val):
-      # config.json records absolute paths since issue 11; older ones hold
+      # config.json records absolute paths since the run-folder checks; older ones hold
       # the path as given to train.
       raise ValueError(
           f"{model_dir}: its config.json names the validation manifest "

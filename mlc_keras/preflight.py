@@ -110,7 +110,7 @@ def _number_in(field: str, value, low, high=None, low_open=False,
 
 def _check_recipe(dc: config_lib.DataConfig,
                   tc: config_lib.TrainConfig) -> None:
-  """The training recipe's settings (issue 15)."""
+  """The training recipe's settings."""
   _number_in("randaugment_ops", dc.randaugment_ops, 1, integer=True)
   for field in ("randaugment_magnitude", "erasing_prob"):
     _number_in(field, getattr(dc, field), 0, 1, high_open=False)

@@ -9,7 +9,7 @@ accuracy / precision / recall / F1 (the PA-100K protocol of Rethinking_of_PAR)
 and the share of images whose every labelled head is right. Composed classes
 (``seen_classes``, ``gzsl_scores``): seen and unseen mean per-class accuracy S
 and U and their harmonic mean H (the generalised zero-shot protocol of Xian et
-al.). Definitions and sources: BUILD_NOTES.md, "Issue 12".
+al.). Definitions and sources: BUILD_NOTES.md, "tag heads".
 
 A number that is not defined on the data at hand (a head with no labelled
 sample, AUC with one class present, H without unseen classes) is None, and the

@@ -64,7 +64,7 @@ _LABEL_COLUMNS = flags.DEFINE_list(
     "label_columns", [], "Manifest columns to train as heads, e.g. "
     "logo,medium (default: every column but the image column; other columns, "
     "such as notes, are ignored).")
-# --- tag heads (issue 12) ---
+# --- tag heads ---
 _TAG_COLUMNS = flags.DEFINE_list(
     "tag_columns", [], "Manifest columns to train as tag heads (independent "
     "sigmoids over the column's tags): a cell lists tags joined by '|', "
@@ -72,7 +72,7 @@ _TAG_COLUMNS = flags.DEFINE_list(
 _VAL_FRACTION = flags.DEFINE_float(
     "val_fraction", _d.val_fraction,
     "Share of --manifest held out for validation when no --val_manifest.")
-# Held-out combinations (issue 13).
+# Held-out combinations.
 _HOLDOUT = flags.DEFINE_string(
     "holdout_combinations", None, "Combinations of head values that no "
     "training or validation image may carry, e.g. 'shape=triangle+colour=blue;"
@@ -89,7 +89,7 @@ _BALANCE = flags.DEFINE_list(
     "balance_combinations", [], "Heads (two or more, e.g. category,ink) whose "
     "value combinations training draws about equally often: a row of a rare "
     "combination is repeated (up to 10x) within each epoch. Off by default "
-    "(see BUILD_NOTES, issue 13, for its measured effect).")
+    "(see BUILD_NOTES for its measured effect).")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "Square input side.")
 _CACHE = flags.DEFINE_bool("cache", None, "Cache decoded images in memory.")
 _AUGMENT = flags.DEFINE_list(
@@ -101,7 +101,7 @@ _AUGMENT = flags.DEFINE_list(
     "uses crop): at short from-scratch budgets each of these cost accuracy "
     "in the measured tables (BUILD_NOTES). Leave out any that change a label "
     "(flip for text, digits or left/right; colour for a colour head).")
-# Feeding (issue 14).
+# Feeding.
 _CROP_SCALE = flags.DEFINE_list(
     "crop_scale", None,
     "--augment=resized_crop: low,high share of the image area the random "
@@ -114,7 +114,7 @@ _DATA_SERVICE = flags.DEFINE_string(
     "data_service", None, "grpc://host:port of a tf.data service dispatcher: "
     "its workers decode and augment the training input (README: 'Several "
     "GPUs, several machines').")
-# The recipe's augmentations (issue 15).
+# The recipe's augmentations.
 _RA_OPS = flags.DEFINE_integer(
     "randaugment_ops", _d.randaugment_ops, "--augment=randaugment: ops drawn "
     "per image.", lower_bound=1)
@@ -178,8 +178,7 @@ _BN_MOMENTUM = flags.DEFINE_float(
 _HEAD_PROJECTION = flags.DEFINE_integer(
     "head_projection", _m.head_projection, "Width of a private Dense+relu "
     "projection of the pooled features per head (0: heads read the features "
-    "directly). Measured for unseen attribute combinations in BUILD_NOTES.md "
-    "(issue 13).")
+    "directly). Measured for unseen attribute combinations in BUILD_NOTES.md.")
 # Training.
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Global batch size.")
 _EPOCHS = flags.DEFINE_integer("epochs", None, "Epochs.")
@@ -221,7 +220,7 @@ _UNFREEZE_LAYERS = flags.DEFINE_integer(
 _FINETUNE_LR_SCALE = flags.DEFINE_float(
     "finetune_lr_scale", _t.finetune_lr_scale, "Learning rate multiplier "
     "after --freeze_epochs.", lower_bound=0)
-# Model selection (issue 12).
+# Model selection.
 _MONITOR = flags.DEFINE_string(
     "monitor", None, "Which epoch best.keras holds (and --early_stopping_"
     "patience watches): a quantity of the epoch logs, e.g. val_loss, "
@@ -232,7 +231,7 @@ _PATIENCE = flags.DEFINE_integer(
     "early_stopping_patience", _t.early_stopping_patience, "Stop training "
     "when --monitor has not improved for this many epochs (0: never; counted "
     "across the fine-tuning phases and a resumed run).", lower_bound=0)
-# Growing a trained model (issue 16).
+# Growing a trained model.
 _INIT_FROM = flags.DEFINE_string(
     "init_from", None, "Start from a trained run folder (its model.keras) or "
     ".keras file: the backbone and every head whose name and classes match "
@@ -250,7 +249,7 @@ _TRAIN_HEADS = flags.DEFINE_list(
 _TRAIN_BACKBONE = flags.DEFINE_bool(
     "train_backbone", False, "With --train_heads: train the backbone too "
     "(the other heads' outputs then change).")
-# The training recipe (issue 15).
+# The training recipe.
 _LABEL_SMOOTHING = flags.DEFINE_list(
     "label_smoothing", [], "Label smoothing: a bare s for every head (e.g. "
     "0.1) or 'head=s,...'; a smoothed head trains towards 1 - s on its class "
@@ -311,7 +310,7 @@ def _names(items: list[str]) -> tuple[str, ...]:
 
 
 def _combination_fields() -> dict:
-  """The DataConfig fields of the combination flags (issue 13)."""
+  """The DataConfig fields of the combination flags."""
   return dict(holdout_combinations=_HOLDOUT.value or None,
               calibration_combinations=_CALIBRATION_COMBOS.value or None,
               balance_combinations=_names(_BALANCE.value))
@@ -334,7 +333,7 @@ def _feed(data: config_lib.DataConfig) -> config_lib.DataConfig:
 
 
 def _recipe_data(preset: config_lib.DataConfig) -> dict:
-  """The recipe's DataConfig fields (issue 15): each flag the user set, else
+  """The recipe's DataConfig fields: each flag the user set, else
   the preset's value."""
   return {holder.name: _given(holder, getattr(preset, holder.name))
           for holder in (_RA_OPS, _RA_MAGNITUDE, _ERASING_PROB, _MIXUP,
@@ -342,7 +341,7 @@ def _recipe_data(preset: config_lib.DataConfig) -> dict:
 
 
 def _recipe_train(preset: config_lib.TrainConfig) -> dict:
-  """The recipe's TrainConfig fields (issue 15), as _recipe_data."""
+  """The recipe's TrainConfig fields, as _recipe_data."""
   smoothing = (_per_head("label_smoothing", _LABEL_SMOOTHING.value, bare=True)
                if _user_set(_LABEL_SMOOTHING) else preset.label_smoothing)
   return dict(label_smoothing=smoothing,

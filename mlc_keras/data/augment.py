@@ -1,4 +1,4 @@
-"""The recipe's seeded augmentations (issue 15): RandAugment and random
+"""The recipe's seeded augmentations: RandAugment and random
 erasing on one image, MixUp and CutMix on a batch with missing labels.
 
 Every op is stateless, keyed by the seed the pipeline derives from (run seed,

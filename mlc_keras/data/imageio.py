@@ -126,7 +126,7 @@ def decode_and_resize(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
 
   A JPEG at least twice the target on its short side is decoded at the
   largest DCT scale that keeps both sides >= image_size, then resized like
-  any image; BUILD_NOTES.md ("Issue 14") measures how far that is from a
+  any image; BUILD_NOTES.md (feeding a GPU) measures how far that is from a
   full decode + resize. Other formats are decoded in full.
   """
   def jpeg():

@@ -86,7 +86,7 @@ def build_model(schema: heads_lib.LabelSchema,
     head_projection: when > 0, each head reads the pooled features through a
       private Dense(head_projection, relu) layer named "<head>_projection"
       instead of reading them directly, so that what one head needs of the
-      features is kept apart from what the others need (issue 13).
+      features is kept apart from what the others need.
 
   Returns:
     A keras.Model with input "image" and a dict of float32 outputs keyed by
