@@ -43,21 +43,25 @@ FP32_TOLERANCE = Tolerance(max_abs_diff=1e-4)
 FP16_TOLERANCE = Tolerance(max_abs_diff=1e-2)
 # The quantized variants are judged by what a user of them sees, the
 # decisions: top-1 agreement per output (per (image, tag) decision for a tag
-# head) of at least this share of the parity images.
-QUANTIZED_MIN_TOP1_AGREEMENT = 0.99
+# head) of at least a floor, over the parity images.
+#
 # Dynamic range: int8 weights plus int8 activations quantised on the fly per
-# batch, so errors are int8-sized rather than fp16-sized: observed 1e-3 to
-# 1e-2, and 0.056 on one briefly trained demo model, where a bound of 0.05
-# on max |diff| failed the default export and nothing was published. Its
-# gate is the agreement floor; the loose bound on max |diff| is a sanity
-# check that only a broken artefact (other pixels, other class order)
-# exceeds. The floor is not yet measured over several demo trainings (see
-# BUILD_NOTES.md, "First contact").
+# batch, so its probabilities move by int8-sized amounts (max |diff| 0.021 to
+# 0.035 per model on 5 demo trainings; 0.056 once, where the former 0.05
+# bound stopped the default export). On those 5 trainings (seeds 0-4,
+# BUILD_NOTES.md "First contact") the weak `shape` head (70-79% balanced
+# accuracy) agreed on 98.75% to 99.75% of 400 images, every disagreement a
+# near-tie: a 99% floor failed one of the five. The floor, 97%, leaves the
+# worst seen disagreement rate 2.4x room and still fails an artefact that
+# changes 1 decision in 33. The bound on max |diff| is a sanity check that
+# only a broken artefact (other pixels, other class order) exceeds.
+DYNAMIC_MIN_TOP1_AGREEMENT = 0.97
 DYNAMIC_TOLERANCE = Tolerance(max_abs_diff=0.25,
-                              min_top1_agreement=QUANTIZED_MIN_TOP1_AGREEMENT)
+                              min_top1_agreement=DYNAMIC_MIN_TOP1_AGREEMENT)
 # Full int8 has a 1/256 output grid and calibrated activation ranges: judged
-# by decisions only.
-INT8_TOLERANCE = Tolerance(min_top1_agreement=QUANTIZED_MIN_TOP1_AGREEMENT)
+# by decisions only. Built on request, for well-trained models.
+INT8_MIN_TOP1_AGREEMENT = 0.99
+INT8_TOLERANCE = Tolerance(min_top1_agreement=INT8_MIN_TOP1_AGREEMENT)
 
 TOLERANCES = {
     "fp32": FP32_TOLERANCE,
