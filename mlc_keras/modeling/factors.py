@@ -64,23 +64,23 @@ class FactorPrior:
 def check_factor_heads(schema: heads_lib.LabelSchema,
                        factor_heads: Sequence[str]) -> tuple[str, ...]:
   """The declared factor heads, checked: at least two, each a single-label
-  head of the schema, none twice. Raises ValueError naming the field."""
+  head of the schema, none twice. Raises SchemaError naming the field."""
   names = tuple(factor_heads)
   if not names:
     return ()
+  error = heads_lib.SchemaError
   if len(names) < 2:
-    raise heads_lib.SchemaError(f"factor_heads: at least two heads are needed (a "
-                     f"head's prior is conditioned on the others), got "
-                     f"{list(names)}")
+    raise error(f"factor_heads: at least two heads are needed (a head's "
+                f"prior is conditioned on the others), got {list(names)}")
   if len(set(names)) != len(names):
-    raise heads_lib.SchemaError(f"factor_heads: a head is named twice in {list(names)}")
+    raise error(f"factor_heads: a head is named twice in {list(names)}")
   for name in names:
     if name not in schema.names:
-      raise heads_lib.SchemaError(f"factor_heads: {name!r} is not a head (heads: "
-                       f"{', '.join(schema.names)})")
+      raise error(f"factor_heads: {name!r} is not a head (heads: "
+                  f"{', '.join(schema.names)})")
     if schema.head(name).is_tags:
-      raise heads_lib.SchemaError(f"factor_heads: {name!r} is a tag head; only "
-                       "single-label heads can be factors")
+      raise error(f"factor_heads: {name!r} is a tag head; only single-label "
+                  "heads can be factors")
   return names
 
 
