@@ -11,18 +11,21 @@ per-head temperature scaling. Artefacts written to model_dir:
 
   evaluation.json      every number
   evaluation.md        the same as readable tables
-  confusion_<head>.png one confusion matrix per head
-  curves.png           training curves from history.csv (when present)
+  confusion_<head>.png one confusion matrix per softmax head, rows
+                       normalised per true class, counts where they fit
+  pr_<head>.png        precision-recall curves of each tag head, the chosen
+                       thresholds marked
+  curves.png           training curves from history.csv (when present), a
+                       panel per head and one overall
   calibrated.keras     the model with fitted temperatures (with calibrate=True)
                        and/or the class output's stacking bias (stacking=True)
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import os
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Optional
 
 import numpy as np
 
@@ -31,6 +34,7 @@ from mlc_keras import compose
 from mlc_keras import composed_lib
 from mlc_keras import config as config_lib
 from mlc_keras import evaluation_md
+from mlc_keras.evaluation import plots as plots_lib
 from mlc_keras.data import manifest as manifest_lib
 from mlc_keras.data import pipeline
 from mlc_keras.data import sources
@@ -87,82 +91,11 @@ stacking_report = composed_lib.stacking_report
 # --- pictures -------------------------------------------------------------------
 
 
-def _pyplot():
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")  # files only: no display on servers and CI
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  return plt
-
-
-def plot_confusion(cm: np.ndarray, classes: Sequence[str], title: str,
-                   path: str) -> None:
-  """Writes a confusion matrix PNG (rows: true class, columns: predicted)."""
-  plt = _pyplot()
-  n = len(classes)
-  fig, ax = plt.subplots(figsize=(1.2 + 0.6 * n, 1.0 + 0.6 * n))
-  ax.imshow(cm, cmap="Blues")
-  ax.set_xticks(range(n), classes, rotation=45, ha="right")
-  ax.set_yticks(range(n), classes)
-  ax.set_xlabel("predicted")
-  ax.set_ylabel("true")
-  ax.set_title(title)
-  top = cm.max() if cm.size else 0
-  for i in range(n):
-    for j in range(n):
-      ax.text(j, i, str(cm[i][j]), ha="center", va="center",
-              color="white" if top and cm[i][j] > top / 2 else "black")
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-
-
-def read_history(path: str) -> dict[str, list[float]]:
-  """history.csv (Keras CSVLogger) -> {column: values}. A row with more or
-  fewer fields than the header (two writers on one file, a cut write) is a
-  ValueError naming the file and line, not a crash in the plot."""
-  with open(path, newline="", encoding="utf-8") as f:
-    lines = list(csv.reader(f))
-  header, rows = (lines[0], lines[1:]) if lines else ([], [])
-  for n, row in enumerate(rows, start=2):
-    if row and len(row) != len(header):
-      raise ValueError(
-          f"{path} line {n}: {len(row)} fields where the header has "
-          f"{len(header)}; the file is damaged (two trainings writing one "
-          f"model_dir?)")
-  rows = [dict(zip(header, row)) for row in rows if row]
-  cols = {}
-  for r in rows:
-    for k, v in r.items():
-      try:
-        cols.setdefault(k, []).append(float(v))
-      except (TypeError, ValueError):
-        cols.setdefault(k, []).append(float("nan"))
-  return cols
-
-
-def plot_history(history: Mapping[str, Sequence[float]], path: str) -> bool:
-  """Losses and accuracies per epoch; returns False when there is nothing to
-  plot (no epochs)."""
-  epochs = history.get("epoch")
-  if not epochs:
-    return False
-  x = [e + 1 for e in epochs]
-  losses = [k for k in history if k.endswith("loss")]
-  accs = [k for k in history if k.endswith("acc") or "_top" in k]
-  plt = _pyplot()
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-  for ax, keys, title in ((axes[0], losses, "loss"), (axes[1], accs, "accuracy")):
-    for k in sorted(keys):
-      ax.plot(x, history[k], marker="o", label=k,
-              linestyle="--" if k.startswith("val_") else "-")
-    ax.set_xlabel("epoch")
-    ax.set_title(title)
-    if keys:
-      ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return True
+# evaluation/plots.py draws them; the names stay importable from here.
+read_history = plots_lib.read_history
+plot_history = plots_lib.plot_history
+plot_confusion = plots_lib.plot_confusion
+plot_pr = plots_lib.plot_pr
 
 
 # --- the report -------------------------------------------------------------------
@@ -327,14 +260,20 @@ def _save_calibrated(model, model_dir: str, temps, table, bias) -> str:
   return path
 
 
-def _plot(report: dict, model_dir: str) -> None:
+def _plot(report: dict, model_dir: str, collected) -> None:
   for r in report["heads"]:
     if "confusion" in r:
       plot_confusion(np.array(r["confusion"]), r["classes"], r["head"],
                      os.path.join(model_dir, f"confusion_{r['head']}.png"))
+    if "per_tag" in r:
+      # The thresholds the report scored, so the marks match its numbers.
+      plot_pr(*collected[r["head"]], r["classes"],
+              [r["per_tag"][t]["threshold"] for t in r["classes"]],
+              r["head"], os.path.join(model_dir, f"pr_{r['head']}.png"))
   history = os.path.join(model_dir, "history.csv")
   if os.path.exists(history) and plot_history(
-      read_history(history), os.path.join(model_dir, "curves.png")):
+      read_history(history), os.path.join(model_dir, "curves.png"),
+      [r["head"] for r in report["heads"]]):
     report["curves"] = "curves.png"
 
 
@@ -434,6 +373,6 @@ def evaluate(model_dir: str, manifest: Optional[str] = None,
     report["pseudo_labels"] = _pseudo_section(model_dir, collected, schema,
                                               pseudo_label_threshold)
   if plots:
-    _plot(report, model_dir)
+    _plot(report, model_dir, collected)
   _write(report, model_dir)
   return report

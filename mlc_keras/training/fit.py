@@ -24,6 +24,7 @@ from mlc_keras.training import backup
 from mlc_keras.training import ema
 from mlc_keras.training import selection
 from mlc_keras.training import setup
+from mlc_keras.training import tensorboard
 
 log = logging.getLogger("mlc_keras")
 
@@ -163,7 +164,10 @@ def _shared_callbacks(run: setup.Run, tc: config_lib.TrainConfig,
   return monitor, selection.make_callbacks(
       run.schema, monitor, mode, os.path.join(model_dir, "best.keras"),
       tc.early_stopping_patience) + [
-          keras.callbacks.TensorBoard(os.path.join(model_dir, "tensorboard"))]
+          # After make_callbacks: its MeanOverHeads adds to the logs.
+          tensorboard.HeadTensorBoard(
+              os.path.join(model_dir, "tensorboard"), run.schema.names,
+              os.path.join(model_dir, "config.json"))]
 
 
 def _cache_validation(val, dc: config_lib.DataConfig) -> bool:
