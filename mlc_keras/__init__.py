@@ -25,3 +25,25 @@ try:
   _check_keras(_metadata.version("keras"))
 except _metadata.PackageNotFoundError:
   raise ImportError("mlc_keras needs keras >= 3.13.2: pip install -e .") from None
+
+
+# The public API (mlc_keras/api.py), loaded on first use so that importing
+# the package (every command line does) stays free of TensorFlow.
+_API = ("fit", "Run", "load_predictor", "predict_files", "build_model",
+        "make_dataset", "make_config", "load_model", "load_schema",
+        "as_schema", "demo_data")
+_CONFIG = ("Config", "DataConfig", "ModelConfig", "TrainConfig", "PRESETS")
+_HEADS = ("LabelSchema", "HeadSpec")
+__all__ = list(_API + _CONFIG + _HEADS) + ["__version__"]
+
+
+def __getattr__(name):
+  import importlib  # pylint: disable=g-import-not-at-top
+  for names, module in ((_API, "api"), (_CONFIG, "config"), (_HEADS, "heads")):
+    if name in names:
+      return getattr(importlib.import_module(f"mlc_keras.{module}"), name)
+  raise AttributeError(f"module 'mlc_keras' has no attribute {name!r}")
+
+
+def __dir__():
+  return sorted(set(globals()) | set(__all__))

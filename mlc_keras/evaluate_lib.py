@@ -257,6 +257,7 @@ def _save_calibrated(model, model_dir: str, temps, table, bias) -> str:
     calibrated = outputs.with_class_output(calibrated, table, bias)
   path = os.path.join(model_dir, run_dir.CALIBRATED_FILE)
   calibrated.save(path)
+  saving.embed_schema_file(path, os.path.join(model_dir, "labels.json"))
   return path
 
 

@@ -122,6 +122,10 @@ class KerasPredictor(Predictor):
     from mlc_keras.modeling import outputs as outputs_lib  # pylint: disable=g-import-not-at-top
     return outputs_lib.table_of(self.model) or super()._find_table()
 
+  def _embedded_labels(self):
+    from mlc_keras.modeling import saving  # pylint: disable=g-import-not-at-top
+    return saving.read_schema_text(self.path)
+
   def _run(self, images):
     out = self.model.predict_on_batch(images)
     if not isinstance(out, Mapping):

@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from typing import Optional
+from typing import Callable, Optional
 
 from mlc_keras import config as config_lib
 from mlc_keras import preflight
@@ -43,7 +43,8 @@ MAX_SET_ASIDE = 20
 def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
                        verbose: int = 1, overwrite: bool = False,
                        tf_config: Optional[str] = None,
-                       keras_home: Optional[str] = None) -> dict:
+                       keras_home: Optional[str] = None,
+                       build_model: Optional[Callable] = None) -> dict:
   """Trains the multi-head model described by ``cfg`` and writes its
   artefacts to ``model_dir`` (see the module docstring).
 
@@ -52,7 +53,10 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
   run's files. Returns the results dict also written to results.json.
   ``verbose``: Keras fit's progress output (2: one line per epoch).
   ``tf_config``, ``keras_home``: the TF_CONFIG and KERAS_HOME values (for
-  --strategy=multi_worker and --weights=imagenet).
+  --strategy=multi_worker and --weights=imagenet). ``build_model(schema,
+  image_size)``: makes the model instead of cfg.model (a keras.Model taking
+  uint8 images, one output per head named after it); called again when a
+  run restarts, so it must build a fresh model each time.
 
   Raises preflight.FlagError (a bad config value, named),
   run_lock.LockedError (another run owns model_dir), run_dir.RunFinished,
@@ -81,11 +85,11 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
   owner = run_lock.RunLock(model_dir) if plan.chief else contextlib.nullcontext()
   with owner:
     run_dir.claim(model_dir, cfg.to_dict(), overwrite, chief=plan.chief)
-    return _train_setting_aside(cfg, model_dir, verbose)
+    return _train_setting_aside(cfg, model_dir, verbose, build_model)
 
 
 def _train_setting_aside(cfg: config_lib.Config, model_dir: str,
-                         verbose: int) -> dict:
+                         verbose: int, build_model=None) -> dict:
   """Trains; an image failing mid-run is named, or set aside and resumed."""
   # Loaded only now: the checks before answer in milliseconds.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -94,7 +98,7 @@ def _train_setting_aside(cfg: config_lib.Config, model_dir: str,
   set_aside = set()
   for attempt in range(MAX_SET_ASIDE + 1):
     try:
-      return _train(cfg, model_dir, verbose)
+      return _train(cfg, model_dir, verbose, build_model)
     except tf.errors.OpError as e:
       problem = setup.failed_image(cfg, model_dir, e)
       if problem is None:
@@ -124,11 +128,13 @@ def _train_setting_aside(cfg: config_lib.Config, model_dir: str,
   raise AssertionError("unreachable")
 
 
-def _train(cfg: config_lib.Config, model_dir: str, verbose: int) -> dict:
+def _train(cfg: config_lib.Config, model_dir: str, verbose: int,
+           build_model=None) -> dict:
   from mlc_keras.training import distributed  # pylint: disable=g-import-not-at-top
   from mlc_keras.training import fit  # pylint: disable=g-import-not-at-top
   if cfg.train.strategy in ("mirrored", "multi_worker"):
     # fit fails under MultiWorkerMirroredStrategy (keras#20585) and averages
     # per-replica masked means: these run a custom step.
-    return distributed.train_and_evaluate(cfg, model_dir)
-  return fit.train_and_evaluate(cfg, model_dir, verbose=verbose)
+    return distributed.train_and_evaluate(cfg, model_dir, build_model)
+  return fit.train_and_evaluate(cfg, model_dir, verbose=verbose,
+                                build_model=build_model)

@@ -264,6 +264,7 @@ def train_dataset(source: sources.Source, schema: heads_lib.LabelSchema, *,
                   data_service: Optional[str] = None,
                   recipe: augment_lib.Recipe = augment_lib.Recipe(),
                   factor_priors: Optional[Mapping] = None,
+                  one_epoch_per_iteration: bool = False,
                   ) -> tf.data.Dataset:
   """Batches for training, epochs ``start_epoch`` .. ``end_epoch - 1`` back
   to back; each epoch holds ``len // batch_size`` full batches.
@@ -280,6 +281,11 @@ def train_dataset(source: sources.Source, schema: heads_lib.LabelSchema, *,
   with ``cache`` (which keeps pixels already resized). ``recipe``:
   data/augment.py (MixUp / CutMix batches carry soft per-head targets).
   ``factor_priors``: see _targets (not with MixUp / CutMix).
+
+  ``one_epoch_per_iteration``: the dataset is one epoch, and each pass over
+  it (each ``model.fit`` epoch) is a new epoch drawn from ``seed``'s
+  sequence, as plain tf.data's reshuffle_each_iteration does
+  (start_epoch and end_epoch are not used).
 
   ``data_service`` ("grpc://host:port"): the whole pipeline above runs on
   tf.data service workers, which split it by epoch (dynamic sharding of the
@@ -304,7 +310,17 @@ def train_dataset(source: sources.Source, schema: heads_lib.LabelSchema, *,
       augmentations=augmentations, crop_scale=tuple(crop_scale),
       crop_ratio=tuple(crop_ratio), unread=unread, recipe=recipe,
       per_batch=_mixer(schema, class_weights, recipe))
-  ds = tf.data.Dataset.range(start_epoch, end_epoch).flat_map(one_epoch)
+  if one_epoch_per_iteration:
+    epochs = tf.data.Dataset.random(
+        seed=seed, rerandomize_each_iteration=True).take(1).map(
+            lambda e: e % (1 << 31))
+  else:
+    epochs = tf.data.Dataset.range(start_epoch, end_epoch)
+  ds = epochs.flat_map(one_epoch)
+  if one_epoch_per_iteration and (steps_per_epoch or source.size):
+    # Known length: Keras plans its epochs without running one dry.
+    ds = ds.apply(tf.data.experimental.assert_cardinality(
+        steps_per_epoch or source.size // batch_size))
   if not recipe.mixes:  # mixed batches got their targets in one_epoch
     ds = ds.map(lambda x, y: (x, *_targets(y, schema, class_weights,
                                            factor_priors)),

@@ -1,7 +1,20 @@
 """Loading a saved .keras model, with the package's own layers known, and
-saving one for inference (without optimizer state)."""
+saving one for inference (without optimizer state).
+
+A .keras file is a zip archive; the label schema (labels.json: heads, class
+order, kinds, tag thresholds) is stored in it as one more member,
+SCHEMA_MEMBER, so a .keras file copied alone still names its classes.
+Keras reads only the members it wrote, so plain ``keras.models.load_model``
+still loads the file.
+"""
 
 from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import zipfile
+from typing import Optional
 
 import keras
 
@@ -21,6 +34,66 @@ def load_model(path: str) -> keras.Model:
             "mlc_keras>Temperature": layers.Temperature}
   return keras.models.load_model(path, safe_mode=True, compile=False,
                                  custom_objects=custom)
+
+
+SCHEMA_MEMBER = "mlc_keras/labels.json"
+
+
+def embed_schema(path: str, schema_text: str) -> None:
+  """Stores ``schema_text`` (labels.json's content) in the .keras file at
+  ``path`` as SCHEMA_MEMBER, replacing an earlier copy."""
+  with zipfile.ZipFile(path) as z:
+    present = SCHEMA_MEMBER in z.namelist()
+  if not present:
+    with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as z:
+      z.writestr(SCHEMA_MEMBER, schema_text)
+    return
+  # A zip member cannot be replaced in place: copy the others over.
+  fd, tmp = tempfile.mkstemp(suffix=".keras", dir=os.path.dirname(
+      os.path.abspath(path)))
+  os.close(fd)
+  try:
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(tmp, "w") as dst:
+      for info in src.infolist():
+        if info.filename != SCHEMA_MEMBER:
+          with src.open(info) as f_in, dst.open(info, "w") as f_out:
+            shutil.copyfileobj(f_in, f_out, 1 << 20)
+      dst.writestr(SCHEMA_MEMBER, schema_text,
+                   compress_type=zipfile.ZIP_DEFLATED)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def embed_schema_file(path: str, labels_json: str) -> None:
+  """embed_schema with the text of the labels.json file ``labels_json``."""
+  with open(labels_json, encoding="utf-8") as f:
+    embed_schema(path, f.read())
+
+
+def embed_run_schema(model_dir: str,
+                     names: tuple[str, ...] = ("model.keras", "best.keras")
+                     ) -> None:
+  """Stores the run folder's labels.json (with its fitted tag thresholds)
+  in each of its .keras files named ``names`` that exists."""
+  labels = os.path.join(model_dir, "labels.json")
+  for name in names:
+    path = os.path.join(model_dir, name)
+    if os.path.exists(path) and os.path.exists(labels):
+      embed_schema_file(path, labels)
+
+
+def read_schema_text(path: str) -> Optional[str]:
+  """The labels.json text stored in the .keras file ``path``, or None (a file
+  saved before schemas were stored, or by plain Keras)."""
+  try:
+    with zipfile.ZipFile(path) as z:
+      if SCHEMA_MEMBER not in z.namelist():
+        return None
+      return z.read(SCHEMA_MEMBER).decode("utf-8")
+  except (OSError, zipfile.BadZipFile):
+    return None
 
 
 def inference_copy(model: keras.Model) -> keras.Model:

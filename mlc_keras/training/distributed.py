@@ -241,6 +241,8 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
       model, run, cfg, out_dir, show=chief,
       extra={"strategy": tc.strategy,
              "replicas": strategy.num_replicas_in_sync, **(grown or {})})
+  if chief:
+    saving.embed_run_schema(out_dir)
   if not chief:
     shutil.rmtree(out_dir, ignore_errors=True)
   return results
@@ -276,10 +278,7 @@ def _train_state(strategy, cfg: config_lib.Config, run: setup.Run,
   is built, so it holds slots for the trainable heads only."""
   tc, dc = cfg.train, cfg.data
   with strategy.scope():
-    if build_model is None:
-      model = setup.build_model(cfg, run.schema)
-    else:
-      model = build_model(run.schema, dc.image_size)
+    model = setup.build_model(cfg, run.schema, build_model)
     grown = setup.init_from_parent(model, run.schema, tc)
     if tc.train_heads:
       grow.freeze_all_but(model, run.schema, tc.train_heads,

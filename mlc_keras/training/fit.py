@@ -8,7 +8,7 @@ import dataclasses
 import logging
 import os
 import shutil
-from typing import Optional
+from typing import Callable, Optional
 
 import keras
 import numpy as np
@@ -103,9 +103,13 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
 
 
 def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
-                       verbose: int = 1) -> dict:
+                       verbose: int = 1,
+                       build_model: Optional[Callable[..., keras.Model]] = None
+                       ) -> dict:
   """train_lib.train_and_evaluate for --strategy=default, through
-  ``model.fit``; ``verbose`` is fit's (2: one line per epoch)."""
+  ``model.fit``; ``verbose`` is fit's (2: one line per epoch);
+  ``build_model(schema, image_size)`` replaces the configured model
+  (setup.build_model checks what it returns)."""
   tc, dc = cfg.train, cfg.data
   if tc.precision not in setup.PRECISIONS:
     raise ValueError(f"--precision must be one of {setup.PRECISIONS}, got "
@@ -125,7 +129,7 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
                                cache=_cache_validation(run.bundle.val, dc))
   strategy = setup.make_strategy(tc.strategy)
   with strategy.scope():
-    model = setup.build_model(cfg, run.schema)
+    model = setup.build_model(cfg, run.schema, build_model)
   grown = setup.init_from_parent(model, run.schema, tc)
   monitor, shared = _shared_callbacks(run, tc, model_dir, val_ds is not None)
   schedule = phases(tc, model_dir)
@@ -150,8 +154,10 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
   handover = os.path.join(model_dir, FROZEN_PHASE_WEIGHTS)
   if os.path.exists(handover):
     os.remove(handover)
-  return setup.write_results(model, run, cfg, model_dir, eval_ds=val_ds,
-                             extra=grown)
+  results = setup.write_results(model, run, cfg, model_dir, eval_ds=val_ds,
+                                extra=grown)
+  saving.embed_run_schema(model_dir)  # labels.json has its final thresholds
+  return results
 
 
 def _shared_callbacks(run: setup.Run, tc: config_lib.TrainConfig,

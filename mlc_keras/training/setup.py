@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import sys
-from typing import Optional
+from typing import Callable, Optional
 
 import keras
 import numpy as np
@@ -298,15 +298,56 @@ class Run:
   factor_priors: dict = dataclasses.field(default_factory=dict)
 
 
-def build_model(cfg: config_lib.Config, schema) -> keras.Model:
+class ModelError(heads_lib.SchemaError):
+  """A model given to train does not fit the run's data."""
+
+
+def build_model(cfg: config_lib.Config, schema,
+                build: Optional[Callable[..., keras.Model]] = None
+                ) -> keras.Model:
   """The configured model, shared by fit.py and distributed.py (call it in
   the strategy's scope). A parent's backbone (--init_from) replaces whatever
-  weights the flags name, so none are downloaded."""
+  weights the flags name, so none are downloaded.
+
+  ``build(schema, image_size)``, when given, makes the model instead; it
+  must take uint8 images of the configured size as its one input and have
+  one output per head, named after it, with one column per class."""
+  if build is not None:
+    return _checked_model(build(schema, cfg.data.image_size), schema,
+                          cfg.data.image_size)
   mc = cfg.model
   return model_lib.build_model(
       schema, cfg.data.image_size, mc.backbone,
       None if cfg.train.init_from else mc.weights, mc.dropout, mc.bn_momentum,
       mc.head_projection)
+
+
+def _checked_model(model, schema, image_size: int) -> keras.Model:
+  if not isinstance(model, keras.Model):
+    raise ModelError(f"the model builder returned {type(model).__name__}, "
+                     "not a keras.Model")
+  if len(model.inputs) != 1:
+    raise ModelError(f"the model has {len(model.inputs)} inputs; it needs one "
+                     "(uint8 images)")
+  shape = tuple(model.inputs[0].shape[1:])
+  if len(shape) != 3 or shape[2] not in (None, 3) or any(
+      s not in (None, image_size) for s in shape[:2]):
+    raise ModelError(f"the model's input is {list(shape)}; the data gives "
+                     f"[{image_size}, {image_size}, 3] uint8 images")
+  try:
+    outputs = model_lib.named_outputs(model)
+  except ValueError as e:
+    raise ModelError(f"the model's outputs are not named after the heads "
+                     f"({e})") from None
+  for h in schema.heads:
+    if h.name not in outputs:
+      raise ModelError(f"the model has no output named {h.name!r} (outputs: "
+                       f"{', '.join(sorted(outputs))})")
+    width = outputs[h.name].shape[-1]
+    if width != h.num_classes:
+      raise ModelError(f"output {h.name!r} has {width} columns; the head has "
+                       f"{h.num_classes} classes")
+  return model
 
 
 def init_from_parent(model: keras.Model, schema, tc: config_lib.TrainConfig
