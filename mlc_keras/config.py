@@ -23,6 +23,7 @@ AUGMENTATIONS = ("flip", "crop", "resized_crop", "colour", "randaugment",
 STRATEGIES = ("default", "mirrored", "multi_worker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 OPTIMIZERS = ("adamw", "sgd")
+HEAD_POOLINGS = ("avg", "attention")
 # --preset names: functions of this module returning a Config.
 PRESETS = ("default", "demo", "tiny", "scratch_small", "finetune_imagenet")
 
@@ -137,6 +138,10 @@ class ModelConfig:
   # > 0: a private Dense(n, relu) between the pooled features and each head
   # (modeling/model.build_model); 0: every head reads the features directly.
   head_projection: int = 0
+  # "avg": every head reads one global average pool of the backbone's last
+  # map; "attention": each head pools that map with its own spatial softmax
+  # (a 1x1 conv per head), so it can keep to its own attribute's evidence.
+  head_pooling: str = "avg"
 
 
 @dataclasses.dataclass(frozen=True)

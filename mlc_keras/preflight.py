@@ -167,6 +167,9 @@ def check_ranges(cfg: config_lib.Config) -> None:
   _number_in("dropout", mc.dropout, 0, 1)
   _number_in("bn_momentum", mc.bn_momentum, 0, 1, optional=True)
   _number_in("head_projection", mc.head_projection, 0, integer=True)
+  if mc.head_pooling not in config_lib.HEAD_POOLINGS:
+    _fail("head_pooling", mc.head_pooling,
+          f"choose one of {', '.join(config_lib.HEAD_POOLINGS)}")
   _number_in("batch_size", tc.batch_size, 1, integer=True)
   _number_in("epochs", tc.epochs, 1, integer=True)
   _number_in("steps_per_epoch", tc.steps_per_epoch, 1, integer=True,

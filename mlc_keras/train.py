@@ -179,6 +179,13 @@ _HEAD_PROJECTION = flags.DEFINE_integer(
     "head_projection", _m.head_projection, "Width of a private Dense+relu "
     "projection of the pooled features per head (0: heads read the features "
     "directly). Measured for unseen attribute combinations in BUILD_NOTES.md.")
+_HEAD_POOLING = flags.DEFINE_enum(
+    "head_pooling", _m.head_pooling, list(config_lib.HEAD_POOLINGS),
+    "How each head pools the backbone's last feature map: avg (one global "
+    "average shared by every head) or attention (each head its own spatial "
+    "softmax from a 1x1 conv, so a head can read its own attribute's region "
+    "instead of the others' context; for attributes that combine in ways "
+    "training did not show).")
 # Training.
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Global batch size.")
 _EPOCHS = flags.DEFINE_integer("epochs", None, "Epochs.")
@@ -359,7 +366,8 @@ def _model_config(preset: config_lib.ModelConfig) -> config_lib.ModelConfig:
       preset, backbone=_given(_BACKBONE, preset.backbone), weights=weights,
       dropout=_given(_DROPOUT, preset.dropout),
       bn_momentum=_given(_BN_MOMENTUM, preset.bn_momentum),
-      head_projection=_given(_HEAD_PROJECTION, preset.head_projection))
+      head_projection=_given(_HEAD_PROJECTION, preset.head_projection),
+      head_pooling=_given(_HEAD_POOLING, preset.head_pooling))
 
 
 def config_from_flags() -> config_lib.Config:
@@ -520,7 +528,8 @@ _HELP_GROUPS = {
     "augmentation": (_AUGMENT, _CROP_SCALE, _CROP_RATIO, _RA_OPS,
                      _RA_MAGNITUDE, _ERASING_PROB, _MIXUP, _CUTMIX),
     "combinations": (_HOLDOUT, _CALIBRATION_COMBOS, _BALANCE, _FACTOR_HEADS),
-    "model": (_BACKBONE, _WEIGHTS, _DROPOUT, _BN_MOMENTUM, _HEAD_PROJECTION),
+    "model": (_BACKBONE, _WEIGHTS, _DROPOUT, _BN_MOMENTUM, _HEAD_PROJECTION,
+              _HEAD_POOLING),
     "training": (_EPOCHS, _BATCH_SIZE, _STEPS, _LR, _FIND_LR, _FIND_LR_STEPS,
                  _OPTIMIZER, _SEED,
                  _CLASS_WEIGHT, _LOSS_WEIGHTS, _FOCAL_LOSS, _LABEL_SMOOTHING,

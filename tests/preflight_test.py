@@ -45,6 +45,8 @@ _BAD = [
     ("model", {"weights": "/no/weights.h5"}, "--weights=/no/weights.h5: no such file"),
     ("model", {"dropout": 1.5}, "--dropout=1.5: must be >= 0 and < 1"),
     ("model", {"head_projection": -8}, "--head_projection=-8: must be >= 0"),
+    ("model", {"head_pooling": "max"},
+     "--head_pooling=max: choose one of avg, attention"),
     ("train", {"batch_size": 0}, "--batch_size=0: must be >= 1"),
     ("train", {"epochs": 0}, "--epochs=0: must be >= 1"),
     ("train", {"steps_per_epoch": 0}, "--steps_per_epoch=0: must be >= 1"),
@@ -81,6 +83,7 @@ class PreflightTest(parameterized.TestCase, tf.test.TestCase):
     from mlc_keras.training import fit  # pylint: disable=g-import-not-at-top
     from mlc_keras.training import setup  # pylint: disable=g-import-not-at-top
     self.assertEqual(config_lib.BACKBONES, model.BACKBONES)
+    self.assertEqual(config_lib.HEAD_POOLINGS, model.HEAD_POOLINGS)
     self.assertEqual(config_lib.AUGMENTATIONS, pipeline.AUGMENTATIONS)
     self.assertEqual(config_lib.STRATEGIES, setup.STRATEGIES)
     self.assertEqual(config_lib.PRECISIONS, setup.PRECISIONS)

@@ -17,6 +17,16 @@ Heads of the parent that the new schema does not name are dropped.
 
 The backbone (every layer of the keras.applications backbone, BatchNorm
 statistics included) is always copied: it is what the heads were trained on.
+The pooling (--head_pooling) does not change it: pooling has no weights.
+
+A kept head (copied or extended) keeps its private layers: its projection
+(the widths must agree) and its attention (--head_pooling=attention). A
+parent that pooled with attention cannot seed that head in an "avg" child
+(the head's weights were fitted to its own attention's features, not to the
+average; an error names the flag). An "avg" parent can seed an "attention"
+child: the new attention convolution starts at zero, i.e. uniform weights,
+so the head reads the average pool its parent read and starts with the
+parent's outputs (to float rounding), then learns where to look.
 """
 
 from __future__ import annotations
@@ -124,6 +134,7 @@ def copy_from(parent: keras.Model, parent_schema: heads_lib.LabelSchema,
     if plan.status not in (COPIED, EXTENDED):
       continue
     _copy_projection(parent, child, spec.name, origin)
+    _copy_attention(parent, child, spec.name, origin)
     kernel, bias = parent.get_layer(spec.name).get_weights()
     new_kernel, new_bias = child.get_layer(spec.name).get_weights()
     if kernel.shape[0] != new_kernel.shape[0]:
@@ -150,6 +161,22 @@ def _copy_projection(parent: keras.Model, child: keras.Model, head: str,
         f"model; give --head_projection={have}")
   if have:
     name = model_lib.projection_name(head)
+    child.get_layer(name).set_weights(parent.get_layer(name).get_weights())
+
+
+def _copy_attention(parent: keras.Model, child: keras.Model, head: str,
+                    origin: str) -> None:
+  """A kept head keeps its attention (--head_pooling=attention); see the
+  module docstring for a parent and child that pool differently."""
+  have = model_lib.head_pooling_of(parent, head)
+  want = model_lib.head_pooling_of(child, head)
+  if have == "attention" and want != "attention":
+    raise GrowError(
+        f"{origin}: head {head!r} pools the features with its own attention "
+        f"there, with the shared average in the new model; give "
+        "--head_pooling=attention")
+  if have == "attention":
+    name = model_lib.attention_name(head)
     child.get_layer(name).set_weights(parent.get_layer(name).get_weights())
 
 
@@ -189,6 +216,9 @@ def freeze_all_but(model: keras.Model, schema: heads_lib.LabelSchema,
     model.get_layer(h.name).trainable = h.name in train_heads
     if model_lib.projection_width(model, h.name):
       model.get_layer(model_lib.projection_name(h.name)).trainable = (
+          h.name in train_heads)
+    if model_lib.head_pooling_of(model, h.name) == "attention":
+      model.get_layer(model_lib.attention_name(h.name)).trainable = (
           h.name in train_heads)
   if not train_backbone:
     model.get_layer(model_lib.BACKBONE_LAYER).trainable = False

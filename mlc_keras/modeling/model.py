@@ -17,6 +17,13 @@ from mlc_keras import heads as heads_lib
 BACKBONE_LAYER = "backbone"
 FEATURES_LAYER = "features"
 PROJECTION_SUFFIX = "_projection"
+ATTENTION_SUFFIX = "_attention"
+# The flattened feature map every attention head pools (head_pooling
+# "attention"): [N, H*W, C].
+LOCATIONS_LAYER = "feature_locations"
+# "avg": one global average pool shared by every head. "attention": each
+# head pools the backbone's last feature map with its own spatial softmax.
+HEAD_POOLINGS = ("avg", "attention")
 
 
 # Pixel scalings (scale, offset), applied to 0-255 RGB by the model's
@@ -70,7 +77,8 @@ def build_model(schema: heads_lib.LabelSchema,
                 weights: Optional[str] = None,
                 dropout: float = 0.0,
                 bn_momentum: Optional[float] = 0.9,
-                head_projection: int = 0) -> keras.Model:
+                head_projection: int = 0,
+                head_pooling: str = "avg") -> keras.Model:
   """Builds the functional multi-head model.
 
   Args:
@@ -97,33 +105,124 @@ def build_model(schema: heads_lib.LabelSchema,
     raise ValueError(
         f"unknown backbone {backbone!r}; choose one of: {', '.join(table)}")
   spec = table[backbone]
+  _check_pooling(head_pooling)
   clash = [h for h in schema.names
            if head_projection and projection_name(h) in schema.names]
   if clash:
     raise ValueError(
         f"head_projection: the projection of head {clash[0]!r} would be named "
         f"{projection_name(clash[0])!r}, which is another head; rename it")
+  _check_attention_names(schema, head_pooling)
   image = keras.Input(shape=(image_size, image_size, 3), dtype="uint8",
                       name="image")
   scale, offset = _PIXELS[spec.pixels]
   x = keras.layers.Rescaling(scale, offset=offset, name="preprocess")(image)
-  net = _wrapped(spec, image_size, weights)
+  net = _wrapped(spec, image_size, weights,
+                 pooling="avg" if head_pooling == "avg" else None)
   if bn_momentum is not None:
     for layer in backbone_layers(net):
       if isinstance(layer, keras.layers.BatchNormalization):
         layer.momentum = float(bn_momentum)
   features = net(x)
   features = keras.layers.Identity(name=FEATURES_LAYER)(features)
-  if dropout:
-    features = keras.layers.Dropout(dropout, name="dropout")(features)
+  drop = keras.layers.Dropout(dropout, name="dropout") if dropout else None
+  if drop is not None and head_pooling == "avg":
+    features = drop(features)
+  pooled = head_features(features, schema, head_pooling)
   outputs = {}
   for h in schema.heads:
-    x = features
+    x = pooled[h.name]
+    if drop is not None and head_pooling == "attention":
+      # The same (weightless) layer on each head's own pooled vector: what a
+      # head reads is dropped as in "avg", where it is the shared vector.
+      x = drop(x)
     if head_projection:
       x = keras.layers.Dense(head_projection, activation="relu",
                              name=projection_name(h.name))(x)
     outputs[h.name] = head_layer(h, dtype="float32")(x)
   return keras.Model(image, outputs, name="mlc_" + backbone.lower())
+
+
+def _check_pooling(head_pooling: str) -> None:
+  if head_pooling not in HEAD_POOLINGS:
+    raise ValueError(f"unknown head_pooling {head_pooling!r}; choose one of: "
+                     f"{', '.join(HEAD_POOLINGS)}")
+
+
+def attention_layer_names(head: str) -> tuple[str, ...]:
+  """The layers head_pooling "attention" adds for ``head``: its 1x1 conv
+  (the only one with weights), the logits flattened over locations, their
+  softmax (the attention weights, [N, H*W, 1], float32) and the pooled
+  features ([N, 1, C], then [N, C])."""
+  base = head + ATTENTION_SUFFIX
+  return (base, base + "_logits", base + "_weights", base + "_sum",
+          base + "_pooled")
+
+
+def attention_name(head: str) -> str:
+  return attention_layer_names(head)[0]
+
+
+def attention_weights_name(head: str) -> str:
+  return attention_layer_names(head)[2]
+
+
+def _check_attention_names(schema: heads_lib.LabelSchema,
+                           head_pooling: str) -> None:
+  if head_pooling != "attention":
+    return
+  taken = {LOCATIONS_LAYER: None}
+  for h in schema.names:
+    if h in taken:
+      break
+    taken[h] = None
+  for h in schema.names:
+    for name in attention_layer_names(h):
+      if name in taken:
+        raise ValueError(
+            f"head_pooling: the attention of head {h!r} adds a layer named "
+            f"{name!r}, which is already a head or layer name; rename the head")
+      taken[name] = h
+
+
+def head_features(features, schema: heads_lib.LabelSchema,
+                  head_pooling: str = "avg") -> dict:
+  """{head: the [N, C] features it reads}. "avg": ``features`` is already
+  pooled and shared. "attention": ``features`` is an [N, H, W, C] map and
+  each head pools it with its own attention (see build_model)."""
+  _check_pooling(head_pooling)
+  if head_pooling == "avg":
+    return {h: features for h in schema.names}
+  _check_attention_names(schema, head_pooling)
+  height, width, channels = features.shape[1:]
+  locations = keras.layers.Reshape((height * width, channels),
+                                   name=LOCATIONS_LAYER)(features)
+  out = {}
+  for h in schema.names:
+    conv, logits, weights, total, pooled = attention_layer_names(h)
+    # Zero kernel and bias: uniform weights, i.e. the average pool, at
+    # initialisation (a head grown from an "avg" parent starts as it was).
+    x = keras.layers.Conv2D(1, 1, kernel_initializer="zeros",
+                            bias_initializer="zeros", name=conv)(features)
+    # float32 from the logits on: a softmax over H*W locations in float16
+    # loses the small weights, and the weighted sum is done in float32 too.
+    x = keras.layers.Reshape((height * width, 1), dtype="float32",
+                             name=logits)(x)
+    x = keras.layers.Softmax(axis=1, dtype="float32", name=weights)(x)
+    x = keras.layers.Dot(axes=1, dtype="float32", name=total)([x, locations])
+    out[h] = keras.layers.Reshape((channels,), dtype="float32",
+                                  name=pooled)(x)
+  return out
+
+
+def head_pooling_of(model: keras.Model, head: str) -> str:
+  """"attention" when ``head`` pools with its own attention in ``model``,
+  else "avg"."""
+  try:
+    model.get_layer(attention_name(head))
+  except ValueError:
+    return "avg"
+  return "attention"
 
 
 def projection_name(head: str) -> str:
@@ -138,16 +237,18 @@ def projection_width(model: keras.Model, head: str) -> int:
     return 0
 
 
-def _wrapped(spec: _Backbone, image_size: int,
-             weights: Optional[str]) -> keras.Model:
+def _wrapped(spec: _Backbone, image_size: int, weights: Optional[str],
+             pooling: Optional[str] = "avg") -> keras.Model:
   """The keras.applications network built under its own Keras name, then
   re-wrapped (same layers, same weights) as a model named "backbone".
   Keras reads the name: EfficientNetV2 looks up its block table by it and
   ConvNeXt accepts ImageNet weights only under its variant's name, so
-  building it as "backbone" directly fails for both."""
+  building it as "backbone" directly fails for both. ``pooling`` None keeps
+  the last feature map (head_pooling "attention"); the weights are the same
+  either way, pooling has none."""
   own = {"include_preprocessing": False} if spec.own_preprocessing else {}
   inner = spec.build(include_top=False, weights=weights,
-                     input_shape=(image_size, image_size, 3), pooling="avg",
+                     input_shape=(image_size, image_size, 3), pooling=pooling,
                      **own)
   return keras.Model(inner.input, inner.output, name=BACKBONE_LAYER)
 
@@ -201,16 +302,23 @@ def named_outputs(model: keras.Model) -> dict:
   return {model.output_names[0]: out}
 
 
-def small_cnn(schema: heads_lib.LabelSchema, size: int) -> keras.Model:
+def small_cnn(schema: heads_lib.LabelSchema, size: int,
+              head_pooling: str = "avg") -> keras.Model:
   """A model with build_model's contract (uint8 "image" in, one softmax per
   head named after it) over three conv blocks, for CPU-sized runs: it learns
   the demo shapes at 32 px in about a minute, where ResNet50V2 at 32 px stays
   at chance on "shape" after 80 steps (measured 0.33). Tests and the
-  benchmarks' sharing/masking claims use it; they are not about the backbone."""
+  benchmarks' sharing/masking claims use it; they are not about the backbone.
+  head_pooling "attention" pools its last map (size / 8 on a side) per head
+  as build_model does."""
+  _check_pooling(head_pooling)
   image = keras.Input((size, size, 3), dtype="uint8", name="image")
   x = keras.layers.Rescaling(1 / 127.5, offset=-1.0)(image)
   for filters in (32, 64, 128):
     x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
     x = keras.layers.MaxPooling2D()(x)
-  x = keras.layers.GlobalAveragePooling2D()(x)
-  return keras.Model(image, {h.name: head_layer(h)(x) for h in schema.heads})
+  if head_pooling == "avg":
+    x = keras.layers.GlobalAveragePooling2D()(x)
+  pooled = head_features(x, schema, head_pooling)
+  return keras.Model(image, {h.name: head_layer(h)(pooled[h.name])
+                             for h in schema.heads})

@@ -319,7 +319,7 @@ def build_model(cfg: config_lib.Config, schema,
   return model_lib.build_model(
       schema, cfg.data.image_size, mc.backbone,
       None if cfg.train.init_from else mc.weights, mc.dropout, mc.bn_momentum,
-      mc.head_projection)
+      mc.head_projection, mc.head_pooling)
 
 
 def _checked_model(model, schema, image_size: int) -> keras.Model:
