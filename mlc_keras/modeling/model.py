@@ -171,18 +171,17 @@ def _check_attention_names(schema: heads_lib.LabelSchema,
                            head_pooling: str) -> None:
   if head_pooling != "attention":
     return
-  taken = {LOCATIONS_LAYER: None}
-  for h in schema.names:
-    if h in taken:
-      break
-    taken[h] = None
+  if LOCATIONS_LAYER in schema.names:
+    raise ValueError(f"head_pooling: {LOCATIONS_LAYER!r} names the feature "
+                     "map that attention pooling flattens; rename the head")
+  taken = set(schema.names)
   for h in schema.names:
     for name in attention_layer_names(h):
       if name in taken:
         raise ValueError(
             f"head_pooling: the attention of head {h!r} adds a layer named "
             f"{name!r}, which is already a head or layer name; rename the head")
-      taken[name] = h
+      taken.add(name)
 
 
 def head_features(features, schema: heads_lib.LabelSchema,
