@@ -74,6 +74,8 @@ BEFORE = {"augment": "flip,crop", "learning_rate": "1e-3"}
 EXTRA = {
     "noaug": {"augment": ""},
     "flipcrop": {"augment": "flip,crop"},
+    # Per-head attention pooling (modeling/model.py, head_pooling).
+    "attn": {"head_pooling": "attention"},
 }
 # Arm "factors": today's defaults with --factor_heads (modeling/factors.py):
 # the set's two pair heads, and on glyphs weight and slant too (the test
@@ -173,6 +175,8 @@ def train(arm: str, data: dict, seed: int, run_dir: str) -> tuple[str, dict]:
     return args["out"], args
   if arm == "factors":
     extra = {"factor_heads": FACTORS[data["name"]]}
+  elif arm == "attn_factors":
+    extra = {"factor_heads": FACTORS[data["name"]], **EXTRA["attn"]}
   elif arm in ("before", "after") or arm in EXTRA:
     extra = BEFORE if arm == "before" else EXTRA.get(arm, {})
   else:

@@ -443,10 +443,14 @@ def load_predictor(path: str, bytes_signature: bool = False):
 
 def predict_files(predictor, paths: Sequence[str], batch_size: int = 32
                   ) -> list[dict]:
-  """One dict per image file: each head's class and score (a tag head's
-  tags), as ``python -m mlc_keras.predict`` prints them as JSON lines.
-  ``predictor``: a Predictor or anything load_predictor opens."""
+  """One dict per image: each head's class and score (a tag head's tags),
+  as ``python -m mlc_keras.predict`` prints them as JSON lines.
+  ``predictor``: a Predictor or anything load_predictor opens; ``paths``:
+  image files, folders of them or manifests (their image column)."""
   from mlc_keras import predict_lib  # pylint: disable=g-import-not-at-top
   if isinstance(predictor, str):
     predictor = load_predictor(predictor)
-  return list(predict_lib.predict_files(predictor, list(paths), batch_size))
+  if isinstance(paths, str):
+    paths = [paths]
+  images = predict_lib.expand_inputs(list(paths))
+  return list(predict_lib.predict_files(predictor, images, batch_size))
