@@ -185,6 +185,7 @@ def load_model(path: str):
 def build_model(schema, backbone: Union[str, Any] = "ResNet50V2", *,
                 image_size: int = 224, weights: Optional[str] = None,
                 dropout: float = 0.0, bn_momentum: Optional[float] = 0.9,
+                head_pooling: str = "avg",
                 pixels: str = "tf", compile: bool = True,  # pylint: disable=redefined-builtin
                 learning_rate: float = 1e-3, weight_decay: float = 1e-4,
                 top_k: int = 5):
@@ -197,6 +198,9 @@ def build_model(schema, backbone: Union[str, Any] = "ResNet50V2", *,
     keras-hub is installed (``weights`` None: random, else the preset's), or
     your own keras.Model mapping float images to a feature map or vector
     (it is average-pooled when it returns a map).
+  head_pooling: "avg" (one average pool shared by the heads) or "attention"
+    (each head pools the feature map with its own spatial attention; needs
+    a backbone that returns a map).
   pixels: how uint8 pixels are scaled for your own or a keras-hub backbone:
     "tf" ([-1, 1]), "unit" ([0, 1]), "torch" (ImageNet mean and std) or
     "raw" (0-255 floats). keras.applications names use their own.
@@ -208,12 +212,13 @@ def build_model(schema, backbone: Union[str, Any] = "ResNet50V2", *,
   schema = as_schema(schema)
   if isinstance(backbone, str) and backbone in config_lib.BACKBONES:
     model = model_lib.build_model(schema, image_size, backbone, weights,
-                                  dropout, bn_momentum)
+                                  dropout, bn_momentum,
+                                  head_pooling=head_pooling)
   else:
     net = backbone if isinstance(backbone, keras.Model) else _hub_backbone(
         backbone, weights)
     model = _wrap_backbone(net, schema, image_size, pixels, dropout,
-                           model_lib)
+                           head_pooling, model_lib)
   if compile:
     from mlc_keras.training import setup  # pylint: disable=g-import-not-at-top
     setup.compile_model(
@@ -241,7 +246,8 @@ def _hub_backbone(name, weights):
       name, load_weights=weights is not None)
 
 
-def _wrap_backbone(net, schema, image_size, pixels, dropout, model_lib):
+def _wrap_backbone(net, schema, image_size, pixels, dropout, head_pooling,
+                   model_lib):
   import keras  # pylint: disable=g-import-not-at-top
   image = keras.Input((image_size, image_size, 3), dtype="uint8",
                       name="image")
@@ -263,15 +269,21 @@ def _wrap_backbone(net, schema, image_size, pixels, dropout, model_lib):
     inner = keras.Input(tuple(x.shape[1:]))
     net = keras.Model(inner, net(inner), name=model_lib.BACKBONE_LAYER)
   features = net(x)
-  if len(features.shape) == 4:
+  if head_pooling == "attention" and len(features.shape) != 4:
+    raise ValueError("head_pooling='attention' needs a backbone that returns "
+                     f"a feature map; this one returns {features.shape}")
+  if head_pooling != "attention" and len(features.shape) == 4:
     features = keras.layers.GlobalAveragePooling2D(name="pool")(features)
   elif len(features.shape) == 3:
     features = keras.layers.GlobalAveragePooling1D(name="pool")(features)
   features = keras.layers.Identity(name=model_lib.FEATURES_LAYER)(features)
-  if dropout:
-    features = keras.layers.Dropout(dropout, name="dropout")(features)
-  outputs = {h.name: model_lib.head_layer(h, dtype="float32")(features)
-             for h in schema.heads}
+  per_head = model_lib.head_features(features, schema, head_pooling)
+  outputs = {}
+  for h in schema.heads:
+    x = per_head[h.name]
+    if dropout:
+      x = keras.layers.Dropout(dropout, name=f"{h.name}_dropout")(x)
+    outputs[h.name] = model_lib.head_layer(h, dtype="float32")(x)
   return keras.Model(image, outputs, name="mlc_model")
 
 

@@ -84,6 +84,22 @@ class BuildModelTest(tf.test.TestCase):
     self.assertEqual(logs["colour_loss"], 0.0)
     self.assertGreater(logs["shape_loss"], 0.5)
 
+  def test_own_backbone_with_attention_pooling_starts_as_the_average(self):
+    schema = mlc_keras.as_schema({"shape": ["a", "b", "c"], "colour": ["r", "g"]})
+    keras.utils.set_random_seed(0)
+    avg = mlc_keras.build_model(schema, tiny_backbone(16), image_size=16,
+                                compile=False)
+    attn = mlc_keras.build_model(schema, tiny_backbone(16), image_size=16,
+                                 compile=False, head_pooling="attention")
+    self.assertIn("shape_attention", [l.name for l in attn.layers])
+    for layer in ("backbone", "shape", "colour"):
+      attn.get_layer(layer).set_weights(avg.get_layer(layer).get_weights())
+    images = np.random.default_rng(1).integers(0, 256, (3, 16, 16, 3), np.uint8)
+    # Zero-initialised attention weighs every location equally.
+    a, b = avg.predict_on_batch(images), attn.predict_on_batch(images)
+    for head in ("shape", "colour"):
+      self.assertAllClose(a[head], b[head], atol=1e-6)
+
   def test_known_application_name_builds_the_package_model(self):
     model = mlc_keras.build_model(testutil.SCHEMA, "MobileNetV2",
                                   image_size=32, compile=False)
