@@ -34,12 +34,15 @@ _API = ("fit", "Run", "load_predictor", "predict_files", "build_model",
         "as_schema", "demo_data")
 _CONFIG = ("Config", "DataConfig", "ModelConfig", "TrainConfig", "PRESETS")
 _HEADS = ("LabelSchema", "HeadSpec")
-__all__ = list(_API + _CONFIG + _HEADS) + ["__version__"]
+# The parent of every error that is the user's mistake (errors.py).
+_ERRORS = ("MlcError",)
+__all__ = list(_API + _CONFIG + _HEADS + _ERRORS) + ["__version__"]
 
 
 def __getattr__(name):
   import importlib  # pylint: disable=g-import-not-at-top
-  for names, module in ((_API, "api"), (_CONFIG, "config"), (_HEADS, "heads")):
+  for names, module in ((_API, "api"), (_CONFIG, "config"), (_HEADS, "heads"),
+                        (_ERRORS, "errors")):
     if name in names:
       return getattr(importlib.import_module(f"mlc_keras.{module}"), name)
   raise AttributeError(f"module 'mlc_keras' has no attribute {name!r}")

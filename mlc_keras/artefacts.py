@@ -15,6 +15,8 @@ import os
 import shutil
 from typing import Optional, Sequence
 
+from mlc_keras import errors
+
 SERVING_SIGNATURE = "serving_default"  # bytes in, probabilities + labels out
 TENSOR_SIGNATURE = "serve_image"  # uint8 pixels in, probabilities out
 BYTES_INPUT = "image_bytes"
@@ -50,7 +52,7 @@ WARMUP_FILE = "tf_serving_warmup_requests"
 INSTALL_HINT = "pip install -e .[export]"
 
 
-class ExportError(Exception):
+class ExportError(errors.MlcError):
   """An artefact that cannot be made or read, or whose result is wrong."""
 
 

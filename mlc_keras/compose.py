@@ -31,6 +31,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from mlc_keras import errors
 from mlc_keras import heads as heads_lib
 
 # The output name of the composed classes (reserved as a head name in heads.py).
@@ -43,7 +44,7 @@ DEFAULT_THRESHOLD = 0.5
 EPS = 1e-7
 
 
-class ClassTableError(ValueError):
+class ClassTableError(errors.MlcError):
   """A class table that does not fit the schema; the message names the file,
   row and column."""
 

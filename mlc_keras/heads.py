@@ -14,6 +14,8 @@ import os
 import re
 from typing import Iterable, Mapping, Optional, Sequence
 
+from mlc_keras import errors
+
 # A missing label is a blank cell in a manifest and -1 in tensors.
 MISSING = -1
 
@@ -39,7 +41,7 @@ NO_TAGS = "(none)"
 DEFAULT_TAG_THRESHOLD = 0.5
 
 
-class SchemaError(ValueError):
+class SchemaError(errors.MlcError):
   """A heads file, manifest or label value that does not fit the schema."""
 
 

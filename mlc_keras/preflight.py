@@ -21,6 +21,7 @@ import urllib.request
 from typing import Callable, Optional
 
 from mlc_keras import config as config_lib
+from mlc_keras import errors
 
 _APPS = "https://storage.googleapis.com/tensorflow/keras-applications/"
 # MobileNetV2's ImageNet files exist for these input sides (Keras picks 224
@@ -33,8 +34,8 @@ TFDS_INSTALL_HINT = ("needs tensorflow-datasets, which is not installed: "
                      "tensorflow-datasets==4.9.10)")
 
 
-class FlagError(ValueError):
-  """A flag or environment value that cannot work; the message names it."""
+# A setting or environment value that cannot work; the message names it.
+FlagError = errors.SettingError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,6 +27,7 @@ from typing import Mapping, Optional, Sequence
 
 from mlc_keras import artefacts
 from mlc_keras import config as config_lib
+from mlc_keras import errors
 from mlc_keras import heads as heads_lib
 
 MODEL_FILE = "model.keras"
@@ -71,7 +72,7 @@ _BEFORE_CONFIG = ("run.lock", "image_check.csv", "quarantine.csv",
 log = logging.getLogger("mlc_keras")
 
 
-class RunDirError(ValueError):
+class RunDirError(errors.MlcError):
   """A run folder that lacks a file, or holds one that cannot be read."""
 
 

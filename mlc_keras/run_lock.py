@@ -32,12 +32,14 @@ import sys
 import time
 from typing import Optional
 
+from mlc_keras import errors
+
 log = logging.getLogger("mlc_keras")
 
 LOCK_FILE = "run.lock"
 
 
-class LockedError(RuntimeError):
+class LockedError(errors.MlcError, RuntimeError):
   """The model folder is owned by another run."""
 
 

@@ -27,12 +27,13 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from mlc_keras import errors
 from mlc_keras import heads as heads_lib
 
 HOLDOUT_FILE = "holdout.json"
 
 
-class CombinationError(ValueError):
+class CombinationError(errors.MlcError):
   """A combination spec that does not fit the schema; names the flag or file,
   the entry and the value."""
 

@@ -19,13 +19,15 @@ from __future__ import annotations
 import csv
 import os
 
+from mlc_keras import errors
+
 METADATA_FILE = "metadata.csv"
 FILE_NAME_COLUMN = "file_name"
 CLASS_HEAD = "label"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 
 
-class FolderError(ValueError):
+class FolderError(errors.MlcError):
   """A folder that is neither layout; the message says what was found."""
 
 

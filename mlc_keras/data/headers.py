@@ -15,6 +15,8 @@ import dataclasses
 import struct
 from typing import BinaryIO, Optional
 
+from mlc_keras import errors
+
 _PNG = b"\x89PNG\r\n\x1a\n"
 _JPEG = b"\xff\xd8\xff"
 _PREFIX = 64 * 1024  # one read covers nearly every header
@@ -32,7 +34,7 @@ ANIMATED_WEBP = ("cannot decode: animated WebP is not supported; save a still "
                  "image (PNG, JPEG or still WebP)")
 
 
-class HeaderError(ValueError):
+class HeaderError(errors.MlcError):
   """The file is not an image TF decodes, or its header is unreadable.
   ``header``: what the header said, when only the tail check failed."""
 

@@ -18,11 +18,12 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from mlc_keras import errors
 from mlc_keras import heads as heads_lib
 from mlc_keras.data import folders
 
 
-class DataError(ValueError):
+class DataError(errors.MlcError):
   """Input data that cannot be used; the message names the file and row."""
 
 

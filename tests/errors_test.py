@@ -1,0 +1,95 @@
+"""One parent for the user's mistakes (mlc_keras/errors.py): every such error
+is an MlcError; the library names settings by their config field, the
+command lines by their flag; a bug is not turned into a user's mistake."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from absl.testing import absltest
+
+import mlc_keras
+from mlc_keras import config as config_lib
+from mlc_keras import errors
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def user_error_classes() -> dict:
+  """{name: class} of every error that stands for a user's mistake."""
+  # pylint: disable=g-import-not-at-top
+  from mlc_keras import artefacts, compose, heads, preflight, run_dir, run_lock
+  from mlc_keras.data import combinations, folders, headers, manifest
+  from mlc_keras.exporters import parity
+  from mlc_keras.modeling import grow
+  from mlc_keras.training import backup, selection, setup
+  return {
+      "FlagError": preflight.FlagError,
+      "SettingError": errors.SettingError,
+      "SchemaError": heads.SchemaError,
+      "DataError": manifest.DataError,
+      "RunDirError": run_dir.RunDirError,
+      "RunFinished": run_dir.RunFinished,
+      "CombinationError": combinations.CombinationError,
+      "FolderError": folders.FolderError,
+      "HeaderError": headers.HeaderError,
+      "ClassTableError": compose.ClassTableError,
+      "GrowError": grow.GrowError,
+      "MonitorError": selection.MonitorError,
+      "BackupError": backup.BackupError,
+      "ExportError": artefacts.ExportError,
+      "ParityError": parity.ParityError,
+      "LockedError": run_lock.LockedError,
+      "ModelError": setup.ModelError,
+  }
+
+
+def run_python(*args, timeout=300):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", MLC_QUIET="1",
+             PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  return subprocess.run([sys.executable, *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+class MlcErrorTest(absltest.TestCase):
+
+  def test_every_user_error_is_an_mlc_error(self):
+    for name, cls in user_error_classes().items():
+      with self.subTest(name):
+        self.assertTrue(issubclass(cls, errors.MlcError), name)
+        # Code that caught ValueError before still catches it.
+        self.assertTrue(issubclass(cls, ValueError), name)
+
+  def test_kept_bases(self):
+    # pylint: disable=g-import-not-at-top
+    from mlc_keras import run_lock
+    from mlc_keras.data import manifest
+    from mlc_keras.training import backup
+    self.assertTrue(issubclass(run_lock.LockedError, RuntimeError))
+    self.assertTrue(issubclass(backup.BackupError, manifest.DataError))
+
+  def test_a_nan_loss_is_not_a_mistake_in_what_was_given(self):
+    # Its own exit code (3) and a hint to resume: not the generic exit 2.
+    from mlc_keras.training import setup  # pylint: disable=g-import-not-at-top
+    self.assertFalse(issubclass(setup.NonFiniteLossError, errors.MlcError))
+
+  def test_public_name(self):
+    self.assertIs(mlc_keras.MlcError, errors.MlcError)
+    self.assertIn("MlcError", mlc_keras.__all__)
+
+  def test_settings_are_fields_in_python_and_flags_on_the_command_line(self):
+    e = errors.SettingError("`jit_compile`=True: needs `weight_decay` and "
+                            "`image_size`; `x y` and `Name` stay")
+    self.assertEqual(str(e), "jit_compile=True: needs weight_decay and "
+                     "image_size; `x y` and `Name` stay")
+    self.assertEqual(e.fields, ("jit_compile", "weight_decay", "image_size"))
+    self.assertEqual(
+        e.render(config_lib.flag_name),
+        "--xla=True: needs --preset (weight_decay) and --image_size; "
+        "`x y` and `Name` stay")
+
+
+if __name__ == "__main__":
+  absltest.main()
