@@ -12,10 +12,13 @@ instead; --helpfull is left to absl (every flag of every module).
 from __future__ import annotations
 
 import sys
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, NoReturn, Sequence
 
 from absl import app
 from absl import flags
+
+from mlc_keras import config as config_lib
+from mlc_keras import errors
 
 # What absl's HelpFlag answers to (--help, --helpshort, -?, single dash too).
 _HELP_ARGS = frozenset({"--help", "-help", "--helpshort", "-helpshort", "-?",
@@ -84,6 +87,18 @@ def grouped_help(doc: str | None, groups: Groups,
   parts.append("\nTry --helpfull for every flag (absl, TensorFlow, "
                "--flagfile).\n")
   return "\n".join(parts)
+
+
+def error_line(e: errors.MlcError) -> str:
+  """``e``'s message as a command line says it: each setting it names shown
+  as the flag that sets it (config.flag_name)."""
+  return e.render(config_lib.flag_name)
+
+
+def fail(e: errors.MlcError) -> NoReturn:
+  """The user's mistake ``e`` as one "error: ..." line on stderr; exit 2."""
+  print(f"error: {error_line(e)}", file=sys.stderr)
+  sys.exit(2)
 
 
 def run(main: Callable, doc: str | None, groups: Groups,

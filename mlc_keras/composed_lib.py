@@ -18,6 +18,7 @@ from mlc_keras import config as config_lib
 from mlc_keras.data import combinations
 from mlc_keras.data import manifest as manifest_lib
 from mlc_keras.data import sources
+from mlc_keras import errors
 from mlc_keras import heads as heads_lib
 from mlc_keras import run_dir
 from mlc_keras import scoring
@@ -180,11 +181,11 @@ def stacking_report(table, seen: np.ndarray, fit_collected, shown_collected,
   st, sprobs = _table_rows(shown_collected, table)
   both = sorted({table.classes[c] for c in set(ft) & set(st) if not seen[c]})
   if both:
-    raise ValueError(
-        f"--stacking: the calibration data ({fitted_on}) has rows of the "
+    raise errors.SettingError(
+        f"`stacking`: the calibration data ({fitted_on}) has rows of the "
         f"unseen class(es) {', '.join(both)} that are evaluated too; fit on "
         "validation data that holds out other combinations (train with "
-        "--calibration_combinations, --holdout_combinations for the test's)")
+        "`calibration_combinations`, `holdout_combinations` for the test's)")
   gamma, fit = calibrate_lib.fit_stacking(
       compose.compose_scores(fprobs, table), ft, seen, table.classes)
   bias = compose.stacking_bias(seen, gamma)
@@ -205,16 +206,16 @@ def stacking(table, training, collected, manifest: str, fit_on: str, load,
   ``manifest``); both scaled by ``temps`` ({head: T}) as calibrated.keras
   will scale them."""
   if table is None:
-    raise ValueError("--stacking needs --class_table (the composed classes "
-                     "whose seen ones get the bias)")
+    raise errors.SettingError("`stacking` needs `class_table` (the composed classes "
+                              "whose seen ones get the bias)")
   if training[0] is None:
-    raise ValueError(f"--stacking needs the run's training data to know the "
-                     f"seen classes: {training[1]}")
+    raise errors.SettingError(f"`stacking` needs the run's training data to know the "
+                              f"seen classes: {training[1]}")
   if os.path.abspath(fit_on) == os.path.abspath(manifest):
-    raise ValueError(
-        f"--stacking: the bias would be fitted on the data it is reported on "
-        f"({manifest}); give --manifest=<test set> (the fit uses the run's "
-        "validation data) or --calibration_manifest")
+    raise errors.SettingError(
+        f"`stacking`: the bias would be fitted on the data it is reported on "
+        f"({manifest}); give `manifest`=<test set> (the fit uses the run's "
+        "validation data) or `calibration_manifest`")
   seen = scoring.seen_classes(table.values, table.heads, training[0])
   _, fit_collected = load(fit_on)
   held = held_out_rows(fit_collected, model_dir, schema)

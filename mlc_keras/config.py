@@ -10,6 +10,8 @@ import dataclasses
 import json
 from typing import Optional
 
+from mlc_keras import errors
+
 # The names a config may hold, here so that train checks them before
 # TensorFlow loads; modeling.model and data.pipeline implement them (and
 # tests/preflight_test.py keeps the lists equal).
@@ -298,9 +300,9 @@ def finetune_imagenet() -> Config:
 
 def per_head_values(flag: str, items, bare: bool = False
                     ) -> tuple[tuple[str, float], ...]:
-  """'head=value' items of a list flag -> ((head, value), ...). With
-  ``bare``, a lone number applies to every head (returned under "*").
-  Raises ValueError naming the flag."""
+  """'head=value' items of the list setting ``flag`` -> ((head, value),
+  ...). With ``bare``, a lone number applies to every head (returned under
+  "*"). Raises errors.SettingError naming the setting."""
   out = []
   for item in items:
     head, sep, value = item.partition("=")
@@ -311,51 +313,53 @@ def per_head_values(flag: str, items, bare: bool = False
     except ValueError:
       sep = ""
     if not sep or not out[-1][0]:
-      raise ValueError(
-          f"--{flag}: expected head=number{' or a number' if bare else ''}, "
+      raise errors.SettingError(
+          f"`{flag}`: expected head=number{' or a number' if bare else ''}, "
           f"got {item!r}")
   return tuple(out)
 
 
 def crop_range(flag: str, values, top: Optional[float]) -> tuple[float, float]:
   """Two numbers 0 < low <= high (<= top when given) -> (low, high); raises
-  ValueError naming the flag."""
+  errors.SettingError naming the setting ``flag``."""
   try:
     low, high = (float(v) for v in values)
   except (TypeError, ValueError):
-    raise ValueError(f"--{flag}: expected two numbers low,high, got "
-                     f"{','.join(map(str, values))!r}") from None
+    raise errors.SettingError(
+        f"`{flag}`: expected two numbers low,high, got "
+        f"{','.join(map(str, values))!r}") from None
   if not (0 < low <= high and (top is None or high <= top)):
-    raise ValueError(f"--{flag} must be 0 < low <= high"
-                     f"{f' <= {top:g}' if top is not None else ''}, got "
-                     f"{low:g},{high:g}")
+    raise errors.SettingError(f"`{flag}` must be 0 < low <= high"
+                              f"{f' <= {top:g}' if top is not None else ''}, got "
+                              f"{low:g},{high:g}")
   return low, high
 
 
 def check_data_service(address: str) -> str:
-  """"grpc://host:port" as tf.data service takes it; raises ValueError
-  naming --data_service otherwise."""
+  """"grpc://host:port" as tf.data service takes it; raises
+  errors.SettingError naming the setting otherwise."""
   host, sep, port = address.removeprefix("grpc://").rpartition(":")
   if not address.startswith("grpc://") or not sep or not host or (
       not port.isdigit()):
-    raise ValueError(f"--data_service must look like grpc://host:port (the "
-                     f"dispatcher's address), got {address!r}")
+    raise errors.SettingError(
+        f"`data_service` must look like grpc://host:port (the dispatcher's "
+        f"address), got {address!r}")
   return address
 
 
 RESIZED_CROP_WITH_CACHE = (
-    "--augment=resized_crop cuts its window from the full image while "
-    "decoding, every epoch; --cache keeps pixels already resized to "
-    "--image_size, so the two cannot be combined: pass --nocache or use "
-    "--augment=crop")
+    "`augment`=resized_crop cuts its window from the full image while "
+    "decoding, every epoch; `cache` keeps pixels already resized to "
+    "`image_size`, so the two cannot be combined: set `cache`=false or use "
+    "`augment`=crop")
 
 
 def check_feed(data: DataConfig) -> None:
   """The input-feeding settings (crop ranges, resized_crop without cache,
-  data service address); raises ValueError naming the flag."""
+  data service address); raises errors.SettingError naming the setting."""
   crop_range("crop_scale", data.crop_scale, 1.0)
   crop_range("crop_ratio", data.crop_ratio, None)
   if "resized_crop" in data.augment and data.cache:
-    raise ValueError(RESIZED_CROP_WITH_CACHE)
+    raise errors.SettingError(RESIZED_CROP_WITH_CACHE)
   if data.data_service is not None:
     check_data_service(data.data_service)

@@ -8,9 +8,10 @@ is a bug and keeps its traceback.
 A message names a setting by its config field (or keyword argument) in
 backquotes: "`image_size`=16: must be >= 32". ``str(e)`` drops the quotes,
 which is what a Python caller reads; ``e.render(name)`` puts ``name(field)``
-in their place, which is how a command line shows its flags
-(config.flag_name: "--image_size=16: must be >= 32"). The library thus never
-speaks in flags, and the mapping from field to flag lives in one place.
+in their place, which is how a command line shows its flags (with
+config.flag_name, the message above reads --image_size=16: must be >= 32).
+The library thus never speaks in flags, and the mapping from field to flag
+lives in one place.
 
 Pure Python: importing it loads neither TensorFlow nor Keras.
 """

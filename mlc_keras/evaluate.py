@@ -17,6 +17,7 @@ from absl import app
 from absl import flags
 
 from mlc_keras import cli_help
+from mlc_keras import errors
 
 _MODEL_DIR = flags.DEFINE_string(
     "model_dir", None, "A training run's folder (model.keras, labels.json, "
@@ -59,11 +60,7 @@ _IMAGE_COLUMN = flags.DEFINE_string(
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from mlc_keras import artefacts  # pylint: disable=g-import-not-at-top
-  from mlc_keras import compose  # pylint: disable=g-import-not-at-top
   from mlc_keras import evaluate_lib  # pylint: disable=g-import-not-at-top
-  from mlc_keras import heads  # pylint: disable=g-import-not-at-top
-  from mlc_keras.data import manifest  # pylint: disable=g-import-not-at-top
   try:
     evaluate_lib.evaluate(
         _MODEL_DIR.value, _MANIFEST.value, _CLASS_TABLE.value,
@@ -72,10 +69,8 @@ def main(argv):
         batch_size=_BATCH_SIZE.value, top_k=_TOP_K.value,
         image_column=_IMAGE_COLUMN.value,
         pseudo_label_threshold=_PSEUDO.value, stacking=_STACKING.value)
-  except (ValueError, heads.SchemaError, manifest.DataError,
-          compose.ClassTableError, artefacts.ExportError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  except errors.MlcError as e:
+    cli_help.fail(e)
   with open(f"{_MODEL_DIR.value}/evaluation.md", encoding="utf-8") as f:
     print(f.read())
 

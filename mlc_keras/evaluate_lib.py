@@ -33,6 +33,7 @@ from mlc_keras import calibrate as calibrate_lib
 from mlc_keras import compose
 from mlc_keras import composed_lib
 from mlc_keras import config as config_lib
+from mlc_keras import errors
 from mlc_keras import evaluation_md
 from mlc_keras.evaluation import plots as plots_lib
 from mlc_keras.data import manifest as manifest_lib
@@ -127,11 +128,11 @@ VALIDATION_SPLIT_FILE = "validation_split.csv"
 def default_manifest(model_dir: str) -> str:
   """The validation manifest of the run in ``model_dir`` (its config.json):
   val_manifest, else the demo set's val.csv when the run used the demo set,
-  else for a run that split its training manifest (--val_fraction) the rows
+  else for a run that split its training manifest (val_fraction) the rows
   it held out, written to VALIDATION_SPLIT_FILE in ``model_dir``."""
   d = run_dir.run_data(model_dir)
   if d is None:
-    raise ValueError(f"{model_dir}: no config.json; give --manifest")
+    raise errors.SettingError(f"{model_dir}: no config.json; give `manifest`")
   if (d.get("manifest") and not d.get("val_manifest")
       and d.get("val_fraction", config_lib.DataConfig.val_fraction) > 0):
     return _validation_split(model_dir, d["manifest"])
@@ -140,39 +141,39 @@ def default_manifest(model_dir: str) -> str:
     if not os.path.isfile(val) and not os.path.isabs(val):
       # config.json records absolute paths since the run-folder checks; older ones hold
       # the path as given to train.
-      raise ValueError(
+      raise errors.SettingError(
           f"{model_dir}: its config.json names the validation manifest "
           f"{val!r}, relative to the folder training ran in and not found "
-          f"from {os.getcwd()}; run from that folder or give --manifest")
+          f"from {os.getcwd()}; run from that folder or give `manifest`")
     return val
   demo = run_dir.demo_dir(d)
   if demo:
     val = os.path.join(demo, "val.csv")
     if os.path.exists(val):
       return val
-    raise ValueError(f"{model_dir}: the run used the demo set but {val} is "
-                     "gone; give --manifest")
-  raise ValueError(
+    raise errors.SettingError(f"{model_dir}: the run used the demo set but {val} is "
+                              "gone; give `manifest`")
+  raise errors.SettingError(
       f"{model_dir}: the run had no separate validation manifest (it split "
-      "its training data or used TFRecord/TFDS); give --manifest")
+      "its training data or used TFRecord/TFDS); give `manifest`")
 
 
 def _validation_split(model_dir: str, train_manifest: str) -> str:
-  """Writes the validation rows of a --val_fraction run as training chose
+  """Writes the validation rows of a val_fraction run as training chose
   them (setup.load_data on the run's config: the same seeded split, the
   same held-out combinations removed); returns the file's path."""
   if not os.path.isfile(train_manifest):
-    raise ValueError(
+    raise errors.SettingError(
         f"{model_dir}: the run split its validation rows off "
         f"{train_manifest}, which is not found from {os.getcwd()}; give "
-        "--manifest")
+        "`manifest`")
   from mlc_keras.training import setup  # pylint: disable=g-import-not-at-top
   _, config = run_dir._load_config(model_dir)  # pylint: disable=protected-access
   cfg = config_lib.Config.from_dict(config)
   bundle = setup.load_data(cfg.data, cfg.train.seed, check=False)
   if bundle.val is None or bundle.val.records is None:
-    raise ValueError(f"{model_dir}: the run's --val_fraction split of "
-                     f"{train_manifest} holds no row; give --manifest")
+    raise errors.SettingError(f"{model_dir}: the run's `val_fraction` split of "
+                              f"{train_manifest} holds no row; give `manifest`")
   path = os.path.join(model_dir, VALIDATION_SPLIT_FILE)
   manifest_lib.write_records(path, bundle.val.records, bundle.schema,
                              cfg.data.image_column)

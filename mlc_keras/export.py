@@ -28,6 +28,7 @@ from absl import logging
 
 from mlc_keras import cli_help
 from mlc_keras import config as config_lib  # no TensorFlow: --help stays fast
+from mlc_keras import errors
 
 _MODEL_DIR = flags.DEFINE_string(
     "model_dir", None, "Trained model folder (model.keras + labels.json), as "
@@ -98,12 +99,7 @@ def main(argv):
   # TF's INFO lines (renamed captures, asset writes) bury the parity table.
   logging.set_verbosity(logging.WARNING)
   # Imported here so --help answers without loading TensorFlow.
-  from mlc_keras import artefacts  # pylint: disable=g-import-not-at-top
-  from mlc_keras import compose  # pylint: disable=g-import-not-at-top
   from mlc_keras import export_lib  # pylint: disable=g-import-not-at-top
-  from mlc_keras import heads  # pylint: disable=g-import-not-at-top
-  from mlc_keras import run_dir  # pylint: disable=g-import-not-at-top
-  from mlc_keras.data import manifest  # pylint: disable=g-import-not-at-top
   try:
     result = export_lib.export(
         _MODEL_DIR.value,
@@ -121,10 +117,8 @@ def main(argv):
         model_file=_MODEL_FILE.value,
         class_table=_CLASS_TABLE.value,
         threshold=_THRESHOLD.value)
-  except (artefacts.ExportError, run_dir.RunDirError, manifest.DataError,
-          heads.SchemaError, compose.ClassTableError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  except errors.MlcError as e:
+    cli_help.fail(e)
   print("\nWritten:")
   if result.saved_model:
     print(f"  SavedModel      {result.saved_model}")

@@ -122,7 +122,7 @@ class Images:
   calibration_source: Optional[str] = None
 
 
-def check_model_name(name: str, origin: str = "--model_name") -> str:
+def check_model_name(name: str, origin: str = "`model_name`") -> str:
   """Raises ExportError naming ``name`` and where it came from unless it is
   usable as a TF Serving model name and a folder name."""
   if not _MODEL_NAME.match(name) or name in _RESERVED_MODEL_NAMES:
@@ -166,7 +166,7 @@ def resolve_request(model_dir: str, output: Optional[str] = None,
   if model_name is None:
     model_name = check_model_name(
         os.path.basename(os.path.abspath(folder)),
-        f"the model folder's name; pass --model_name to choose another")
+        f"the model folder's name; pass `model_name` to choose another")
   else:
     check_model_name(model_name)
   model_path, why = run_dir.choose_model_file(model_dir, model_file)
@@ -181,7 +181,7 @@ def resolve_request(model_dir: str, output: Optional[str] = None,
   if existing and not overwrite:
     raise ExportError(
         f"version {version} of {model_name!r} already exists ({existing[0]}); "
-        "pick another --version or pass --overwrite")
+        "pick another `version` or pass `overwrite`")
   return request
 
 
@@ -230,8 +230,8 @@ def _no_parity_images(folder: str) -> str:
          f"{os.getcwd()} (a relative path in an older config.json is "
          "relative to the folder training ran in)" if missing else
          "the run's results.json and config.json name no manifest")
-  return (f"no images for the parity check: {why}. Pass --parity_images="
-          "<manifest.csv, image folder or image>, or --parity_images="
+  return (f"no images for the parity check: {why}. Pass `parity_images`="
+          "<manifest.csv, image folder or image>, or `parity_images`="
           f"{RANDOM_PARITY} to check on {RANDOM_PARITY_COUNT} seeded random "
           "images")
 
@@ -253,7 +253,7 @@ def gather_images(request: Request, image_size: int,
     default_cal, default_par = run_dir.default_image_sources(request.folder)
     if default_par:
       calibrating = ("int8" in request.quantizations and default_cal)
-      log("no --representative/--parity_images: "
+      log("no representative/parity_images: "
           + (f"calibrating int8 on {default_cal}, " if calibrating else "")
           + f"checking parity on {default_par}")
   cal_source = representative or parity_images or default_cal
@@ -264,8 +264,8 @@ def gather_images(request: Request, image_size: int,
     if cal_source is None:
       raise ExportError(
           "int8 needs calibration images and none were found: pass "
-          "--representative=<manifest.csv or image folder>, or leave int8 "
-          "out of --quantization")
+          "`representative`=<manifest.csv or image folder>, or leave int8 "
+          "out of `quantization`")
     calibration = _read_sample(cal_source, request.folder, image_column,
                                MAX_CALIBRATION_IMAGES, 1, image_size)
   if par_source is None:
@@ -274,7 +274,7 @@ def gather_images(request: Request, image_size: int,
     # Asked for: the float variants' parity is numerical, so seeded noise
     # still exercises every weight (int8's gate needs real images).
     log(f"parity check on {RANDOM_PARITY_COUNT} seeded random images "
-        f"(--parity_images={RANDOM_PARITY})")
+        f"(`parity_images`={RANDOM_PARITY})")
     noise = np.random.default_rng(0).integers(
         0, 256, (RANDOM_PARITY_COUNT, image_size, image_size, 3),
         dtype=np.uint8)
@@ -380,8 +380,8 @@ def check_parity(request: Request, model, table, staged: ExportResult,
     if all(r["artefact"].startswith("tflite_") and r["artefact"] != "tflite_fp32"
            for r in failed):
       hint = (" To publish the others, leave the failing variant(s) out of "
-              "--quantization (int8 needs a well-trained model and real "
-              "--representative images).")
+              "`quantization` (int8 needs a well-trained model and real "
+              "`representative` images).")
     raise parity_lib.ParityError(
         "parity check failed for "
         + ", ".join(f"{r['artefact']} ({'; '.join(r['failures'])})"
@@ -468,8 +468,8 @@ def export(model_dir: str,
     model_dir: a run folder (model.keras + labels.json) or a .keras file with
       labels.json beside it; output defaults to <model_dir>/export.
     model_name: default the model folder's name; a name unusable as a TF
-      Serving model name is an error naming it (pass --model_name).
-    quantizations: --quantization; only read when "tflite" is in formats.
+      Serving model name is an error naming it (pass model_name).
+    quantizations: quantization; only read when "tflite" is in formats.
     isolate: convert TFLite/ONNX each in a fresh process (frees the memory
       the converters keep).
     log: progress sink.

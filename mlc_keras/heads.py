@@ -340,7 +340,7 @@ class LabelSchema:
         raise SchemaError(
             f"column {name!r} has {len(classes)} distinct label value(s) "
             f"({classes}); a head needs at least 2. Name the columns to train "
-            "with --label_columns, delete the column, or give a --heads_file "
+            "with `label_columns`, delete the column, or give a `heads_file` "
             "(columns it does not name are ignored; a head there may list "
             "classes no row has)")
       heads.append(HeadSpec(name=name, classes=tuple(classes)))
@@ -364,7 +364,7 @@ def _infer_tag_head(name: str, values: Iterable[str]) -> HeadSpec:
     raise SchemaError(
         f"tag column {name!r} names no tag (every cell is blank or "
         f"{NO_TAGS!r}); a tag head needs at least 1. Drop it from "
-        "--tag_columns or list its tags in a --heads_file")
+        "`tag_columns` or list its tags in a `heads_file`")
   return HeadSpec(name=name, classes=tuple(_sorted_values(tags)), kind=TAGS)
 
 

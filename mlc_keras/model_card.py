@@ -136,8 +136,8 @@ def _calibration_section(temperatures: Mapping[str, float],
                          evaluation) -> list[str]:
   lines = ["", "## Calibration", ""]
   if not temperatures:
-    lines.append("Not calibrated: scores are the raw softmax (run `evaluate "
-                 "--calibrate`, then export again).")
+    lines.append("Not calibrated: scores are the raw softmax (calibrate the "
+                 "run with evaluate, then export again).")
   else:
     lines.append("Temperature-scaled per head (inside every artefact): " +
                  ", ".join(f"{k} T={v:.3f}" for k, v in sorted(

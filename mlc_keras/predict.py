@@ -34,6 +34,7 @@ import sys
 from absl import flags
 
 from mlc_keras import cli_help
+from mlc_keras import errors
 
 _MODEL = flags.DEFINE_string(
     "model", None, "Model file or folder (.keras, model folder, SavedModel, "
@@ -53,19 +54,13 @@ _THRESHOLD = flags.DEFINE_float(
 
 def main(argv):
   # Imported here so --help answers without loading TensorFlow.
-  from mlc_keras import artefacts  # pylint: disable=g-import-not-at-top
-  from mlc_keras import compose  # pylint: disable=g-import-not-at-top
-  from mlc_keras import heads  # pylint: disable=g-import-not-at-top
   from mlc_keras import predict_lib  # pylint: disable=g-import-not-at-top
-  from mlc_keras.data import manifest  # pylint: disable=g-import-not-at-top
   try:
     predict_lib.run(_MODEL.value, argv[1:], batch_size=_BATCH_SIZE.value,
                     image_column=_IMAGE_COLUMN.value,
                     class_table=_CLASS_TABLE.value, threshold=_THRESHOLD.value)
-  except (artefacts.ExportError, manifest.DataError, heads.SchemaError,
-          compose.ClassTableError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  except errors.MlcError as e:
+    cli_help.fail(e)
 
 
 # --help lists every flag of this module under these headings (cli_help).

@@ -99,7 +99,7 @@ def read_image(path: str, image_size: int,
   reason = imagecheck.check_file(path, max_pixels)
   if reason == "file not found" or reason.startswith("cannot read"):
     raise ExportError(f"{path}: cannot read image ({reason})")
-  if reason.endswith("(--max_image_pixels)"):
+  if reason.endswith("(max_image_pixels)"):
     raise ExportError(f"{path}: {OVER_CAP}: {reason}")
   if reason:
     raise ExportError(f"{path}: not a decodable image ({reason})")

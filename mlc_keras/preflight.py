@@ -1,7 +1,8 @@
 """What train checks before it reads any data or loads TensorFlow: every
 config value in range, the data files and the backbone named, the weights
 present (or ImageNet's reachable), TF_CONFIG parsed. Each problem is a
-FlagError naming the flag (or TF_CONFIG) and its value.
+FlagError (errors.SettingError) naming the config field (or TF_CONFIG) and
+its value; the train CLI shows the field as its flag.
 
 Takes values, never flags or the environment: the train CLI passes
 TF_CONFIG's text and KERAS_HOME in.
@@ -71,12 +72,14 @@ def absolute_paths(cfg: config_lib.Config) -> config_lib.Config:
 
 def check(cfg: config_lib.Config, tf_config: Optional[str] = None,
           keras_home: Optional[str] = None,
-          probe: Optional[Callable[[str], Optional[str]]] = None) -> Plan:
+          probe: Optional[Callable[[str], Optional[str]]] = None,
+          backend: str = "tensorflow") -> Plan:
   """Every check of this module; returns the Plan. ``tf_config``: the
   TF_CONFIG text (None when unset); ``keras_home``: KERAS_HOME (None: Keras'
   default); ``probe(url)``: None when the URL answers, else why not
-  (default: a HEAD request with a short timeout)."""
-  check_ranges(cfg)
+  (default: a HEAD request with a short timeout); ``backend``: the Keras
+  backend the run will train on."""
+  check_ranges(cfg, backend)
   check_sources(cfg.data)
   check_parent(cfg.train)
   check_weights(cfg.model, cfg.data.image_size, keras_home, probe or probe_url)
@@ -84,7 +87,7 @@ def check(cfg: config_lib.Config, tf_config: Optional[str] = None,
 
 
 def _fail(field: str, value, why: str):
-  raise FlagError(f"{config_lib.flag_name(field)}={_show(value)}: {why}")
+  raise FlagError(f"{errors.setting(field)}={_show(value)}: {why}")
 
 
 def _show(value) -> str:
@@ -109,8 +112,14 @@ def _number_in(field: str, value, low, high=None, low_open=False,
     _fail(field, value, f"must be {lo}{hi}")
 
 
-def _check_recipe(dc: config_lib.DataConfig,
-                  tc: config_lib.TrainConfig) -> None:
+def _custom_step(tc: config_lib.TrainConfig, backend: str) -> bool:
+  """Whether training/distributed.py's TensorFlow custom step trains the
+  run (on JAX, mirrored is Keras' fit over keras.distribution)."""
+  return tc.strategy != "default" and backend != "jax"
+
+
+def _check_recipe(dc: config_lib.DataConfig, tc: config_lib.TrainConfig,
+                  backend: str = "tensorflow") -> None:
   """The training recipe's settings."""
   _number_in("randaugment_ops", dc.randaugment_ops, 1, integer=True)
   for field in ("randaugment_magnitude", "erasing_prob"):
@@ -126,29 +135,30 @@ def _check_recipe(dc: config_lib.DataConfig,
     _fail("ema_decay", tc.ema_decay, "must be in (0, 1), e.g. 0.999")
   if dc.calibration_combinations == "auto" and len(tc.factor_heads) < 2:
     _fail("calibration_combinations", "auto", "picks combinations of the "
-          "factor heads: name two or more with --factor_heads (e.g. "
-          "--factor_heads=char,family)")
+          "factor heads: name two or more with `factor_heads` (e.g. "
+          "`factor_heads`=char,family)")
   if tc.factor_heads:
     mixing = [f for f in ("mixup_alpha", "cutmix_alpha") if getattr(dc, f)]
     if mixing:
       _fail(mixing[0], getattr(dc, mixing[0]), "cannot be combined with "
-            "--factor_heads: a mixed image has two rows' labels, and its "
+            "`factor_heads`: a mixed image has two rows' labels, and its "
             "prior would be neither row's")
-  if tc.strategy != "default":
+  if _custom_step(tc, backend):
     # training/distributed.py's custom step supports neither.
     mixing = [f for f in ("mixup_alpha", "cutmix_alpha") if getattr(dc, f)]
     if mixing:
       _fail(mixing[0], getattr(dc, mixing[0]), "is not supported with "
-            f"--strategy={tc.strategy} yet (its step takes class-index "
+            f"`strategy`={tc.strategy} yet (its step takes class-index "
             "targets); use the default strategy")
     if tc.ema_decay is not None:
       _fail("ema_decay", tc.ema_decay, "is not supported with "
-            f"--strategy={tc.strategy} yet (its custom step does not swap "
+            f"`strategy`={tc.strategy} yet (its custom step does not swap "
             "the averaged weights in); use the default strategy")
 
 
-def check_ranges(cfg: config_lib.Config) -> None:
-  """Sizes and counts in range, names among the known ones."""
+def check_ranges(cfg: config_lib.Config, backend: str = "tensorflow") -> None:
+  """Sizes and counts in range, names among the known ones (and what the
+  Keras ``backend`` cannot train)."""
   dc, mc, tc = cfg.data, cfg.model, cfg.train
   # keras.applications builds no backbone below 32 px.
   _number_in("image_size", dc.image_size, 32, 4096, high_open=False,
@@ -161,7 +171,7 @@ def check_ranges(cfg: config_lib.Config) -> None:
   if unknown:
     _fail("augment", dc.augment, f"unknown augmentation {unknown[0]!r}; "
           f"choose from {', '.join(config_lib.AUGMENTATIONS)} ('' for none)")
-  _check_recipe(dc, tc)
+  _check_recipe(dc, tc, backend)
   if mc.backbone not in config_lib.BACKBONES:
     _fail("backbone", mc.backbone,
           f"unknown backbone; choose one of {', '.join(config_lib.BACKBONES)}")
@@ -193,31 +203,35 @@ def check_ranges(cfg: config_lib.Config) -> None:
                          ("class_weight", ("none", "balanced"))):
     if getattr(tc, field) not in allowed:
       _fail(field, getattr(tc, field), f"choose one of {', '.join(allowed)}")
-  if tc.strategy != "default":
+  if backend == "jax" and tc.strategy == "multi_worker":
+    _fail("strategy", tc.strategy, "is TensorFlow only (tf.distribute over "
+          "TF_CONFIG); on the JAX backend use mirrored (this machine's "
+          "devices) or train with KERAS_BACKEND=tensorflow")
+  if _custom_step(tc, backend):
     # training/distributed.py's custom step supports neither.
     if tc.precision != "float32" or tc.jit_compile:
-      _fail("strategy", tc.strategy, "supports float32 without --xla only")
+      _fail("strategy", tc.strategy, "supports float32 without `jit_compile` only")
     if tc.freeze_epochs:
       _fail("freeze_epochs", tc.freeze_epochs, "is not supported with "
-            f"--strategy={tc.strategy} yet; use the default strategy")
+            f"`strategy`={tc.strategy} yet; use the default strategy")
 
 
 def check_parent(tc: config_lib.TrainConfig) -> None:
-  """--init_from names a run folder or a .keras file (read later)."""
+  """init_from names a run folder or a .keras file (read later)."""
   path = tc.init_from
   if path and not (os.path.isdir(path) or (
       os.path.isfile(path) and path.endswith(".keras"))):
     _fail("init_from", path, "no such run folder or .keras file")
   if tc.reinit_heads and not path:
-    _fail("reinit_heads", ",".join(tc.reinit_heads), "needs --init_from")
+    _fail("reinit_heads", ",".join(tc.reinit_heads), "needs `init_from`")
 
 
 def check_sources(dc: config_lib.DataConfig) -> None:
   """The data files named exist (their contents are read later)."""
   given = [f for f in ("manifest", "tfrecord", "tfds") if getattr(dc, f)]
   if len(given) > 1:
-    raise FlagError(f"give one of --manifest, --tfrecord or --tfds, not "
-                    f"{' and '.join('--' + g for g in given)}")
+    raise FlagError(f"give one of `manifest`, `tfrecord` or `tfds`, not "
+                    f"{' and '.join(errors.setting(g) for g in given)}")
   for field in ("manifest", "val_manifest", "heads_file"):
     path = getattr(dc, field)
     # A manifest may be an image folder (data/folders.py).
@@ -227,10 +241,10 @@ def check_sources(dc: config_lib.DataConfig) -> None:
   if dc.tfds and importlib.util.find_spec("tensorflow_datasets") is None:
     _fail("tfds", dc.tfds, TFDS_INSTALL_HINT)
   if dc.val_manifest and not dc.manifest:
-    _fail("val_manifest", dc.val_manifest, "needs --manifest (the training "
+    _fail("val_manifest", dc.val_manifest, "needs `manifest` (the training "
           "CSV)")
   if dc.val_tfrecord and not dc.tfrecord:
-    _fail("val_tfrecord", dc.val_tfrecord, "needs --tfrecord")
+    _fail("val_tfrecord", dc.val_tfrecord, "needs `tfrecord`")
   for field in ("tfrecord", "val_tfrecord"):
     pattern = getattr(dc, field)
     if pattern and not glob.glob(pattern):
@@ -240,16 +254,16 @@ def check_sources(dc: config_lib.DataConfig) -> None:
                           "labels.json")
     if not os.path.isfile(labels):
       _fail("tfrecord", dc.tfrecord, f"no {labels} beside the shards (the "
-            "tfrecord CLI writes it); give --heads_file")
+            "tfrecord CLI writes it); give `heads_file`")
   if dc.label_columns and dc.heads_file:
-    raise FlagError("--label_columns and --heads_file both choose the heads; "
+    raise FlagError("`label_columns` and `heads_file` both choose the heads; "
                     "give one")
   if (dc.holdout_combinations or dc.calibration_combinations
       or dc.balance_combinations) and (dc.tfrecord or dc.tfds):
-    raise FlagError("--holdout_combinations / --calibration_combinations / "
-                    "--balance_combinations read the labels of manifest rows; "
-                    "give --manifest (or the demo set), not --tfrecord / "
-                    "--tfds")
+    raise FlagError("`holdout_combinations` / `calibration_combinations` / "
+                    "`balance_combinations` read the labels of manifest rows; "
+                    "give `manifest` (or the demo set), not `tfrecord` / "
+                    "`tfds`")
   if dc.image_root and not os.path.isdir(dc.image_root):
     _fail("image_root", dc.image_root, "no such folder")
 
@@ -274,8 +288,8 @@ def imagenet_file(backbone: str, image_size: int) -> tuple[str, str]:
   if backbone.startswith("ConvNeXt"):
     name = f"convnext_{backbone[len('ConvNeXt'):].lower()}_notop.h5"
     return name, f"{_APPS}convnext/{name}"
-  raise FlagError(f"--weights=imagenet: no ImageNet file known for "
-                  f"--backbone={backbone}")
+  raise FlagError(f"`weights`=imagenet: no ImageNet file known for "
+                  f"`backbone`={backbone}")
 
 
 def keras_cache_dirs(keras_home: Optional[str]) -> list[str]:
@@ -315,7 +329,7 @@ def check_weights(mc: config_lib.ModelConfig, image_size: int,
     return
   if weights != "imagenet":
     if not os.path.isfile(weights):
-      hint = (" (ImageNet weights are --weights=imagenet, in lower case)"
+      hint = (" (ImageNet weights are `weights`=imagenet, in lower case)"
               if weights.lower().endswith("imagenet") else "")
       _fail("weights", weights, "no such file; give a local no-top weights "
             f"file, imagenet or none{hint}")
@@ -333,7 +347,7 @@ def check_weights(mc: config_lib.ModelConfig, image_size: int,
           f"the {mc.backbone} weights are not in the Keras cache "
           f"({os.path.join(cache[0], name)}) and cannot be downloaded from "
           f"{url} ({why}). Offline: fetch that file on a connected machine "
-          f"and pass --weights=/path/to/{name}, or copy it into {cache[0]}")
+          f"and pass `weights`=/path/to/{name}, or copy it into {cache[0]}")
 
 
 # Keras' load_weights picks its reader by the file name's ending; each
@@ -396,13 +410,13 @@ def parse_tf_config(text: str) -> Plan:
 
 
 def check_cluster(tc: config_lib.TrainConfig, tf_config: Optional[str]) -> Plan:
-  """--strategy=multi_worker needs a well-formed TF_CONFIG."""
+  """strategy=multi_worker needs a well-formed TF_CONFIG."""
   if tc.strategy != "multi_worker":
     return Plan()
   if not tf_config or not tf_config.strip():
     raise FlagError(
-        "--strategy=multi_worker needs the TF_CONFIG environment variable "
+        "`strategy`=multi_worker needs the TF_CONFIG environment variable "
         "(the cluster and this machine's task, see README \"Several GPUs, "
         "several machines\"); without it every machine would train alone as "
-        "the chief of the same --model_dir")
+        "the chief of the same `model_dir`")
   return parse_tf_config(tf_config)

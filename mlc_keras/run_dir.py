@@ -3,7 +3,7 @@ read it: the .keras files, labels.json, config.json (the run's settings) and
 results.json.
 
   <run>/model.keras        written by train
-  <run>/calibrated.keras   written by `evaluate --calibrate`; preferred by
+  <run>/calibrated.keras   written by evaluate with calibrate; preferred by
                            export and predict while it is current
   <run>/labels.json        the heads and their classes
   <run>/config.json        the run's Config (config.Config.to_json)
@@ -117,13 +117,15 @@ def _show(value) -> str:
 
 def config_differences(recorded: Mapping, asked: Mapping,
                        ignore=frozenset()) -> list[tuple[str, str, str]]:
-  """(flag, recorded value, asked value) for each config field that differs
-  between two config dicts (Config.to_dict or a config.json), leaving out
-  ``ignore`` ("section.field") and fields one of them lacks (an older
-  config.json)."""
-  old, new = _flat(recorded), _flat(asked)
-  return [(config_lib.flag_name(k.split(".", 1)[1]), _show(old[k]),
-           _show(new[k]))
+  """(setting, recorded value, asked value) for each config field that
+  differs between two config dicts (Config.to_dict or a config.json), the
+  setting marked for a message (errors.setting), leaving out ``ignore``
+  ("section.field") and fields ``asked`` lacks. A field ``recorded`` lacks
+  (a config.json written before the field existed) counts as its default,
+  which is what that run used."""
+  old = {**_flat(config_lib.Config().to_dict()), **_flat(recorded)}
+  new = _flat(asked)
+  return [(errors.setting(k.split(".", 1)[1]), _show(old[k]), _show(new[k]))
           for k in sorted(old.keys() & new.keys())
           if k not in ignore and old[k] != new[k]]
 
@@ -144,7 +146,7 @@ def _load_config(model_dir: str, hint: str = "") -> tuple[str, object]:
 
 
 def _read_config(model_dir: str) -> Optional[dict]:
-  _, config = _load_config(model_dir, "; pass --overwrite to start over")
+  _, config = _load_config(model_dir, "; pass `overwrite` to start over")
   return config if isinstance(config, dict) else None
 
 
@@ -184,7 +186,7 @@ def _start_over(model_dir: str) -> None:
       continue
     removed.append(name)
   if removed:
-    log.warning("--overwrite: deleted the previous run's %s from %s",
+    log.warning("overwrite: deleted the previous run's %s from %s",
                 ", ".join(removed), model_dir)
 
 
@@ -218,7 +220,7 @@ def check_writable(model_dir: str) -> None:
   a file or cannot be written (a read-only folder), before a run starts."""
   if os.path.exists(model_dir) and not os.path.isdir(model_dir):
     raise RunDirError(f"{model_dir} is a file, not a folder; give a folder "
-                      "as --model_dir")
+                      "as `model_dir`")
   try:
     os.makedirs(model_dir, exist_ok=True)
     fd, probe = tempfile.mkstemp(prefix=".write_check", dir=model_dir)
@@ -227,7 +229,7 @@ def check_writable(model_dir: str) -> None:
   except OSError as e:
     raise RunDirError(
         f"{model_dir}: cannot write there ({e.strerror or e}); give a "
-        "folder you can write as --model_dir") from None
+        "folder you can write as `model_dir`") from None
 
 
 def claim(model_dir: str, config: Mapping, overwrite: bool = False,
@@ -239,7 +241,7 @@ def claim(model_dir: str, config: Mapping, overwrite: bool = False,
   chief only; other workers trust it and check nothing).
 
   Raises RunFinished when the folder holds a finished run, and RunDirError
-  naming each flag and both values when an interrupted run's backup was made
+  naming each setting and both values when an interrupted run's backup was made
   with a config that means something else (RESUMABLE_CHANGES may differ),
   or naming the files of a folder that holds something else than a run of
   this package (refused even with ``overwrite``: those files are a user's).
@@ -251,7 +253,7 @@ def claim(model_dir: str, config: Mapping, overwrite: bool = False,
     raise RunDirError(
         f"{model_dir} is not empty and holds no mlc_keras run (no config.json "
         f"of one): {shown}; nothing was written. Train into a new or empty "
-        "--model_dir (--overwrite only replaces an mlc_keras run).")
+        "`model_dir` (`overwrite` only replaces an mlc_keras run).")
   if overwrite:
     if chief:
       _start_over(model_dir)
@@ -266,16 +268,17 @@ def claim(model_dir: str, config: Mapping, overwrite: bool = False,
                          time.gmtime(os.path.getmtime(model)))
     raise RunFinished(
         f"{model_dir} holds a finished run"
-        + (f" trained with other flags ({changed})" if diffs else "")
+        + (f" trained with other settings ({changed})" if diffs else "")
         + f"; nothing was trained. Its model: {os.path.abspath(model)} "
-        f"(written {when}). To train again, pass --overwrite (deletes that "
-        "run's files first) or give a new --model_dir.", not diffs)
+        f"(written {when}). To train again, pass `overwrite` (deletes that "
+        "run's files first) or give a new `model_dir`.", not diffs)
   if not in_progress or recorded is None:
     return "new"
   diffs = config_differences(recorded, config, ignore=RESUMABLE_CHANGES)
   done, epochs = _epochs_done(model_dir), config.get("train", {}).get("epochs")
   if isinstance(epochs, int) and epochs < done:
-    diffs.append(("--epochs", f"{done} already trained", str(epochs)))
+    diffs.append((errors.setting("epochs"), f"{done} already trained",
+                  str(epochs)))
   if diffs:
     lines = "\n  ".join(f"{f}: {a} in the interrupted run, {b} now"
                          for f, a, b in diffs)
@@ -283,7 +286,7 @@ def claim(model_dir: str, config: Mapping, overwrite: bool = False,
         f"{model_dir} holds an interrupted run ({', '.join(in_progress)}) "
         "whose backup is only valid with its own settings:\n  "
         f"{lines}\nResume with the interrupted run's values, or start over "
-        "with --overwrite (or a new --model_dir). Its config.json is "
+        "with `overwrite` (or a new `model_dir`). Its config.json is "
         "unchanged.")
   return "resume"
 
@@ -327,7 +330,7 @@ def check_resumed_schema(model_dir: str, schema: heads_lib.LabelSchema
         "whose backup was trained on other classes than the data has now:\n  "
         + "\n  ".join(diffs) + f"\nRestore the data the run was started "
         f"with (its classes are in {path}) to resume, or start over with "
-        "--overwrite (or a new --model_dir). Its labels.json and "
+        "`overwrite` (or a new `model_dir`). Its labels.json and "
         "config.json are unchanged.")
 
 
@@ -360,7 +363,7 @@ def run_image_column(model_dir: str) -> str:
   if data is None:
     raise RunDirError(
         f"{os.path.join(model_dir, CONFIG_FILE)}: no such file; the image "
-        "column of the run's manifests is read from it (give --image_column)")
+        "column of the run's manifests is read from it (give `image_column`)")
   column = data.get("image_column", config_lib.DataConfig.image_column)
   if not isinstance(column, str) or not column:
     raise RunDirError(
@@ -441,7 +444,7 @@ def _recorded_sources(model_dir: str) -> tuple[list[str], list[str]]:
 
 def default_image_sources(model_dir: str) -> tuple[Optional[str], Optional[str]]:
   """(calibration, parity) manifests of real images for a trained model
-  folder, used when neither --representative nor --parity_images is given.
+  folder, used when neither representative nor parity_images is given.
 
   Calibration prefers the training manifest (what int8 ranges should cover),
   parity the set the run was evaluated on (results.json), else the
@@ -515,7 +518,7 @@ def choose_model_file(model_dir: str, model_file: Optional[str] = None
   """Which .keras file of a model folder to export: (path, why).
 
   model_file: a file name inside ``model_dir``. None picks calibrated.keras
-  (written by ``evaluate --calibrate``) when it exists and is not older than
+  (written by evaluate with ``calibrate``) when it exists and is not older than
   model.keras, else model.keras: a calibrated model is what the run's owner
   asked for, but one older than model.keras belongs to weights that have
   since been retrained, so exporting it would publish the old model.
@@ -524,7 +527,7 @@ def choose_model_file(model_dir: str, model_file: Optional[str] = None
   if os.path.isfile(model_dir) and model_dir.endswith(".keras"):
     if model_file:
       raise artefacts.ExportError(
-          f"{model_dir} is a .keras file; --model_file only picks a file "
+          f"{model_dir} is a .keras file; `model_file` only picks a file "
           "inside a model folder")
     return model_dir, "the .keras file given"
   if not os.path.isdir(model_dir):
@@ -533,14 +536,14 @@ def choose_model_file(model_dir: str, model_file: Optional[str] = None
     if os.path.basename(model_file) != model_file:
       raise artefacts.ExportError(
           f"model file {model_file!r} must be a file name inside {model_dir} "
-          "(to export a .keras file elsewhere, pass it as --model_dir)")
+          "(to export a .keras file elsewhere, pass it as `model_dir`)")
     path = os.path.join(model_dir, model_file)
     if not os.path.isfile(path):
       present = sorted(f for f in os.listdir(model_dir) if f.endswith(".keras"))
       raise artefacts.ExportError(
           f"{model_dir}: no {model_file} in this model folder (.keras files "
           f"there: {', '.join(present) or 'none'})")
-    return path, f"--model_file={model_file}"
+    return path, f"model_file={model_file}"
   plain = os.path.join(model_dir, MODEL_FILE)
   calibrated = os.path.join(model_dir, CALIBRATED_FILE)
   if os.path.isfile(calibrated):
@@ -548,13 +551,13 @@ def choose_model_file(model_dir: str, model_file: Optional[str] = None
       return calibrated, f"{CALIBRATED_FILE} (no {MODEL_FILE} in the folder)"
     if os.path.getmtime(calibrated) >= os.path.getmtime(plain):
       return calibrated, (
-          f"{CALIBRATED_FILE} (temperature-scaled by evaluate --calibrate; "
-          f"--model_file={MODEL_FILE} exports the uncalibrated model)")
+          f"{CALIBRATED_FILE} (temperature-scaled by evaluate with calibrate; "
+          f"model_file={MODEL_FILE} exports the uncalibrated model)")
     return plain, (
         f"{MODEL_FILE}; warning: {CALIBRATED_FILE} is older than "
-        f"{MODEL_FILE} (the model was retrained after evaluate --calibrate), "
-        "so it is not used: re-run evaluate --calibrate, or pass "
-        f"--model_file={CALIBRATED_FILE} to export it anyway")
+        f"{MODEL_FILE} (the model was retrained after evaluate with "
+        "calibrate), so it is not used: re-run evaluate with calibrate, or "
+        f"pass model_file={CALIBRATED_FILE} to export it anyway")
   if not os.path.isfile(plain):
     raise artefacts.ExportError(f"{model_dir}: no {MODEL_FILE} in this model folder")
   return plain, MODEL_FILE

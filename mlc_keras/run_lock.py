@@ -141,7 +141,7 @@ class RunLock:
         raise LockedError(
             f"{os.path.dirname(self.path)} is in use by another training run "
             f"({describe(owner)}). Wait for it to end, or train into another "
-            "--model_dir.") from None
+            "`model_dir`.") from None
       # A releasing owner unlinks the file: if ours is no longer the one at
       # the path, another run may create and lock a new one; start again.
       try:
@@ -189,7 +189,7 @@ class RunLock:
             f"{os.path.dirname(self.path)} is in use by another training run "
             f"({describe(owner)}), which holds no flock on {self.path} (a "
             "file system without locks?). Wait for it to end, or train into "
-            "another --model_dir.")
+            "another `model_dir`.")
       self.took_over = owner
       log.warning("%s: taking over the lock of a run that is gone (%s)",
                   self.path, describe(owner))
@@ -198,7 +198,7 @@ class RunLock:
         f"{self.path} names a run on another host ({describe(owner)}); it "
         "cannot be checked from here. If that run has ended (or was killed), "
         f"delete {self.path} and start again; otherwise train into another "
-        "--model_dir.")
+        "`model_dir`.")
 
   def _flock_works(self) -> bool:
     works, self._probe_fd = _flock_works(self.path)

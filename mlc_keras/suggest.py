@@ -22,6 +22,7 @@ from absl import app
 from absl import flags
 
 from mlc_keras import cli_help
+from mlc_keras import errors
 
 _MODEL_DIR = flags.DEFINE_string(
     "model_dir", None, "A training run's folder (or a .keras file with "
@@ -56,11 +57,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   # Imported here so --help answers without loading TensorFlow.
-  from mlc_keras import artefacts  # pylint: disable=g-import-not-at-top
-  from mlc_keras import heads  # pylint: disable=g-import-not-at-top
   from mlc_keras import run_dir  # pylint: disable=g-import-not-at-top
   from mlc_keras import suggest_lib  # pylint: disable=g-import-not-at-top
-  from mlc_keras.data import manifest  # pylint: disable=g-import-not-at-top
   try:
     column = _IMAGE_COLUMN.value
     if column is None:
@@ -73,8 +71,9 @@ def main(argv):
         pseudo_label_threshold=_PSEUDO.value,
         pseudo_output=_PSEUDO_OUTPUT.value, image_column=column,
         batch_size=_BATCH_SIZE.value)
-  except (ValueError, OSError, heads.SchemaError, manifest.DataError,
-          artefacts.ExportError) as e:
+  except errors.MlcError as e:
+    cli_help.fail(e)
+  except OSError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   if not out.calibrated:

@@ -15,7 +15,7 @@ Wisconsin-Madison CS Technical Report 1648, 2009, section 3.1):
 
 Cells are ranked by score, highest first (ties: manifest order, then head
 order), and the top ``budget`` are suggested. A labelled cell is never
-scored. The probabilities should be calibrated (``evaluate --calibrate``
+scored. The probabilities should be calibrated (evaluate with ``calibrate``
 writes calibrated.keras, which the CLI uses when current): temperature
 scaling changes margins and entropies, and so the ranking across heads.
 
@@ -35,6 +35,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from mlc_keras import errors
 from mlc_keras import heads as heads_lib
 
 RULES = ("margin", "entropy")
@@ -57,7 +58,7 @@ def uncertainty(probs: np.ndarray, rule: str = "margin") -> np.ndarray:
   if rule == "entropy":
     safe = np.clip(p, 1e-12, 1.0)
     return -(p * np.log(safe)).sum(axis=1) / np.log(p.shape[1])
-  raise ValueError(f"--rule must be one of {RULES}, got {rule!r}")
+  raise errors.SettingError(f"`rule` must be one of {RULES}, got {rule!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +76,7 @@ def rank_cells(probs: Mapping[str, np.ndarray], labels: np.ndarray,
   (MISSING = blank) in schema order; ``probs``: {head: [N, k]};
   ``heads``: only these heads (default: all)."""
   if budget < 1:
-    raise ValueError(f"--budget must be >= 1, got {budget}")
+    raise errors.SettingError(f"`budget` must be >= 1, got {budget}")
   names = list(heads) if heads else list(schema.names)
   for n in names:
     schema.head(n)
@@ -96,8 +97,8 @@ def pseudo_labels(probs: Mapping[str, np.ndarray], labels: np.ndarray,
   """(row, head, class index, confidence) for every blank cell whose top
   probability is >= threshold; labelled cells are never touched."""
   if not 0.0 < threshold <= 1.0:
-    raise ValueError(
-        f"--pseudo_label_threshold must be in (0, 1], got {threshold}")
+    raise errors.SettingError(
+        f"`pseudo_label_threshold` must be in (0, 1], got {threshold}")
   out = []
   for j, h in enumerate(schema.heads):
     p = np.asarray(probs[h.name])
@@ -243,9 +244,9 @@ def suggest(model_dir: str, manifest: str, budget: int, output: str, *,
   from mlc_keras.data import manifest as manifest_lib  # pylint: disable=g-import-not-at-top
   from mlc_keras.data import sources  # pylint: disable=g-import-not-at-top
   if rule not in RULES:
-    raise ValueError(f"--rule must be one of {RULES}, got {rule!r}")
+    raise errors.SettingError(f"`rule` must be one of {RULES}, got {rule!r}")
   if pseudo_label_threshold is not None and not pseudo_output:
-    raise ValueError("--pseudo_label_threshold needs --pseudo_output")
+    raise errors.SettingError("`pseudo_label_threshold` needs `pseudo_output`")
   model_path, _ = run_dir.choose_model_file(model_dir)
   predictor = predictors.KerasPredictor(model_path)
   schema = run_dir.load_schema(model_path)

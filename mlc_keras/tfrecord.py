@@ -12,6 +12,7 @@ from absl import app
 from absl import flags
 
 from mlc_keras import cli_help
+from mlc_keras import errors
 
 _MANIFEST = flags.DEFINE_string("manifest", None, "CSV manifest.", required=True)
 _OUTPUT = flags.DEFINE_string(
@@ -42,9 +43,8 @@ def main(argv):
                                          _IMAGE_COLUMN.value)
     sources.check_images(records, level=_IMAGE_CHECK.value,
                          progress=sys.stderr)
-  except (manifest.DataError, heads.SchemaError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  except errors.MlcError as e:
+    cli_help.fail(e)
   shards = tfrecords.write_tfrecords(records, schema, _OUTPUT.value,
                                      _NUM_SHARDS.value, progress=sys.stderr)
   print(f"wrote {len(records)} examples to {len(shards)} shard(s): {shards[0]} ...")

@@ -21,6 +21,7 @@ from absl import flags
 
 from mlc_keras import cli_help
 from mlc_keras import config as config_lib
+from mlc_keras import errors
 
 _d = config_lib.DataConfig()
 _m = config_lib.ModelConfig()
@@ -296,10 +297,7 @@ _OVERWRITE = flags.DEFINE_bool(
 
 
 def _per_head(flag: str, items: list[str], bare: bool = False):
-  try:
-    return config_lib.per_head_values(flag, items, bare)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from None
+  return config_lib.per_head_values(flag, items, bare)
 
 
 def _user_set(holder) -> bool:
@@ -325,17 +323,14 @@ def _combination_fields() -> dict:
 
 def _feed(data: config_lib.DataConfig) -> config_lib.DataConfig:
   """The feeding flags on top of ``data``, checked."""
-  try:
-    if _CROP_SCALE.value is not None:
-      data = dataclasses.replace(data, crop_scale=config_lib.crop_range(
-          "crop_scale", _CROP_SCALE.value, 1.0))
-    if _CROP_RATIO.value is not None:
-      data = dataclasses.replace(data, crop_ratio=config_lib.crop_range(
-          "crop_ratio", _CROP_RATIO.value, None))
-    data = dataclasses.replace(data, data_service=_DATA_SERVICE.value or None)
-    config_lib.check_feed(data)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from None
+  if _CROP_SCALE.value is not None:
+    data = dataclasses.replace(data, crop_scale=config_lib.crop_range(
+        "crop_scale", _CROP_SCALE.value, 1.0))
+  if _CROP_RATIO.value is not None:
+    data = dataclasses.replace(data, crop_ratio=config_lib.crop_range(
+        "crop_ratio", _CROP_RATIO.value, None))
+  data = dataclasses.replace(data, data_service=_DATA_SERVICE.value or None)
+  config_lib.check_feed(data)
   return data
 
 
@@ -431,12 +426,13 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.getLogger("mlc_keras").setLevel(logging.INFO)
-  cfg = config_from_flags()
+  try:
+    cfg = config_from_flags()
+  except errors.MlcError as e:
+    cli_help.fail(e)
   # None of these loads TensorFlow: a bad flag, a locked or finished
   # model_dir is answered in milliseconds (--help too).
-  from mlc_keras import preflight  # pylint: disable=g-import-not-at-top
   from mlc_keras import run_dir  # pylint: disable=g-import-not-at-top
-  from mlc_keras import run_lock  # pylint: disable=g-import-not-at-top
   from mlc_keras import train_lib  # pylint: disable=g-import-not-at-top
   # A progress bar only makes sense on a terminal: in a batch job, CI or a
   # log file (or with MLC_QUIET=1) fit prints one line per epoch holding
@@ -453,13 +449,14 @@ def main(argv):
         keras_home=os.environ.get("KERAS_HOME"))
   except run_dir.RunFinished as e:
     # The same command again is not an error; other flags are.
-    print(("" if e.same_flags else "error: ") + str(e), file=sys.stderr)
-    sys.exit(0 if e.same_flags else 2)
-  except (preflight.FlagError, run_lock.LockedError, run_dir.RunDirError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    if not e.same_flags:
+      cli_help.fail(e)
+    print(cli_help.error_line(e), file=sys.stderr)
+    sys.exit(0)
+  except errors.MlcError as e:
+    cli_help.fail(e)
   except Exception as e:  # pylint: disable=broad-except
-    _exit_on_known(e)
+    _exit_on_nan(e)
     raise
   print(f"\nModel written to {_MODEL_DIR.value}/model.keras (labels.json beside "
         "it). Next:\n" + "\n".join(
@@ -475,11 +472,10 @@ def _find_lr(cfg) -> None:
     preflight.check(cfg)
     from mlc_keras.training import lr_find  # pylint: disable=g-import-not-at-top
     result = lr_find.range_test(cfg, out, steps=_FIND_LR_STEPS.value)
-  except preflight.FlagError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  except errors.MlcError as e:
+    cli_help.fail(e)
   except Exception as e:  # pylint: disable=broad-except
-    _exit_on_known(e)
+    _exit_on_nan(e)
     raise
   keep = [a for a in sys.argv[1:] if not a.startswith(
       ("--find_lr", "--nofind_lr", "--learning_rate"))]
@@ -490,16 +486,11 @@ def _find_lr(cfg) -> None:
         + " ".join(keep + [f"--learning_rate={result.suggestion:.2g}"]))
 
 
-def _exit_on_known(e: Exception) -> None:
-  """Exits with code 2 (bad data) or 3 (NaN loss) and a message for the
-  errors that are not bugs; returns for any other."""
-  # Loaded by training already when these can be raised.
-  from mlc_keras import heads  # pylint: disable=g-import-not-at-top
-  from mlc_keras.data import manifest  # pylint: disable=g-import-not-at-top
+def _exit_on_nan(e: Exception) -> None:
+  """Exits with code 3 and a hint for a NaN loss (not a bug, nor a mistake
+  in what was given); returns for any other error."""
+  # Loaded by training already when it can be raised.
   from mlc_keras.training import setup  # pylint: disable=g-import-not-at-top
-  if isinstance(e, (manifest.DataError, heads.SchemaError)):
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
   if isinstance(e, setup.NonFiniteLossError):
     # The fine-tuning phase has its own folder (training.fit.phases).
     kept = [d for d in ("backup", "backup_finetune")

@@ -62,7 +62,7 @@ class ParseTest(tf.test.TestCase):
     }
     for spec, message in cases.items():
       with self.assertRaisesRegex(combinations.CombinationError,
-                                  "--holdout_combinations.*" + message):
+                                  "holdout_combinations.*" + message):
         combinations.parse(spec, SCHEMA)
     path = os.path.join(self.get_temp_dir(), "bad.txt")
     with open(path, "w") as f:
@@ -144,7 +144,7 @@ class SplitTest(tf.test.TestCase):
       setup.load_data(cfg, seed=0)
     cfg = dataclasses.replace(self._config(root), holdout_combinations="x=1+y=2")
     with self.assertRaisesRegex(manifest.DataError,
-                                "--holdout_combinations: entry 1 'x=1\\+y=2'"):
+                                "holdout_combinations: entry 1 'x=1\\+y=2'"):
       setup.load_data(cfg, seed=0)
 
   def test_the_run_records_it_and_evaluate_counts_it_unseen(self):
@@ -193,7 +193,7 @@ class BalanceTest(tf.test.TestCase):
     self.assertEqual(len(balanced), 40 + combinations.MAX_REPEAT)
     self.assertEqual(report["max_repeat"], combinations.MAX_REPEAT)
     with self.assertRaisesRegex(combinations.CombinationError,
-                                "--balance_combinations: 'size' is not"):
+                                "balance_combinations: 'size' is not"):
       combinations.balance(balanced, SCHEMA, ["shape", "size"])
     with self.assertRaisesRegex(combinations.CombinationError, "at least two"):
       combinations.balance(balanced, SCHEMA, ["shape"])

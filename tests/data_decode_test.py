@@ -195,11 +195,11 @@ class PipelineCropTest(tf.test.TestCase):
     self.assertEqual(int((weights == 0).sum()), 8)  # 4 of 12 rows, 2 epochs
 
   def test_refusals_name_the_flag(self):
-    with self.assertRaisesRegex(ValueError, "resized_crop.*--cache"):
+    with self.assertRaisesRegex(ValueError, "resized_crop.*cache"):
       self.batches(("resized_crop",), cache=True)
-    with self.assertRaisesRegex(ValueError, r"--crop_scale .*got 0.5,1.5"):
+    with self.assertRaisesRegex(ValueError, r"crop_scale .*got 0.5,1.5"):
       self.batches(("resized_crop",), crop_scale=(0.5, 1.5))
-    with self.assertRaisesRegex(ValueError, r"--crop_ratio .*got 2,1"):
+    with self.assertRaisesRegex(ValueError, r"crop_ratio .*got 2,1"):
       self.batches(("resized_crop",), crop_ratio=(2, 1))
 
 

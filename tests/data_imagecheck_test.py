@@ -97,7 +97,7 @@ class CheckTest(tf.test.TestCase):
     # The good rows are 32x32 = 1,024 pixels.
     self.assertEqual(self._bad(_png(40, 30), max_pixels=1100),
                      "40x30 = 1,200 pixels is over the limit of 1,100 "
-                     "(--max_image_pixels)")
+                     "(max_image_pixels)")
 
   def test_animated_webp_is_refused_from_its_header(self):
     from PIL import Image  # pylint: disable=g-import-not-at-top
@@ -144,7 +144,7 @@ class CheckTest(tf.test.TestCase):
     self.assertIn("at most 32x32 px", note)
     self.assertIn("scales each up 7x", note)
     # (224 / 32)^2 = 49.
-    self.assertIn("--image_size=32 trains about 49x cheaper", note)
+    self.assertIn("image_size=32 trains about 49x cheaper", note)
     # Scaled up less than 4x: nothing to say.
     self.assertIsNone(imagecheck.upscale_note(cache, records.paths, 127))
     self.assertIsNotNone(imagecheck.upscale_note(cache, records.paths, 128))

@@ -80,7 +80,7 @@ class DataServiceTest(tf.test.TestCase):
       server.stop()
 
   def test_bad_address_names_the_flag(self):
-    with self.assertRaisesRegex(ValueError, "--data_service .*'localhost:1'"):
+    with self.assertRaisesRegex(ValueError, "data_service .*'localhost:1'"):
       self.batches("localhost:1")
 
   def test_trains_a_tiny_model_like_local_input(self):

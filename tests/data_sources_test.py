@@ -280,7 +280,7 @@ class HostileDataTest(tf.test.TestCase):
     cfg = dataclasses.replace(config_lib.tiny().data, manifest=path,
                               val_fraction=0.0)
     with self.assertRaisesRegex(manifest.DataError,
-                                "'notes' has 1 .*--label_columns"):
+                                "'notes' has 1 .*label_columns"):
       setup.load_data(cfg, seed=0)
     bundle = setup.load_data(
         dataclasses.replace(cfg, label_columns=("colour", "shape")), seed=0)

@@ -5,8 +5,10 @@ command lines by their flag; a bug is not turned into a user's mistake."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 from absl.testing import absltest
 
@@ -89,6 +91,55 @@ class MlcErrorTest(absltest.TestCase):
         e.render(config_lib.flag_name),
         "--xla=True: needs --preset (weight_decay) and --image_size; "
         "`x y` and `Name` stay")
+
+
+class MessagesTest(absltest.TestCase):
+
+  def _tmp(self) -> str:
+    path = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+  def test_python_caller_reads_the_field(self):
+    from mlc_keras import preflight  # pylint: disable=g-import-not-at-top
+    cfg = mlc_keras.make_config("tiny", image_size=16)
+    with self.assertRaises(mlc_keras.MlcError) as e:
+      preflight.check(cfg)
+    self.assertEqual(str(e.exception), "image_size=16: must be >= 32 and <= 4096")
+    self.assertNotIn("--", str(e.exception))
+    self.assertEqual(e.exception.fields, ("image_size",))
+
+  def test_fit_raises_it_before_anything_is_written(self):
+    model_dir = os.path.join(self._tmp(), "run")
+    with self.assertRaisesRegex(mlc_keras.MlcError, "^image_size=16: "):
+      mlc_keras.fit(model_dir, image_size=16)
+    self.assertFalse(os.path.exists(os.path.join(model_dir, "config.json")))
+
+  def test_train_cli_says_the_flag_in_one_line(self):
+    model_dir = os.path.join(self._tmp(), "run")
+    proc = run_python("-m", "mlc_keras.train", "--image_size=16",
+                      f"--model_dir={model_dir}")
+    self.assertEqual(proc.returncode, 2, proc.stderr[-2000:])
+    self.assertEqual(proc.stderr.strip().splitlines(),
+                     ["error: --image_size=16: must be >= 32 and <= 4096"])
+    self.assertNotIn("Traceback", proc.stderr)
+
+  def test_a_bug_is_not_a_user_mistake(self):
+    # A plain ValueError from inside the library (a programming error) keeps
+    # its traceback and exit 1, instead of "error: ..." and exit 2.
+    code = ("import sys\n"
+            "from mlc_keras import preflight, train\n"
+            "def broken(*args, **kwargs):\n"
+            "  raise ValueError('a bug, not a setting')\n"
+            "preflight.check = broken\n"
+            "sys.argv = ['train', '--model_dir=' + sys.argv[1]]\n"
+            "train.run()\n")
+    model_dir = os.path.join(self._tmp(), "run")
+    proc = run_python("-c", code, model_dir)
+    self.assertEqual(proc.returncode, 1, proc.stderr[-2000:])
+    self.assertIn("Traceback", proc.stderr)
+    self.assertIn("ValueError: a bug, not a setting", proc.stderr)
+    self.assertNotIn("error: a bug", proc.stderr)
 
 
 if __name__ == "__main__":

@@ -331,7 +331,7 @@ class EvaluateTest(tf.test.TestCase):
         f"  {manifest}:2: {paths[0]} \\(cannot decode: cut short \\(no "
         f"JPEG end-of-image marker\\)\\)\n"
         f"  {manifest}:4: {paths[2]} \\(40x30 = 1,200 pixels is over the "
-        f"limit of 1,100 \\(--max_image_pixels\\)\\)$"):
+        f"limit of 1,100 \\(max_image_pixels\\)\\)$"):
       evaluate_lib.evaluate(model_dir, plots=False)
     self.assertFalse(os.path.exists(os.path.join(model_dir,
                                                  "evaluation.json")))
@@ -359,7 +359,7 @@ class EvaluateTest(tf.test.TestCase):
         train=config_lib.TrainConfig(seed=3))
     with open(os.path.join(model_dir, "config.json"), "w") as f:
       f.write(cfg.to_json())
-    path = evaluate_lib.default_manifest(model_dir)  # was "give --manifest"
+    path = evaluate_lib.default_manifest(model_dir)  # was "give manifest"
     self.assertEqual(path, os.path.join(model_dir,
                                         evaluate_lib.VALIDATION_SPLIT_FILE))
     records, _ = manifest_lib.read_manifest(manifest, testutil.SCHEMA)
@@ -377,7 +377,7 @@ class EvaluateTest(tf.test.TestCase):
     cfg = config_lib.Config(data=config_lib.DataConfig(manifest="x.csv"))
     with open(os.path.join(model_dir, "config.json"), "w") as f:
       f.write(cfg.to_json())
-    with self.assertRaisesRegex(ValueError, "give --manifest"):
+    with self.assertRaisesRegex(ValueError, "give manifest"):
       evaluate_lib.default_manifest(model_dir)
 
   def test_relative_val_manifest_of_an_older_config_is_named(self):

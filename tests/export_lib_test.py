@@ -432,7 +432,7 @@ class ExportLibTest(tf.test.TestCase):
     with self.assertRaisesRegex(artefacts.ExportError, "already exists"):
       export_lib.export(self.model_dir, output=self.base, version=3)
     with self.assertRaisesRegex(artefacts.ExportError,
-                                r"'bad name' \(--model_name\)"):
+                                r"'bad name' \(model_name\)"):
       export_lib.export(self.model_dir, model_name="bad name")
     badly_named = os.path.join(self.get_temp_dir(), "parity")
     os.makedirs(badly_named)
@@ -441,7 +441,7 @@ class ExportLibTest(tf.test.TestCase):
     # Once renamed to "mlc" in silence; now the name and the way out.
     with self.assertRaisesRegex(artefacts.ExportError,
                                 "'parity' .the model folder's name; pass "
-                                "--model_name"):
+                                "model_name"):
       export_lib.export(badly_named)
     no_labels = os.path.join(self.get_temp_dir(), "no_labels")
     os.makedirs(no_labels)
@@ -663,7 +663,7 @@ class ComposedExportTest(tf.test.TestCase):
     self.assertEqual(report["model_file"],
                      os.path.join(self.model_dir, "calibrated.keras"))
     self.assertEqual(report["class_table"], self.table_path)
-    self.assertTrue(any("calibrated.keras" in line and "--model_file" in line
+    self.assertTrue(any("calibrated.keras" in line and "model_file" in line
                         for line in self.log), self.log)
     for r in report["reports"]:
       self.assertTrue(r["passed"], r)
@@ -818,7 +818,7 @@ class ParityImagesTest(tf.test.TestCase):
         artefacts.ExportError,
         "no images for the parity check: the run's results.json and "
         "config.json name no manifest. Pass --parity_images=<manifest.csv, "
-        "image folder or image>, or --parity_images=random"):
+        "image folder or image>, or parity_images=random"):
       export_lib.gather_images(request, SIZE, log=lambda _: None)
     images = export_lib.gather_images(request, SIZE,
                                       parity_images=export_lib.RANDOM_PARITY,

@@ -30,8 +30,8 @@ class LabelSchemaTest(tf.test.TestCase):
   def test_one_value_or_blank_column_says_what_to_do(self):
     for values in (["yes", "", "yes"], ["", ""]):
       with self.subTest(values), self.assertRaisesRegex(
-          heads_lib.SchemaError, r"column 'mono' has [01] distinct .*--label_"
-          r"columns, delete the column, or give a --heads_file .*columns it "
+          heads_lib.SchemaError, r"column 'mono' has [01] distinct .*label_"
+          r"columns, delete the column, or give a heads_file .*columns it "
           r"does not name are ignored"):
         heads_lib.LabelSchema.infer({"colour": ["a", "b"], "mono": values})
 
@@ -101,7 +101,7 @@ class LabelSchemaTest(tf.test.TestCase):
         config_lib.per_head_values("focal_loss", ["fill=2", "2.5"], bare=True),
         (("fill", 2.0), ("*", 2.5)))
     for bad, bare in ((["fill"], False), (["fill=x"], True), (["=2"], True)):
-      with self.subTest(bad), self.assertRaisesRegex(ValueError, "--w: expected"):
+      with self.subTest(bad), self.assertRaisesRegex(ValueError, "w: expected"):
         config_lib.per_head_values("w", bad, bare=bare)
 
 

@@ -195,7 +195,7 @@ class SavingAndGrowingTest(tf.test.TestCase):
     child = model_lib.build_model(testutil.SCHEMA, BACKBONE_SIZE,
                                   "MobileNetV2", None)
     with self.assertRaisesRegex(grow.GrowError,
-                                "head 'shape'.*--head_pooling=attention"):
+                                "head 'shape'.*head_pooling=attention"):
       grow.copy_from(self.model, testutil.SCHEMA, child, testutil.SCHEMA)
 
 

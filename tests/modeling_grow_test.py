@@ -62,12 +62,12 @@ class PlanTest(tf.test.TestCase):
                                    H("tone", ("dark", "light"))))
     with self.assertRaisesRegex(grow.GrowError,
                                 r"'colour' lost \['blue'\] and gained "
-                                r"\['cyan'\].*--reinit_heads=colour"):
+                                r"\['cyan'\].*reinit_heads=colour"):
       grow.plan_heads(PARENT, child)
     plans = {p.name: p for p in grow.plan_heads(PARENT, child, ["colour"])}
     self.assertEqual(plans["colour"].status, grow.CHANGED)
     self.assertEqual(plans["colour"].removed, ("blue",))
-    with self.assertRaisesRegex(grow.GrowError, r"--reinit_heads: \['tone'\]"):
+    with self.assertRaisesRegex(grow.GrowError, r"reinit_heads: \['tone'\]"):
       grow.plan_heads(PARENT, child, ["colour", "tone"])
 
   def test_train_heads_must_be_heads(self):
@@ -109,7 +109,7 @@ class CopyTest(tf.test.TestCase):
   def test_other_backbone_refused(self):
     parent = export_fixture.plain().model
     child = model_lib.build_model(PARENT, export_fixture.SIZE, "MobileNetV2")
-    with self.assertRaisesRegex(grow.GrowError, r"does not match.*--backbone"):
+    with self.assertRaisesRegex(grow.GrowError, r"does not match.*backbone"):
       grow.copy_from(parent, PARENT, child, PARENT, origin="parent.keras")
 
 

@@ -97,7 +97,7 @@ class ProjectionTest(tf.test.TestCase):
     keras.utils.set_random_seed(1)
     child = model_lib.build_model(testutil.SCHEMA, SIZE, "MobileNetV2", None)
     with self.assertRaisesRegex(grow.GrowError,
-                                "head 'shape'.*--head_projection=8"):
+                                "head 'shape'.*head_projection=8"):
       grow.copy_from(self.model, testutil.SCHEMA, child, testutil.SCHEMA)
 
 

@@ -387,7 +387,7 @@ class PredictChecksTest(tf.test.TestCase):
     with open(bomb, "wb") as f:
       f.write(_png_claiming(10000, 10000))
     reason = ("too many pixels to decode: 10000x10000 = 100,000,000 pixels "
-              "is over the limit of 89,478,485 (--max_image_pixels)")
+              "is over the limit of 89,478,485 (max_image_pixels)")
     with mock.patch.object(predict_lib.imageio, "decode_and_resize",
                            side_effect=AssertionError("decoded")):
       with self.assertRaisesRegex(artefacts.ExportError,

@@ -29,48 +29,48 @@ def _cfg(section: str = "train", **values) -> config_lib.Config:
 
 # (config section, fields, the message's start): each a user's mistake.
 _BAD = [
-    ("data", {"image_size": 0}, "--image_size=0: must be >= 32"),
-    ("data", {"image_size": 8192}, "--image_size=8192: must be >= 32 and <= 4096"),
-    ("data", {"val_fraction": 1.0}, "--val_fraction=1.0: must be >= 0 and < 1"),
+    ("data", {"image_size": 0}, "image_size=0: must be >= 32"),
+    ("data", {"image_size": 8192}, "image_size=8192: must be >= 32 and <= 4096"),
+    ("data", {"val_fraction": 1.0}, "val_fraction=1.0: must be >= 0 and < 1"),
     ("data", {"augment": ("flip", "rotate")},
-     "--augment=flip,rotate: unknown augmentation 'rotate'"),
-    ("data", {"manifest": "/no/such.csv"}, "--manifest=/no/such.csv: no such file"),
-    ("data", {"tfrecord": "/no/train-*"}, "--tfrecord=/no/train-\\*: matches no file"),
+     "augment=flip,rotate: unknown augmentation 'rotate'"),
+    ("data", {"manifest": "/no/such.csv"}, "manifest=/no/such.csv: no such file"),
+    ("data", {"tfrecord": "/no/train-*"}, "tfrecord=/no/train-\\*: matches no file"),
     ("data", {"manifest": "m", "tfds": "cifar10"},
-     "give one of --manifest, --tfrecord or --tfds, not --manifest and --tfds"),
+     "give one of manifest, tfrecord or tfds, not manifest and tfds"),
     ("data", {"image_root": "/no/such/folder"},
-     "--image_root=/no/such/folder: no such folder"),
+     "image_root=/no/such/folder: no such folder"),
     ("model", {"backbone": "ResNet50"},
-     "--backbone=ResNet50: unknown backbone; choose one of ResNet50V2"),
-    ("model", {"weights": "/no/weights.h5"}, "--weights=/no/weights.h5: no such file"),
-    ("model", {"dropout": 1.5}, "--dropout=1.5: must be >= 0 and < 1"),
-    ("model", {"head_projection": -8}, "--head_projection=-8: must be >= 0"),
+     "backbone=ResNet50: unknown backbone; choose one of ResNet50V2"),
+    ("model", {"weights": "/no/weights.h5"}, "weights=/no/weights.h5: no such file"),
+    ("model", {"dropout": 1.5}, "dropout=1.5: must be >= 0 and < 1"),
+    ("model", {"head_projection": -8}, "head_projection=-8: must be >= 0"),
     ("model", {"head_pooling": "max"},
-     "--head_pooling=max: choose one of avg, attention"),
-    ("train", {"batch_size": 0}, "--batch_size=0: must be >= 1"),
-    ("train", {"epochs": 0}, "--epochs=0: must be >= 1"),
-    ("train", {"steps_per_epoch": 0}, "--steps_per_epoch=0: must be >= 1"),
-    ("train", {"learning_rate": -1.0}, "--learning_rate=-1.0: must be > 0"),
-    ("train", {"learning_rate": 0.0}, "--learning_rate=0.0: must be > 0"),
-    ("train", {"learning_rate": float("nan")}, "--learning_rate=nan: must be a number"),
-    ("train", {"backup_every_steps": 0}, "--backup_every_steps=0: must be >= 1"),
-    ("train", {"top_k": 0}, "--top_k=0: must be >= 1"),
-    ("train", {"finetune_lr_scale": 0.0}, "--finetune_lr_scale=0.0: must be > 0"),
+     "head_pooling=max: choose one of avg, attention"),
+    ("train", {"batch_size": 0}, "batch_size=0: must be >= 1"),
+    ("train", {"epochs": 0}, "epochs=0: must be >= 1"),
+    ("train", {"steps_per_epoch": 0}, "steps_per_epoch=0: must be >= 1"),
+    ("train", {"learning_rate": -1.0}, "learning_rate=-1.0: must be > 0"),
+    ("train", {"learning_rate": 0.0}, "learning_rate=0.0: must be > 0"),
+    ("train", {"learning_rate": float("nan")}, "learning_rate=nan: must be a number"),
+    ("train", {"backup_every_steps": 0}, "backup_every_steps=0: must be >= 1"),
+    ("train", {"top_k": 0}, "top_k=0: must be >= 1"),
+    ("train", {"finetune_lr_scale": 0.0}, "finetune_lr_scale=0.0: must be > 0"),
     ("train", {"loss_weights": (("shape", -1.0),)},
-     "--loss_weights=shape=-1.0: must be a number >= 0"),
-    ("train", {"weight_decay": -1.0}, "--preset \\(weight_decay\\)=-1.0"),
+     "loss_weights=shape=-1.0: must be a number >= 0"),
+    ("train", {"weight_decay": -1.0}, "^weight_decay=-1.0"),
     ("train", {"strategy": "mirrored", "precision": "mixed_float16"},
-     "--strategy=mirrored: supports float32 without --xla only"),
+     "strategy=mirrored: supports float32 without jit_compile only"),
     ("train", {"strategy": "mirrored", "freeze_epochs": 1},
-     "--freeze_epochs=1: is not supported with --strategy=mirrored"),
+     "freeze_epochs=1: is not supported with strategy=mirrored"),
     ("train", {"label_smoothing": (("*", 1.0),)},
-     "--label_smoothing=\\*=1.0: must be in \\[0, 1\\)"),
-    ("train", {"clip_global_norm": 0.0}, "--clip_global_norm=0.0: must be > 0"),
-    ("train", {"ema_decay": 1.0}, "--ema_decay=1.0: must be in \\(0, 1\\)"),
+     "label_smoothing=\\*=1.0: must be in \\[0, 1\\)"),
+    ("train", {"clip_global_norm": 0.0}, "clip_global_norm=0.0: must be > 0"),
+    ("train", {"ema_decay": 1.0}, "ema_decay=1.0: must be in \\(0, 1\\)"),
     ("train", {"strategy": "mirrored", "ema_decay": 0.99},
-     "--ema_decay=0.99: is not supported with --strategy=mirrored"),
+     "ema_decay=0.99: is not supported with strategy=mirrored"),
     ("train", {"strategy": "multi_worker"},
-     "--strategy=multi_worker needs the TF_CONFIG environment variable"),
+     "strategy=multi_worker needs the TF_CONFIG environment variable"),
 ]
 
 
@@ -116,7 +116,7 @@ class PreflightTest(parameterized.TestCase, tf.test.TestCase):
       with self.subTest(name):
         with self.assertRaisesRegex(
             preflight.FlagError,
-            f"^--weights={path}: not a Keras weights file: {why}"):
+            f"^weights={path}: not a Keras weights file: {why}"):
           preflight.check(_cfg("model", weights=path))
     # The containers Keras reads pass (their contents are read by Keras).
     for name, content in (("ok.weights.h5", b"\x89HDF\r\n\x1a\n"),
@@ -175,11 +175,11 @@ class PreflightTest(parameterized.TestCase, tf.test.TestCase):
     probe = mock.Mock(return_value="[Errno -2] Name or service not known")
     with self.assertRaisesRegex(
         preflight.FlagError,
-        "^--weights=imagenet: the MobileNetV2 weights are not in the Keras "
+        "^weights=imagenet: the MobileNetV2 weights are not in the Keras "
         f"cache \\({home}/models/mobilenet_v2_weights_tf_dim_ordering_tf_"
         "kernels_1.0_224_no_top.h5\\) and cannot be downloaded from https://"
         "storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/"
-        ".*Name or service not known.*pass --weights=/path/to/mobilenet_v2_"):
+        ".*Name or service not known.*pass weights=/path/to/mobilenet_v2_"):
       preflight.check(cfg, keras_home=home, probe=probe)
     # tiny()'s 32 px has no file of its own: Keras uses the 224 one.
     probe.assert_called_once_with(
@@ -204,7 +204,7 @@ class PreflightTest(parameterized.TestCase, tf.test.TestCase):
         "keras-applications/convnext/convnext_tiny_notop.h5"))
     self.assertEqual(preflight.imagenet_file("EfficientNetV2S", 32)[0],
                      "efficientnetv2-s_notop.h5")
-    with self.assertRaisesRegex(preflight.FlagError, "^--weights=imagenet: "
+    with self.assertRaisesRegex(preflight.FlagError, "^weights=imagenet: "
                                 "the ConvNeXtTiny weights are not in the "
                                 "Keras cache"):
       preflight.check(_cfg("model", weights="imagenet", backbone="ConvNeXtTiny"),

@@ -129,7 +129,7 @@ class ChooseModelFileTest(tf.test.TestCase):
     os.utime(os.path.join(self.dir, "calibrated.keras"), (2000, 2000))
     path, why = run_dir.choose_model_file(self.dir)
     self.assertEqual(path, os.path.join(self.dir, "calibrated.keras"))
-    self.assertIn("--model_file=model.keras", why)
+    self.assertIn("model_file=model.keras", why)
 
   def test_stale_calibrated_model_is_not_used(self):
     # Retrained after evaluate --calibrate: calibrated.keras holds old weights.
@@ -194,11 +194,11 @@ class ClaimTest(tf.test.TestCase):
     before = self._snapshot(folder)
     with self.assertRaisesRegex(run_dir.RunFinished,
                                 "holds a finished run; nothing was trained. "
-                                "Its model: .*model.keras.*--overwrite") as e:
+                                "Its model: .*model.keras.*overwrite") as e:
       run_dir.claim(folder, _config())
     self.assertTrue(e.exception.same_flags)
     with self.assertRaisesRegex(run_dir.RunFinished,
-                                "other flags .--epochs was 1, now 3") as e:
+                                "other settings .epochs was 1, now 3") as e:
       run_dir.claim(folder, _config(epochs=3))
     self.assertFalse(e.exception.same_flags)
     self.assertEqual(self._snapshot(folder), before)
@@ -213,12 +213,12 @@ class ClaimTest(tf.test.TestCase):
     before = self._snapshot(folder)
     with self.assertRaisesRegex(
         run_dir.RunDirError,
-        r"interrupted run \(backup\).*:\n  --batch_size: 8 in the "
-        r"interrupted run, 4 now\n  --steps_per_epoch: 2 in the interrupted "
+        r"interrupted run \(backup\).*:\n  batch_size: 8 in the "
+        r"interrupted run, 4 now\n  steps_per_epoch: 2 in the interrupted "
         r"run, 3 now\nResume with"):
       run_dir.claim(folder, _config(steps_per_epoch=3, batch_size=4))
     with self.assertRaisesRegex(run_dir.RunDirError,
-                                "--optimizer: adamw in the interrupted run, "
+                                "optimizer: adamw in the interrupted run, "
                                 "sgd now"):
       run_dir.claim(folder, _config(steps_per_epoch=2, optimizer="sgd"))
     self.assertEqual(self._snapshot(folder), before)
@@ -226,7 +226,7 @@ class ClaimTest(tf.test.TestCase):
     with open(os.path.join(folder, "backup", "training_metadata.json"),
               "w") as f:
       json.dump({"epoch": 2}, f)
-    with self.assertRaisesRegex(run_dir.RunDirError, "--epochs: 2 already "
+    with self.assertRaisesRegex(run_dir.RunDirError, "epochs: 2 already "
                                 "trained in the interrupted run, 1 now"):
       run_dir.claim(folder, _config(steps_per_epoch=2, epochs=1))
     # Epochs, the learning rate (the NaN way out) and logging may change.
@@ -234,9 +234,29 @@ class ClaimTest(tf.test.TestCase):
         steps_per_epoch=2, epochs=5, learning_rate=1e-5, top_k=1,
         backup_every_steps=7)), "resume")
 
+  def test_a_field_an_older_config_lacks_counts_as_its_default(self):
+    old = _config()
+    del old["model"]["head_pooling"]  # written before the field existed
+    folder = self._run(old, "backup/")
+    attention = _config()
+    attention["model"]["head_pooling"] = "attention"
+    with self.assertRaisesRegex(run_dir.RunDirError, "head_pooling: avg in "
+                                "the interrupted run, attention now"):
+      run_dir.claim(folder, attention)
+    self.assertEqual(run_dir.claim(folder, _config()), "resume")
+    # A finished run compares the same way.
+    finished = self._run(old, "model.keras")
+    with self.assertRaisesRegex(run_dir.RunFinished,
+                                "head_pooling was avg, now attention") as e:
+      run_dir.claim(finished, attention)
+    self.assertFalse(e.exception.same_flags)
+    with self.assertRaises(run_dir.RunFinished) as e:
+      run_dir.claim(finished, _config())
+    self.assertTrue(e.exception.same_flags)
+
   def test_distributed_checkpoints_are_a_resume_state(self):
     folder = self._run(_config(), "checkpoints/")
-    with self.assertRaisesRegex(run_dir.RunDirError, "--seed: 0 in the "
+    with self.assertRaisesRegex(run_dir.RunDirError, "seed: 0 in the "
                                 "interrupted run, 1 now"):
       run_dir.claim(folder, _config(seed=1))
     self.assertEqual(run_dir.claim(folder, _config()), "resume")
@@ -273,8 +293,8 @@ class ClaimTest(tf.test.TestCase):
           run_dir.RunDirError,
           r"^\S*theirs is not empty and holds no mlc_keras run \(no "
           r"config.json of one\): config.json, history.csv, labels.json; "
-          r"nothing was written. Train into a new or empty --model_dir "
-          r"\(--overwrite only replaces an mlc_keras run\).$"):
+          r"nothing was written. Train into a new or empty model_dir "
+          r"\(overwrite only replaces an mlc_keras run\).$"):
         run_dir.claim(folder, _config(), overwrite=overwrite)
       self.assertEqual(self._snapshot(folder), before)
     # What a run writes before its config.json is its own: claimed.
@@ -292,7 +312,7 @@ class ClaimTest(tf.test.TestCase):
     open(path, "w").close()
     with self.assertRaisesRegex(run_dir.RunDirError,
                                 r"a_file is a file, not a folder; give a "
-                                r"folder as --model_dir$"):
+                                r"folder as model_dir$"):
       run_dir.check_writable(path)
     folder = os.path.join(self.get_temp_dir(), "new_run")
     run_dir.check_writable(folder)  # created, and left empty
@@ -354,7 +374,7 @@ class ClaimTest(tf.test.TestCase):
     old["model"]["weights"] = new["model"]["weights"] = "imagenet"
     new["data"]["manifest"] = "/elsewhere/train.csv"
     self.assertEqual(run_dir.config_differences(old, new), [(
-        "--manifest", os.path.abspath("data/train.csv"),
+        "`manifest`", os.path.abspath("data/train.csv"),
         "/elsewhere/train.csv")])
 
 

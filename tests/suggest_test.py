@@ -38,7 +38,7 @@ class UncertaintyTest(tf.test.TestCase):
                                             [0.9, 0.1]]), "entropy")
     h = -(0.9 * np.log(0.9) + 0.1 * np.log(0.1)) / np.log(2)
     self.assertAllClose(ent, [1.0, 0.0, h])
-    with self.assertRaisesRegex(ValueError, "--rule"):
+    with self.assertRaisesRegex(ValueError, "rule"):
       suggest_lib.uncertainty(PROBS["tone"], "random")
 
   def test_ranks_hand_built_case_and_skips_labelled(self):

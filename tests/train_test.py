@@ -171,7 +171,7 @@ class OwnershipCliTest(tf.test.TestCase):
     # Other flags: an error, and still nothing touched.
     other = run_cli("mlc_keras.train", *self.args, "--epochs=3", timeout=300)
     self.assertEqual(other.returncode, 2, other.stderr[-3000:])
-    self.assertIn("trained with other flags (--epochs was 1, now 3)",
+    self.assertIn("trained with other settings (--epochs was 1, now 3)",
                   other.stderr)
     self.assertEqual(self._files(self.model_dir), before)
     self.assertFalse(os.path.exists(os.path.join(self.model_dir, "run.lock")))

@@ -32,6 +32,7 @@ import math
 
 import tensorflow as tf
 
+from mlc_keras import errors
 from mlc_keras import heads as heads_lib
 
 # RandAugment's ops (Cubuk et al. 2020), the subset that makes sense on a
@@ -65,8 +66,8 @@ class Recipe:
   def check(self) -> None:
     """Raises ValueError naming the flag of a value out of range."""
     if not (isinstance(self.randaugment_ops, int) and self.randaugment_ops >= 1):
-      raise ValueError(f"--randaugment_ops must be an integer >= 1, got "
-                       f"{self.randaugment_ops}")
+      raise errors.SettingError(f"`randaugment_ops` must be an integer >= 1, got "
+                                f"{self.randaugment_ops}")
     for name in ("randaugment_magnitude", "erasing_prob"):
       if not 0 <= getattr(self, name) <= 1:
         raise ValueError(f"--{name} must be in [0, 1], got "

@@ -1,12 +1,12 @@
 """Held-out combinations of head values: a split of their own.
 
-``--holdout_combinations`` names combinations of values (``shape=triangle+
+``holdout_combinations`` names combinations of values (``shape=triangle+
 colour=blue``) that no training or validation image may carry, so that an
 evaluation on a test set holding them measures composition on combinations
 the model never saw, while every value on its own is still trained on with
-other partners. ``--calibration_combinations`` names others that leave
+other partners. ``calibration_combinations`` names others that leave
 training only: validation keeps them, so calibrated stacking
-(evaluate --stacking) can fit its bias on unseen combinations that are not
+(evaluate stacking) can fit its bias on unseen combinations that are not
 the test's.
 
 A spec is ``head=value+head=value;head=value+...`` or the path of a text file
@@ -66,7 +66,7 @@ def _entries(spec: str, origin: str) -> list[tuple[str, str]]:
 
 
 def parse(spec: Optional[str], schema: heads_lib.LabelSchema,
-          origin: str = "--holdout_combinations") -> tuple[Combination, ...]:
+          origin: str = "`holdout_combinations`") -> tuple[Combination, ...]:
   """The combinations of ``spec`` (see the module docstring); () for none.
 
   Raises:
@@ -207,11 +207,11 @@ def auto_calibration(train, val, schema: heads_lib.LabelSchema,
   heads = list(dict.fromkeys(heads))
   if len(heads) < 2:
     raise CombinationError(
-        "--calibration_combinations=auto picks combinations of the "
-        "--factor_heads: declare at least two")
+        "`calibration_combinations`=auto picks combinations of the "
+        "`factor_heads`: declare at least two")
   if val is None or not len(val):
     raise CombinationError(
-        "--calibration_combinations=auto needs validation data (the "
+        "`calibration_combinations`=auto needs validation data (the "
         "stacking fit's images of the calibration combinations)")
   train_y, val_y = head_labels(train, schema), head_labels(val, schema)
 
@@ -238,7 +238,7 @@ def auto_calibration(train, val, schema: heads_lib.LabelSchema,
       kept = left
   if not chosen:
     raise CombinationError(
-        "--calibration_combinations=auto: no combination of "
+        "`calibration_combinations`=auto: no combination of "
         f"{'+'.join(heads)} can leave training without taking a value's "
         "last training row")
   chosen.sort(key=lambda c: c.values)
@@ -251,7 +251,7 @@ MAX_REPEAT = 10
 
 
 def balance(records, schema: heads_lib.LabelSchema, heads: Sequence[str],
-            origin: str = "--balance_combinations") -> tuple[object, dict]:
+            origin: str = "`balance_combinations`") -> tuple[object, dict]:
   """(records, report): each row whose ``heads`` are all labelled repeated
   round(largest group / its group) times (at most MAX_REPEAT), a group being
   the rows of one combination of values of ``heads``, so that every

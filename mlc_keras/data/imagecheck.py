@@ -245,7 +245,7 @@ def _over_cap(e: Entry, max_pixels: Optional[int]) -> str:
   size = f"{e.width}x{e.height}" + (f" x {e.frames} frames" if e.frames > 1
                                     else "")
   return (f"{size} = {pixels:,} pixels is over the limit of {max_pixels:,} "
-          "(--max_image_pixels)")
+          "(max_image_pixels)")
 
 
 def _decode_all(entries: list[Entry], paths: list[str], workers: int,
@@ -332,8 +332,8 @@ def upscale_note(cache_path: str, paths: Sequence[str], image_size: int,
   # 16 so stride-32 networks keep whole feature cells.
   suggested = max(32, -(-largest // 16) * 16)
   return (f"every training image is at most {largest}x{largest} px, and "
-          f"--image_size={image_size} scales each up {image_size / largest:.0f}x "
-          f"or more: the cost grows with --image_size squared, so "
-          f"--image_size={suggested} trains about "
+          f"image_size={image_size} scales each up {image_size / largest:.0f}x "
+          f"or more: the cost grows with image_size squared, so "
+          f"image_size={suggested} trains about "
           f"{(image_size / suggested) ** 2:.0f}x cheaper on the same pixels "
           "(a pretrained backbone may still like larger inputs)")

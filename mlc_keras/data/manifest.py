@@ -181,7 +181,7 @@ def _read_table(path: str, image_column: str) -> _Table:
     try:
       path, rows = folders.as_rows(path, image_column)
     except folders.FolderError as e:
-      raise DataError(str(e)) from None
+      raise DataError(*e.args) from None
   else:
     rows = _read_rows(path)
   header = _parse_header(path, rows)

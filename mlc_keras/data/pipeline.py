@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from mlc_keras import config as config_lib
+from mlc_keras import errors
 from mlc_keras import heads as heads_lib
 from mlc_keras.data import augment as augment_lib
 from mlc_keras.data import imageio
@@ -220,7 +221,7 @@ def _check_train_args(augmentations, crop_scale, crop_ratio, cache,
     config_lib.check_data_service(data_service)
   check_augmentations(augmentations, crop_scale, crop_ratio)
   if "resized_crop" in augmentations and cache is not False:
-    raise ValueError(config_lib.RESIZED_CROP_WITH_CACHE)
+    raise errors.SettingError(config_lib.RESIZED_CROP_WITH_CACHE)
 
 
 def _base(source: sources.Source, decoded: bool
@@ -376,12 +377,12 @@ def balanced_class_weights(counts: Sequence[np.ndarray]) -> list[np.ndarray]:
 def class_weights_from(mode: str, source: sources.Source,
                        schema: heads_lib.LabelSchema
                        ) -> Optional[list[np.ndarray]]:
-  """Per-head class weights for ``--class_weight`` ("none" or "balanced")."""
+  """Per-head class weights for ``class_weight`` ("none" or "balanced")."""
   if mode == "none":
     return None
   if mode == "balanced":
     return balanced_class_weights(sources.label_counts(source, schema))
-  raise ValueError(f"--class_weight must be 'none' or 'balanced', got {mode!r}")
+  raise errors.SettingError(f"`class_weight` must be 'none' or 'balanced', got {mode!r}")
 
 
 def steps_for(size: int, batch_size: int, origin: str) -> int:
@@ -389,5 +390,5 @@ def steps_for(size: int, batch_size: int, origin: str) -> int:
   if size < batch_size:
     raise manifest.DataError(
         f"{origin}: {size} training examples is fewer than one batch of "
-        f"{batch_size}; lower --batch_size")
+        f"{batch_size}; lower `batch_size`")
   return size // batch_size

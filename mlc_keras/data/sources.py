@@ -139,7 +139,7 @@ def parse_tfds_heads(spec: str) -> list[tuple[str, str]]:
     feature, _, head = item.partition(":")
     pairs.append((feature.strip(), (head or feature).strip()))
   if not pairs:
-    raise manifest.DataError("--tfds_heads is empty: name at least one feature")
+    raise manifest.DataError("`tfds_heads` is empty: name at least one feature")
   return pairs
 
 
@@ -152,7 +152,7 @@ def _import_tfds():
     if e.name != "tensorflow_datasets":
       raise
     from mlc_keras import preflight  # pylint: disable=g-import-not-at-top
-    raise manifest.DataError(f"--tfds {preflight.TFDS_INSTALL_HINT}") from None
+    raise manifest.DataError(f"`tfds` {preflight.TFDS_INSTALL_HINT}") from None
   return tfds
 
 
@@ -167,12 +167,12 @@ def _tfds_schema(name: str, features, feature_heads: Sequence[tuple[str, str]],
   for feature, head in feature_heads:
     if feature not in features:
       raise manifest.DataError(
-          f"--tfds_heads: TFDS {name!r} has no feature {feature!r} "
+          f"`tfds_heads`: TFDS {name!r} has no feature {feature!r} "
           f"(features: {sorted(features.keys())})")
     f = features[feature]
     if not isinstance(f, tfds.features.ClassLabel):
       raise manifest.DataError(
-          f"--tfds_heads: feature {feature!r} of {name!r} is "
+          f"`tfds_heads`: feature {feature!r} of {name!r} is "
           f"{type(f).__name__}, not a ClassLabel")
     names = f.names if f.names else [str(i) for i in range(f.num_classes)]
     heads.append(heads_lib.HeadSpec(head, tuple(names)))

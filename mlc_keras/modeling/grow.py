@@ -1,5 +1,5 @@
 """Growing a trained model: a new schema started from a parent run
-(--init_from) and training only some heads (--train_heads).
+(init_from) and training only some heads (train_heads).
 
 What is copied from the parent, head by head (plan_heads):
   copied    same name, same classes in the same order: the Dense kernel and
@@ -17,10 +17,10 @@ Heads of the parent that the new schema does not name are dropped.
 
 The backbone (every layer of the keras.applications backbone, BatchNorm
 statistics included) is always copied: it is what the heads were trained on.
-The pooling (--head_pooling) does not change it: pooling has no weights.
+The pooling (head_pooling) does not change it: pooling has no weights.
 
 A kept head (copied or extended) keeps its private layers: its projection
-(the widths must agree) and its attention (--head_pooling=attention). A
+(the widths must agree) and its attention (head_pooling=attention). A
 parent that pooled with attention cannot seed that head in an "avg" child
 (the head's weights were fitted to its own attention's features, not to the
 average; an error names the flag). An "avg" parent can seed an "attention"
@@ -87,15 +87,15 @@ def plan_heads(parent: heads_lib.LabelSchema, child: heads_lib.LabelSchema,
                                                 if p.added else "")
         for p in refused)
     raise GrowError(
-        f"--init_from: head(s) whose classes changed: {lines}. A parent class "
+        f"`init_from`: head(s) whose classes changed: {lines}. A parent class "
         "that is gone leaves no weights to copy; list the head in "
-        f"--reinit_heads={','.join(p.name for p in refused)} to train it "
+        f"`reinit_heads`={','.join(p.name for p in refused)} to train it "
         "from scratch, or keep its classes (a heads file may list classes "
         "no row has)")
   stray = sorted(reinit - {p.name for p in plans if p.status == CHANGED})
   if stray:
     raise GrowError(
-        f"--reinit_heads: {stray} are not heads whose classes changed "
+        f"`reinit_heads`: {stray} are not heads whose classes changed "
         f"(changed: {[p.name for p in plans if p.status == CHANGED] or 'none'})")
   return plans
 
@@ -106,7 +106,7 @@ def _check_backbone(parent: keras.Model, child: keras.Model,
     src = parent.get_layer(model_lib.BACKBONE_LAYER)
   except ValueError:
     raise GrowError(f"{origin}: the model has no {model_lib.BACKBONE_LAYER!r} "
-                    "layer; --init_from needs a model built by mlc_keras "
+                    "layer; `init_from` needs a model built by mlc_keras "
                     "train") from None
   dst = child.get_layer(model_lib.BACKBONE_LAYER)
   src_shapes = [tuple(w.shape) for w in src.weights]
@@ -115,13 +115,13 @@ def _check_backbone(parent: keras.Model, child: keras.Model,
     raise GrowError(
         f"{origin}: its backbone ({parent.name}, {len(src_shapes)} weights) "
         f"does not match the one configured ({child.name}, {len(dst_shapes)} "
-        "weights); give the parent's --backbone")
+        "weights); give the parent's `backbone`")
   return src, dst
 
 
 def copy_from(parent: keras.Model, parent_schema: heads_lib.LabelSchema,
               child: keras.Model, child_schema: heads_lib.LabelSchema,
-              reinit: Iterable[str] = (), origin: str = "--init_from"
+              reinit: Iterable[str] = (), origin: str = "`init_from`"
               ) -> list[HeadPlan]:
   """Copies the backbone and the heads of ``parent`` into ``child`` as
   plan_heads says; returns the plan. The child keeps its own initialisation
@@ -150,7 +150,7 @@ def copy_from(parent: keras.Model, parent_schema: heads_lib.LabelSchema,
 
 def _copy_projection(parent: keras.Model, child: keras.Model, head: str,
                      origin: str) -> None:
-  """A kept head keeps its private projection (--head_projection): the two
+  """A kept head keeps its private projection (head_projection): the two
   models must agree on its width, which the error names."""
   have = model_lib.projection_width(parent, head)
   want = model_lib.projection_width(child, head)
@@ -158,7 +158,7 @@ def _copy_projection(parent: keras.Model, child: keras.Model, head: str,
     raise GrowError(
         f"{origin}: head {head!r} reads the features through a "
         f"{have or 'no'}-unit projection there, {want or 'no'} in the new "
-        f"model; give --head_projection={have}")
+        f"model; give `head_projection`={have}")
   if have:
     name = model_lib.projection_name(head)
     child.get_layer(name).set_weights(parent.get_layer(name).get_weights())
@@ -166,7 +166,7 @@ def _copy_projection(parent: keras.Model, child: keras.Model, head: str,
 
 def _copy_attention(parent: keras.Model, child: keras.Model, head: str,
                     origin: str) -> None:
-  """A kept head keeps its attention (--head_pooling=attention); see the
+  """A kept head keeps its attention (head_pooling=attention); see the
   module docstring for a parent and child that pool differently."""
   have = model_lib.head_pooling_of(parent, head)
   want = model_lib.head_pooling_of(child, head)
@@ -174,7 +174,7 @@ def _copy_attention(parent: keras.Model, child: keras.Model, head: str,
     raise GrowError(
         f"{origin}: head {head!r} pools the features with its own attention "
         f"there, with the shared average in the new model; give "
-        "--head_pooling=attention")
+        "`head_pooling`=attention")
   if have == "attention":
     name = model_lib.attention_name(head)
     child.get_layer(name).set_weights(parent.get_layer(name).get_weights())
@@ -195,10 +195,10 @@ def format_plan(plans: Sequence[HeadPlan], origin: str) -> str:
 
 def check_train_heads(schema: heads_lib.LabelSchema,
                       names: Sequence[str]) -> None:
-  """Raises GrowError naming a --train_heads entry that is not a head."""
+  """Raises GrowError naming a train_heads entry that is not a head."""
   unknown = [n for n in names if n not in schema.names]
   if unknown:
-    raise GrowError(f"--train_heads: {unknown} are not heads of the model "
+    raise GrowError(f"`train_heads`: {unknown} are not heads of the model "
                     f"(heads: {', '.join(schema.names)})")
 
 
@@ -226,13 +226,13 @@ def freeze_all_but(model: keras.Model, schema: heads_lib.LabelSchema,
 
 
 def load_parent(path: str) -> tuple[keras.Model, heads_lib.LabelSchema, str]:
-  """The parent of --init_from: a run folder (its model.keras, the trained
+  """The parent of init_from: a run folder (its model.keras, the trained
   weights, not calibrated.keras: temperatures belong to the parent's heads
-  and are re-fitted by evaluate --calibrate on the child) or a .keras file,
+  and are re-fitted by evaluate calibrate on the child) or a .keras file,
   with the labels.json beside it. Returns (model, schema, model path)."""
   model_path = os.path.join(path, "model.keras") if os.path.isdir(path) else path
   if not model_path.endswith(".keras") or not os.path.isfile(model_path):
-    raise GrowError(f"--init_from={path}: no such run folder (with a "
+    raise GrowError(f"`init_from`={path}: no such run folder (with a "
                     "model.keras) or .keras file")
   labels = os.path.join(os.path.dirname(os.path.abspath(model_path)),
                         "labels.json")

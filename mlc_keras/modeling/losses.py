@@ -6,11 +6,11 @@ present in the batch, so a head labelled on 10% of a batch still gets a full
 gradient from those labels, and a head with no labels in a batch adds exactly
 0 (not NaN). Keras' default reduction would divide by the batch size instead.
 
-A head with ``focal_gamma > 0`` (heads file or --focal_loss) uses focal loss,
+A head with ``focal_gamma > 0`` (heads file or focal_loss) uses focal loss,
 which scales each sample's cross-entropy by (1 - p_true)^gamma so that the
 many easy examples of a large class weigh less than the hard ones.
 
-Label smoothing (--label_smoothing, per head) trains a head towards
+Label smoothing (label_smoothing, per head) trains a head towards
 (1 - s) on its class and s / k on each of its k classes instead of a one-hot
 target (Szegedy et al. 2016, "Rethinking the Inception architecture"); a tag
 head's 0/1 targets become s/2 and 1 - s/2 (Keras' binary form).
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import keras
 
+from mlc_keras import errors
 from mlc_keras import heads as heads_lib
 
 
@@ -30,7 +31,7 @@ class SparseFocalCrossentropy(keras.losses.Loss):
 
   Keras' categorical_focal_crossentropy on the one-hot labels, with alpha=1
   so that gamma=0 is exactly sparse categorical cross-entropy (the class
-  balance is left to --class_weight, which folds into sample_weight).
+  balance is left to class_weight, which folds into sample_weight).
   Keras' sparse cross-entropy has no label smoothing, so a smoothed head
   with gamma=0 comes here too (categorical cross-entropy on the one-hot).
   ``soft``: y_true may be a [batch, k] target (MixUp / CutMix) or a
@@ -85,8 +86,8 @@ def head_loss(head: heads_lib.HeadSpec, label_smoothing: float = 0.0,
   docstring; ``soft``: a single-label head's targets arrive as [batch, k]
   probabilities (mixed pairs) instead of class indices."""
   if not 0 <= label_smoothing < 1:
-    raise ValueError(f"--label_smoothing for head {head.name!r} must be in "
-                     f"[0, 1), got {label_smoothing}")
+    raise errors.SettingError(f"`label_smoothing` for head {head.name!r} must be in "
+                              f"[0, 1), got {label_smoothing}")
   if head.is_tags:
     if head.focal_gamma > 0:
       return keras.losses.BinaryFocalCrossentropy(
@@ -105,7 +106,7 @@ def head_loss(head: heads_lib.HeadSpec, label_smoothing: float = 0.0,
 
 def smoothing_per_head(schema: heads_lib.LabelSchema,
                        values) -> dict[str, float]:
-  """((head, s), ...) as --label_smoothing gives them ("*": every head)
+  """((head, s), ...) as label_smoothing gives them ("*": every head)
   -> {head: s} over the schema's heads; an unknown head raises SchemaError
   naming it."""
   values = dict(values or ())

@@ -33,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from mlc_keras import config as config_lib
+from mlc_keras import errors
 from mlc_keras import heads as heads_lib
 from mlc_keras.data import augment
 from mlc_keras.data import pipeline
@@ -78,8 +79,8 @@ def distribute(strategy: tf.distribute.Strategy,
   """
   replicas = strategy.num_replicas_in_sync
   if global_batch % replicas:
-    raise ValueError(
-        f"--batch_size={global_batch} must be a multiple of the {replicas} "
+    raise errors.SettingError(
+        f"`batch_size`={global_batch} must be a multiple of the {replicas} "
         "replicas")
 
   def dataset_fn(ctx: tf.distribute.InputContext):
@@ -182,7 +183,7 @@ def sum_metrics_over_workers(strategy, metric_list) -> None:
 def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
                        build_model: Optional[Callable[..., keras.Model]] = None,
                        ) -> dict:
-  """train_lib.train_and_evaluate for --strategy=mirrored|multi_worker.
+  """train_lib.train_and_evaluate for strategy=mirrored|multi_worker.
 
   Writes model.keras, labels.json, config.json, history.csv and results.json
   to model_dir (chief only) and resumes from model_dir/checkpoints. Not
@@ -254,27 +255,27 @@ def _check_supported(tc: config_lib.TrainConfig,
     # Each trainer keeps its slice of global batch k; with several service
     # workers the trainers' streams interleave epochs differently, so the
     # slices would not come from the same batch.
-    raise ValueError("--data_service works with --strategy=default or "
-                     "mirrored (one input pipeline), not multi_worker")
+    raise errors.SettingError("`data_service` works with `strategy`=default or "
+                              "mirrored (one input pipeline), not multi_worker")
   if tc.precision != "float32" or tc.jit_compile:
-    raise ValueError(f"--strategy={tc.strategy} supports float32 without "
-                     "--xla only")
+    raise errors.SettingError(f"`strategy`={tc.strategy} supports float32 without "
+                              "`jit_compile` only")
   if tc.monitor or tc.early_stopping_patience:
     # This loop keeps no best.keras and validates only at the end.
-    raise ValueError(f"--monitor and --early_stopping_patience are not "
-                     f"supported with --strategy={tc.strategy} yet; use the "
-                     "default strategy")
+    raise errors.SettingError(f"`monitor` and `early_stopping_patience` are not "
+                              f"supported with `strategy`={tc.strategy} yet; use the "
+                              "default strategy")
   if tc.freeze_epochs:
-    raise ValueError(f"--freeze_epochs is not supported with --strategy="
-                     f"{tc.strategy} yet; use the default strategy")
+    raise errors.SettingError(f"`freeze_epochs` is not supported with `strategy`="
+                              f"{tc.strategy} yet; use the default strategy")
 
 
 def _train_state(strategy, cfg: config_lib.Config, run: setup.Run,
                  build_model: Optional[Callable[..., keras.Model]]):
   """(model, optimizer, checkpoint of both and of the epoch, the
-  --init_from report or None), built under ``strategy``. With --init_from the
+  init_from report or None), built under ``strategy``. With init_from the
   parent's weights are copied in before the checkpoint is restored (a resumed
-  run overwrites them); --train_heads freezes the rest before the optimizer
+  run overwrites them); train_heads freezes the rest before the optimizer
   is built, so it holds slots for the trainable heads only."""
   tc, dc = cfg.train, cfg.data
   with strategy.scope():

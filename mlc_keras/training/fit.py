@@ -1,4 +1,4 @@
-"""The Keras-fit trainer (--strategy=default): the run as a schedule of
+"""The Keras-fit trainer (strategy=default): the run as a schedule of
 phases, each compiled with its own optimizer and backed up by
 ResumableBackup so that re-running the same command resumes it."""
 
@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from mlc_keras import config as config_lib
+from mlc_keras import errors
 from mlc_keras.data import augment
 from mlc_keras.data import pipeline
 from mlc_keras.modeling import grow
@@ -61,7 +62,7 @@ def phases(tc: config_lib.TrainConfig, model_dir: str) -> list[Phase]:
   its own backup folder, since the optimizer differs)."""
   backup_dir = os.path.join(model_dir, "backup")
   if tc.freeze_epochs < 0 or not tc.finetune_lr_scale > 0:
-    raise ValueError("--freeze_epochs must be >= 0 and --finetune_lr_scale > 0")
+    raise errors.SettingError("`freeze_epochs` must be >= 0 and `finetune_lr_scale` > 0")
   if not tc.freeze_epochs:
     return [Phase(0, tc.epochs, False, 1.0, backup_dir)]
   if tc.freeze_epochs >= tc.epochs:
@@ -106,14 +107,22 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
                        verbose: int = 1,
                        build_model: Optional[Callable[..., keras.Model]] = None
                        ) -> dict:
-  """train_lib.train_and_evaluate for --strategy=default, through
-  ``model.fit``; ``verbose`` is fit's (2: one line per epoch);
-  ``build_model(schema, image_size)`` replaces the configured model
-  (setup.build_model checks what it returns)."""
+  """train_lib.train_and_evaluate for strategy=default (and mirrored on
+  the JAX backend: setup.data_parallel), through ``model.fit``;
+  ``verbose`` is fit's (2: one line per epoch); ``build_model(schema,
+  image_size)`` replaces the configured model (setup.build_model checks
+  what it returns)."""
+  with setup.data_parallel(cfg.train.strategy,
+                           cfg.train.batch_size) as devices:
+    return _train_and_evaluate(cfg, model_dir, verbose, build_model, devices)
+
+
+def _train_and_evaluate(cfg: config_lib.Config, model_dir: str, verbose: int,
+                        build_model, devices: int) -> dict:
   tc, dc = cfg.train, cfg.data
   if tc.precision not in setup.PRECISIONS:
-    raise ValueError(f"--precision must be one of {setup.PRECISIONS}, got "
-                     f"{tc.precision!r}")
+    raise errors.SettingError(f"`precision` must be one of {setup.PRECISIONS}, got "
+                              f"{tc.precision!r}")
   os.makedirs(model_dir, exist_ok=True)
   keras.utils.set_random_seed(tc.seed)
   if dc.deterministic:
@@ -142,8 +151,9 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
       log.info("epochs %d-%d: backbone %s, learning rate x%g",
                phase.first_epoch + 1, phase.end_epoch,
                "frozen" if phase.frozen else "unfrozen", phase.lr_scale)
-    _train_phase(model, phase, run, cfg, strategy, shared, val_ds, model_dir,
-                 verbose)
+    # Padded for the devices; results below read the unpadded batches.
+    _train_phase(model, phase, run, cfg, strategy, shared,
+                 setup.pad_batches(val_ds, devices), model_dir, verbose)
     stopped = selection.stopped_early(shared)
     if stopped is not None:
       log.info("early stopping at epoch %d: %s did not improve for %d "
@@ -177,11 +187,11 @@ def _shared_callbacks(run: setup.Run, tc: config_lib.TrainConfig,
 
 
 def _cache_validation(val, dc: config_lib.DataConfig) -> bool:
-  """In-memory validation pixels while they fit --val_cache_max_mb; above
+  """In-memory validation pixels while they fit val_cache_max_mb; above
   it they are decoded each epoch, so memory stays flat in the data size."""
   if pipeline.cache_fits(val.size, dc.image_size, dc.val_cache_max_mb):
     return True
-  log.info("validation: %s images of %dx%d exceed --val_cache_max_mb=%d; "
+  log.info("validation: %s images of %dx%d exceed val_cache_max_mb=%d; "
            "decoded every epoch instead of cached in memory",
            "?" if val.size is None else f"{val.size:,}", dc.image_size,
            dc.image_size, dc.val_cache_max_mb)

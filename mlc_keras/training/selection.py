@@ -35,7 +35,7 @@ MEAN_BALANCED_ACC = "mean_balanced_accuracy"
 
 
 class MonitorError(preflight.FlagError):
-  """--monitor names a quantity the run does not log (the train CLI prints
+  """monitor names a quantity the run does not log (the train CLI prints
   FlagErrors without a traceback)."""
 
 
@@ -54,7 +54,7 @@ def log_names(schema: heads_lib.LabelSchema, top_k: int) -> list[str]:
 
 def choose_monitor(monitor: Optional[str], schema: heads_lib.LabelSchema,
                    top_k: int, has_val: bool) -> tuple[str, str]:
-  """(monitor, "min" or "max"): ``monitor`` (the --monitor flag; None: the
+  """(monitor, "min" or "max"): ``monitor`` (the monitor flag; None: the
   mean balanced accuracy, on validation data when there is some). Raises
   MonitorError naming the flag when it is not a quantity the logs carry."""
   if monitor is None:
@@ -65,7 +65,7 @@ def choose_monitor(monitor: Optional[str], schema: heads_lib.LabelSchema,
   if monitor not in names:
     why = (" (the run has no validation data)"
            if monitor.startswith("val_") and not has_val else "")
-    raise MonitorError(f"--monitor={monitor!r} is not a quantity this run logs"
+    raise MonitorError(f"`monitor`={monitor!r} is not a quantity this run logs"
                      f"{why}; choose one of {', '.join(names)}")
   return monitor, "min" if monitor.endswith("loss") else "max"
 

@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from mlc_keras import config as config_lib
+from mlc_keras import errors
 from mlc_keras import heads as heads_lib
 from mlc_keras import run_dir
 from mlc_keras import tagging
@@ -65,11 +66,11 @@ def load_data(cfg: config_lib.DataConfig, seed: int,
   validating labels and (for manifests) every image before training.
   ``check_cache``: the image check's cache file (see data.imagecheck);
   ``check``: False skips the image check (rows only); ``factor_heads``: the
-  heads --calibration_combinations=auto combines."""
+  heads calibration_combinations=auto combines."""
   sources = [s for s in (cfg.manifest, cfg.tfrecord, cfg.tfds) if s]
   if len(sources) > 1:
     raise manifest_lib.DataError(
-        "give one of --manifest, --tfrecord or --tfds, not several")
+        "give one of `manifest`, `tfrecord` or `tfds`, not several")
   schema = heads_lib.LabelSchema.load(cfg.heads_file) if cfg.heads_file else None
 
   if cfg.tfds:
@@ -94,8 +95,8 @@ def load_data(cfg: config_lib.DataConfig, seed: int,
 
   quarantined = [] if cfg.quarantine else None
   if cfg.label_columns and cfg.heads_file:
-    raise ValueError("--label_columns and --heads_file both choose the heads; "
-                     "give one")
+    raise errors.SettingError("`label_columns` and `heads_file` both choose the heads; "
+                              "give one")
   train_rec, schema = manifest_lib.read_manifest(
       manifest, schema, cfg.image_column,
       label_columns=cfg.label_columns or None, image_root=cfg.image_root,
@@ -127,8 +128,8 @@ def _balanced(train_rec, schema, cfg: config_lib.DataConfig):
     train_rec, report = combinations.balance(train_rec, schema,
                                              cfg.balance_combinations)
   except combinations.CombinationError as e:
-    raise manifest_lib.DataError(str(e)) from None
-  log.info("--balance_combinations: %d rows drawn as %d (%d combinations, "
+    raise manifest_lib.DataError(*e.args) from None
+  log.info("balance_combinations: %d rows drawn as %d (%d combinations, "
            "up to %dx)", report["rows"], report["rows_balanced"],
            report["groups"], report["max_repeat"])
   return train_rec, report
@@ -138,7 +139,7 @@ def _hold_out(train_rec, val_rec, schema, cfg: config_lib.DataConfig,
               seed: int = 0, factor_heads=()):
   """(train, val, report): the held-out combinations removed (data/
   combinations.py), then the training rows balanced over combinations
-  (--balance_combinations); report None when neither is configured."""
+  (balance_combinations); report None when neither is configured."""
   if cfg.balance_combinations:
     train_rec, val_rec, report = _hold_out(
         train_rec, val_rec, schema,
@@ -153,25 +154,25 @@ def _hold_out(train_rec, val_rec, schema, cfg: config_lib.DataConfig,
       calibration = combinations.auto_calibration(
           combinations.remove(train_rec, schema, holdout)[0], val_rec,
           schema, factor_heads, seed, exclude=holdout)
-      log.info("--calibration_combinations=auto: %s left out of training "
-               "for evaluate --stacking (holdout.json)",
+      log.info("calibration_combinations=auto: %s left out of training "
+               "for evaluate's stacking (holdout.json)",
                ";".join(c.name(schema) for c in calibration))
     else:
       calibration = combinations.parse(cfg.calibration_combinations, schema,
-                                       "--calibration_combinations")
+                                       "`calibration_combinations`")
   except combinations.CombinationError as e:
-    raise manifest_lib.DataError(str(e)) from None
+    raise manifest_lib.DataError(*e.args) from None
   overlap = set(holdout) & set(calibration)
   if overlap:
     raise manifest_lib.DataError(
-        "--holdout_combinations and --calibration_combinations both name "
+        "`holdout_combinations` and `calibration_combinations` both name "
         + ", ".join(c.name(schema) for c in overlap) + "; the stacking bias "
         "must be fitted on other combinations than the test's")
   train_rec, val_rec, report = combinations.split(
       train_rec, val_rec, schema, holdout, calibration)
   if not len(train_rec):
     raise manifest_lib.DataError(
-        "--holdout_combinations removed every training row")
+        "`holdout_combinations` removed every training row")
   removed = report["removed"]
   log.info("held-out combinations: %d training rows removed (%d labelled "
            "with one, %d with a blank that may hide one), %d validation rows "
@@ -193,7 +194,7 @@ def _tfds_bundle(cfg: config_lib.DataConfig,
   if schema is not None and schema.names != tfds_schema.names:
     raise manifest_lib.DataError(
         f"{cfg.heads_file}: heads {list(schema.names)} do not match "
-        f"--tfds_heads {list(tfds_schema.names)}")
+        f"`tfds_heads` {list(tfds_schema.names)}")
   return DataBundle(schema or tfds_schema, train, val, sources_lib.count(train))
 
 
@@ -201,7 +202,7 @@ def _checked(rec, cfg: config_lib.DataConfig, quarantined: Optional[list],
              cache: Optional[str]):
   """``rec`` with every image checked once (cfg.image_check): an unusable
   one raises, or with ``quarantined`` (a list) is appended there and left
-  out. Without cfg.validate_images (--quarantine alone) only the cheap
+  out. Without cfg.validate_images (quarantine alone) only the cheap
   header level runs."""
   if rec is None:
     return None
@@ -236,7 +237,8 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
   if name == "multi_worker":
     # The cluster comes from the TF_CONFIG environment variable.
     return tf.distribute.MultiWorkerMirroredStrategy()
-  raise ValueError(f"--strategy must be one of {STRATEGIES}, got {name!r}")
+  raise errors.SettingError(
+      f"`strategy` must be one of {STRATEGIES}, got {name!r}")
 
 
 
@@ -261,7 +263,7 @@ def optimizer(cfg: config_lib.TrainConfig, total_steps: int,
     return adamw(schedule, weight_decay=cfg.weight_decay, **extra)
   if cfg.optimizer == "sgd":
     return sgd(schedule, momentum=0.9, nesterov=True, **extra)
-  raise ValueError(f"--optimizer must be 'adamw' or 'sgd', got {cfg.optimizer!r}")
+  raise errors.SettingError(f"`optimizer` must be 'adamw' or 'sgd', got {cfg.optimizer!r}")
 
 
 def compile_model(model: keras.Model, schema: heads_lib.LabelSchema,
@@ -306,7 +308,7 @@ def build_model(cfg: config_lib.Config, schema,
                 build: Optional[Callable[..., keras.Model]] = None
                 ) -> keras.Model:
   """The configured model, shared by fit.py and distributed.py (call it in
-  the strategy's scope). A parent's backbone (--init_from) replaces whatever
+  the strategy's scope). A parent's backbone (init_from) replaces whatever
   weights the flags name, so none are downloaded.
 
   ``build(schema, image_size)``, when given, makes the model instead; it
@@ -352,7 +354,7 @@ def _checked_model(model, schema, image_size: int) -> keras.Model:
 
 def init_from_parent(model: keras.Model, schema, tc: config_lib.TrainConfig
                      ) -> Optional[dict]:
-  """Copies --init_from's backbone and heads into ``model`` (a resumed run
+  """Copies init_from's backbone and heads into ``model`` (a resumed run
   then overwrites them from its backup or checkpoint) and logs what each head
   got; shared by fit.py and distributed.py (there, inside the strategy's
   scope: every replica gets the parent's values).
@@ -361,7 +363,7 @@ def init_from_parent(model: keras.Model, schema, tc: config_lib.TrainConfig
     grow.check_train_heads(schema, tc.train_heads)
   if not tc.init_from:
     if tc.reinit_heads:
-      raise grow.GrowError("--reinit_heads needs --init_from")
+      raise grow.GrowError("`reinit_heads` needs `init_from`")
     return None
   parent, parent_schema, path = grow.load_parent(tc.init_from)
   plans = grow.copy_from(parent, parent_schema, model, schema,
@@ -400,9 +402,9 @@ def prepare_run(cfg: config_lib.Config, out_dir: str) -> Run:
   if "flip" in cfg.data.augment:
     changed = augment.flip_sensitive_heads(schema)
     if changed:
-      log.warning("--augment=flip mirrors every training image, which can "
+      log.warning("augment=flip mirrors every training image, which can "
                   "change the label of head(s) %s (their classes look like "
-                  "characters or sides); drop flip from --augment unless "
+                  "characters or sides); drop flip from augment unless "
                   "mirrored images keep those labels", ", ".join(changed))
   # config.json first: it marks the folder as a run (run_dir.foreign_files).
   with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
