@@ -14,7 +14,10 @@ Arms (each a subprocess, exactly what a user runs):
 Every arm gets the same manifests (held-out pairs already removed from
 training and validation), image size, epochs, batch size and seed. Every
 model is scored by the same code (``score``): its saved .keras on the test
-manifest, per head, accuracy on rows of seen pairs and of held-out pairs.
+manifest, per head, accuracy on rows of seen pairs and of held-out pairs;
+the composed class (pair[0], pair[1]) right when both heads are (S / U / H
+over rows); and calibrated stacking over every pair of the two heads
+(``stacked_scores``: gamma fitted on val.csv, S / U / H on the test).
 
 Sets:
 - glyphs: ../shared/data/glyphs.py's set (char x family; 48 pairs held out;
@@ -189,21 +192,107 @@ def train(arm: str, data: dict, seed: int, run_dir: str) -> tuple[str, dict]:
   return os.path.join(run_dir, "model.keras"), args
 
 
-def score(model_path: str, test_csv: str, pair, heldout, image_size: int
-          ) -> dict:
-  """{head: {"seen", "unseen", "all"}} accuracy of the model's argmax on the
-  test manifest's labelled cells; unseen = rows whose pair is held out."""
-  import keras  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
+def _predict(model, csv_path: str, image_size: int) -> tuple[list, dict]:
+  """(the manifest's rows, {head: probs [N, k]}) of ``model`` on its images."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from mlc_keras.data import imageio  # pylint: disable=g-import-not-at-top
-  from mlc_keras.modeling import saving  # pylint: disable=g-import-not-at-top
-  rows = realdata.read_rows(test_csv)
-  model = saving.load_model(model_path)
+  rows = realdata.read_rows(csv_path)
   ds = tf.data.Dataset.from_tensor_slices([r["image"] for r in rows]).map(
       lambda p: imageio.decode_and_resize(tf.io.read_file(p), image_size)
   ).batch(64)
-  probs = model.predict(ds, verbose=0)
+  return rows, model.predict(ds, verbose=0)
+
+
+def stacked_scores(classes: dict, pair, train_rows: list, val: tuple,
+                   test: tuple) -> dict:
+  """Calibrated stacking (Chao et al. 2016) over every (a, b) pair of the
+  two pair heads: a class's score is log p(a) + log p(b)
+  (compose.compose_scores); seen classes are the pairs labelled together on
+  some row of ``train_rows`` (the manifest the arm trained on); gamma, the
+  bias subtracted from the seen classes' scores, maximises H on ``val``
+  (calibrate.fit_stacking, through composed_lib.stacking_report as evaluate
+  --stacking fits it); S / U / H with it on ``test``.
+
+  ``classes``: {head: class names in output order}; ``val`` and ``test``:
+  (manifest rows, {head: probs [N, k]}). S and U are mean per-class
+  accuracies over the seen / unseen classes with test rows
+  (scoring.gzsl_scores), where ``score``'s composed S / U are over rows:
+  the same when every pair has as many test rows, as on glyphs.
+  "without_bias": the same numbers at gamma = 0. Where gamma cannot be
+  fitted (no validation row of an unseen pair, as on fmnist whose val.csv
+  holds only trained pairs) the numbers are None and "not_defined" says
+  why.
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from mlc_keras import compose  # pylint: disable=g-import-not-at-top
+  from mlc_keras import composed_lib  # pylint: disable=g-import-not-at-top
+  from mlc_keras import errors  # pylint: disable=g-import-not-at-top
+  from mlc_keras import scoring  # pylint: disable=g-import-not-at-top
+  a, b = pair
+  table = compose.ClassTable(
+      classes=tuple(f"{x}+{y}" for x in classes[a] for y in classes[b]),
+      heads=(a, b),
+      values=tuple((i, j) for i in range(len(classes[a]))
+                   for j in range(len(classes[b]))),
+      source=f"every ({a}, {b}) pair")
+
+  def labels(rows, head):
+    # A blank cell, or a value the head has no class for, is missing (-1).
+    index = {c: i for i, c in enumerate(classes[head])}
+    return np.array([index.get(r[head], -1) if r[head] else -1
+                     for r in rows], np.int64)
+
+  def collected(rows, probs):
+    return {h: (np.asarray(probs[h], np.float64), labels(rows, h),
+                labels(rows, h) >= 0) for h in pair}
+
+  seen = scoring.seen_classes(table.values, table.heads,
+                              {h: labels(train_rows, h) for h in pair})
+  fit, shown = collected(*val), collected(*test)
+  out = {"S": None, "U": None, "H": None, "gamma": None}
+  target, _ = compose.classes_of({h: fit[h][1] for h in pair},
+                                 {h: fit[h][2] for h in pair}, table)
+  fit_seen = seen[target[target >= 0]]
+  if not fit_seen.any() or fit_seen.all():
+    out["not_defined"] = (
+        f"the validation rows have {int(fit_seen.sum())} rows of seen pairs "
+        f"and {int((~fit_seen).sum())} of pairs unseen in training: gamma "
+        "is fitted on both")
+    return out
+  try:
+    _, report = composed_lib.stacking_report(table, seen, fit, shown,
+                                             "val", "test")
+  except errors.SettingError as e:  # val and test share an unseen pair
+    out["not_defined"] = str(e)
+    return out
+  target, _ = compose.classes_of({h: shown[h][1] for h in pair},
+                                 {h: shown[h][2] for h in pair}, table)
+  rows = target >= 0
+  pred = compose.compose_scores({h: shown[h][0][rows] for h in pair},
+                                table).argmax(axis=1)
+  before = scoring.gzsl_scores(target[rows], pred, seen, table.classes)
+  out.update(S=report["seen"], U=report["unseen"], H=report["harmonic"],
+             gamma=report["gamma"],
+             without_bias={"S": before["seen"], "U": before["unseen"],
+                           "H": before["harmonic"]},
+             val_H={"without_bias": report["fit"]["before"]["harmonic"],
+                    "stacked": report["fit"]["after"]["harmonic"]},
+             val_unseen_pairs=len(report["fit_unseen_classes"]))
+  return out
+
+
+def score(model_path: str, test_csv: str, pair, heldout, image_size: int,
+          train_csv: str | None = None, val_csv: str | None = None
+          ) -> tuple[dict, dict, dict | None]:
+  """({head: {"seen", "unseen", "all"}} accuracy of the model's argmax on the
+  test manifest's labelled cells, unseen = rows whose pair is held out;
+  the composed pair's S / U / H; stacked_scores with seen pairs from
+  ``train_csv`` and gamma fitted on ``val_csv``, or None without them)."""
+  import keras  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from mlc_keras.modeling import saving  # pylint: disable=g-import-not-at-top
+  model = saving.load_model(model_path)
+  rows, probs = _predict(model, test_csv, image_size)
   # Class order: mlc_keras writes labels.json beside its model, the plain
   # script <model>.classes.json.
   labels = os.path.join(os.path.dirname(model_path), "labels.json")
@@ -233,8 +322,13 @@ def score(model_path: str, test_csv: str, pair, heldout, image_size: int
   # The composed class (pair[0], pair[1]) is right when both heads are.
   s, u = float(both[~unseen].mean()), float(both[unseen].mean())
   composed = {"S": s, "U": u, "H": 2 * s * u / (s + u) if s + u else 0.0}
+  stacked = None
+  if train_csv and val_csv:
+    stacked = stacked_scores(classes, pair, realdata.read_rows(train_csv),
+                             _predict(model, val_csv, image_size),
+                             (rows, probs))
   keras.backend.clear_session()
-  return out, composed
+  return out, composed, stacked
 
 
 def table(results: list, pair_of) -> str:
@@ -242,7 +336,7 @@ def table(results: list, pair_of) -> str:
   header = ["set", "epochs", "arm", "n", "head A seen / held-out",
             "head B seen / held-out", "mean seen (all heads)",
             "mean held-out (pair heads)", "composed S / U / H",
-            "other heads (all test rows)"]
+            "stacked S / U / H", "other heads (all test rows)"]
   rows = []
   keys = list(dict.fromkeys((r["set"], r["epochs"], r["arm"]) for r in results))
   for s, e, a in sorted(keys, key=lambda k: (k[0], k[1])):
@@ -259,8 +353,12 @@ def table(results: list, pair_of) -> str:
     comp = [r for r in rs if "composed" in r]
     composed = " / ".join(ms([r["composed"][k] for r in comp])
                           for k in ("S", "U", "H"))
+    # Runs scored before stacking was added, or where it is not defined,
+    # count as not defined ("-").
+    stack = [r["stacked"] for r in rs if r.get("stacked")]
+    stacked = " / ".join(ms([v[k] for v in stack]) for k in ("S", "U", "H"))
     rows.append([s, e, a, len(rs), *cells, ms(seen), ms(held), composed,
-                 other])
+                 stacked, other])
   return realdata.markdown_table(header, rows)
 
 
@@ -280,9 +378,10 @@ def main(argv):
       model = r.get("model") or os.path.join(
           work, "runs", f"{r['set']}_e{r['epochs']}_{r['arm']}_{r['seed']}",
           "model.keras")
-      r["heads"], r["composed"] = score(
+      r["heads"], r["composed"], r["stacked"] = score(
           model, data["test"], PAIRS[r["set"]],
-          {tuple(p) for p in data["heldout"]}, _IMAGE_SIZE.value)
+          {tuple(p) for p in data["heldout"]}, _IMAGE_SIZE.value,
+          data["train"], data["val"])
       r["model"] = model
     with open(results_path + ".tmp", "w", encoding="utf-8") as f:
       f.writelines(json.dumps(r) + "\n" for r in results)
@@ -300,12 +399,13 @@ def main(argv):
           run_dir = os.path.join(work, "runs", f"{name}_e{_EPOCHS.value}_{arm}_{seed}")
           start = time.perf_counter()
           model_path, args = train(arm, data, seed, run_dir)
-          heads, composed = score(model_path, data["test"], PAIRS[name],
-                                  heldout, _IMAGE_SIZE.value)
+          heads, composed, stacked = score(
+              model_path, data["test"], PAIRS[name], heldout,
+              _IMAGE_SIZE.value, data["train"], data["val"])
           result = {"set": name, "epochs": _EPOCHS.value, "arm": arm,
                     "seed": seed, "seconds": time.perf_counter() - start,
                     "flags": args, "model": model_path, "heads": heads,
-                    "composed": composed}
+                    "composed": composed, "stacked": stacked}
           results.append(result)
           with open(results_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(result) + "\n")
