@@ -23,8 +23,10 @@ means is refused.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import sys
 from typing import Callable, Optional
 
 from mlc_keras import config as config_lib
@@ -71,7 +73,8 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
   last backup.
   """
   cfg = preflight.absolute_paths(cfg)
-  plan = preflight.check(cfg, tf_config=tf_config, keras_home=keras_home)
+  plan = preflight.check(cfg, tf_config=tf_config, keras_home=keras_home,
+                         backend=keras_backend(keras_home))
   if plan.chief:
     try:
       run_dir.check_writable(model_dir)
@@ -86,6 +89,23 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
   with owner:
     run_dir.claim(model_dir, cfg.to_dict(), overwrite, chief=plan.chief)
     return _train_setting_aside(cfg, model_dir, verbose, build_model)
+
+
+def keras_backend(keras_home: Optional[str] = None) -> str:
+  """The backend Keras runs on, or will once imported: found as Keras finds
+  it (KERAS_BACKEND, else "backend" in keras.json under ``keras_home`` or
+  ~/.keras, else tensorflow) without importing keras, which under
+  TensorFlow would load it before the checks."""
+  if "keras" in sys.modules:
+    return sys.modules["keras"].backend.backend()
+  if os.environ.get("KERAS_BACKEND"):
+    return os.environ["KERAS_BACKEND"]
+  home = keras_home or os.path.join(os.path.expanduser("~"), ".keras")
+  try:
+    with open(os.path.join(home, "keras.json"), encoding="utf-8") as f:
+      return str(json.load(f).get("backend", "tensorflow"))
+  except (OSError, ValueError, AttributeError):
+    return "tensorflow"
 
 
 def _train_setting_aside(cfg: config_lib.Config, model_dir: str,
@@ -132,9 +152,12 @@ def _train(cfg: config_lib.Config, model_dir: str, verbose: int,
            build_model=None) -> dict:
   from mlc_keras.training import distributed  # pylint: disable=g-import-not-at-top
   from mlc_keras.training import fit  # pylint: disable=g-import-not-at-top
-  if cfg.train.strategy in ("mirrored", "multi_worker"):
+  from mlc_keras.training import setup  # pylint: disable=g-import-not-at-top
+  if cfg.train.strategy in ("mirrored", "multi_worker") and (
+      not setup.jax_data_parallel(cfg.train.strategy)):
     # fit fails under MultiWorkerMirroredStrategy (keras#20585) and averages
-    # per-replica masked means: these run a custom step.
+    # per-replica masked means: these run a custom step. On JAX, mirrored
+    # is fit over keras.distribution, one program over the global batch.
     return distributed.train_and_evaluate(cfg, model_dir, build_model)
   return fit.train_and_evaluate(cfg, model_dir, verbose=verbose,
                                 build_model=build_model)

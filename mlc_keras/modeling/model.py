@@ -277,7 +277,15 @@ def set_backbone_trainable(model: keras.Model, trainable: bool,
   last ``top_layers`` layers. ``train_batchnorm=False`` keeps every
   BatchNormalization layer frozen, which in Keras 3 also runs it in inference
   mode (its moving statistics stay as loaded), as fine-tuning a pretrained
-  backbone wants. Recompile the model afterwards."""
+  backbone wants. Recompile the model afterwards. A model with no layer
+  named "backbone" (a train build_model's own, such as small_cnn) trains
+  whole: nothing to unfreeze, and a request to freeze is refused."""
+  if not any(layer.name == BACKBONE_LAYER for layer in model.layers):
+    if trainable and not top_layers and train_batchnorm:
+      return
+    raise ValueError(f"the model has no layer named {BACKBONE_LAYER!r}: "
+                     "there is no backbone to freeze (freeze_epochs, "
+                     "unfreeze_layers)")
   net = model.get_layer(BACKBONE_LAYER)
   net.trainable = trainable
   if not trainable:

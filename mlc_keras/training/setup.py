@@ -5,6 +5,7 @@ and the per-head table)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -230,7 +231,9 @@ def write_quarantine(bundle: DataBundle, model_dir: str) -> Optional[str]:
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
-  if name == "default":
+  # On JAX, "mirrored" is keras.distribution around the whole run
+  # (data_parallel), not a tf.distribute scope.
+  if name == "default" or jax_data_parallel(name):
     return tf.distribute.get_strategy()
   if name == "mirrored":
     return tf.distribute.MirroredStrategy()
@@ -240,6 +243,60 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
   raise errors.SettingError(
       f"`strategy` must be one of {STRATEGIES}, got {name!r}")
 
+
+
+def jax_data_parallel(strategy: str) -> bool:
+  """True when ``strategy`` trains through Keras' own fit over
+  keras.distribution.DataParallel: --strategy=mirrored on the JAX backend
+  (distributed.py's custom step is tf.distribute, TensorFlow only)."""
+  return strategy == "mirrored" and keras.backend.backend() == "jax"
+
+
+@contextlib.contextmanager
+def data_parallel(strategy: str, batch_size: int):
+  """Yields the number of devices each batch is split across. Under
+  jax_data_parallel(strategy): keras.distribution.DataParallel over the
+  local devices, set for the whole run (before the model is built, so its
+  variables are replicated on every device) and unset after it; otherwise
+  1 and nothing changes. The train step is one program over the global
+  batch, sharded by XLA: each head's masked mean divides by the labels of
+  the whole batch, and BatchNormalization sees the whole batch too."""
+  if not jax_data_parallel(strategy):
+    yield 1
+    return
+  devices = keras.distribution.list_devices()
+  if batch_size % len(devices):
+    raise errors.SettingError(
+        f"`batch_size`={batch_size} must be a multiple of the "
+        f"{len(devices)} devices `strategy`=mirrored splits each batch "
+        "across")
+  previous = keras.distribution.distribution()
+  keras.distribution.set_distribution(
+      keras.distribution.DataParallel(devices=devices))
+  log.info("strategy=mirrored on JAX: each batch of %d split across %d "
+           "devices (keras.distribution.DataParallel)", batch_size,
+           len(devices))
+  try:
+    yield len(devices)
+  finally:
+    keras.distribution.set_distribution(previous)
+
+
+def pad_batches(ds: Optional[tf.data.Dataset], multiple: int
+                ) -> Optional[tf.data.Dataset]:
+  """``ds`` (image, labels, weights batches) with each batch padded to a
+  multiple of ``multiple`` rows by zero images with weight 0, which count
+  in no loss or metric: a batch split across devices must divide evenly,
+  and an evaluation pass keeps its smaller last batch."""
+  if ds is None or multiple == 1:
+    return ds
+
+  def pad(*batch):
+    short = -tf.shape(batch[0])[0] % multiple
+    return tf.nest.map_structure(
+        lambda t: tf.pad(t, [[0, short]] + [[0, 0]] * (t.shape.rank - 1)),
+        batch)
+  return ds.map(pad)
 
 
 def optimizer(cfg: config_lib.TrainConfig, total_steps: int,
