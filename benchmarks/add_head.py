@@ -40,8 +40,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import benchutil  # pylint: disable=g-import-not-at-top,wrong-import-position
-from mlc_keras import config as config_lib  # pylint: disable=wrong-import-position
-from mlc_keras import train_lib  # pylint: disable=wrong-import-position
+from mlc_keras.core import config as config_lib  # pylint: disable=wrong-import-position
+from mlc_keras.training import run as train_lib  # pylint: disable=wrong-import-position
 from mlc_keras.data import demo  # pylint: disable=wrong-import-position
 
 NEW_HEAD = "size"

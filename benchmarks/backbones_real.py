@@ -97,7 +97,7 @@ def _tflite_size(model_dir):
 
 
 def _parameters(backbone):
-  from mlc_keras import heads as heads_lib  # pylint: disable=g-import-not-at-top
+  from mlc_keras.core import heads as heads_lib  # pylint: disable=g-import-not-at-top
   from mlc_keras.modeling import model as model_lib  # pylint: disable=g-import-not-at-top
   schema = heads_lib.LabelSchema((heads_lib.HeadSpec("c", tuple("abcdefghij")),))
   net = model_lib.build_model(schema, _SIZE.value, backbone)

@@ -224,10 +224,10 @@ def stacked_scores(classes: dict, pair, train_rows: list, val: tuple,
   why.
   """
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from mlc_keras import compose  # pylint: disable=g-import-not-at-top
-  from mlc_keras import composed_lib  # pylint: disable=g-import-not-at-top
-  from mlc_keras import errors  # pylint: disable=g-import-not-at-top
-  from mlc_keras import scoring  # pylint: disable=g-import-not-at-top
+  from mlc_keras.labeling import compose  # pylint: disable=g-import-not-at-top
+  from mlc_keras.evaluation import composed as composed_lib  # pylint: disable=g-import-not-at-top
+  from mlc_keras.core import errors  # pylint: disable=g-import-not-at-top
+  from mlc_keras.evaluation import scoring  # pylint: disable=g-import-not-at-top
   a, b = pair
   table = compose.ClassTable(
       classes=tuple(f"{x}+{y}" for x in classes[a] for y in classes[b]),

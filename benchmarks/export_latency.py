@@ -120,8 +120,8 @@ def main(argv):
   from mlc_keras.exporters import parity as parity_lib
   from mlc_keras.exporters import saved_model as saved_model_lib
   from mlc_keras.exporters import tflite as tflite_lib
-  from mlc_keras import predictors
-  from mlc_keras import run_dir
+  from mlc_keras.inference import predictors
+  from mlc_keras.runs import folder as run_dir
 
   workdir = _WORKDIR.value or tempfile.mkdtemp(prefix="export_latency_")
   started = time.time()

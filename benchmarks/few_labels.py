@@ -121,7 +121,7 @@ def train_and_score(schema, train_src, test_src, b_head: str, steps: int,
   accuracy}, seconds)."""
   import keras
   import numpy as np
-  from mlc_keras import config as config_lib
+  from mlc_keras.core import config as config_lib
   from mlc_keras.modeling import metrics
   from mlc_keras.data import pipeline
   from mlc_keras.modeling import model as model_lib

@@ -120,7 +120,7 @@ def choose_precision(requested: str, device: dict) -> str:
 
 def arm_schemas(n: int):
   """(arm name, schema): one head, the demo's heads, n heads."""
-  from mlc_keras import heads as heads_lib
+  from mlc_keras.core import heads as heads_lib
   from mlc_keras.data import demo
   base = demo.SCHEMA.heads
   extra = tuple(

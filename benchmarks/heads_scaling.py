@@ -72,7 +72,7 @@ def _layers(model):
 
 
 def schema_of(n: int, classes: int):
-  from mlc_keras import heads as heads_lib
+  from mlc_keras.core import heads as heads_lib
   return heads_lib.LabelSchema(tuple(
       heads_lib.HeadSpec(f"h{i:02d}", tuple(f"c{j}" for j in range(classes)))
       for i in range(n)))

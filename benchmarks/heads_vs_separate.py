@@ -51,7 +51,7 @@ def machine() -> str:
 
 
 def schema_of(n: int):
-  from mlc_keras import heads as heads_lib
+  from mlc_keras.core import heads as heads_lib
   # Varied class counts, as real attributes have; heads are a negligible
   # share of the cost either way.
   return heads_lib.LabelSchema(tuple(

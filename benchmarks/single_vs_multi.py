@@ -109,7 +109,7 @@ def main(argv):
   del argv
   import keras
   import numpy as np
-  from mlc_keras import heads as heads_lib
+  from mlc_keras.core import heads as heads_lib
   from mlc_keras.modeling import model as model_lib
   from mlc_keras.data import demo
 

@@ -41,8 +41,8 @@ __all__ = list(_API + _CONFIG + _HEADS + _ERRORS) + ["__version__"]
 
 def __getattr__(name):
   import importlib  # pylint: disable=g-import-not-at-top
-  for names, module in ((_API, "api"), (_CONFIG, "config"), (_HEADS, "heads"),
-                        (_ERRORS, "errors")):
+  for names, module in ((_API, "api"), (_CONFIG, "core.config"),
+                        (_HEADS, "core.heads"), (_ERRORS, "core.errors")):
     if name in names:
       return getattr(importlib.import_module(f"mlc_keras.{module}"), name)
   raise AttributeError(f"module 'mlc_keras' has no attribute {name!r}")

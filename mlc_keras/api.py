@@ -27,8 +27,8 @@ import dataclasses
 import typing
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
-from mlc_keras import config as config_lib
-from mlc_keras import heads as heads_lib
+from mlc_keras.core import config as config_lib
+from mlc_keras.core import heads as heads_lib
 
 _SECTIONS = (("data", config_lib.DataConfig), ("model", config_lib.ModelConfig),
              ("train", config_lib.TrainConfig))
@@ -112,7 +112,7 @@ def fit(model_dir: str, config: Optional[config_lib.Config] = None, *,
   Raises what train_lib.train_and_evaluate raises (a bad setting, a folder
   owned by another run, bad data: each names what is wrong).
   """
-  from mlc_keras import train_lib  # pylint: disable=g-import-not-at-top
+  from mlc_keras.training import run as train_lib  # pylint: disable=g-import-not-at-top
   cfg = make_config(config=config, **settings) if (
       config is not None or settings) else config_lib.default()
   build = model
@@ -421,7 +421,7 @@ class Run:
     (default: the run's validation data), writes evaluation.json/.md and
     plots into the folder, returns the report. ``options``:
     evaluate_lib.evaluate's keywords (calibrate, class_table, ...)."""
-    from mlc_keras import evaluate_lib  # pylint: disable=g-import-not-at-top
+    from mlc_keras.evaluation import report as evaluate_lib  # pylint: disable=g-import-not-at-top
     return evaluate_lib.evaluate(self.model_dir, manifest, **options)
 
   def export(self, **options):
@@ -429,7 +429,7 @@ class Run:
     checked against the Keras model, published under <folder>/export only
     if all pass. Returns the ExportResult (published paths). ``options``:
     export_lib.export's keywords (formats, quantizations, output, ...)."""
-    from mlc_keras import export_lib  # pylint: disable=g-import-not-at-top
+    from mlc_keras.exporters import publish as export_lib  # pylint: disable=g-import-not-at-top
     return export_lib.export(self.model_dir, **options)
 
   def predictor(self, artefact: Optional[str] = None):
@@ -449,7 +449,7 @@ def load_predictor(path: str, bytes_signature: bool = False):
   """Any artefact (.keras, run folder, SavedModel, .tflite, .onnx) as a
   Predictor: ``predictor(uint8 images)`` -> {output: scores}, and
   ``predict_files(predictor, paths)`` for image files."""
-  from mlc_keras import predictors  # pylint: disable=g-import-not-at-top
+  from mlc_keras.inference import predictors  # pylint: disable=g-import-not-at-top
   return predictors.load_predictor(path, bytes_signature)
 
 
@@ -459,7 +459,7 @@ def predict_files(predictor, paths: Sequence[str], batch_size: int = 32
   as ``python -m mlc_keras.predict`` prints them as JSON lines.
   ``predictor``: a Predictor or anything load_predictor opens; ``paths``:
   image files, folders of them or manifests (their image column)."""
-  from mlc_keras import predict_lib  # pylint: disable=g-import-not-at-top
+  from mlc_keras.inference import files as predict_lib  # pylint: disable=g-import-not-at-top
   if isinstance(predictor, str):
     predictor = load_predictor(predictor)
   if isinstance(paths, str):

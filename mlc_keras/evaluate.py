@@ -16,8 +16,8 @@ import sys
 from absl import app
 from absl import flags
 
-from mlc_keras import cli_help
-from mlc_keras import errors
+from mlc_keras.cli import help as cli_help
+from mlc_keras.core import errors
 
 _MODEL_DIR = flags.DEFINE_string(
     "model_dir", None, "A training run's folder (model.keras, labels.json, "
@@ -60,7 +60,7 @@ _IMAGE_COLUMN = flags.DEFINE_string(
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from mlc_keras import evaluate_lib  # pylint: disable=g-import-not-at-top
+  from mlc_keras.evaluation import report as evaluate_lib  # pylint: disable=g-import-not-at-top
   try:
     evaluate_lib.evaluate(
         _MODEL_DIR.value, _MANIFEST.value, _CLASS_TABLE.value,

@@ -26,9 +26,9 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from mlc_keras import cli_help
-from mlc_keras import config as config_lib  # no TensorFlow: --help stays fast
-from mlc_keras import errors
+from mlc_keras.cli import help as cli_help
+from mlc_keras.core import config as config_lib  # no TensorFlow: --help stays fast
+from mlc_keras.core import errors
 
 _MODEL_DIR = flags.DEFINE_string(
     "model_dir", None, "Trained model folder (model.keras + labels.json), as "
@@ -99,7 +99,7 @@ def main(argv):
   # TF's INFO lines (renamed captures, asset writes) bury the parity table.
   logging.set_verbosity(logging.WARNING)
   # Imported here so --help answers without loading TensorFlow.
-  from mlc_keras import export_lib  # pylint: disable=g-import-not-at-top
+  from mlc_keras.exporters import publish as export_lib  # pylint: disable=g-import-not-at-top
   try:
     result = export_lib.export(
         _MODEL_DIR.value,

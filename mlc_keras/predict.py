@@ -33,8 +33,8 @@ import sys
 
 from absl import flags
 
-from mlc_keras import cli_help
-from mlc_keras import errors
+from mlc_keras.cli import help as cli_help
+from mlc_keras.core import errors
 
 _MODEL = flags.DEFINE_string(
     "model", None, "Model file or folder (.keras, model folder, SavedModel, "
@@ -54,7 +54,7 @@ _THRESHOLD = flags.DEFINE_float(
 
 def main(argv):
   # Imported here so --help answers without loading TensorFlow.
-  from mlc_keras import predict_lib  # pylint: disable=g-import-not-at-top
+  from mlc_keras.inference import files as predict_lib  # pylint: disable=g-import-not-at-top
   try:
     predict_lib.run(_MODEL.value, argv[1:], batch_size=_BATCH_SIZE.value,
                     image_column=_IMAGE_COLUMN.value,

@@ -7,7 +7,7 @@ r"""Suggests which blank manifest cells to label next (and pseudo-labels).
       --pseudo_label_threshold=0.98 --pseudo_output=pool_pseudo.csv
 
 Ranks every blank (image, head) cell of --manifest by the uncertainty of the
-model's calibrated head (margin or entropy; see mlc_keras/suggest_lib.py) and
+model's calibrated head (margin or entropy; see mlc_keras/labeling/suggest.py) and
 writes the --budget most uncertain: --output is the pool's rows of those
 images with the cells to fill left blank, <output>.cells.csv the ranked list
 of cells. Run `evaluate --calibrate` first: the ranking uses calibrated.keras
@@ -21,8 +21,8 @@ import sys
 from absl import app
 from absl import flags
 
-from mlc_keras import cli_help
-from mlc_keras import errors
+from mlc_keras.cli import help as cli_help
+from mlc_keras.core import errors
 
 _MODEL_DIR = flags.DEFINE_string(
     "model_dir", None, "A training run's folder (or a .keras file with "
@@ -57,8 +57,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   # Imported here so --help answers without loading TensorFlow.
-  from mlc_keras import run_dir  # pylint: disable=g-import-not-at-top
-  from mlc_keras import suggest_lib  # pylint: disable=g-import-not-at-top
+  from mlc_keras.runs import folder as run_dir  # pylint: disable=g-import-not-at-top
+  from mlc_keras.labeling import suggest as suggest_lib  # pylint: disable=g-import-not-at-top
   try:
     column = _IMAGE_COLUMN.value
     if column is None:

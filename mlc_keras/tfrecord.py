@@ -11,8 +11,8 @@ import sys
 from absl import app
 from absl import flags
 
-from mlc_keras import cli_help
-from mlc_keras import errors
+from mlc_keras.cli import help as cli_help
+from mlc_keras.core import errors
 
 _MANIFEST = flags.DEFINE_string("manifest", None, "CSV manifest.", required=True)
 _OUTPUT = flags.DEFINE_string(
@@ -33,7 +33,7 @@ _IMAGE_CHECK = flags.DEFINE_enum(
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from mlc_keras import heads  # pylint: disable=g-import-not-at-top
+  from mlc_keras.core import heads  # pylint: disable=g-import-not-at-top
   from mlc_keras.data import manifest  # pylint: disable=g-import-not-at-top
   from mlc_keras.data import sources  # pylint: disable=g-import-not-at-top
   from mlc_keras.data import tfrecords  # pylint: disable=g-import-not-at-top

@@ -19,9 +19,9 @@ import sys
 from absl import app
 from absl import flags
 
-from mlc_keras import cli_help
-from mlc_keras import config as config_lib
-from mlc_keras import errors
+from mlc_keras.cli import help as cli_help
+from mlc_keras.core import config as config_lib
+from mlc_keras.core import errors
 
 _d = config_lib.DataConfig()
 _m = config_lib.ModelConfig()
@@ -37,7 +37,7 @@ _PRESET = flags.DEFINE_enum(
     "Starting config that the other flags override. Default: 'demo' when no "
     "data source is given, else 'default'. Recipes: 'scratch_small' (from "
     "scratch on a small data set) and 'finetune_imagenet' (ImageNet weights, "
-    "frozen then unfrozen backbone); see mlc_keras/config.py.")
+    "frozen then unfrozen backbone); see mlc_keras/core/config.py.")
 # Data.
 _MANIFEST = flags.DEFINE_string(
     "manifest", None, "Training CSV: an image path column and one column per "
@@ -432,8 +432,8 @@ def main(argv):
     cli_help.fail(e)
   # None of these loads TensorFlow: a bad flag, a locked or finished
   # model_dir is answered in milliseconds (--help too).
-  from mlc_keras import run_dir  # pylint: disable=g-import-not-at-top
-  from mlc_keras import train_lib  # pylint: disable=g-import-not-at-top
+  from mlc_keras.runs import folder as run_dir  # pylint: disable=g-import-not-at-top
+  from mlc_keras.training import run as train_lib  # pylint: disable=g-import-not-at-top
   # A progress bar only makes sense on a terminal: in a batch job, CI or a
   # log file (or with MLC_QUIET=1) fit prints one line per epoch holding
   # every head's numbers instead of one bar frame per epoch.
@@ -465,7 +465,7 @@ def main(argv):
 
 def _find_lr(cfg) -> None:
   """--find_lr: the range test, its suggestion and the command using it."""
-  from mlc_keras import preflight  # pylint: disable=g-import-not-at-top
+  from mlc_keras.runs import preflight  # pylint: disable=g-import-not-at-top
   out = os.path.join(_MODEL_DIR.value, "lr_find")
   try:
     cfg = preflight.absolute_paths(cfg)

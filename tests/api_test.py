@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 import mlc_keras
-from mlc_keras import config as config_lib
+from mlc_keras.core import config as config_lib
 from mlc_keras.modeling import saving
 from mlc_keras.training import setup
 from tests import testutil

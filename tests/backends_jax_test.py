@@ -59,7 +59,7 @@ def _worker(*args):
 
 
 def run_config(demo_dir, strategy="default"):
-  from mlc_keras import config as config_lib
+  from mlc_keras.core import config as config_lib
   return config_lib.Config(
       data=config_lib.DataConfig(
           image_size=SIZE, demo_dir=demo_dir, demo_train_size=48,
@@ -79,7 +79,7 @@ def _small_cnn(schema, size):
 
 
 def train(model_dir, demo_dir, strategy="default"):
-  from mlc_keras import train_lib
+  from mlc_keras.training import run as train_lib
   train_lib.train_and_evaluate(run_config(demo_dir, strategy), model_dir,
                                verbose=0, build_model=_small_cnn)
 
@@ -325,7 +325,7 @@ class JaxTrainingTest(unittest.TestCase):
   def test_jax_trained_model_exports_with_parity(self):
     # This process is TensorFlow: the export reads the JAX run's .keras.
     import keras
-    from mlc_keras import export_lib
+    from mlc_keras.exporters import publish as export_lib
     self.assertEqual(keras.backend.backend(), "tensorflow")
     result = export_lib.export(
         os.path.join(self.tmp, "default"),
@@ -355,13 +355,13 @@ class BackendChecksTest(unittest.TestCase):
 
   def _cfg(self, **train):
     import dataclasses
-    from mlc_keras import config as config_lib
+    from mlc_keras.core import config as config_lib
     cfg = config_lib.tiny()
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train,
                                                               **train))
 
   def test_multi_worker_is_refused_on_jax_in_one_line(self):
-    from mlc_keras import preflight
+    from mlc_keras.runs import preflight
     with self.assertRaises(preflight.FlagError) as caught:
       preflight.check(self._cfg(strategy="multi_worker"), backend="jax")
     message = str(caught.exception)
@@ -372,7 +372,7 @@ class BackendChecksTest(unittest.TestCase):
   def test_mirrored_on_jax_is_fit_with_all_its_options(self):
     # The TensorFlow custom step's limits (float32, no EMA, no frozen
     # phase) are not fit's: on JAX, mirrored trains through fit.
-    from mlc_keras import preflight
+    from mlc_keras.runs import preflight
     cfg = self._cfg(strategy="mirrored", ema_decay=0.9,
                     precision="mixed_bfloat16", freeze_epochs=1, epochs=2)
     self.assertEqual(preflight.check(cfg, backend="jax"), preflight.Plan())
@@ -381,7 +381,7 @@ class BackendChecksTest(unittest.TestCase):
 
   def test_backend_is_read_as_keras_reads_it(self):
     from unittest import mock
-    from mlc_keras import train_lib
+    from mlc_keras.training import run as train_lib
     home = tempfile.mkdtemp()
     self.addCleanup(__import__("shutil").rmtree, home)
     with mock.patch.dict(sys.modules), mock.patch.dict(os.environ):

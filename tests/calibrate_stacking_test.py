@@ -11,10 +11,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mlc_keras import calibrate
-from mlc_keras import compose
-from mlc_keras import evaluate_lib
-from mlc_keras import heads as heads_lib
+from mlc_keras.evaluation import calibrate
+from mlc_keras.labeling import compose
+from mlc_keras.evaluation import report as evaluate_lib
+from mlc_keras.core import heads as heads_lib
 from mlc_keras.modeling import layers
 from mlc_keras.modeling import outputs
 from mlc_keras.modeling import saving

@@ -8,9 +8,9 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from mlc_keras import calibrate
-from mlc_keras import evaluate_lib
-from mlc_keras import heads as heads_lib
+from mlc_keras.evaluation import calibrate
+from mlc_keras.evaluation import report as evaluate_lib
+from mlc_keras.core import heads as heads_lib
 from mlc_keras.modeling import layers
 from mlc_keras.modeling import model as model_lib
 from mlc_keras.modeling import outputs

@@ -1,4 +1,4 @@
-"""Tests of mlc_keras.cli_help: --help groups each verb's flags."""
+"""Tests of mlc_keras.cli.help: --help groups each verb's flags."""
 
 import json
 import os
@@ -8,7 +8,7 @@ import sys
 from absl import flags
 import tensorflow as tf
 
-from mlc_keras import cli_help
+from mlc_keras.cli import help as cli_help
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -12,8 +12,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mlc_keras import compose
-from mlc_keras import heads as heads_lib
+from mlc_keras.labeling import compose
+from mlc_keras.core import heads as heads_lib
 from mlc_keras.modeling import layers
 from mlc_keras.modeling import model as model_lib
 from mlc_keras.modeling import outputs

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from mlc_keras import heads as heads_lib
+from mlc_keras.core import heads as heads_lib
 from mlc_keras.data import augment
 from mlc_keras.data import manifest
 from mlc_keras.data import pipeline

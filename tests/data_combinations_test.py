@@ -11,9 +11,9 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from mlc_keras import config as config_lib
-from mlc_keras import evaluate_lib
-from mlc_keras import heads as heads_lib
+from mlc_keras.core import config as config_lib
+from mlc_keras.evaluation import report as evaluate_lib
+from mlc_keras.core import heads as heads_lib
 from mlc_keras.data import combinations
 from mlc_keras.data import manifest
 from mlc_keras.training import setup

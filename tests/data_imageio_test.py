@@ -9,7 +9,7 @@ from PIL import Image
 import tensorflow as tf
 
 from mlc_keras.exporters import saved_model as saved_model_lib
-from mlc_keras import heads as heads_lib
+from mlc_keras.core import heads as heads_lib
 from mlc_keras.data import imageio
 from mlc_keras.modeling import model as model_lib
 from tests import testutil

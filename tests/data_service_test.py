@@ -9,7 +9,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from mlc_keras import config as config_lib
+from mlc_keras.core import config as config_lib
 from mlc_keras.data import manifest
 from mlc_keras.data import pipeline
 from mlc_keras.data import sources

@@ -15,7 +15,7 @@ from unittest import mock
 import numpy as np
 import tensorflow as tf
 
-from mlc_keras import config as config_lib
+from mlc_keras.core import config as config_lib
 from mlc_keras.data import imageio
 from mlc_keras.data import manifest
 from mlc_keras.data import pipeline

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from mlc_keras import heads as heads_lib
+from mlc_keras.core import heads as heads_lib
 from mlc_keras.data import manifest
 from mlc_keras.data import pipeline
 from mlc_keras.data import sources

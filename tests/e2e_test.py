@@ -23,8 +23,8 @@ import tempfile
 
 import tensorflow as tf
 
-from mlc_keras import compose
-from mlc_keras import heads as heads_lib
+from mlc_keras.labeling import compose
+from mlc_keras.core import heads as heads_lib
 from mlc_keras.data import demo
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,4 +1,4 @@
-"""One parent for the user's mistakes (mlc_keras/errors.py): every such error
+"""One parent for the user's mistakes (mlc_keras/core/errors.py): every such error
 is an MlcError; the library names settings by their config field, the
 command lines by their flag; a bug is not turned into a user's mistake."""
 
@@ -13,8 +13,8 @@ import tempfile
 from absl.testing import absltest
 
 import mlc_keras
-from mlc_keras import config as config_lib
-from mlc_keras import errors
+from mlc_keras.core import config as config_lib
+from mlc_keras.core import errors
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,7 +22,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def user_error_classes() -> dict:
   """{name: class} of every error that stands for a user's mistake."""
   # pylint: disable=g-import-not-at-top
-  from mlc_keras import artefacts, compose, heads, preflight, run_dir, run_lock
+  from mlc_keras.core import heads
+  from mlc_keras.exporters import artefacts
+  from mlc_keras.labeling import compose
+  from mlc_keras.runs import folder as run_dir
+  from mlc_keras.runs import lock as run_lock
+  from mlc_keras.runs import preflight
   from mlc_keras.data import combinations, folders, headers, manifest
   from mlc_keras.exporters import parity
   from mlc_keras.modeling import grow
@@ -66,7 +71,7 @@ class MlcErrorTest(absltest.TestCase):
 
   def test_kept_bases(self):
     # pylint: disable=g-import-not-at-top
-    from mlc_keras import run_lock
+    from mlc_keras.runs import lock as run_lock
     from mlc_keras.data import manifest
     from mlc_keras.training import backup
     self.assertTrue(issubclass(run_lock.LockedError, RuntimeError))
@@ -101,7 +106,7 @@ class MessagesTest(absltest.TestCase):
     return path
 
   def test_python_caller_reads_the_field(self):
-    from mlc_keras import preflight  # pylint: disable=g-import-not-at-top
+    from mlc_keras.runs import preflight  # pylint: disable=g-import-not-at-top
     cfg = mlc_keras.make_config("tiny", image_size=16)
     with self.assertRaises(mlc_keras.MlcError) as e:
       preflight.check(cfg)
@@ -128,7 +133,8 @@ class MessagesTest(absltest.TestCase):
     # A plain ValueError from inside the library (a programming error) keeps
     # its traceback and exit 1, instead of "error: ..." and exit 2.
     code = ("import sys\n"
-            "from mlc_keras import preflight, train\n"
+            "from mlc_keras import train\n"
+            "from mlc_keras.runs import preflight\n"
             "def broken(*args, **kwargs):\n"
             "  raise ValueError('a bug, not a setting')\n"
             "preflight.check = broken\n"

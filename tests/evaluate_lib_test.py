@@ -10,19 +10,19 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from mlc_keras import artefacts
-from mlc_keras import calibrate
-from mlc_keras import compose
-from mlc_keras import config as config_lib
+from mlc_keras.exporters import artefacts
+from mlc_keras.evaluation import calibrate
+from mlc_keras.labeling import compose
+from mlc_keras.core import config as config_lib
 from mlc_keras.data import manifest as manifest_lib
 from mlc_keras.data import pipeline
 from mlc_keras.data import sources
-from mlc_keras import evaluate_lib
-from mlc_keras import heads as heads_lib
+from mlc_keras.evaluation import report as evaluate_lib
+from mlc_keras.core import heads as heads_lib
 from mlc_keras.modeling import metrics
 from mlc_keras.modeling import model as model_lib
 from mlc_keras.modeling import saving
-from mlc_keras import run_dir
+from mlc_keras.runs import folder as run_dir
 from tests import testutil
 
 SHAPE = heads_lib.HeadSpec("shape", ("circle", "square", "triangle"))

@@ -7,7 +7,7 @@ import numpy as np
 from sklearn import metrics as skm
 import tensorflow as tf
 
-from mlc_keras import evaluate_lib
+from mlc_keras.evaluation import report as evaluate_lib
 from mlc_keras.evaluation import plots
 
 # history.csv's header from a real five-head run (CSVLogger sorts columns).

@@ -30,10 +30,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mlc_keras import export_lib
-from mlc_keras import heads as heads_lib
+from mlc_keras.exporters import publish as export_lib
+from mlc_keras.core import heads as heads_lib
 from mlc_keras.modeling import model as model_lib
-from mlc_keras import run_dir
+from mlc_keras.runs import folder as run_dir
 
 SIZE = 32
 SCHEMA = heads_lib.LabelSchema((
@@ -153,7 +153,7 @@ def composed() -> types.SimpleNamespace:
   OLD_TABLE's class output), table_path, table, carrying_keras, cal_dir,
   base, log (export's log lines), result (ExportResult).
   """
-  from mlc_keras import compose  # pylint: disable=g-import-not-at-top
+  from mlc_keras.labeling import compose  # pylint: disable=g-import-not-at-top
   from mlc_keras.modeling import outputs  # pylint: disable=g-import-not-at-top
   source = plain()
   root = _temp_root("export_fixture_composed_")
@@ -254,7 +254,7 @@ def stacked() -> types.SimpleNamespace:
   Attributes: model_dir, model (keras.Model with the biased class output),
   table, bias, result (ExportResult), log.
   """
-  from mlc_keras import compose  # pylint: disable=g-import-not-at-top
+  from mlc_keras.labeling import compose  # pylint: disable=g-import-not-at-top
   from mlc_keras.modeling import outputs  # pylint: disable=g-import-not-at-top
   root = _temp_root("export_fixture_stacked_")
   model_dir = os.path.join(root, "run")

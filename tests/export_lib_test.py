@@ -21,18 +21,18 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mlc_keras import artefacts
-from mlc_keras import config as config_lib
-from mlc_keras import export_lib
+from mlc_keras.exporters import artefacts
+from mlc_keras.core import config as config_lib
+from mlc_keras.exporters import publish as export_lib
 from mlc_keras.exporters import isolated
 from mlc_keras.exporters import onnx as onnx_lib
 from mlc_keras.exporters import parity as parity_lib
 from mlc_keras.exporters import saved_model as saved_model_lib
 from mlc_keras.exporters import tflite as tflite_lib
-from mlc_keras import heads as heads_lib
-from mlc_keras import predict_lib
-from mlc_keras import predictors
-from mlc_keras import run_dir
+from mlc_keras.core import heads as heads_lib
+from mlc_keras.inference import files as predict_lib
+from mlc_keras.inference import predictors
+from mlc_keras.runs import folder as run_dir
 from mlc_keras.data import imageio
 from mlc_keras.data import sources
 from tests import export_fixture
@@ -637,7 +637,7 @@ class ComposedExportTest(tf.test.TestCase):
     # One rule, two writings: the serving graph's tf.where and
     # compose.predict_classes must both keep a best class scoring exactly
     # the threshold, and both answer "unknown" just below it.
-    from mlc_keras import compose
+    from mlc_keras.labeling import compose
     table = compose.from_dict(OLD_TABLE, SCHEMA)  # the model's class output
     png = tf.constant([saved_model_lib.encode_png(self.images[0])])
     probe = saved_model_lib.build_serving_module(self.calibrated, SCHEMA,
@@ -670,7 +670,7 @@ class ComposedExportTest(tf.test.TestCase):
       self.assertEqual(sorted(r["outputs"]), ["class", "colour", "tone"])
 
   def test_artefacts_apply_the_temperatures_and_compose(self):
-    from mlc_keras import compose
+    from mlc_keras.labeling import compose
     expected = {k: v.numpy() for k, v in run_dir.model_outputs(
         self.calibrated, self.images).items() if k != "class"}
     expected["class"] = compose.compose_probs(expected, self.table)
@@ -695,7 +695,7 @@ class ComposedExportTest(tf.test.TestCase):
           self.assertAllClose(got[k], expected[k], atol=1e-4, rtol=0, msg=k)
 
   def test_class_table_is_beside_every_artefact(self):
-    from mlc_keras import compose
+    from mlc_keras.labeling import compose
     folders = [os.path.join(self.result.saved_model, "assets"),
                os.path.dirname(self.result.tflite["fp32"]),
                os.path.dirname(self.result.onnx)]
@@ -737,7 +737,7 @@ class ComposedExportTest(tf.test.TestCase):
     self.assertAllClose([p["class"]["scores"] for p in parsed], probs)
 
   def test_threshold_makes_weak_classes_unknown(self):
-    from mlc_keras import compose
+    from mlc_keras.labeling import compose
     old_table = compose_table(OLD_TABLE)
     heads = {k: v.numpy() for k, v in run_dir.model_outputs(
         self.calibrated, self.images).items() if k != "class"}
@@ -765,7 +765,7 @@ class ComposedExportTest(tf.test.TestCase):
   def test_carried_class_output_is_exported_with_its_table(self):
     # No --class_table: calibrated.keras's own "class" output (from evaluate
     # --calibrate --class_table) is kept and its table written beside it.
-    from mlc_keras import compose
+    from mlc_keras.labeling import compose
     # This folder names no images (no config.json): noise, asked for.
     result = export_lib.export(
         self.model_dir, output=os.path.join(self.root, "carried"),
@@ -781,7 +781,7 @@ class ComposedExportTest(tf.test.TestCase):
       self.assertIn("class", r["outputs"])
 
   def test_bad_class_table_fails_before_loading_the_model(self):
-    from mlc_keras import compose
+    from mlc_keras.labeling import compose
     bad = os.path.join(self.get_temp_dir(), "bad.csv")
     with open(bad, "w") as f:
       f.write("class,colour,size\nx,red,big\n")
@@ -849,7 +849,7 @@ class ParityImagesTest(tf.test.TestCase):
 
 
 def compose_table(classes):
-  from mlc_keras import compose
+  from mlc_keras.labeling import compose
   return compose.from_dict(classes, SCHEMA)
 
 
@@ -933,7 +933,7 @@ class StackedExportTest(tf.test.TestCase):
   (evaluate --stacking): every artefact applies the bias (parity)."""
 
   def test_every_artefact_subtracts_the_bias(self):
-    from mlc_keras import compose
+    from mlc_keras.labeling import compose
     fixture = export_fixture.stacked()
     images, _ = make_images(24, seed=4)
     heads = {k: v.numpy() for k, v in run_dir.model_outputs(

@@ -11,8 +11,8 @@ import shutil
 import numpy as np
 import tensorflow as tf
 
-from mlc_keras import artefacts
-from mlc_keras import predictors
+from mlc_keras.exporters import artefacts
+from mlc_keras.inference import predictors
 from mlc_keras.data import manifest as manifest_lib
 from mlc_keras.data import tfrecords
 from mlc_keras.exporters import metadata

@@ -5,7 +5,7 @@ import os
 
 import tensorflow as tf
 
-from mlc_keras import heads as heads_lib
+from mlc_keras.core import heads as heads_lib
 
 
 class LabelSchemaTest(tf.test.TestCase):
@@ -96,7 +96,7 @@ class LabelSchemaTest(tf.test.TestCase):
       schema.with_focal_gammas({"b": 2.0})
 
   def test_per_head_flag_values(self):
-    from mlc_keras import config as config_lib  # pylint: disable=g-import-not-at-top
+    from mlc_keras.core import config as config_lib  # pylint: disable=g-import-not-at-top
     self.assertEqual(
         config_lib.per_head_values("focal_loss", ["fill=2", "2.5"], bare=True),
         (("fill", 2.0), ("*", 2.5)))

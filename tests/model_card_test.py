@@ -8,8 +8,8 @@ import os
 
 import tensorflow as tf
 
-from mlc_keras import heads as heads_lib
-from mlc_keras import model_card
+from mlc_keras.core import heads as heads_lib
+from mlc_keras.exporters import model_card
 from tests import export_fixture
 from tests import testutil
 

@@ -17,14 +17,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mlc_keras import heads as heads_lib
+from mlc_keras.core import heads as heads_lib
 from mlc_keras.exporters import onnx as onnx_lib
 from mlc_keras.exporters import saved_model as saved_model_lib
 from mlc_keras.exporters import tflite as tflite_lib
 from mlc_keras.modeling import grow
 from mlc_keras.modeling import model as model_lib
 from mlc_keras.modeling import saving
-from mlc_keras import predictors
+from mlc_keras.inference import predictors
 from tests import testutil
 
 SIZE = 32

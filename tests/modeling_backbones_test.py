@@ -16,9 +16,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mlc_keras import config as config_lib
-from mlc_keras import predictors
-from mlc_keras import preflight
+from mlc_keras.core import config as config_lib
+from mlc_keras.inference import predictors
+from mlc_keras.runs import preflight
 from mlc_keras.exporters import onnx
 from mlc_keras.exporters import parity as parity_lib
 from mlc_keras.exporters import saved_model

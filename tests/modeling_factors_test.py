@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mlc_keras import heads as heads_lib
+from mlc_keras.core import heads as heads_lib
 from mlc_keras.data import pipeline
 from mlc_keras.data import sources
 from mlc_keras.modeling import factors

@@ -20,9 +20,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mlc_keras import config as config_lib
-from mlc_keras import heads as heads_lib
-from mlc_keras import predictors
+from mlc_keras.core import config as config_lib
+from mlc_keras.core import heads as heads_lib
+from mlc_keras.inference import predictors
 from mlc_keras.exporters import saved_model
 from mlc_keras.modeling import grow
 from mlc_keras.modeling import model as model_lib

@@ -9,8 +9,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mlc_keras import config as config_lib
-from mlc_keras import heads as heads_lib
+from mlc_keras.core import config as config_lib
+from mlc_keras.core import heads as heads_lib
 from mlc_keras.modeling import losses
 from mlc_keras.training import setup
 

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mlc_keras import heads as heads_lib
+from mlc_keras.core import heads as heads_lib
 from mlc_keras.modeling import grow
 from mlc_keras.modeling import model as model_lib
 from mlc_keras.modeling import saving

@@ -16,15 +16,15 @@ from unittest import mock
 import numpy as np
 import tensorflow as tf
 
-from mlc_keras import artefacts
-from mlc_keras import compose
-from mlc_keras import heads as heads_lib
-from mlc_keras import predictors
+from mlc_keras.exporters import artefacts
+from mlc_keras.labeling import compose
+from mlc_keras.core import heads as heads_lib
+from mlc_keras.inference import predictors
 from mlc_keras.modeling import model as model_lib
 from mlc_keras.modeling import outputs
 from mlc_keras.modeling import saving
-from mlc_keras import predict_lib
-from mlc_keras import run_dir
+from mlc_keras.inference import files as predict_lib
+from mlc_keras.runs import folder as run_dir
 from tests import export_fixture
 from tests.export_fixture import make_images
 from tests.export_fixture import SCHEMA

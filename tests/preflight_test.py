@@ -11,10 +11,10 @@ from unittest import mock
 from absl.testing import parameterized
 import tensorflow as tf
 
-from mlc_keras import config as config_lib
-from mlc_keras import preflight
-from mlc_keras import run_dir
-from mlc_keras import train_lib
+from mlc_keras.core import config as config_lib
+from mlc_keras.runs import preflight
+from mlc_keras.runs import folder as run_dir
+from mlc_keras.training import run as train_lib
 from tests import testutil
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

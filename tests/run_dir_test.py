@@ -11,10 +11,10 @@ from unittest import mock
 
 import tensorflow as tf
 
-from mlc_keras import artefacts
-from mlc_keras import config as config_lib
-from mlc_keras import heads as heads_lib
-from mlc_keras import run_dir
+from mlc_keras.exporters import artefacts
+from mlc_keras.core import config as config_lib
+from mlc_keras.core import heads as heads_lib
+from mlc_keras.runs import folder as run_dir
 
 
 class RunConfigTest(tf.test.TestCase):

@@ -13,13 +13,13 @@ from unittest import mock
 
 import tensorflow as tf
 
-from mlc_keras import run_lock
+from mlc_keras.runs import lock as run_lock
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _HOLDER = textwrap.dedent("""
     import sys, time
-    from mlc_keras import run_lock
+    from mlc_keras.runs import lock as run_lock
     run_lock.RunLock(sys.argv[1], command="holder").acquire()
     print("locked", flush=True)
     time.sleep(120)

@@ -6,8 +6,8 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from mlc_keras import heads as heads_lib
-from mlc_keras import scoring
+from mlc_keras.core import heads as heads_lib
+from mlc_keras.evaluation import scoring
 
 # Three classes, seven rows, the last two masked. Labelled predictions
 # (argmax) [0, 1, 1, 1, 0] against labels [0, 0, 1, 1, 2].

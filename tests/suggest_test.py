@@ -12,8 +12,8 @@ import sys
 import numpy as np
 import tensorflow as tf
 
-from mlc_keras import heads as heads_lib
-from mlc_keras import suggest_lib
+from mlc_keras.core import heads as heads_lib
+from mlc_keras.labeling import suggest as suggest_lib
 from mlc_keras.data import manifest as manifest_lib
 
 H = heads_lib.HeadSpec
@@ -73,7 +73,7 @@ class UncertaintyTest(tf.test.TestCase):
 class EvaluateReportTest(tf.test.TestCase):
 
   def test_pseudo_label_report_uses_the_calibrated_confidence(self):
-    from mlc_keras import evaluate_lib  # pylint: disable=g-import-not-at-top
+    from mlc_keras.evaluation import report as evaluate_lib  # pylint: disable=g-import-not-at-top
     schema = heads_lib.LabelSchema((H("tone", ("dark", "light")),))
     collected = {"tone": (np.array([[0.9, 0.1], [0.8, 0.2], [0.95, 0.05]]),
                           np.array([0, 1, 0]), np.array([True, True, False]))}

@@ -4,9 +4,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mlc_keras import heads as heads_lib
-from mlc_keras import predict_lib
-from mlc_keras import tagging
+from mlc_keras.core import heads as heads_lib
+from mlc_keras.inference import files as predict_lib
+from mlc_keras.labeling import tagging
 from mlc_keras.modeling import losses
 from mlc_keras.modeling import metrics
 from mlc_keras.modeling import model as model_lib

@@ -13,11 +13,11 @@ from unittest import mock
 import numpy as np
 import tensorflow as tf
 
-from mlc_keras import config as config_lib
-from mlc_keras import heads as heads_lib
-from mlc_keras import preflight
-from mlc_keras import run_dir
-from mlc_keras import train_lib
+from mlc_keras.core import config as config_lib
+from mlc_keras.core import heads as heads_lib
+from mlc_keras.runs import preflight
+from mlc_keras.runs import folder as run_dir
+from mlc_keras.training import run as train_lib
 from mlc_keras.data import headers
 from mlc_keras.data import imagecheck
 from mlc_keras.data import manifest

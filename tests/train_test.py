@@ -11,7 +11,7 @@ import tempfile
 
 import tensorflow as tf
 
-from mlc_keras import config as config_lib
+from mlc_keras.core import config as config_lib
 from tests import testutil
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -136,7 +136,8 @@ class OwnershipCliTest(tf.test.TestCase):
                 "--steps_per_epoch=1")
     config = subprocess.run(
         [sys.executable, "-c", "import sys; from absl import flags; "
-         "from mlc_keras import preflight, train; flags.FLAGS(sys.argv); "
+         "from mlc_keras import train; from mlc_keras.runs import preflight; "
+         "flags.FLAGS(sys.argv); "
          "print(preflight.absolute_paths(train.config_from_flags()).to_json())",
          *cls.args], cwd=REPO, capture_output=True, text=True, check=True,
         env=dict(os.environ, PYTHONPATH=REPO)).stdout

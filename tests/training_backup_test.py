@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mlc_keras import config as config_lib
+from mlc_keras.core import config as config_lib
 from mlc_keras.training import backup as backup_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

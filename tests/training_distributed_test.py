@@ -56,7 +56,7 @@ def _run(cfg_json, model_dir, out, logical_cpus=0):
     tf.config.set_logical_device_configuration(
         tf.config.list_physical_devices("CPU")[0],
         [tf.config.LogicalDeviceConfiguration()] * logical_cpus)
-  from mlc_keras import config as config_lib  # pylint: disable=g-import-not-at-top
+  from mlc_keras.core import config as config_lib  # pylint: disable=g-import-not-at-top
   from mlc_keras.training import distributed  # pylint: disable=g-import-not-at-top
   cfg = config_lib.Config.from_dict(json.loads(cfg_json))
   built = []
@@ -95,8 +95,8 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from mlc_keras import config as config_lib
-from mlc_keras import heads as heads_lib
+from mlc_keras.core import config as config_lib
+from mlc_keras.core import heads as heads_lib
 from mlc_keras.data import manifest as manifest_lib
 from mlc_keras.data import pipeline
 from mlc_keras.data import sources

@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mlc_keras import config as config_lib
+from mlc_keras.core import config as config_lib
 from mlc_keras.modeling import model as model_lib
 from mlc_keras.modeling import saving
 from mlc_keras.training import fit

@@ -10,8 +10,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mlc_keras import heads as heads_lib
-from mlc_keras import scoring
+from mlc_keras.core import heads as heads_lib
+from mlc_keras.evaluation import scoring
 from mlc_keras.modeling import metrics
 from mlc_keras.modeling import model as model_lib
 from mlc_keras.training import selection

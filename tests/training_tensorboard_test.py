@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from mlc_keras import config as config_lib
+from mlc_keras.core import config as config_lib
 from mlc_keras.training import selection
 from mlc_keras.training import setup
 from mlc_keras.training import tensorboard

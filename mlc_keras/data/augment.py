@@ -32,8 +32,8 @@ import math
 
 import tensorflow as tf
 
-from mlc_keras import errors
-from mlc_keras import heads as heads_lib
+from mlc_keras.core import errors
+from mlc_keras.core import heads as heads_lib
 
 # RandAugment's ops (Cubuk et al. 2020), the subset that makes sense on a
 # small photo: identity, brightness, contrast, solarize, posterize,

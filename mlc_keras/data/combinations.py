@@ -27,8 +27,8 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from mlc_keras import errors
-from mlc_keras import heads as heads_lib
+from mlc_keras.core import errors
+from mlc_keras.core import heads as heads_lib
 
 HOLDOUT_FILE = "holdout.json"
 

@@ -25,7 +25,7 @@ import os
 
 import numpy as np
 
-from mlc_keras import heads as heads_lib
+from mlc_keras.core import heads as heads_lib
 
 SCHEMA = heads_lib.LabelSchema((
     heads_lib.HeadSpec("shape", ("circle", "square", "triangle")),

@@ -19,7 +19,7 @@ from __future__ import annotations
 import csv
 import os
 
-from mlc_keras import errors
+from mlc_keras.core import errors
 
 METADATA_FILE = "metadata.csv"
 FILE_NAME_COLUMN = "file_name"

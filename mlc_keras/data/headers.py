@@ -15,7 +15,7 @@ import dataclasses
 import struct
 from typing import BinaryIO, Optional
 
-from mlc_keras import errors
+from mlc_keras.core import errors
 
 _PNG = b"\x89PNG\r\n\x1a\n"
 _JPEG = b"\xff\xd8\xff"

@@ -18,8 +18,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from mlc_keras import errors
-from mlc_keras import heads as heads_lib
+from mlc_keras.core import errors
+from mlc_keras.core import heads as heads_lib
 from mlc_keras.data import folders
 
 

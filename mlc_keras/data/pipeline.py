@@ -15,9 +15,9 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from mlc_keras import config as config_lib
-from mlc_keras import errors
-from mlc_keras import heads as heads_lib
+from mlc_keras.core import config as config_lib
+from mlc_keras.core import errors
+from mlc_keras.core import heads as heads_lib
 from mlc_keras.data import augment as augment_lib
 from mlc_keras.data import imageio
 from mlc_keras.data import manifest

@@ -19,8 +19,8 @@ from typing import Callable, Optional, Sequence, TextIO
 import numpy as np
 import tensorflow as tf
 
-from mlc_keras import config as config_lib
-from mlc_keras import heads as heads_lib
+from mlc_keras.core import config as config_lib
+from mlc_keras.core import heads as heads_lib
 from mlc_keras.data import imagecheck
 from mlc_keras.data import manifest
 
@@ -151,7 +151,7 @@ def _import_tfds():
   except ModuleNotFoundError as e:
     if e.name != "tensorflow_datasets":
       raise
-    from mlc_keras import preflight  # pylint: disable=g-import-not-at-top
+    from mlc_keras.runs import preflight  # pylint: disable=g-import-not-at-top
     raise manifest.DataError(f"`tfds` {preflight.TFDS_INSTALL_HINT}") from None
   return tfds
 

@@ -16,7 +16,7 @@ from typing import Optional, TextIO
 
 import tensorflow as tf
 
-from mlc_keras import heads as heads_lib
+from mlc_keras.core import heads as heads_lib
 from mlc_keras.data import imagecheck
 from mlc_keras.data import manifest
 from mlc_keras.data import sources

@@ -8,7 +8,7 @@ import multiprocessing
 import os
 from typing import Any, Callable, Optional, Sequence
 
-from mlc_keras.artefacts import ExportError
+from mlc_keras.exporters.artefacts import ExportError
 
 # Each worker holds a converter's working memory (about 1-2 GB for
 # ResNet50V2); past four, memory runs out before cores on common machines.

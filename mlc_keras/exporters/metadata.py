@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from mlc_keras import artefacts
+from mlc_keras.exporters import artefacts
 
 # The key of the embedded labels.json in both formats.
 LABELS_KEY = "mlc_keras/" + artefacts.LABELS_FILE

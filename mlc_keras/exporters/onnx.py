@@ -9,9 +9,9 @@ from typing import Sequence
 
 import tensorflow as tf
 
-from mlc_keras import artefacts
-from mlc_keras import predictors
-from mlc_keras.artefacts import ExportError
+from mlc_keras.exporters import artefacts
+from mlc_keras.inference import predictors
+from mlc_keras.exporters.artefacts import ExportError
 from mlc_keras.exporters import isolated
 from mlc_keras.exporters import metadata
 

@@ -8,8 +8,8 @@ from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from mlc_keras import predictors
-from mlc_keras.artefacts import ExportError
+from mlc_keras.inference import predictors
+from mlc_keras.exporters.artefacts import ExportError
 
 # A reference top-1 margin below this is a near-tie: the parity report counts
 # the disagreements that are near-ties (they say "the model is unsure", not

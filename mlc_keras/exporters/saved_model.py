@@ -19,12 +19,12 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from mlc_keras import artefacts
-from mlc_keras import config as config_lib
-from mlc_keras import heads as heads_lib
-from mlc_keras import run_dir
+from mlc_keras.exporters import artefacts
+from mlc_keras.core import config as config_lib
+from mlc_keras.core import heads as heads_lib
+from mlc_keras.runs import folder as run_dir
 from mlc_keras.data import imageio
-from mlc_keras.artefacts import ExportError
+from mlc_keras.exporters.artefacts import ExportError
 
 # Per-image cap on encoded bytes in the serving signature. 20 MB holds any
 # sane phone photo; beyond that a request is more likely abuse than an image.
@@ -346,7 +346,7 @@ def to_saved_model(model, schema: heads_lib.LabelSchema, export_dir: str,
     schema.save(labels)
     classes = None
     if table is not None:
-      from mlc_keras import compose  # pylint: disable=g-import-not-at-top
+      from mlc_keras.labeling import compose  # pylint: disable=g-import-not-at-top
       classes = os.path.join(tmp, artefacts.CLASSES_FILE)
       compose.save(table, schema, classes)
     module = build_serving_module(model, schema, max_image_bytes, labels,

@@ -33,7 +33,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from mlc_keras import heads as heads_lib
+from mlc_keras.core import heads as heads_lib
 
 SMOOTHING = 1.0
 

@@ -37,7 +37,7 @@ from typing import Iterable, Sequence
 
 import keras
 
-from mlc_keras import heads as heads_lib
+from mlc_keras.core import heads as heads_lib
 from mlc_keras.modeling import model as model_lib
 from mlc_keras.modeling import saving
 

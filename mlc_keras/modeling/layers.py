@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import keras
 
-from mlc_keras import calibrate
-from mlc_keras import compose
+from mlc_keras.evaluation import calibrate
+from mlc_keras.labeling import compose
 
 
 @keras.saving.register_keras_serializable(package="mlc_keras")

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import keras
 
-from mlc_keras import errors
-from mlc_keras import heads as heads_lib
+from mlc_keras.core import errors
+from mlc_keras.core import heads as heads_lib
 
 
 @keras.saving.register_keras_serializable("mlc_keras")

@@ -7,8 +7,8 @@ from typing import Optional
 import keras
 import numpy as np
 
-from mlc_keras import heads as heads_lib
-from mlc_keras import scoring
+from mlc_keras.core import heads as heads_lib
+from mlc_keras.evaluation import scoring
 
 
 reported_top_k = scoring.reported_top_k

@@ -12,7 +12,7 @@ from typing import Callable, Optional
 
 import keras
 
-from mlc_keras import heads as heads_lib
+from mlc_keras.core import heads as heads_lib
 
 BACKBONE_LAYER = "backbone"
 FEATURES_LAYER = "features"

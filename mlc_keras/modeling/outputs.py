@@ -9,7 +9,7 @@ from typing import Mapping, Optional
 
 import keras
 
-from mlc_keras import compose
+from mlc_keras.labeling import compose
 from mlc_keras.modeling import layers
 from mlc_keras.modeling import model as model_lib
 

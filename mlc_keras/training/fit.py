@@ -14,8 +14,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mlc_keras import config as config_lib
-from mlc_keras import errors
+from mlc_keras.core import config as config_lib
+from mlc_keras.core import errors
 from mlc_keras.data import augment
 from mlc_keras.data import pipeline
 from mlc_keras.modeling import grow

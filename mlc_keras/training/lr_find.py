@@ -26,7 +26,7 @@ import tempfile
 import keras
 import numpy as np
 
-from mlc_keras import config as config_lib
+from mlc_keras.core import config as config_lib
 from mlc_keras.data import augment
 from mlc_keras.data import pipeline
 from mlc_keras.training import setup

@@ -25,9 +25,9 @@ from typing import Optional
 import keras
 import numpy as np
 
-from mlc_keras import heads as heads_lib
-from mlc_keras import preflight
-from mlc_keras import scoring
+from mlc_keras.core import heads as heads_lib
+from mlc_keras.runs import preflight
+from mlc_keras.evaluation import scoring
 from mlc_keras.modeling import metrics
 from mlc_keras.modeling import saving
 

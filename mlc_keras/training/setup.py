@@ -17,12 +17,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mlc_keras import config as config_lib
-from mlc_keras import errors
-from mlc_keras import heads as heads_lib
-from mlc_keras import run_dir
-from mlc_keras import tagging
-from mlc_keras import scoring
+from mlc_keras.core import config as config_lib
+from mlc_keras.core import errors
+from mlc_keras.core import heads as heads_lib
+from mlc_keras.runs import folder as run_dir
+from mlc_keras.labeling import tagging
+from mlc_keras.evaluation import scoring
 from mlc_keras.data import augment
 from mlc_keras.data import combinations
 from mlc_keras.data import demo

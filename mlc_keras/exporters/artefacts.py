@@ -15,7 +15,7 @@ import os
 import shutil
 from typing import Optional, Sequence
 
-from mlc_keras import errors
+from mlc_keras.core import errors
 
 SERVING_SIGNATURE = "serving_default"  # bytes in, probabilities + labels out
 TENSOR_SIGNATURE = "serve_image"  # uint8 pixels in, probabilities out

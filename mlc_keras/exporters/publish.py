@@ -37,13 +37,13 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from mlc_keras import artefacts
-from mlc_keras import heads as heads_lib
-from mlc_keras import model_card
-from mlc_keras import predict_lib
-from mlc_keras import predictors
-from mlc_keras import run_dir
-from mlc_keras.artefacts import ExportError
+from mlc_keras.exporters import artefacts
+from mlc_keras.core import heads as heads_lib
+from mlc_keras.exporters import model_card
+from mlc_keras.inference import files as predict_lib
+from mlc_keras.inference import predictors
+from mlc_keras.runs import folder as run_dir
+from mlc_keras.exporters.artefacts import ExportError
 from mlc_keras.exporters import isolated
 from mlc_keras.exporters import onnx as onnx_exporter
 from mlc_keras.exporters import parity as parity_lib
@@ -189,7 +189,7 @@ def load_model(request: Request, class_table: Optional[str] = None,
                log: Callable[[str], None] = print):
   """The model to export, its labels.json and class table (the one given,
   else the one the model carries, else None): (model, schema, table)."""
-  from mlc_keras import compose  # pylint: disable=g-import-not-at-top
+  from mlc_keras.labeling import compose  # pylint: disable=g-import-not-at-top
   from mlc_keras.modeling import outputs as outputs_lib  # pylint: disable=g-import-not-at-top
   log(f"exporting {request.model_path}: {request.why}")
   schema = run_dir.load_schema(request.model_path)

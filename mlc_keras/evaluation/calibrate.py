@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from mlc_keras import scoring
+from mlc_keras.evaluation import scoring
 
 EPS = 1e-7
 # Search range of 1/T; NLL is convex in 1/T, so a golden-section search over

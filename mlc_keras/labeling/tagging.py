@@ -21,7 +21,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 from sklearn import metrics as skm
 
-from mlc_keras import heads as heads_lib
+from mlc_keras.core import heads as heads_lib
 
 DEFAULT_THRESHOLD = heads_lib.DEFAULT_TAG_THRESHOLD
 NO_POSITIVE = "not defined: no positive example of this tag in the validation data"

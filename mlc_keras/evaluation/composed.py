@@ -12,16 +12,16 @@ from typing import Optional
 
 import numpy as np
 
-from mlc_keras import calibrate as calibrate_lib
-from mlc_keras import compose
-from mlc_keras import config as config_lib
+from mlc_keras.evaluation import calibrate as calibrate_lib
+from mlc_keras.labeling import compose
+from mlc_keras.core import config as config_lib
 from mlc_keras.data import combinations
 from mlc_keras.data import manifest as manifest_lib
 from mlc_keras.data import sources
-from mlc_keras import errors
-from mlc_keras import heads as heads_lib
-from mlc_keras import run_dir
-from mlc_keras import scoring
+from mlc_keras.core import errors
+from mlc_keras.core import heads as heads_lib
+from mlc_keras.runs import folder as run_dir
+from mlc_keras.evaluation import scoring
 
 NO_LABELS = scoring.NO_LABELS
 

@@ -17,8 +17,8 @@ from typing import Callable, Mapping, NoReturn, Sequence
 from absl import app
 from absl import flags
 
-from mlc_keras import config as config_lib
-from mlc_keras import errors
+from mlc_keras.core import config as config_lib
+from mlc_keras.core import errors
 
 # What absl's HelpFlag answers to (--help, --helpshort, -?, single dash too).
 _HELP_ARGS = frozenset({"--help", "-help", "--helpshort", "-helpshort", "-?",

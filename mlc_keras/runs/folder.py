@@ -25,10 +25,10 @@ import tempfile
 import time
 from typing import Mapping, Optional, Sequence
 
-from mlc_keras import artefacts
-from mlc_keras import config as config_lib
-from mlc_keras import errors
-from mlc_keras import heads as heads_lib
+from mlc_keras.exporters import artefacts
+from mlc_keras.core import config as config_lib
+from mlc_keras.core import errors
+from mlc_keras.core import heads as heads_lib
 
 MODEL_FILE = "model.keras"
 # Written by `evaluate --calibrate`; preferred by export when it is current.

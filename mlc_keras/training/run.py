@@ -29,10 +29,10 @@ import os
 import sys
 from typing import Callable, Optional
 
-from mlc_keras import config as config_lib
-from mlc_keras import preflight
-from mlc_keras import run_dir
-from mlc_keras import run_lock
+from mlc_keras.core import config as config_lib
+from mlc_keras.runs import preflight
+from mlc_keras.runs import folder as run_dir
+from mlc_keras.runs import lock as run_lock
 
 log = logging.getLogger("mlc_keras")
 

@@ -32,7 +32,7 @@ import sys
 import time
 from typing import Optional
 
-from mlc_keras import errors
+from mlc_keras.core import errors
 
 log = logging.getLogger("mlc_keras")
 

@@ -16,8 +16,8 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from mlc_keras import heads as heads_lib
-from mlc_keras import run_dir
+from mlc_keras.core import heads as heads_lib
+from mlc_keras.runs import folder as run_dir
 
 FOLDER = "model_card"
 # A head validated on fewer labelled samples than this is flagged.

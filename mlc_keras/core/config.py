@@ -10,7 +10,7 @@ import dataclasses
 import json
 from typing import Optional
 
-from mlc_keras import errors
+from mlc_keras.core import errors
 
 # The names a config may hold, here so that train checks them before
 # TensorFlow loads; modeling.model and data.pipeline implement them (and

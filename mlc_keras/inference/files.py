@@ -12,14 +12,14 @@ from typing import Any, Iterator, Mapping, Optional, Sequence, TextIO
 import numpy as np
 import tensorflow as tf
 
-from mlc_keras import artefacts
-from mlc_keras import compose
-from mlc_keras import config as config_lib
-from mlc_keras import heads as heads_lib
-from mlc_keras import predictors
-from mlc_keras import run_dir
-from mlc_keras import tagging
-from mlc_keras.artefacts import ExportError
+from mlc_keras.exporters import artefacts
+from mlc_keras.labeling import compose
+from mlc_keras.core import config as config_lib
+from mlc_keras.core import heads as heads_lib
+from mlc_keras.inference import predictors
+from mlc_keras.runs import folder as run_dir
+from mlc_keras.labeling import tagging
+from mlc_keras.exporters.artefacts import ExportError
 from mlc_keras.data import headers
 from mlc_keras.data import imagecheck
 from mlc_keras.data import imageio

@@ -31,8 +31,8 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from mlc_keras import errors
-from mlc_keras import heads as heads_lib
+from mlc_keras.core import errors
+from mlc_keras.core import heads as heads_lib
 
 # The output name of the composed classes (reserved as a head name in heads.py).
 CLASS_OUTPUT = "class"

@@ -21,8 +21,8 @@ import urllib.error
 import urllib.request
 from typing import Callable, Optional
 
-from mlc_keras import config as config_lib
-from mlc_keras import errors
+from mlc_keras.core import config as config_lib
+from mlc_keras.core import errors
 
 _APPS = "https://storage.googleapis.com/tensorflow/keras-applications/"
 # MobileNetV2's ImageNet files exist for these input sides (Keras picks 224

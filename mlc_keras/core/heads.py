@@ -14,7 +14,7 @@ import os
 import re
 from typing import Iterable, Mapping, Optional, Sequence
 
-from mlc_keras import errors
+from mlc_keras.core import errors
 
 # A missing label is a blank cell in a manifest and -1 in tensors.
 MISSING = -1

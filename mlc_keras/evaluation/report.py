@@ -29,23 +29,23 @@ from typing import Mapping, Optional
 
 import numpy as np
 
-from mlc_keras import calibrate as calibrate_lib
-from mlc_keras import compose
-from mlc_keras import composed_lib
-from mlc_keras import config as config_lib
-from mlc_keras import errors
-from mlc_keras import evaluation_md
+from mlc_keras.evaluation import calibrate as calibrate_lib
+from mlc_keras.labeling import compose
+from mlc_keras.evaluation import composed as composed_lib
+from mlc_keras.core import config as config_lib
+from mlc_keras.core import errors
+from mlc_keras.evaluation import markdown as evaluation_md
 from mlc_keras.evaluation import plots as plots_lib
 from mlc_keras.data import manifest as manifest_lib
 from mlc_keras.data import pipeline
 from mlc_keras.data import sources
-from mlc_keras import heads as heads_lib
+from mlc_keras.core import heads as heads_lib
 from mlc_keras.modeling import metrics
 from mlc_keras.modeling import outputs
 from mlc_keras.modeling import saving
-from mlc_keras import run_dir
-from mlc_keras import scoring
-from mlc_keras import suggest_lib
+from mlc_keras.runs import folder as run_dir
+from mlc_keras.evaluation import scoring
+from mlc_keras.labeling import suggest as suggest_lib
 
 NO_LABELS = scoring.NO_LABELS
 ECE_BINS = scoring.ECE_BINS

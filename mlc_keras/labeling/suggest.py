@@ -35,8 +35,8 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from mlc_keras import errors
-from mlc_keras import heads as heads_lib
+from mlc_keras.core import errors
+from mlc_keras.core import heads as heads_lib
 
 RULES = ("margin", "entropy")
 # <manifest stem> + this: the cells of a pseudo-labelled manifest that the
@@ -238,9 +238,9 @@ def suggest(model_dir: str, manifest: str, budget: int, output: str, *,
   ``model_dir`` (calibrated.keras when current, as export picks it), writes
   the ``budget`` most uncertain to ``output`` (write_suggestions) and, with
   a threshold, the pseudo-labelled pool to ``pseudo_output``."""
-  from mlc_keras import predict_lib  # pylint: disable=g-import-not-at-top
-  from mlc_keras import predictors  # pylint: disable=g-import-not-at-top
-  from mlc_keras import run_dir  # pylint: disable=g-import-not-at-top
+  from mlc_keras.inference import files as predict_lib  # pylint: disable=g-import-not-at-top
+  from mlc_keras.inference import predictors  # pylint: disable=g-import-not-at-top
+  from mlc_keras.runs import folder as run_dir  # pylint: disable=g-import-not-at-top
   from mlc_keras.data import manifest as manifest_lib  # pylint: disable=g-import-not-at-top
   from mlc_keras.data import sources  # pylint: disable=g-import-not-at-top
   if rule not in RULES:

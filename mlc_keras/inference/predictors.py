@@ -13,10 +13,10 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from mlc_keras import artefacts
-from mlc_keras import heads as heads_lib
-from mlc_keras import run_dir
-from mlc_keras.artefacts import ExportError
+from mlc_keras.exporters import artefacts
+from mlc_keras.core import heads as heads_lib
+from mlc_keras.runs import folder as run_dir
+from mlc_keras.exporters.artefacts import ExportError
 from mlc_keras.exporters import metadata
 from mlc_keras.exporters import saved_model
 
@@ -75,7 +75,7 @@ class Predictor:
     path = artefacts.find_class_table(self.path)
     if path is None:
       return None
-    from mlc_keras import compose  # pylint: disable=g-import-not-at-top
+    from mlc_keras.labeling import compose  # pylint: disable=g-import-not-at-top
     return compose.load(path, self.schema)
 
   def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:

@@ -1,0 +1,1 @@
+"""What the command lines share: grouped --help and one-line errors."""

@@ -1,0 +1,1 @@
+"""The settings, the label schema and the errors every layer shares."""

@@ -1,0 +1,1 @@
+"""Every artefact as one callable, and predictions for image files."""
