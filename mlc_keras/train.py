@@ -202,9 +202,11 @@ _PRECISION = flags.DEFINE_enum(
 _XLA = flags.DEFINE_bool("xla", _t.jit_compile, "Compile steps with XLA.")
 _STRATEGY = flags.DEFINE_enum(
     "strategy", _t.strategy, ["default", "mirrored", "multi_worker"],
-    "tf.distribute strategy: default (fit, one device), mirrored (local "
-    "devices) or multi_worker (the cluster in TF_CONFIG); the last two run "
-    "a custom step and resume from model_dir/checkpoints.")
+    "default (fit, one device), mirrored (every local device) or "
+    "multi_worker (the cluster in TF_CONFIG; TensorFlow only). On "
+    "TensorFlow the last two are tf.distribute with a custom step that "
+    "resumes from model_dir/checkpoints; on JAX, mirrored is fit over "
+    "keras.distribution.DataParallel.")
 _CLASS_WEIGHT = flags.DEFINE_enum(
     "class_weight", _t.class_weight, ["none", "balanced"],
     "Per-head class weights folded into sample weights.")

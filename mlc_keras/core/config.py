@@ -159,8 +159,10 @@ class TrainConfig:
   # "float32", "mixed_float16" (GPU) or "mixed_bfloat16" (TPU, recent CPUs).
   precision: str = "float32"
   jit_compile: bool = False
-  # "default" (one device, fit), "mirrored" (all local GPUs) or
-  # "multi_worker" (TF_CONFIG); the last two run distributed.py's custom step.
+  # "default" (one device, fit), "mirrored" (all local devices) or
+  # "multi_worker" (TF_CONFIG, TensorFlow only). On TensorFlow the last two
+  # run distributed.py's custom step; on JAX, mirrored is fit over
+  # keras.distribution.DataParallel (setup.data_parallel).
   strategy: str = "default"
   # "none" or "balanced": per-head class weights folded into sample_weight.
   class_weight: str = "none"
