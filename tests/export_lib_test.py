@@ -817,7 +817,7 @@ class ParityImagesTest(tf.test.TestCase):
     with self.assertRaisesRegex(
         artefacts.ExportError,
         "no images for the parity check: the run's results.json and "
-        "config.json name no manifest. Pass --parity_images=<manifest.csv, "
+        "config.json name no manifest. Pass parity_images=<manifest.csv, "
         "image folder or image>, or parity_images=random"):
       export_lib.gather_images(request, SIZE, log=lambda _: None)
     images = export_lib.gather_images(request, SIZE,

@@ -163,7 +163,7 @@ class ImageCheckTest(tf.test.TestCase):
         manifest_lib.DataError,
         f"^1 image\\(s\\) could not be decoded:\n  {pool}:3: {big} "
         "\\(10000x10000 = 100,000,000 pixels is over the limit of "
-        "89,478,485 \\(--max_image_pixels\\)\\)$"):
+        "89,478,485 \\(max_image_pixels\\)\\)$"):
       suggest_lib.suggest(model_dir, pool, 1, os.path.join(root, "ask.csv"))
     self.assertFalse(os.path.exists(os.path.join(root, "ask.csv")))
 

@@ -197,8 +197,8 @@ class OwnershipCliTest(tf.test.TestCase):
 
   def test_a_live_run_owns_its_folder(self):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from mlc_keras import "
-         "run_lock; run_lock.RunLock(sys.argv[1]).acquire(); print(1, "
+        [sys.executable, "-c", "import sys, time; from mlc_keras.runs import lock; "
+         "lock.RunLock(sys.argv[1]).acquire(); print(1, "
          "flush=True); time.sleep(120)", os.path.join(self.root, "busy")],
         stdout=subprocess.PIPE, text=True,
         env=dict(os.environ, PYTHONPATH=REPO))

@@ -151,9 +151,9 @@ class SelectionTest(tf.test.TestCase):
     self._drive(cbs, self._model(), [_logs(1.0, 0.65, 0.65)], first=2)
     self.assertIsNone(selection.stopped_early(cbs))
 
-  def test_monitor_errors_name_the_flag(self):
+  def test_monitor_errors_name_the_setting(self):
     with self.assertRaisesRegex(selection.MonitorError,
-                                r"--monitor='val_acc'.*val_a_balanced_acc"):
+                                r"^monitor='val_acc'.*val_a_balanced_acc"):
       selection.choose_monitor("val_acc", SCHEMA, 2, has_val=True)
     with self.assertRaisesRegex(selection.MonitorError,
                                 "no validation data"):
