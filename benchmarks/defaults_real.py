@@ -79,6 +79,9 @@ EXTRA = {
     "flipcrop": {"augment": "flip,crop"},
     # Per-head attention pooling (modeling/model.py, head_pooling).
     "attn": {"head_pooling": "attention"},
+    # Steps compiled with XLA, as the plain script's jit_compile="auto" does
+    # on TensorFlow.
+    "xla": {"xla": "true"},
 }
 # Arm "factors": today's defaults with --factor_heads (modeling/factors.py):
 # the set's two pair heads, and on glyphs weight and slant too (the test
