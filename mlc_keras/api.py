@@ -341,14 +341,17 @@ def _file_source(source, schema, image_column, check_images, tfds_heads,
     dc = config_lib.DataConfig(manifest=source, val_fraction=0.0,
                                image_column=image_column,
                                validate_images=check_images)
-  if schema is not None:
-    import tempfile  # pylint: disable=g-import-not-at-top
-    import os  # pylint: disable=g-import-not-at-top
-    folder = tempfile.mkdtemp(prefix="mlc_schema_")
+  if schema is None:
+    bundle = setup.load_data(dc, seed, check=check_images)
+    return bundle.train, bundle.schema
+  # load_data takes a schema as a heads file, read once at its start.
+  import os  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+  with tempfile.TemporaryDirectory(prefix="mlc_schema_") as folder:
     path = os.path.join(folder, "labels.json")
     schema.save(path)
-    dc = dataclasses.replace(dc, heads_file=path)
-  bundle = setup.load_data(dc, seed, check=check_images)
+    bundle = setup.load_data(dataclasses.replace(dc, heads_file=path), seed,
+                             check=check_images)
   return bundle.train, bundle.schema
 
 
