@@ -13,7 +13,7 @@ import tempfile
 from absl.testing import absltest
 
 import mlc_keras
-from mlc_keras.core import config as config_lib
+from mlc_keras.cli import help as cli_help
 from mlc_keras.core import errors
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -93,7 +93,7 @@ class MlcErrorTest(absltest.TestCase):
                      "image_size; `x y` and `Name` stay")
     self.assertEqual(e.fields, ("jit_compile", "weight_decay", "image_size"))
     self.assertEqual(
-        e.render(config_lib.flag_name),
+        e.render(cli_help.flag_name),
         "--xla=True: needs --preset (weight_decay) and --image_size; "
         "`x y` and `Name` stay")
 

@@ -17,7 +17,6 @@ from typing import Callable, Mapping, NoReturn, Sequence
 from absl import app
 from absl import flags
 
-from mlc_keras.core import config as config_lib
 from mlc_keras.core import errors
 
 # What absl's HelpFlag answers to (--help, --helpshort, -?, single dash too).
@@ -25,6 +24,19 @@ _HELP_ARGS = frozenset({"--help", "-help", "--helpshort", "-helpshort", "-?",
                         "--help=true", "-help=true", "--help=1"})
 
 Groups = Mapping[str, Sequence[flags.FlagHolder]]
+
+# Config fields set by no flag of their own (only by --preset), and fields
+# whose flag has another name.
+_PRESET_ONLY = frozenset({"shuffle_buffer", "weight_decay", "demo_train_size",
+                          "demo_val_size"})
+_FLAG_NAMES = {"jit_compile": "xla"}
+
+
+def flag_name(field: str) -> str:
+  """How a user sets config field ``field``: '--flag' or '--preset (field)'."""
+  if field in _PRESET_ONLY:
+    return f"--preset ({field})"
+  return "--" + _FLAG_NAMES.get(field, field)
 
 
 def wants_help(argv: Sequence[str]) -> bool:
@@ -91,8 +103,8 @@ def grouped_help(doc: str | None, groups: Groups,
 
 def error_line(e: errors.MlcError) -> str:
   """``e``'s message as a command line says it: each setting it names shown
-  as the flag that sets it (config.flag_name)."""
-  return e.render(config_lib.flag_name)
+  as the flag that sets it (flag_name)."""
+  return e.render(flag_name)
 
 
 def fail(e: errors.MlcError) -> NoReturn:

@@ -26,21 +26,8 @@ STRATEGIES = ("default", "mirrored", "multi_worker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 OPTIMIZERS = ("adamw", "sgd")
 HEAD_POOLINGS = ("avg", "attention")
-# --preset names: functions of this module returning a Config.
+# Preset names: functions of this module returning a Config.
 PRESETS = ("default", "demo", "tiny", "scratch_small", "finetune_imagenet")
-
-# Config fields set by no flag of their own (only by --preset), and fields
-# whose flag has another name.
-_PRESET_ONLY = frozenset({"shuffle_buffer", "weight_decay", "demo_train_size",
-                          "demo_val_size"})
-_FLAG_NAMES = {"jit_compile": "xla"}
-
-
-def flag_name(field: str) -> str:
-  """How a user sets config field ``field``: '--flag' or '--preset (field)'."""
-  if field in _PRESET_ONLY:
-    return f"--preset ({field})"
-  return "--" + _FLAG_NAMES.get(field, field)
 
 
 @dataclasses.dataclass(frozen=True)

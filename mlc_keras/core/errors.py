@@ -9,7 +9,7 @@ A message names a setting by its config field (or keyword argument) in
 backquotes: "`image_size`=16: must be >= 32". ``str(e)`` drops the quotes,
 which is what a Python caller reads; ``e.render(name)`` puts ``name(field)``
 in their place, which is how a command line shows its flags (with
-config.flag_name, the message above reads --image_size=16: must be >= 32).
+cli/help.flag_name, the message above reads --image_size=16: must be >= 32).
 The library thus never speaks in flags, and the mapping from field to flag
 lives in one place.
 
@@ -52,3 +52,9 @@ class MlcError(ValueError):
 class SettingError(MlcError):
   """A setting's value (or a combination of settings) that cannot work; the
   message names the setting and its value."""
+
+
+class SchemaError(MlcError):
+  """A heads file, manifest or label value that does not fit the schema
+  (core.heads re-exports it; it lives here so that the head kinds, which
+  core.heads imports, can raise it too)."""
