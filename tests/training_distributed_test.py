@@ -1,4 +1,5 @@
-"""Tests of mlc_keras.training.distributed: the custom step equals fit's masked loss,
+"""Tests of mlc_keras.training.distributed: the custom step equals fit's masked loss
+(also with factor heads' prior-adjusted targets),
 two local workers under MultiWorkerMirroredStrategy end with identical
 weights equal to a one-process run, MirroredStrategy over 2 logical CPUs
 matches too, and a damaged checkpoint falls back to the previous one.
@@ -100,6 +101,7 @@ from mlc_keras.core import heads as heads_lib
 from mlc_keras.data import manifest as manifest_lib
 from mlc_keras.data import pipeline
 from mlc_keras.data import sources
+from mlc_keras.modeling import factors
 from mlc_keras.modeling import saving
 from mlc_keras.training import distributed
 from mlc_keras.training import setup
@@ -286,6 +288,7 @@ class DistributedTest(tf.test.TestCase):
     self.assertAllClose(float(total), sum(
         float(v) * schema.head(h).loss_weight for h, v in head.items()))
 
+
   def test_damaged_checkpoint_falls_back_then_fails_clearly(self):
     folder = os.path.join(self.get_temp_dir(), "ckpt")
     model = tiny_model(testutil.SCHEMA, 32)
@@ -308,6 +311,57 @@ class DistributedTest(tf.test.TestCase):
           f.truncate(10)
     with self.assertRaisesRegex(RuntimeError, "refusing to start from scratch"):
       distributed._restore(ckpt, folder)
+
+
+
+class FactorStepTest(tf.test.TestCase):
+  """The custom step with factor heads (in process, no subprocesses)."""
+
+  def setUp(self):
+    super().setUp()
+    self.manifest = testutil.write_manifest(self.get_temp_dir(), _rows(16))
+
+  def test_custom_step_with_factor_priors_matches_fit(self):
+    """Factor heads (their targets carry the log co-occurrence prior, the
+    losses read the adjusted logits): the tf.distribute step and fit take
+    the same targets and end with the same weights, and the prior really
+    moved the loss (not a no-op on both paths)."""
+    cfg = _config(self.manifest)
+    tc, dc = cfg.train, cfg.data
+    rec, schema = manifest_lib.read_manifest(self.manifest)
+    priors = factors.priors(sources.all_labels(sources.records_source(rec),
+                                               schema),
+                            schema, ["shape", "colour"])
+
+    def data(with_priors):
+      return pipeline.train_dataset(
+          sources.records_source(rec), schema, image_size=32, batch_size=8,
+          seed=0, end_epoch=1, steps_per_epoch=2, augmentations=dc.augment,
+          deterministic=True, factor_priors=priors if with_priors else None)
+    keras.utils.set_random_seed(1)
+    fitted = tiny_model(schema, 32)
+    custom, plain = tiny_model(schema, 32), tiny_model(schema, 32)
+    custom.set_weights(fitted.get_weights())
+    plain.set_weights(fitted.get_weights())
+    setup.compile_model(fitted, schema, setup.optimizer(tc, 2), top_k=2,
+                        soft=True)
+    fitted.fit(data(True), epochs=1, steps_per_epoch=2, verbose=0,
+               shuffle=False)
+    strategy = tf.distribute.get_strategy()
+    step = distributed.make_train_step(strategy, custom,
+                                       setup.optimizer(tc, 2), schema,
+                                       soft=True)
+    it = iter(distributed.distribute(strategy, lambda: data(True), 8))
+    adjusted, _, _ = step(it)
+    step(it)
+    for a, b in zip(custom.get_weights(), fitted.get_weights()):
+      self.assertAllClose(a, b, atol=1e-6, rtol=0)
+    # The same first batch without the prior gives another loss.
+    unadjusted = distributed.make_train_step(
+        strategy, plain, setup.optimizer(tc, 2), schema)
+    total, _, _ = unadjusted(iter(distributed.distribute(
+        strategy, lambda: data(False), 8)))
+    self.assertGreater(abs(float(total) - float(adjusted)), 1e-3)
 
 
 if __name__ == "__main__":
