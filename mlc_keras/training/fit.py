@@ -140,7 +140,8 @@ def _train_and_evaluate(cfg: config_lib.Config, model_dir: str, verbose: int,
   with strategy.scope():
     model = setup.build_model(cfg, run.schema, build_model)
   grown = setup.init_from_parent(model, run.schema, tc)
-  monitor, shared = _shared_callbacks(run, tc, model_dir, val_ds is not None)
+  monitor, shared = _shared_callbacks(run, tc, model_dir,
+                                      setup.pad_batches(val_ds, devices))
   schedule = phases(tc, model_dir)
   for phase in schedule:
     if phase.is_done():
@@ -171,19 +172,21 @@ def _train_and_evaluate(cfg: config_lib.Config, model_dir: str, verbose: int,
 
 
 def _shared_callbacks(run: setup.Run, tc: config_lib.TrainConfig,
-                      model_dir: str, has_val: bool) -> tuple[str, list]:
+                      model_dir: str, val_ds: Optional[tf.data.Dataset]
+                      ) -> tuple[str, list]:
   """(monitor, callbacks shared by the phases): best.keras is the best of
   the whole run, its best value restored from history.csv before each phase
-  (training/selection.py); it holds no optimizer state (the backup does)."""
+  (training/selection.py); it holds no optimizer state (the backup does).
+  TensorBoard draws its per-epoch confusion images from ``val_ds``."""
   monitor, mode = selection.choose_monitor(tc.monitor, run.schema, tc.top_k,
-                                          has_val)
+                                          val_ds is not None)
   return monitor, selection.make_callbacks(
       run.schema, monitor, mode, os.path.join(model_dir, "best.keras"),
       tc.early_stopping_patience) + [
           # After make_callbacks: its MeanOverHeads adds to the logs.
           tensorboard.HeadTensorBoard(
-              os.path.join(model_dir, "tensorboard"), run.schema.names,
-              os.path.join(model_dir, "config.json"))]
+              os.path.join(model_dir, "tensorboard"), run.schema,
+              os.path.join(model_dir, "config.json"), validation_data=val_ds)]
 
 
 def _cache_validation(val, dc: config_lib.DataConfig) -> bool:
