@@ -2,6 +2,7 @@
 the per-epoch confusion images and tag F1s, read back from the event files
 of tiny fits; the confusion matrix and tag F1 on hand-built numbers."""
 
+import dataclasses
 import glob
 import os
 
@@ -13,10 +14,12 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from mlc_keras.core import config as config_lib
 from mlc_keras.core import heads as heads_lib
 from mlc_keras.evaluation import plots
+from mlc_keras.training import distributed
 from mlc_keras.training import selection
 from mlc_keras.training import setup
 from mlc_keras.training import tensorboard
 from tests import testutil
+from tests import training_distributed_test
 
 
 def _events(folder, images=None):
@@ -221,6 +224,46 @@ class ValidationPicturesTest(tf.test.TestCase):
       tensorboard.HeadTensorBoard(
           self.get_temp_dir(), testutil.SCHEMA.names,
           validation_data=tf.data.Dataset.range(1))
+
+
+
+class DistributedTest(tf.test.TestCase):
+
+  def test_the_custom_loop_writes_the_training_scalars_and_hparams(self):
+    root = self.get_temp_dir()
+    base = config_lib.tiny()
+    cfg = dataclasses.replace(
+        base,
+        data=dataclasses.replace(
+            base.data, manifest=testutil.write_manifest(
+                root, testutil.simple_rows(16)), val_fraction=0.0),
+        train=dataclasses.replace(base.train, epochs=2, steps_per_epoch=2,
+                                  optimizer="sgd", learning_rate=0.05,
+                                  strategy="mirrored"))
+    model_dir = os.path.join(root, "run")
+    distributed.train_and_evaluate(
+        cfg, model_dir, build_model=training_distributed_test.tiny_model)
+
+    log_dir = os.path.join(model_dir, "tensorboard")
+    train, _ = _events(os.path.join(log_dir, "train"))
+    with open(os.path.join(model_dir, "history.csv"), encoding="utf-8") as f:
+      header = f.readline().strip().split(",")
+      rows = np.loadtxt(f, delimiter=",", ndmin=2)
+    history = dict(zip(header, rows.T))
+    self.assertAllClose(train["overall/loss"],
+                        list(zip([1, 2], history["loss"])))
+    for head in testutil.SCHEMA.names:
+      self.assertAllClose(train[f"{head}/acc"],
+                          list(zip([1, 2], history[f"{head}_acc"])))
+    self.assertEqual([s for s, _ in train["overall/learning_rate"]], [1, 2])
+    self.assertNotIn("overall/epoch", train)
+    # No validation during training: no validation run.
+    self.assertFalse(os.path.exists(os.path.join(log_dir, "validation")))
+    _, hparams = _events(log_dir)
+    self.assertLen(hparams, 1)
+    self.assertEqual(
+        hparams[0].session_start_info.hparams["train.strategy"].string_value,
+        "mirrored")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,11 @@ deleted at the end (saving may need every worker to take part). Resume state
 is a tf.train.Checkpoint (model, optimizer, epoch) in model_dir/checkpoints,
 saved after each epoch and read by every worker from the chief's folder, so
 all workers resume at the same epoch.
+
+The chief writes TensorBoard logs as the fit trainer does
+(training/tensorboard.py: per-head scalars of each epoch's training
+metrics, the learning rate, the HParams session); this loop validates only
+at the end, so there is no validation run nor confusion image per epoch.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from mlc_keras.modeling import losses
 from mlc_keras.modeling import metrics
 from mlc_keras.modeling import saving
 from mlc_keras.training import setup
+from mlc_keras.training import tensorboard
 
 log = logging.getLogger("mlc_keras")
 
@@ -228,14 +234,29 @@ def train_and_evaluate(cfg: config_lib.Config, model_dir: str,
                          run.label_smoothing, soft)
   head_metrics = metrics.weighted_metrics(run.schema, tc.top_k, soft)
   history_path = os.path.join(out_dir, "history.csv")
+  board = None
+  if chief:
+    board = tensorboard.HeadTensorBoard(
+        os.path.join(model_dir, "tensorboard"), run.schema,
+        os.path.join(model_dir, "config.json"))
+    board.set_model(model)
+    board.on_train_begin()
   for epoch in range(start_epoch, tc.epochs):
     row = _train_epoch(strategy, step, iterator, head_metrics, epoch,
                        run.steps_per_epoch, chief_ckpt)
     log.info("epoch %d/%d: %s", epoch + 1, tc.epochs,
              ", ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "epoch"))
     _append_csv(history_path, row)
+    if board is not None:
+      # The model is not compiled here: the board reads no optimizer of it.
+      board.on_epoch_end(epoch, {
+          **{k: v for k, v in row.items() if k != "epoch"},
+          "learning_rate": float(keras.ops.convert_to_numpy(
+              optimizer.learning_rate))})
     epoch_var.assign(epoch + 1)
     manager.save(checkpoint_number=epoch + 1)
+  if board is not None:
+    board.on_train_end()
 
   saving.save_for_inference(model, os.path.join(out_dir, "model.keras"))
   results = setup.write_results(
