@@ -1,4 +1,4 @@
-"""Per-head feature projections (--head_projection, issue 13): each head
+"""Per-head feature projections (--head_projection): each head
 reads the pooled features through a Dense layer of its own, so one head's
 loss moves only its own projection; growing a model keeps them."""
 
