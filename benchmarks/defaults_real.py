@@ -172,9 +172,12 @@ def train(arm: str, data: dict, seed: int, run_dir: str) -> tuple[str, dict]:
   os.makedirs(run_dir, exist_ok=True)
   budget = {"image_size": _IMAGE_SIZE.value, "epochs": _EPOCHS.value,
             "batch_size": _BATCH.value, "seed": seed}
-  if arm == "plain":
+  if arm in ("plain", "plain_nojit"):
+    # plain_nojit: the same script without XLA (our steps' default), so a
+    # gap that closes here is XLA's, not the training path's.
     args = dict(budget, train=data["train"], val=data["val"],
-                out=os.path.join(run_dir, "model.keras"))
+                out=os.path.join(run_dir, "model.keras"),
+                **({"jit_compile": "false"} if arm == "plain_nojit" else {}))
     cmd = [sys.executable, os.path.join(REPO, "benchmarks", "plain_keras.py")]
     cmd += [f"--{k}={v}" for k, v in args.items()]
     _run(cmd, os.path.join(run_dir, "train.log"))

@@ -75,6 +75,10 @@ def main():
   ap.add_argument("--batch_size", type=int, default=32)
   ap.add_argument("--learning_rate", type=float, default=1e-3)
   ap.add_argument("--seed", type=int, default=0)
+  ap.add_argument("--jit_compile", default="auto",
+                  choices=("auto", "true", "false"),
+                  help="Keras' compile(jit_compile=): 'auto' (Keras' default, "
+                       "XLA on TensorFlow) as a user gets it")
   args = ap.parse_args()
   keras.utils.set_random_seed(args.seed)
   heads = [h for h in args.heads.split(",") if h] or None
@@ -95,7 +99,9 @@ def main():
   model.compile(
       optimizer=keras.optimizers.AdamW(schedule),
       loss={h: "sparse_categorical_crossentropy" for h in classes},
-      weighted_metrics={h: ["accuracy"] for h in classes})
+      weighted_metrics={h: ["accuracy"] for h in classes},
+      jit_compile={"auto": "auto", "true": True,
+                   "false": False}[args.jit_compile])
   model.fit(train, validation_data=val, epochs=args.epochs, verbose=2)
   model.save(args.out)
   with open(os.path.splitext(args.out)[0] + ".classes.json", "w") as f:
