@@ -168,6 +168,21 @@ class ValidationPicturesTest(tf.test.TestCase):
         np.eye(60, dtype=np.int64), [f"c{i}" for i in range(60)], "many")
     self.assertEqual(max(many.shape[1:3]), tensorboard.IMAGE_MAX_PIXELS)
 
+  def test_the_confusion_figure_keeps_its_labels_inside(self):
+    for classes in (("circle", "square", "triangle"), ("blue", "red"),
+                    tuple(f"class_{i}" for i in range(20))):
+      fig = plots.confusion_figure(
+          np.ones((len(classes),) * 2, np.int64), classes, "head")
+      fig.canvas.draw()
+      renderer = fig.canvas.get_renderer()
+      for ax in fig.axes:
+        box = ax.get_tightbbox(renderer)
+        self.assertGreaterEqual(box.x0, 0, classes)
+        self.assertGreaterEqual(box.y0, 0, classes)
+        self.assertLessEqual(box.x1, fig.bbox.width, classes)
+        self.assertLessEqual(box.y1, fig.bbox.height, classes)
+      plots.pyplot().close(fig)
+
   def test_a_confusion_image_per_epoch_from_the_validation_data(self):
     schema = heads_lib.LabelSchema((
         *testutil.SCHEMA.heads,

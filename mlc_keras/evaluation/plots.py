@@ -227,7 +227,10 @@ def confusion_figure(cm: np.ndarray, classes: Sequence[str], title: str):
   share = normalise_confusion(cm)
   n = len(classes)
   side = float(np.clip(2.5 + 0.4 * n, 4.5, 24))
-  fig, ax = plt.subplots(figsize=(side + 1.2, side), layout="constrained")
+  # "compressed", not "constrained": constrained layout places the axes
+  # before imshow's fixed aspect narrows it, and cut the y label off the
+  # figure's left edge (3 short class names, measured).
+  fig, ax = plt.subplots(figsize=(side + 1.2, side), layout="compressed")
   image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
   fig.colorbar(image, ax=ax, shrink=0.8, label="share of the true class")
   font = float(np.clip(300 / max(n, 1), 6, 10))
