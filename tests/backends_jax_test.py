@@ -11,7 +11,6 @@ stays on TensorFlow, which runs the export.
 
 import csv
 import importlib.util
-import io
 import json
 import logging
 import os
@@ -21,9 +20,10 @@ import sys
 import tempfile
 import time
 import unittest
-import zipfile
 
 import numpy as np
+
+from tests import keras_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HAS_JAX = importlib.util.find_spec("jax") is not None
@@ -156,15 +156,7 @@ def data_parallel_main(out_dir, demo_dir):
 # --- the tests -----------------------------------------------------------------
 
 
-def _model_weights(path):
-  import h5py
-  with zipfile.ZipFile(path) as z:
-    blob = z.read("model.weights.h5")
-  out = {}
-  with h5py.File(io.BytesIO(blob), "r") as f:
-    f.visititems(lambda name, obj: out.__setitem__(name, obj[()])
-                 if isinstance(obj, h5py.Dataset) else None)
-  return out
+_model_weights = keras_files.model_weights
 
 
 def _history(model_dir):

@@ -5,7 +5,6 @@ test (the protection was removed by hand and the test run).
 """
 
 import csv
-import io
 import json
 import os
 import re
@@ -14,15 +13,14 @@ import signal
 import subprocess
 import sys
 import time
-import zipfile
 
-import h5py
 import keras
 import numpy as np
 import tensorflow as tf
 
 from mlc_keras.core import config as config_lib
 from mlc_keras.training import backup as backup_lib
+from tests import keras_files
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Small enough that tracing dominates; 3 epochs so a kill can land at epoch 2
@@ -94,15 +92,7 @@ def _kill_when(procs, ready, timeout=900):
     raise AssertionError(f"kill point not reached: {sorted(left)}")
 
 
-def _model_weights(path):
-  """Every array of a .keras file's weights, by HDF5 path."""
-  with zipfile.ZipFile(path) as z:
-    blob = z.read("model.weights.h5")
-  out = {}
-  with h5py.File(io.BytesIO(blob), "r") as f:
-    f.visititems(lambda name, obj: out.__setitem__(name, obj[()])
-                 if isinstance(obj, h5py.Dataset) else None)
-  return out
+_model_weights = keras_files.model_weights
 
 
 def _history_epochs(model_dir):
