@@ -15,34 +15,36 @@ import re
 from typing import Iterable, Mapping, Optional, Sequence
 
 from mlc_keras.core import errors
+from mlc_keras.core.kinds import base as kinds_base
+from mlc_keras.core.kinds import ordinal as ordinal_kind
+from mlc_keras.core.kinds import registry as kinds
+from mlc_keras.core.kinds import softmax as softmax_kind
+from mlc_keras.core.kinds import tags as tags_kind
 
 # A missing label is a blank cell in a manifest and -1 in tensors.
-MISSING = -1
+MISSING = kinds_base.MISSING
 
 # Head names become Keras layer names, signature keys, ONNX output names and
 # JSON keys: keep them to a portable identifier alphabet.
 _HEAD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
-# Label values sorted as numbers when a whole column is made of these.
-_INTEGER = re.compile(r"-?[0-9]+")
 # Names the model uses for itself; a head with one of these would collide.
 _RESERVED = frozenset({"image", "image_bytes", "features", "backbone", "class"})
 
-# Head kinds: one class per image (softmax), or any subset of a tag
-# vocabulary (independent sigmoids).
-SOFTMAX = "softmax"
-TAGS = "tags"
-KINDS = (SOFTMAX, TAGS)
+# Head kinds (core/kinds: one module each, and its registry): one class per
+# image (softmax), any subset of a tag vocabulary (independent sigmoids), one
+# of ordered classes (cumulative logits).
+SOFTMAX = softmax_kind.KIND.name
+TAGS = tags_kind.KIND.name
+ORDINAL = ordinal_kind.KIND.name
 # A tag-head manifest cell: tags joined by TAG_SEPARATOR, or NO_TAGS when none
 # of the vocabulary applies (a blank cell stays "missing", as for softmax).
-TAG_SEPARATOR = "|"
-NO_TAGS = "(none)"
+TAG_SEPARATOR = tags_kind.TAG_SEPARATOR
+NO_TAGS = tags_kind.NO_TAGS
 # The decision threshold of a tag that has none fitted (no validation data,
 # or no positive example of it there).
-DEFAULT_TAG_THRESHOLD = 0.5
+DEFAULT_TAG_THRESHOLD = tags_kind.DEFAULT_TAG_THRESHOLD
 
-
-class SchemaError(errors.MlcError):
-  """A heads file, manifest or label value that does not fit the schema."""
+SchemaError = errors.SchemaError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,9 +52,11 @@ class HeadSpec:
   """One attribute: its name, its ordered classes, its loss weight and its
   focal-loss gamma (0: plain cross-entropy).
 
-  ``kind`` "tags": ``classes`` is a tag vocabulary, any subset of which may
-  apply to an image; ``thresholds`` (one per tag, fitted on validation data
-  after training) turn its sigmoid scores into decisions.
+  ``kind`` names the head's kind (core/kinds), which ``kind_impl`` returns.
+  "tags": ``classes`` is a tag vocabulary, any subset of which may apply to
+  an image; ``thresholds`` (one per tag, fitted on validation data after
+  training) turn its sigmoid scores into decisions. "ordinal": ``classes``
+  are in their order, lowest first.
   """
 
   name: str
@@ -70,16 +74,7 @@ class HeadSpec:
           "rename the column (or the head in the heads file)")
     if self.name in _RESERVED:
       raise SchemaError(f"head name {self.name!r} is reserved; rename it")
-    if self.kind not in KINDS:
-      raise SchemaError(f"head {self.name!r}: kind must be one of {KINDS}, "
-                        f"got {self.kind!r}")
-    if self.is_tags:
-      self._check_tags()
-    elif len(self.classes) < 2:
-      raise SchemaError(
-          f"head {self.name!r} needs at least 2 classes, got {list(self.classes)}")
-    elif self.thresholds is not None:
-      raise SchemaError(f"head {self.name!r}: only a tag head has thresholds")
+    kinds.get(self.kind, self.name).check(self)
     seen = set()
     for c in self.classes:
       if not isinstance(c, str) or not c.strip():
@@ -98,25 +93,14 @@ class HeadSpec:
       raise SchemaError(
           f"head {self.name!r} focal_gamma must be >= 0, got {self.focal_gamma}")
 
-  def _check_tags(self) -> None:
-    if not self.classes:
-      raise SchemaError(f"tag head {self.name!r} needs at least 1 tag")
-    for c in self.classes:
-      if isinstance(c, str) and (TAG_SEPARATOR in c or c == NO_TAGS):
-        raise SchemaError(
-            f"tag head {self.name!r}: tag {c!r} "
-            + (f"contains the separator {TAG_SEPARATOR!r}"
-               if TAG_SEPARATOR in c else f"is the no-tags token {NO_TAGS!r}")
-            + "; rename it")
-    if self.thresholds is not None:
-      if len(self.thresholds) != len(self.classes) or not all(
-          isinstance(t, float) and 0.0 <= t <= 1.0 for t in self.thresholds):
-        raise SchemaError(
-            f"tag head {self.name!r}: thresholds must be {len(self.classes)} "
-            f"numbers in [0, 1] (one per tag), got {list(self.thresholds)}")
+  @property
+  def kind_impl(self) -> kinds.HeadKind:
+    """The kind object (core/kinds) every stage asks about this head."""
+    return kinds.KINDS[self.kind]
 
   @property
   def is_tags(self) -> bool:
+    # Kept for callers outside the package; the package asks kind_impl.
     return self.kind == TAGS
 
   @property
@@ -127,13 +111,18 @@ class HeadSpec:
   def width(self) -> int:
     """Label columns this head takes in a Records array: 1 (a class index),
     or one 0/1 column per tag."""
-    return len(self.classes) if self.is_tags else 1
+    return self.kind_impl.width(self)
 
   def tag_thresholds(self) -> tuple[float, ...]:
     """The fitted thresholds, or DEFAULT_TAG_THRESHOLD per tag when none are."""
     if self.thresholds is not None:
       return self.thresholds
     return (DEFAULT_TAG_THRESHOLD,) * len(self.classes)
+
+  def parse(self, cell: str):
+    """A non-blank manifest cell -> its label (the kind's parse): a class
+    index, or a tag head's 0/1 vector. SchemaError naming the value."""
+    return self.kind_impl.parse(self, cell)
 
   def parse_tags(self, cell: str) -> list[int]:
     """A non-blank tag-head cell -> its 0/1 vector over the vocabulary.
@@ -142,37 +131,11 @@ class HeadSpec:
     value for a tag outside the vocabulary, an empty item ("a||b") or
     NO_TAGS mixed with tags.
     """
-    if cell == NO_TAGS:
-      return [0] * len(self.classes)
-    vector = [0] * len(self.classes)
-    for item in cell.split(TAG_SEPARATOR):
-      tag = item.strip()
-      if tag == NO_TAGS or not tag:
-        raise SchemaError(
-            f"{cell!r}: " + ("an empty tag between separators" if not tag else
-                             f"{NO_TAGS!r} cannot be combined with tags")
-            + f" (tags are joined by {TAG_SEPARATOR!r}; {NO_TAGS!r} alone "
-            "means none apply)")
-      if tag not in self.classes:
-        raise SchemaError(
-            f"tag {tag!r} is not in the vocabulary of tag head {self.name!r} "
-            f"(tags: {', '.join(self.classes)})")
-      vector[self.classes.index(tag)] = 1
-    return vector
+    return tags_kind.KIND.parse(self, cell)
 
   def index(self, value: str) -> int:
     """Class index of ``value``; raises SchemaError naming the head if unknown."""
-    try:
-      return self.classes.index(value)
-    except ValueError:
-      if self.is_tags:
-        raise SchemaError(
-            f"tag {value!r} is not in the vocabulary of tag head "
-            f"{self.name!r} (tags: {', '.join(self.classes)}; one tag "
-            "here)") from None
-      raise SchemaError(
-          f"value {value!r} is not a class of head {self.name!r} "
-          f"(classes: {', '.join(self.classes)})") from None
+    return self.kind_impl.index(self, value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,12 +179,23 @@ class LabelSchema:
                       ) -> "LabelSchema":
     """A copy with the named tag heads' thresholds replaced."""
     for name in thresholds:
-      if not self.head(name).is_tags:
+      head = self.head(name)
+      if head.kind_impl.thresholds(head) is None:
         raise SchemaError(f"head {name!r} is not a tag head")
     return LabelSchema(tuple(
         dataclasses.replace(h, thresholds=tuple(
             float(t) for t in thresholds[h.name]))
         if h.name in thresholds else h for h in self.heads))
+
+  def tag_thresholds(self) -> dict[str, tuple[float, ...]]:
+    """{head: its decision thresholds} of the heads whose kind decides at
+    thresholds (tag heads; fitted ones or the default)."""
+    out = {}
+    for h in self.heads:
+      t = h.kind_impl.thresholds(h)
+      if t is not None:
+        out[h.name] = tuple(t)
+    return out
 
   def head(self, name: str) -> HeadSpec:
     for h in self.heads:
@@ -327,15 +301,17 @@ class LabelSchema:
     """Infers a schema from label columns: classes are the distinct non-blank
     values of each column, sorted as numbers when every one is an integer
     (1, 2, 10; "01" and "1" stay two classes, "01" first) and as text
-    otherwise; heads keep the column order. A column named in
+    otherwise; heads keep the column order. An ordinal head's order is
+    declared in a heads file, never inferred. A column named in
     ``tag_columns`` becomes a tag head whose vocabulary is the distinct tags
     of its cells (split at TAG_SEPARATOR, NO_TAGS left out), sorted alike."""
     heads = []
     for name, values in columns.items():
       if name in tag_columns:
-        heads.append(_infer_tag_head(name, values))
+        heads.append(HeadSpec(name=name, kind=TAGS,
+                              classes=kinds.get(TAGS).infer(name, values)))
         continue
-      classes = _sorted_values({v for v in values if v != ""})
+      classes = kinds_base.sorted_values({v for v in values if v != ""})
       if len(classes) < 2:
         raise SchemaError(
             f"column {name!r} has {len(classes)} distinct label value(s) "
@@ -345,27 +321,6 @@ class LabelSchema:
             "classes no row has)")
       heads.append(HeadSpec(name=name, classes=tuple(classes)))
     return cls(tuple(heads))
-
-
-def _sorted_values(values: Iterable[str]) -> list[str]:
-  classes = sorted(values)
-  if classes and all(_INTEGER.fullmatch(c) for c in classes):
-    classes.sort(key=lambda c: (int(c), c))
-  return classes
-
-
-def _infer_tag_head(name: str, values: Iterable[str]) -> HeadSpec:
-  tags = set()
-  for v in values:
-    if v and v != NO_TAGS:
-      tags.update(t.strip() for t in v.split(TAG_SEPARATOR))
-  tags.discard("")
-  if not tags:
-    raise SchemaError(
-        f"tag column {name!r} names no tag (every cell is blank or "
-        f"{NO_TAGS!r}); a tag head needs at least 1. Drop it from "
-        "`tag_columns` or list its tags in a `heads_file`")
-  return HeadSpec(name=name, classes=tuple(_sorted_values(tags)), kind=TAGS)
 
 
 def _thresholds(h: Mapping) -> Optional[tuple[float, ...]]:

@@ -84,12 +84,12 @@ _SIDES = ("left", "right")
 
 
 def flip_sensitive_heads(schema) -> list[str]:
-  """Softmax heads a horizontal flip may change the label of: classes that
-  look like characters (most are one letter or digit: a mirrored 'b' is a
-  'd', most glyphs mirrored are no glyph at all) or name a side."""
+  """Single-label heads a horizontal flip may change the label of: classes
+  that look like characters (most are one letter or digit: a mirrored 'b' is
+  a 'd', most glyphs mirrored are no glyph at all) or name a side."""
   out = []
   for h in schema.heads:
-    if h.is_tags:
+    if not h.kind_impl.single_label:
       continue
     names = [c.lower() for c in h.classes]
     chars = sum(len(c) == 1 and c.isalnum() for c in names)
@@ -214,10 +214,7 @@ def mix_targets(ys: dict, ws: dict, lam: tf.Tensor,
   out_y, out_w = {}, {}
   for head in schema.heads:
     y, w = ys[head.name], ws[head.name]
-    if head.is_tags:
-      soft = tf.cast(y, tf.float32)
-    else:
-      soft = tf.one_hot(tf.cast(y, tf.int32), head.num_classes)
+    soft = head.kind_impl.mix_target(head, y)
     lam_col = lam[:, None]
     out_y[head.name] = lam_col * soft + (1 - lam_col) * tf.reverse(soft, [0])
     w_b = tf.reverse(w, [0])

@@ -91,10 +91,10 @@ def parse(spec: Optional[str], schema: heads_lib.LabelSchema,
         raise CombinationError(
             f"{where}: {head!r} is not a head (heads: {', '.join(schema.names)})")
       spec_h = schema.head(head)
-      if spec_h.is_tags:
+      if not spec_h.kind_impl.single_label:
         raise CombinationError(
-            f"{where}: {head!r} is a tag head; combinations are of softmax "
-            "heads' values")
+            f"{where}: {head!r} is a {spec_h.kind_impl.noun}; combinations "
+            "are of single-label heads' values")
       if any(h == head for h, _ in values):
         raise CombinationError(f"{where}: head {head!r} appears twice")
       try:
@@ -112,10 +112,11 @@ def parse(spec: Optional[str], schema: heads_lib.LabelSchema,
 
 
 def head_labels(records, schema: heads_lib.LabelSchema) -> dict[str, np.ndarray]:
-  """{softmax head: [N] class index, -1 = missing} of manifest records."""
+  """{single-label head: [N] class index, -1 = missing} of manifest
+  records."""
   slices = schema.label_slices()
   return {h.name: np.asarray(records.labels[:, slices[h.name].start])
-          for h in schema.heads if not h.is_tags}
+          for h in schema.heads if h.kind_impl.single_label}
 
 
 def carries(labels: Mapping[str, np.ndarray],
@@ -265,10 +266,10 @@ def balance(records, schema: heads_lib.LabelSchema, heads: Sequence[str],
   """
   heads = list(dict.fromkeys(heads))
   for h in heads:
-    if h not in schema.names or schema.head(h).is_tags:
+    if h not in schema.names or not schema.head(h).kind_impl.single_label:
       raise CombinationError(
-          f"{origin}: {h!r} is not a softmax head (heads: "
-          f"{', '.join(n for n in schema.names if not schema.head(n).is_tags)})")
+          f"{origin}: {h!r} is not a single-label head (heads: "
+          f"{', '.join(n for n in schema.names if schema.head(n).kind_impl.single_label)})")
   if len(heads) < 2:
     raise CombinationError(f"{origin}: name at least two heads, got {heads}")
   labels = head_labels(records, schema)

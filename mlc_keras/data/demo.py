@@ -127,7 +127,7 @@ def _sample_marks(rng: np.random.Generator) -> tuple[str, ...]:
 def _sample_attrs(rng: np.random.Generator, held_out: bool) -> dict:
   while True:
     attrs = {h.name: h.classes[rng.integers(h.num_classes)] for h in SCHEMA
-             if not h.is_tags}
+             if h.kind_impl.single_label}
     if held_out:
       return dict(attrs, **HELD_OUT)
     if not all(attrs[k] == v for k, v in HELD_OUT.items()):
@@ -147,7 +147,8 @@ def _write_split(out_dir: str, split: str, count: int, rng: np.random.Generator,
     _encode(render(attrs, rng), os.path.join(out_dir, rel))
     row = {"image": rel}
     for h in SCHEMA:
-      rates = mark_rng if h.is_tags else rng
+      # The marks (the tag head) draw from their own generator.
+      rates = rng if h.kind_impl.single_label else mark_rng
       blank = mode == "train" and rates.random() < MISSING_RATE[h.name]
       row[h.name] = "" if blank else _cell(h, attrs[h.name])
     rows.append(row)
@@ -159,9 +160,9 @@ def _write_split(out_dir: str, split: str, count: int, rng: np.random.Generator,
 
 
 def _cell(head: heads_lib.HeadSpec, value) -> str:
-  if not head.is_tags:
+  if head.kind_impl.single_label:
     return value
-  return heads_lib.TAG_SEPARATOR.join(value) or heads_lib.NO_TAGS
+  return head.kind_impl.cell(head, [t in value for t in head.classes])
 
 
 def generate(out_dir: str, train_size: int = 2000, val_size: int = 400,

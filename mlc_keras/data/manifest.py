@@ -164,11 +164,8 @@ def write_records(path: str, records: Records,
         y = labels[slices[h.name]]
         if (y < 0).any():
           row.append("")
-        elif h.is_tags:
-          row.append(heads_lib.TAG_SEPARATOR.join(
-              c for c, on in zip(h.classes, y) if on) or heads_lib.NO_TAGS)
         else:
-          row.append(h.classes[int(y[0])])
+          row.append(h.kind_impl.cell(h, y))
       writer.writerow(row)
 
 
@@ -282,7 +279,7 @@ def _records(table: _Table, image_column: str,
 def _label(path: str, line: int, head: heads_lib.HeadSpec,
            value: str) -> int | list[int]:
   try:
-    return head.parse_tags(value) if head.is_tags else head.index(value)
+    return head.parse(value)
   except heads_lib.SchemaError as e:
     raise DataError(
         f"{path}:{line}: column {head.name!r}: {e}. The classes come "

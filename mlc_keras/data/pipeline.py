@@ -123,24 +123,12 @@ def _targets(labels: tf.Tensor, schema: heads_lib.LabelSchema,
   slices = schema.label_slices()
   for k, head in enumerate(schema.heads):
     cols = slices[head.name]
-    if head.is_tags:
-      # Multi-hot float targets; the row's weight says whether it is labelled
-      # (a missing row is -1 in every column, and 0 targets with weight 0).
-      y = labels[..., cols.start:cols.stop]
-      present = y[..., 0] >= 0
-      ys[head.name] = tf.cast(tf.maximum(y, 0), tf.float32)
-      ws[head.name] = tf.cast(present, tf.float32)
-      continue
-    y = labels[..., cols.start]
-    present = y >= 0
-    clamped = tf.where(present, y, tf.zeros_like(y))
-    w = tf.cast(present, tf.float32)
-    if class_weights is not None:
-      w = w * tf.gather(tf.constant(class_weights[k], tf.float32), clamped)
-    ys[head.name] = clamped
-    ws[head.name] = w
+    ys[head.name], ws[head.name] = head.kind_impl.targets(
+        head, labels[..., cols.start:cols.stop],
+        None if class_weights is None else class_weights[k])
     if factor_priors and head.name in factor_priors:
-      ys[head.name] = _with_prior(clamped, labels, schema,
+      # A factor head is single-label: its target is the clamped index.
+      ys[head.name] = _with_prior(ys[head.name], labels, schema,
                                   factor_priors[head.name], head.num_classes)
   return ys, ws
 

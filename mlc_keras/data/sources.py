@@ -230,11 +230,5 @@ def label_counts(source: Source,
   """Per head, the number of labelled examples of each class (of a tag
   head: the number of labelled examples carrying each tag)."""
   labels = all_labels(source, schema)
-  out = []
-  for h, cols in zip(schema.heads, schema.label_slices().values()):
-    y = labels[:, cols]
-    if h.is_tags:
-      out.append(y[y[:, 0] >= 0].sum(axis=0).astype(np.int64))
-    else:
-      out.append(np.bincount(y[:, 0][y[:, 0] >= 0], minlength=h.num_classes))
-  return out
+  return [h.kind_impl.counts(h, labels[:, cols])
+          for h, cols in zip(schema.heads, schema.label_slices().values())]

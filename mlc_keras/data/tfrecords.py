@@ -23,10 +23,8 @@ from mlc_keras.data import sources
 
 
 def _example_spec(schema: heads_lib.LabelSchema) -> dict:
-  # A tag head's feature is its 0/1 vector (all -1 when missing).
-  spec = {f"label/{h.name}": tf.io.FixedLenFeature(
-      [h.width] if h.is_tags else [], tf.int64,
-      [heads_lib.MISSING] * h.width if h.is_tags else heads_lib.MISSING)
+  # Each head's kind says its feature (a tag head's: its 0/1 vector).
+  spec = {f"label/{h.name}": h.kind_impl.tfrecord_feature(h)
           for h in schema.heads}
   spec["image/encoded"] = tf.io.FixedLenFeature([], tf.string)
   return spec

@@ -119,8 +119,10 @@ def training_labels(model_dir: str, schema: heads_lib.LabelSchema,
     path = (f"{path} less the combinations of "
             f"{os.path.join(model_dir, combinations.HOLDOUT_FILE)}")
   slices = schema.label_slices()
-  return ({h.name: records.labels[:, slices[h.name]] if h.is_tags
-           else records.labels[:, slices[h.name].start] for h in schema.heads},
+  # A single-label head's labels are one column, a tag head's a 0/1 matrix.
+  return ({h.name: records.labels[:, slices[h.name].start]
+           if h.kind_impl.single_label else records.labels[:, slices[h.name]]
+           for h in schema.heads},
           path)
 
 

@@ -202,8 +202,9 @@ def _tags(rows: list) -> list[str]:
 
 def markdown(report: dict) -> str:
   """evaluation.md: the report's numbers as tables."""
-  tag_rows = [r for r in report["heads"] if r.get("kind") == "tags"]
-  heads = [r for r in report["heads"] if r.get("kind") != "tags"]
+  # A head's row carries per-tag numbers or a confusion matrix, by kind.
+  tag_rows = [r for r in report["heads"] if "per_tag" in r]
+  heads = [r for r in report["heads"] if "per_tag" not in r]
   lines = _header(report) + _head_table(heads)
   lines += _across(report.get("across_heads"))
   lines += _tags(tag_rows)

@@ -61,25 +61,11 @@ expected_calibration_error = scoring.expected_calibration_error
 
 def head_report(spec: heads_lib.HeadSpec, probs: np.ndarray, labels: np.ndarray,
                 mask: np.ndarray, top_k: int = 5) -> dict:
-  """Every per-head number (scoring.head_scores, plus NLL and the majority
-  baseline), on the samples where ``mask`` is true; a tag head:
+  """Every per-head number on the samples where ``mask`` is true, as the
+  head's kind reports them: scoring.head_scores plus NLL and the majority
+  baseline (an ordinal head adds its error in ranks, "mae"); a tag head:
   scoring.tag_scores at its thresholds."""
-  if spec.is_tags:
-    return {"head": spec.name, "kind": heads_lib.TAGS,
-            "classes": list(spec.classes),
-            **scoring.tag_scores(probs, labels, mask, spec.classes,
-                                 spec.tag_thresholds())}
-  mask = np.asarray(mask, bool)
-  row = {"head": spec.name, "classes": list(spec.classes),
-         **scoring.head_scores(probs, labels, mask, spec.classes,
-                               scoring.reported_top_k(spec.num_classes, top_k))}
-  if not mask.any():
-    row["note"] = NO_LABELS
-    return row
-  p, y = np.asarray(probs)[mask], np.asarray(labels)[mask]
-  row.update(nll=calibrate_lib.nll(p, y),
-             majority=metrics.majority(y, spec.num_classes))
-  return row
+  return spec.kind_impl.report(spec, probs, labels, mask, top_k)
 
 
 # The composed-class numbers (composed_lib), under their old names.
@@ -207,7 +193,7 @@ def calibration_report(fit_collected, shown, schema) -> tuple[dict, dict]:
   """({head: T} fitted on ``fit_collected``, {head: {"temperature", ECE and
   NLL before/after}} measured on ``shown``). Tag heads are not scaled:
   their fitted thresholds already set where a score becomes a decision."""
-  softmax = [h.name for h in schema.heads if not h.is_tags]
+  softmax = [h.name for h in schema.heads if h.kind_impl.single_label]
   if not softmax:
     return {}, {}
   schema = schema.select(softmax)

@@ -249,30 +249,18 @@ def instance_scores(true_attrs: np.ndarray, pred_attrs: np.ndarray,
 def across_heads(collected: Mapping[str, tuple], heads: Sequence,
                  per_head_bacc: Mapping[str, Optional[float]]) -> dict:
   """The across-head numbers from metrics.collect()-style
-  {head: (probs, labels, mask)}; ``heads``: HeadSpec-like (name, classes).
-  A tag head's tags are binary attributes of their own, decided at its
-  thresholds, and it is right on an image when every tag is."""
-  tag_heads = [h for h in heads if getattr(h, "is_tags", False)]
-  heads = [h for h in heads if h not in tag_heads]
-  names = [h.name for h in heads]
-  k = {h.name: len(h.classes) for h in heads}
-  masks = {h: np.asarray(collected[h][2], bool) for h in names}
-  labels = {h: np.asarray(collected[h][1], np.int64) for h in names}
-  preds = {h: np.asarray(collected[h][0]).argmax(axis=1) for h in names}
-  masks_all = [masks[h] for h in names]
-  wrong_all = [masks[h] & (preds[h] != labels[h]) for h in names]
-  true_cols = [attribute_matrix(labels, masks, k)] if names else []
-  pred_cols = [attribute_matrix(preds, masks, k)] if names else []
-  for h in tag_heads:
-    probs, truth, mask = collected[h.name]
-    mask = np.asarray(mask, bool)
-    truth = np.asarray(truth) > 0.5
-    on = (np.asarray(probs, np.float32)
-          >= np.asarray(h.tag_thresholds(), np.float32))
-    masks_all.append(mask)
-    wrong_all.append(mask & (on != truth).any(axis=1))
-    true_cols.append((truth & mask[:, None]).astype(np.int64))
-    pred_cols.append((on & mask[:, None]).astype(np.int64))
+  {head: (probs, labels, mask)}; ``heads``: HeadSpecs, each asked for its
+  share (its kind's ``across``: a tag head's tags are binary attributes of
+  their own, decided at its thresholds, and it is right on an image when
+  every tag is)."""
+  masks_all, wrong_all, true_cols, pred_cols = [], [], [], []
+  for h in heads:
+    probs, labels, mask = collected[h.name]
+    wrong, true, pred = h.kind_impl.across(h, probs, labels, mask)
+    masks_all.append(np.asarray(mask, bool))
+    wrong_all.append(wrong)
+    true_cols.append(true)
+    pred_cols.append(pred)
   labelled_any = np.any(masks_all, axis=0)
   wrong = np.any(wrong_all, axis=0)
   out = mean_balanced_accuracy(per_head_bacc)
@@ -290,13 +278,10 @@ def across_heads(collected: Mapping[str, tuple], heads: Sequence,
 def field_scores(collected: Mapping[str, tuple], heads: Sequence,
                  top_k: int = 5) -> tuple[dict, dict]:
   """({head: head_scores}, across_heads) from metrics.collect()-style
-  {head: (probs, labels, mask)}; ``heads``: HeadSpec-like (name, classes)."""
+  {head: (probs, labels, mask)}; ``heads``: HeadSpecs (their kind's
+  ``scores``)."""
   # A tag head has no balanced accuracy: it stays out of the mean mA.
-  per_head = {h.name: tag_scores(*collected[h.name], h.classes,
-                                 h.tag_thresholds())
-              if getattr(h, "is_tags", False) else
-              head_scores(*collected[h.name], h.classes,
-                          reported_top_k(len(h.classes), top_k))
+  per_head = {h.name: h.kind_impl.scores(h, *collected[h.name], top_k)
               for h in heads}
   across = across_heads(collected, heads, {
       h: v["balanced_accuracy"] for h, v in per_head.items()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+from mlc_keras.core.kinds import registry as kinds
 from mlc_keras.exporters import artefacts
 
 # The key of the embedded labels.json in both formats.
@@ -26,8 +27,7 @@ def onnx_description(labels_text: str, outputs: Sequence[str] = ()) -> str:
            "[batch, S, S, 3] (RGB pixels, NHWC). One output per head, named "
            "after it, [batch, classes]:"]
   for head in json.loads(labels_text).get("heads", []):
-    what = ("independent tag probabilities (sigmoid)"
-            if head.get("kind") == "tags" else "class probabilities (softmax)")
+    what = kinds.get(head.get("kind", "softmax"), head.get("name")).description
     lines.append(f"  {head['name']}: {what} over "
                  + ", ".join(str(c) for c in head["classes"]))
   if "class" in outputs:

@@ -67,10 +67,8 @@ def label_coverage(model_dir: str, schema: heads_lib.LabelSchema
   coverage = {}
   for h, cols in zip(schema.heads, schema.label_slices().values()):
     col = records.labels[:, cols.start]
-    if h.is_tags:  # rows carrying each tag, among the labelled ones
-      counts = records.labels[col >= 0, cols].sum(axis=0)
-    else:
-      counts = np.bincount(col[col >= 0], minlength=h.num_classes)
+    # Rows of each class (a tag head: carrying each tag), labelled ones only.
+    counts = h.kind_impl.counts(h, records.labels[:, cols])
     coverage[h.name] = {"labelled": int((col >= 0).sum()),
                         "rows": int(len(col)),
                         "classes": dict(zip(h.classes, map(int, counts)))}

@@ -54,8 +54,7 @@ class ServingModule(tf.Module):
                max_image_pixels: int = MAX_IMAGE_PIXELS):
     super().__init__(name="mlc_serving")
     size = run_dir.image_size_of(model)
-    class_names = _label_outputs(run_dir.symbolic_outputs(model), schema, table)
-    tag_thresholds = _tag_thresholds(schema)
+    labelled = _label_outputs(run_dir.symbolic_outputs(model), schema, table)
     self.image_size = size
     self.max_image_bytes = _positive("max_image_bytes", max_image_bytes)
     self.max_image_pixels = _positive("max_image_pixels", max_image_pixels)
@@ -75,8 +74,7 @@ class ServingModule(tf.Module):
         tf.TensorSpec([None], tf.string, name=artefacts.BYTES_INPUT)])
     def serve_bytes(image_bytes):
       images = self._decode_batch(image_bytes)
-      return _with_labels(probabilities(images), class_names, self.threshold,
-                          tag_thresholds)
+      return _with_labels(probabilities(images), labelled, self.threshold)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
     def example_probabilities(examples):
@@ -89,8 +87,8 @@ class ServingModule(tf.Module):
     @tf.function(input_signature=[
         tf.TensorSpec([None], tf.string, name=artefacts.EXAMPLES_INPUT)])
     def serve_examples(examples):
-      return _with_labels(example_probabilities(examples), class_names,
-                          self.threshold, tag_thresholds)
+      return _with_labels(example_probabilities(examples), labelled,
+                          self.threshold)
 
     # Each calls the one traced example_probabilities: the model is traced
     # once for all of them.
@@ -210,53 +208,49 @@ def mark_classify_signatures(export_dir: str) -> list[str]:
 
 
 def _label_outputs(outputs: Mapping, schema: heads_lib.LabelSchema,
-                   table) -> dict[str, list[str]]:
-  # Outputs that get a "<name>_class" / "<name>_score" pair in the bytes
-  # signature: the heads, and the composed classes when a table names them.
+                   table) -> dict[str, Any]:
+  # Outputs that get label outputs in the bytes signature: each head (what
+  # its kind adds: a softmax head's "<name>_class" / "<name>_score", a tag
+  # head's "<name>_tags"), and the composed classes when a table names them
+  # ({name: HeadSpec, or the table's class names for "class"}).
   if table is not None:
     _check_class_output(outputs, table)
-  class_names = {h.name: list(h.classes) for h in schema.heads
-                 if not h.is_tags}
+  labelled = {h.name: h for h in schema.heads if h.name in outputs}
+  derived = {n + s for n, h in labelled.items()
+             for s in h.kind_impl.serving_suffixes}
   if table is not None:
-    class_names[artefacts.CLASS_OUTPUT] = list(table.classes)
-  derived = {n + s for n in outputs if n in class_names
-             for s in (artefacts.CLASS_SUFFIX, artefacts.SCORE_SUFFIX)}
-  derived |= {h.name + artefacts.TAGS_SUFFIX for h in schema.heads
-              if h.is_tags}
+    labelled[artefacts.CLASS_OUTPUT] = list(table.classes)
+    derived |= {artefacts.CLASS_OUTPUT + s
+                for s in (artefacts.CLASS_SUFFIX, artefacts.SCORE_SUFFIX)}
   clash = sorted(derived & set(outputs))
   if clash:
     raise ExportError(
         f"model output(s) {clash} collide with the label outputs the bytes "
         "signature adds; rename them")
-  return class_names
+  return labelled
 
 
-def _tag_thresholds(schema: heads_lib.LabelSchema) -> dict[str, list[float]]:
-  # The thresholds of labels.json, as constants of the bytes signature.
-  return {h.name: list(h.tag_thresholds()) for h in schema.heads if h.is_tags}
-
-
-def _with_labels(outputs: Mapping, class_names: Mapping[str, list[str]],
-                 threshold: float,
-                 tag_thresholds: Mapping[str, list[float]]) -> dict:
+def _with_labels(outputs: Mapping, labelled: Mapping[str, Any],
+                 threshold: float) -> dict:
   result = {}
   for name, probs in outputs.items():
     result[name] = probs
-    if name in tag_thresholds:
-      # tagging.decide in the graph: a tag is on iff score >= threshold.
-      result[name + artefacts.TAGS_SUFFIX] = probs >= tf.constant(
-          tag_thresholds[name], tf.float32)
-    if name in class_names:
-      best = tf.gather(tf.constant(class_names[name]),
-                       tf.argmax(probs, axis=-1))
+    if name not in labelled:
+      continue
+    if name == artefacts.CLASS_OUTPUT:
+      classes = labelled[name]
+      best = tf.gather(tf.constant(classes), tf.argmax(probs, axis=-1))
       score = tf.reduce_max(probs, axis=-1)
-      if name == artefacts.CLASS_OUTPUT:
-        # compose.predict_classes' rule, in the graph: a best class scoring
-        # below the threshold is "unknown"; exactly at it, it is kept.
-        best = tf.where(score >= threshold, best,
-                        tf.constant(artefacts.UNKNOWN_CLASS))
+      # compose.predict_classes' rule, in the graph: a best class scoring
+      # below the threshold is "unknown"; exactly at it, it is kept.
+      best = tf.where(score >= threshold, best,
+                      tf.constant(artefacts.UNKNOWN_CLASS))
       result[name + artefacts.CLASS_SUFFIX] = best
       result[name + artefacts.SCORE_SUFFIX] = score
+      continue
+    head = labelled[name]
+    for suffix, tensor in head.kind_impl.serving_outputs(head, probs).items():
+      result[name + suffix] = tensor
   return result
 
 

@@ -148,15 +148,9 @@ def describe(outputs: Mapping[str, np.ndarray], index: int,
   result = {}
   for name in _ordered(outputs, schema):
     row = np.asarray(outputs[name][index])
-    if name in schema.names and schema.head(name).is_tags:
+    if name in schema.names:
       head = schema.head(name)
-      result[name] = {"tags": tagging.tag_names(row, head),
-                      "scores": {t: float(p) for t, p in zip(head.classes, row)}}
-    elif name in schema.names:
-      classes = schema.head(name).classes
-      best = int(np.argmax(row))
-      result[name] = {"class": classes[best], "score": float(row[best]),
-                      "scores": {c: float(p) for c, p in zip(classes, row)}}
+      result[name] = head.kind_impl.describe(head, row)
     elif name == artefacts.CLASS_OUTPUT and table is not None:
       if row.shape != (len(table),):
         raise ExportError(

@@ -290,7 +290,7 @@ def demo_classes() -> dict[str, dict[str, str]]:
   """Every combination of the demo's four attributes as a class, named like
   "large_outline_blue_triangle" (the held-out one among them)."""
   from mlc_keras.data import demo  # pylint: disable=g-import-not-at-top
-  heads = [h for h in demo.SCHEMA.heads if not h.is_tags]
+  heads = [h for h in demo.SCHEMA.heads if h.kind_impl.single_label]
   classes = {}
   for combo in itertools.product(*(h.classes for h in heads)):
     values = dict(zip((h.name for h in heads), combo))

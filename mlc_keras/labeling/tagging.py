@@ -22,6 +22,7 @@ import numpy as np
 from sklearn import metrics as skm
 
 from mlc_keras.core import heads as heads_lib
+from mlc_keras.core.kinds import tags as tags_kind
 
 DEFAULT_THRESHOLD = heads_lib.DEFAULT_TAG_THRESHOLD
 NO_POSITIVE = "not defined: no positive example of this tag in the validation data"
@@ -86,7 +87,7 @@ def fit_schema(schema: heads_lib.LabelSchema,
   "note"?}}}) for results.json."""
   fitted, report = {}, {}
   for h in schema.heads:
-    if not h.is_tags:
+    if h.kind_impl.thresholds(h) is None:  # decided without thresholds
       continue
     if collected is None:
       fit = {"thresholds": [DEFAULT_THRESHOLD] * h.num_classes,
@@ -103,9 +104,8 @@ def fit_schema(schema: heads_lib.LabelSchema,
   return schema.with_thresholds(fitted), report
 
 
-def decide(probs: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
-  """[..., T] scores -> bool [..., T]: a tag is on iff score >= threshold."""
-  return np.asarray(probs) >= np.asarray(thresholds, np.float32)
+# [..., T] scores -> bool [..., T]: a tag is on iff score >= threshold.
+decide = tags_kind.decide
 
 
 def tag_names(probs: np.ndarray, head: heads_lib.HeadSpec) -> list[str]:

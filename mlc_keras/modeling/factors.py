@@ -78,8 +78,9 @@ def check_factor_heads(schema: heads_lib.LabelSchema,
     if name not in schema.names:
       raise error(f"factor_heads: {name!r} is not a head (heads: "
                   f"{', '.join(schema.names)})")
-    if schema.head(name).is_tags:
-      raise error(f"factor_heads: {name!r} is a tag head; only single-label "
+    if not schema.head(name).kind_impl.single_label:
+      raise error(f"factor_heads: {name!r} is a "
+                  f"{schema.head(name).kind_impl.noun}; only single-label "
                   "heads can be factors")
   return names
 

@@ -14,6 +14,10 @@ What is copied from the parent, head by head (plan_heads):
             ``reinit``, which starts it from a fresh initialisation.
   new       no head of that name in the parent: fresh initialisation.
 Heads of the parent that the new schema does not name are dropped.
+How a kept head's layer is copied is its kind's (core/kinds copy_weights):
+the above for Dense heads (softmax, tags); an ordinal head only with its
+classes unchanged and in the same order (its thresholds sit between
+neighbouring classes). A head whose kind changed is refused.
 
 The backbone (every layer of the keras.applications backbone, BatchNorm
 statistics included) is always copied: it is what the heads were trained on.
@@ -135,16 +139,18 @@ def copy_from(parent: keras.Model, parent_schema: heads_lib.LabelSchema,
       continue
     _copy_projection(parent, child, spec.name, origin)
     _copy_attention(parent, child, spec.name, origin)
-    kernel, bias = parent.get_layer(spec.name).get_weights()
-    new_kernel, new_bias = child.get_layer(spec.name).get_weights()
-    if kernel.shape[0] != new_kernel.shape[0]:
-      raise GrowError(f"{origin}: head {spec.name!r} reads {kernel.shape[0]} "
-                      f"features, the new model {new_kernel.shape[0]}")
-    for i, c in enumerate(parent_heads[spec.name].classes):
-      j = spec.classes.index(c)
-      new_kernel[:, j] = kernel[:, i]
-      new_bias[j] = bias[i]
-    child.get_layer(spec.name).set_weights([new_kernel, new_bias])
+    parent_spec = parent_heads[spec.name]
+    if parent_spec.kind != spec.kind:
+      raise GrowError(f"{origin}: head {spec.name!r} is a {parent_spec.kind} "
+                      f"head there, a {spec.kind} head in the new schema: "
+                      "its weights mean something else; keep its kind, or "
+                      "give the head another name to train it from scratch")
+    try:
+      spec.kind_impl.copy_weights(parent_spec, spec,
+                                  parent.get_layer(spec.name),
+                                  child.get_layer(spec.name))
+    except heads_lib.SchemaError as e:
+      raise GrowError(f"{origin}: {e}") from None
   return plans
 
 

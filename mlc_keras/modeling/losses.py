@@ -21,7 +21,6 @@ from __future__ import annotations
 import keras
 
 from mlc_keras.core import errors
-from mlc_keras.core import heads as heads_lib
 
 
 @keras.saving.register_keras_serializable("mlc_keras")
@@ -78,7 +77,7 @@ class SparseFocalCrossentropy(keras.losses.Loss):
             "label_smoothing": self.label_smoothing, "soft": self.soft}
 
 
-def head_loss(head: heads_lib.HeadSpec, label_smoothing: float = 0.0,
+def head_loss(head: "heads_lib.HeadSpec", label_smoothing: float = 0.0,
               soft: bool = False) -> keras.losses.Loss:
   """The loss of one head, averaged over its labelled samples. A tag head's
   per-sample loss is the binary cross-entropy averaged over its tags (its
@@ -88,23 +87,10 @@ def head_loss(head: heads_lib.HeadSpec, label_smoothing: float = 0.0,
   if not 0 <= label_smoothing < 1:
     raise errors.SettingError(f"`label_smoothing` for head {head.name!r} must be in "
                               f"[0, 1), got {label_smoothing}")
-  if head.is_tags:
-    if head.focal_gamma > 0:
-      return keras.losses.BinaryFocalCrossentropy(
-          gamma=head.focal_gamma, label_smoothing=label_smoothing,
-          reduction="mean_with_sample_weight", name=f"{head.name}_focal")
-    return keras.losses.BinaryCrossentropy(
-        label_smoothing=label_smoothing,
-        reduction="mean_with_sample_weight", name=f"{head.name}_bce")
-  if head.focal_gamma > 0 or label_smoothing > 0 or soft:
-    return SparseFocalCrossentropy(
-        head.focal_gamma, label_smoothing, soft,
-        name=f"{head.name}_{'focal' if head.focal_gamma > 0 else 'xent'}")
-  return keras.losses.SparseCategoricalCrossentropy(
-      reduction="mean_with_sample_weight", name=f"{head.name}_xent")
+  return head.kind_impl.loss(head, label_smoothing, soft)
 
 
-def smoothing_per_head(schema: heads_lib.LabelSchema,
+def smoothing_per_head(schema: "heads_lib.LabelSchema",
                        values) -> dict[str, float]:
   """((head, s), ...) as label_smoothing gives them ("*": every head)
   -> {head: s} over the schema's heads; an unknown head raises SchemaError
@@ -116,7 +102,7 @@ def smoothing_per_head(schema: heads_lib.LabelSchema,
   return {h.name: float(values.get(h.name, every)) for h in schema.heads}
 
 
-def head_losses(schema: heads_lib.LabelSchema, label_smoothing=None,
+def head_losses(schema: "heads_lib.LabelSchema", label_smoothing=None,
                 soft: bool = False) -> dict[str, keras.losses.Loss]:
   """One loss per head (see head_loss); ``label_smoothing``: {head: s}
   (heads left out: none)."""
@@ -125,5 +111,5 @@ def head_losses(schema: heads_lib.LabelSchema, label_smoothing=None,
           for h in schema.heads}
 
 
-def loss_weights(schema: heads_lib.LabelSchema) -> dict[str, float]:
+def loss_weights(schema: "heads_lib.LabelSchema") -> dict[str, float]:
   return {h.name: float(h.loss_weight) for h in schema.heads}

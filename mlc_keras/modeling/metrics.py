@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import types
 from typing import Optional
 
 import keras
 import numpy as np
 
-from mlc_keras.core import heads as heads_lib
+from mlc_keras.core.kinds import tags as tags_kind
 from mlc_keras.evaluation import scoring
 
 
@@ -58,30 +59,17 @@ class SoftTopK(_HardTargets, keras.metrics.SparseTopKCategoricalAccuracy):
   pass
 
 
-def weighted_metrics(schema: heads_lib.LabelSchema, top_k: int = 5,
+def weighted_metrics(schema: "heads_lib.LabelSchema", top_k: int = 5,
                      soft: bool = False
                      ) -> dict[str, list[keras.metrics.Metric]]:
-  """Accuracy per head, plus top-k where a head has more than k classes;
-  ``soft``: training targets may be soft (see hard_labels).
+  """Each head's kind's metrics: accuracy, plus top-k where a head has more
+  than k classes (a tag head: accuracy at 0.5; an ordinal head adds its
+  error in ranks); ``soft``: training targets may be soft (see hard_labels).
 
   Passed to compile() as ``weighted_metrics`` (``metrics=`` ignores
   sample_weight, so masked samples would count).
   """
-  accuracy = SoftAccuracy if soft else keras.metrics.SparseCategoricalAccuracy
-  top = SoftTopK if soft else keras.metrics.SparseTopKCategoricalAccuracy
-  out = {}
-  for h in schema.heads:
-    if h.is_tags:
-      # Share of (sample, tag) decisions right at 0.5; the fitted thresholds
-      # come after training.
-      out[h.name] = [keras.metrics.BinaryAccuracy(name="acc")]
-      continue
-    ms = [accuracy(name="acc")]
-    k = reported_top_k(h.num_classes, top_k)
-    if k is not None:
-      ms.append(top(k=k, name=f"top{k}"))
-    out[h.name] = ms
-  return out
+  return {h.name: h.kind_impl.metrics(h, top_k, soft) for h in schema.heads}
 
 
 # The name of each head's BalancedAccuracy in the logs ("shape_balanced_acc").
@@ -126,17 +114,16 @@ class BalancedAccuracy(keras.metrics.MeanIoU):
             "dtype": self.dtype}
 
 
-def selection_metrics(schema: heads_lib.LabelSchema
+def selection_metrics(schema: "heads_lib.LabelSchema"
                       ) -> dict[str, list[keras.metrics.Metric]]:
   """A BalancedAccuracy per head, compiled beside weighted_metrics (as
   weighted metrics, so masked samples do not count): model selection and
   early stopping monitor their mean over heads (training.selection)."""
   # A tag head has no balanced accuracy over classes: none for it.
-  return {h.name: [] if h.is_tags else [BalancedAccuracy(h.num_classes)]
-          for h in schema.heads}
+  return {h.name: h.kind_impl.selection_metrics(h) for h in schema.heads}
 
 
-def collect(model: keras.Model, dataset, schema: heads_lib.LabelSchema):
+def collect(model: keras.Model, dataset, schema: "heads_lib.LabelSchema"):
   """Runs the model over a dataset of (image, labels, weights) batches.
 
   Returns {head: (probs [N, k], labels [N], labelled mask [N])}.
@@ -156,10 +143,10 @@ def collect(model: keras.Model, dataset, schema: heads_lib.LabelSchema):
           for h in schema.names}
 
 
-def head_table(collected, schema: heads_lib.LabelSchema,
+def head_table(collected, schema: "heads_lib.LabelSchema",
                top_k: int = 5) -> list[dict]:
   """Per head: labelled count, accuracy and top-k on labelled samples only
-  (a tag head: see tag_accuracy).
+  (the head's kind's table_row; a tag head: see tag_accuracy).
 
   A head with no labelled samples gets ``accuracy: None`` and a note, never NaN.
   """
@@ -170,15 +157,8 @@ def head_table(collected, schema: heads_lib.LabelSchema,
            "total": int(m.size)}
     if not m.any():
       row.update(accuracy=None, note="no labelled samples")
-    elif h.is_tags:
-      row.update(tag_accuracy(probs[m], y[m], h.tag_thresholds()))
     else:
-      p, t = probs[m], y[m]
-      row["accuracy"] = float(np.mean(np.argmax(p, axis=1) == t))
-      row["majority"] = majority(t, h.num_classes)
-      k = reported_top_k(h.num_classes, top_k)
-      if k is not None:
-        row[f"top{k}"] = top_k_accuracy(p, t, k)
+      row.update(h.kind_impl.table_row(h, probs[m], y[m], top_k))
     rows.append(row)
   return rows
 
@@ -188,16 +168,12 @@ def tag_accuracy(probs: np.ndarray, tags: np.ndarray,
   """A tag head's labelled rows: the share of (sample, tag) decisions that
   are right at ``thresholds`` ("accuracy"), and the same share for always
   answering each tag's more common value ("majority", the floor to beat)."""
-  tags = np.asarray(tags) > 0.5
-  decided = np.asarray(probs) >= np.asarray(thresholds, np.float32)
-  share_on = tags.mean(axis=0)
-  return {"kind": heads_lib.TAGS,
-          "accuracy": float(np.mean(decided == tags)),
-          "majority": float(np.mean(np.maximum(share_on, 1 - share_on)))}
+  spec = types.SimpleNamespace(thresholds=tuple(thresholds))
+  return tags_kind.KIND.table_row(spec, probs, tags, 0)
 
 
 def add_field_scores(rows: list[dict], collected,
-                     schema: heads_lib.LabelSchema, top_k: int = 5) -> dict:
+                     schema: "heads_lib.LabelSchema", top_k: int = 5) -> dict:
   """Adds scoring's balanced accuracy (mA), AP / ROC-AUC (two-class heads)
   and not-defined reasons to head_table() ``rows`` in place; returns the
   across-head numbers (scoring.across_heads)."""

@@ -262,12 +262,11 @@ def backbone_layers(net: keras.Model):
       yield layer
 
 
-def head_layer(head: heads_lib.HeadSpec, **kwargs) -> keras.layers.Dense:
-  """The output layer of one head, named after it: a softmax over its
-  classes, or independent sigmoids over a tag head's tags."""
-  activation = "sigmoid" if head.is_tags else "softmax"
-  return keras.layers.Dense(head.num_classes, activation=activation,
-                            name=head.name, **kwargs)
+def head_layer(head: heads_lib.HeadSpec, **kwargs) -> keras.layers.Layer:
+  """The output layer of one head, named after it (its kind's output_layer):
+  a softmax over its classes, independent sigmoids over a tag head's tags,
+  cumulative logits over an ordinal head's ordered classes."""
+  return head.kind_impl.output_layer(head, **kwargs)
 
 
 def set_backbone_trainable(model: keras.Model, trainable: bool,

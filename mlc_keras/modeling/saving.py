@@ -18,6 +18,7 @@ from typing import Optional
 
 import keras
 
+from mlc_keras.core.kinds import registry as kinds
 from mlc_keras.modeling import layers
 from mlc_keras.modeling import model as model_lib
 
@@ -31,7 +32,8 @@ def load_model(path: str) -> keras.Model:
   # By registered name, so a caller that never imported the layers module
   # still loads a model carrying them.
   custom = {"mlc_keras>ComposeClasses": layers.ComposeClasses,
-            "mlc_keras>Temperature": layers.Temperature}
+            "mlc_keras>Temperature": layers.Temperature,
+            **kinds.keras_objects()}
   return keras.models.load_model(path, safe_mode=True, compile=False,
                                  custom_objects=custom)
 

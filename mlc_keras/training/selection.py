@@ -43,12 +43,7 @@ def log_names(schema: heads_lib.LabelSchema, top_k: int) -> list[str]:
   """The training-side names the epoch logs carry (without "val_")."""
   names = ["loss", MEAN_BALANCED_ACC]
   for h in schema.heads:
-    names += [f"{h.name}_loss", f"{h.name}_acc"]
-    if not h.is_tags:
-      names.append(f"{h.name}_{metrics.BALANCED_ACC}")
-    k = scoring.reported_top_k(h.num_classes, top_k)
-    if k is not None:
-      names.append(f"{h.name}_top{k}")
+    names += h.kind_impl.log_names(h, top_k)
   return names
 
 

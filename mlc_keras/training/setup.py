@@ -503,7 +503,7 @@ def fit_tag_thresholds(schema: heads_lib.LabelSchema, collected,
   fit its noise) and rewrites labels.json with them, so every export
   carries them. Returns (schema, {head: {tag: fit}}); no-op without tag
   heads."""
-  if not any(h.is_tags for h in schema.heads):
+  if not schema.tag_thresholds():
     return schema, {}
   schema, report = tagging.fit_schema(schema,
                                       collected if has_validation else None)
