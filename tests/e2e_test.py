@@ -8,7 +8,11 @@
 Each step runs in its own process, as a user runs it; what the steps do in
 detail is tested in train_test, export_lib_test and predict_test. This test
 asserts that they fit together: the exported artefacts give the .keras
-model's answers, head by head and for the composed classes.
+model's answers, head by head and for the composed classes. And a
+newcomer's path: the commands train prints after a run work as printed,
+for runs of two seeds (the default export publishes its quantized
+variants only if each passes its parity gate, and a gate is met or missed
+by the model at hand).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -29,6 +34,14 @@ from mlc_keras.data import demo
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_IMAGES = 6
+# The seed of the second newcomer run (the first has train's default, 0).
+SECOND_SEED = 1
+# What the default export publishes for a run folder named "run" (export's
+# --formats and --quantization defaults: every format, the float TFLite
+# variants), under <run>/export.
+DEFAULT_PUBLISHED = ("run/1/saved_model.pb", "litert/run/1/run_fp32.tflite",
+                     "litert/run/1/run_fp16.tflite",
+                     "litert/run/1/run_dynamic.tflite", "onnx/run/1/run.onnx")
 
 
 class Cli:
@@ -79,10 +92,16 @@ class EndToEndTest(tf.test.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     cls.root = tempfile.mkdtemp(prefix="e2e_test_")
-    # One tiny training serves both tests, run as a newcomer runs it: from
-    # the folder it writes into, relative paths, its "Next:" lines kept.
+    # One tiny training serves the first two tests, run as a newcomer runs
+    # it: from the folder it writes into, relative paths, its "Next:" lines
+    # kept. The second seed's run, for the last test, trains alongside.
     cls.work = os.path.join(cls.root, "newcomer")
+    cls.second_work = os.path.join(cls.root, f"newcomer_seed{SECOND_SEED}")
     os.makedirs(cls.work)
+    os.makedirs(cls.second_work)
+    cls.second_training = Cli(
+        cls.root, "train", "--preset=tiny", f"--seed={SECOND_SEED}",
+        "--model_dir=run", "--demo_dir=demo_data", cwd=cls.second_work)
     cls.printed = Cli(cls.root, "train", "--preset=tiny", "--model_dir=run",
                       "--demo_dir=demo_data", cwd=cls.work).result()
     cls.model_dir = os.path.join(cls.work, "run")
@@ -90,6 +109,7 @@ class EndToEndTest(tf.test.TestCase):
 
   @classmethod
   def tearDownClass(cls):
+    cls.second_training.stop()
     shutil.rmtree(cls.root, ignore_errors=True)
     super().tearDownClass()
 
@@ -169,11 +189,19 @@ class EndToEndTest(tf.test.TestCase):
       self.assertEqual(answers[name], answers["keras"], name)
 
   def test_printed_next_steps_succeed_as_printed(self):
-    # A newcomer copies train's "Next:" lines into the same shell: run each
-    # as printed, from the folder where train ran, with relative paths and
-    # every other flag at its default (export: all formats and its default
-    # TFLite variants, published only if every one passes parity).
-    work, printed = self.work, self.printed
+    self._check_printed_next_steps(self.work, self.printed)
+
+  def test_printed_next_steps_succeed_for_a_second_seed(self):
+    # Another model of the same demo: the gates of the default export's
+    # quantized variants are met by one model and may be missed by another.
+    self._check_printed_next_steps(self.second_work,
+                                  self.second_training.result())
+
+  def _check_printed_next_steps(self, work: str, printed: str) -> None:
+    """A newcomer copies train's "Next:" lines into the same shell: run each
+    as printed, from the folder where train ran, with relative paths and
+    every other flag at its default (export: all formats and its default
+    TFLite variants, published only if every one passes parity)."""
     # Paths that travel: config.json names the demo set absolutely.
     with open(os.path.join(work, "run", "config.json")) as f:
       self.assertEqual(json.load(f)["data"]["demo_dir"],
@@ -190,8 +218,10 @@ class EndToEndTest(tf.test.TestCase):
         os.path.realpath(os.path.join(work, "demo_data", "heldout.csv")))
     with open(os.path.join(work, "demo_data", "heldout.csv"), newline="") as f:
       heldout = [r["image"] for r in csv.DictReader(f)]
-    outputs = [Cli(self.root, step.split()[2].split(".", 1)[1],
-                   *step.split()[3:], cwd=work).result() for step in steps]
+    # Split as the shell splits them (paths are printed shell-quoted).
+    commands = [shlex.split(step) for step in steps]
+    outputs = [Cli(self.root, command[2].split(".", 1)[1], *command[3:],
+                   cwd=work).result() for command in commands]
     self.assertIn("shape", outputs[0])  # evaluate prints its report
     with open(os.path.join(work, "run", "export", "parity", "run",
                            "1.json")) as f:
@@ -199,8 +229,9 @@ class EndToEndTest(tf.test.TestCase):
     self.assertGreaterEqual(len(reports), 5)  # SavedModel, 3 TFLite, ONNX
     for report in reports:
       self.assertTrue(report["passed"], report)
-    self.assertTrue(os.path.isdir(os.path.join(work, "run", "export", "run",
-                                               "1")))
+    for path in DEFAULT_PUBLISHED:
+      self.assertTrue(os.path.isfile(os.path.join(work, "run", "export", path)),
+                      path)
     lines = [json.loads(l) for l in outputs[2].splitlines()
              if l.startswith("{")]
     self.assertLen(lines, len(heldout))
