@@ -27,8 +27,14 @@ from absl import flags
 from absl import logging
 
 from mlc_keras.cli import help as cli_help
-from mlc_keras.core import config as config_lib  # no TensorFlow: --help stays fast
+# No TensorFlow in either: --help stays fast.
+from mlc_keras.core import config as config_lib
 from mlc_keras.core import errors
+from mlc_keras.exporters import formats as formats_lib
+
+_ALL_FORMATS = formats_lib.names()
+_VARIANTS = formats_lib.variants_of(_ALL_FORMATS)
+_DEFAULT_VARIANTS = formats_lib.default_variants(_ALL_FORMATS)
 
 _MODEL_DIR = flags.DEFINE_string(
     "model_dir", None, "Trained model folder (model.keras + labels.json), as "
@@ -51,21 +57,23 @@ _THRESHOLD = flags.DEFINE_float(
 _OUTPUT = flags.DEFINE_string(
     "output", None, "Base folder of the export. Default: <model_dir>/export.")
 _FORMATS = flags.DEFINE_string(
-    "formats", "saved_model,tflite,onnx",
-    "Comma list of saved_model, tflite, onnx.")
+    "formats", ",".join(_ALL_FORMATS),
+    f"Comma list of {', '.join(_ALL_FORMATS)}.")
 _VERSION = flags.DEFINE_integer(
     "version", 1, "Model version: TF Serving serves the highest integer.",
     lower_bound=1)
 _MODEL_NAME = flags.DEFINE_string(
     "model_name", None,
     "Name in TF Serving and in file names. Default: the model_dir's name.")
+_OFF_BY_DEFAULT = ", ".join(v for v in _VARIANTS if v not in _DEFAULT_VARIANTS)
 _QUANTIZATION = flags.DEFINE_string(
-    # int8 only on request: its 99% top-1 gate fails on a model that is unsure
-    # of many images (the 5-epoch demo: 98.8% on `shape`, near-ties), and a
-    # default that exits 2 on the demo is a broken first step.
-    "quantization", "fp32,fp16,dynamic",
-    "Comma list of TFLite variants: fp32, fp16, dynamic, int8. int8 is off by "
-    "default; add it for a well-trained model, ideally with --representative.")
+    # Each format's module says why a variant is off by default.
+    "quantization", ",".join(_DEFAULT_VARIANTS),
+    "Comma list of "
+    + " and ".join(f.title for f in formats_lib.registered() if f.variants)
+    + f" variants: {', '.join(_VARIANTS)}."
+    + (f" {_OFF_BY_DEFAULT} is off by default; add it for a well-trained "
+       "model, ideally with --representative." if _OFF_BY_DEFAULT else ""))
 _REPRESENTATIVE = flags.DEFINE_string(
     "representative", None,
     "Manifest CSV (image column), image folder or image used to calibrate "
@@ -120,13 +128,9 @@ def main(argv):
   except errors.MlcError as e:
     cli_help.fail(e)
   print("\nWritten:")
-  if result.saved_model:
-    print(f"  SavedModel      {result.saved_model}")
-  for q, path in result.tflite.items():
-    print(f"  TFLite {q:<8} {path}")
-  if result.onnx:
-    print(f"  ONNX            {result.onnx}")
-  print(f"  parity report   {result.parity_path}")
+  for label, path in result.listing() + [("parity report",
+                                          result.parity_path)]:
+    print(f"  {label:<15} {path}")
 
 
 # --help lists every flag of this module under these headings (cli_help).

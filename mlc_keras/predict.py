@@ -35,10 +35,12 @@ from absl import flags
 
 from mlc_keras.cli import help as cli_help
 from mlc_keras.core import errors
+from mlc_keras.exporters import formats as formats_lib  # no TensorFlow
 
 _MODEL = flags.DEFINE_string(
-    "model", None, "Model file or folder (.keras, model folder, SavedModel, "
-    ".tflite, .onnx).", required=True)
+    "model", None, "Model file or folder (.keras, model folder, "
+    + ", ".join(f.suffix or f.title for f in formats_lib.registered())
+    + ").", required=True)
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Images per model call.",
                                    lower_bound=1)
 _IMAGE_COLUMN = flags.DEFINE_string(

@@ -12,7 +12,6 @@ artefact, or in a SavedModel's assets/.
 from __future__ import annotations
 
 import os
-import shutil
 from typing import Optional, Sequence
 
 from mlc_keras.core import errors
@@ -114,22 +113,3 @@ def find_class_table(path: str) -> Optional[str]:
   else:
     candidates = [os.path.join(os.path.dirname(path), CLASSES_FILE)]
   return next((c for c in candidates if os.path.isfile(c)), None)
-
-
-def latest_version(base: str) -> Optional[str]:
-  """The highest integer-named SavedModel folder under ``base`` (as TF Serving
-  picks it), or None."""
-  versions = [int(n) for n in os.listdir(base) if n.isdigit()
-              and os.path.exists(os.path.join(base, n, "saved_model.pb"))]
-  return os.path.join(base, str(max(versions))) if versions else None
-
-
-
-
-def copy_labels(saved_model_dir: str, folder: str) -> None:
-  """labels.json (and classes.csv, when the SavedModel has a "class" output)
-  from a SavedModel's assets/ into ``folder``, beside a converted file."""
-  for name in (LABELS_FILE, CLASSES_FILE):
-    src = os.path.join(saved_model_dir, "assets", name)
-    if name == LABELS_FILE or os.path.isfile(src):
-      shutil.copyfile(src, os.path.join(folder, name))

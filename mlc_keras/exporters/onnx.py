@@ -1,5 +1,11 @@
-"""ONNX files from the SavedModel's tensor signature (tf2onnx), checked to load
-and run in ONNX Runtime."""
+"""The ONNX export format: a file converted from the SavedModel's tensor
+signature (tf2onnx), checked to load and run in ONNX Runtime, labels.json
+beside it and in its metadata_props; read through ONNX Runtime
+(OnnxPredictor).
+
+Layout: <base>/onnx/<model_name>/<version>/<model_name>.onnx and labels.json
+(+ classes.csv) beside it.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +13,10 @@ import logging
 import os
 from typing import Sequence
 
-import tensorflow as tf
-
 from mlc_keras.exporters import artefacts
+from mlc_keras.exporters import formats
+from mlc_keras.exporters import parity as parity_lib
+from mlc_keras.exporters import serving
 from mlc_keras.inference import predictors
 from mlc_keras.exporters.artefacts import ExportError
 from mlc_keras.exporters import isolated
@@ -61,6 +68,7 @@ def _inlinable_graph(fn, input_signature):
   ``group``. Nothing else in the graph changes; graphs without such calls
   convert exactly as before.
   """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tf2onnx  # pylint: disable=g-import-not-at-top
   # The freezing tf2onnx's own from_function uses (there is no public one).
   from tensorflow.python.framework import convert_to_constants  # pylint: disable=g-import-not-at-top,g-direct-tensorflow-import
@@ -125,7 +133,7 @@ def _name_batch_dim(graph) -> None:
         dim.dim_param = BATCH_DIM
 
 
-def function_to_onnx(fn, input_signature: Sequence[tf.TensorSpec],
+def function_to_onnx(fn, input_signature: Sequence["tf.TensorSpec"],
                      output_path: str, opset: int = ONNX_OPSET) -> str:
   """Converts a tf.function with tf2onnx and fails loudly on any op ONNX
   cannot express.
@@ -185,6 +193,7 @@ def to_onnx(saved_model_dir: str, output_path: str,
             opset: int = ONNX_OPSET) -> str:
   """Converts the SavedModel's tensor signature to ONNX; input "image"
   (uint8 [N, S, S, 3]), one output per model output, named after it."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   loaded = tf.saved_model.load(saved_model_dir)
   fn = getattr(loaded, artefacts.TENSOR_SIGNATURE, None)
   if fn is None:
@@ -196,7 +205,7 @@ def to_onnx(saved_model_dir: str, output_path: str,
   expected = sorted(signature.structured_outputs)
   function_to_onnx(fn, [tf.TensorSpec(spec.shape, spec.dtype, name=artefacts.IMAGE_INPUT)],
                    output_path, opset)
-  predictor = predictors.OnnxPredictor(output_path)
+  predictor = OnnxPredictor(output_path)
   if sorted(predictor.output_names) != expected:
     raise ExportError(
         f"{output_path}: ONNX outputs {predictor.output_names} are not the "
@@ -220,7 +229,7 @@ def onnx_call(saved_model_dir: str, folder: str, model_name: str,
   """The to_labelled_onnx call into ``folder``/<model_name>.onnx, for
   isolated.run_all; writes labels.json into ``folder``."""
   os.makedirs(folder, exist_ok=True)
-  artefacts.copy_labels(saved_model_dir, folder)
+  serving.copy_labels(saved_model_dir, folder)
   return (to_labelled_onnx,
           (saved_model_dir, os.path.join(folder, f"{model_name}.onnx"), opset))
 
@@ -231,3 +240,56 @@ def to_onnx_with_labels(saved_model_dir: str, folder: str, model_name: str,
   inside."""
   call = onnx_call(saved_model_dir, folder, model_name, opset)
   return isolated.run_all([call], isolate)[0]
+
+
+class OnnxPredictor(predictors.Predictor):
+  """A .onnx file through ONNX Runtime (CPU)."""
+
+  kind = "onnx"
+
+  def __init__(self, path: str):
+    super().__init__(path)
+    try:
+      import onnxruntime
+    except ImportError:
+      raise artefacts.missing_dependency("onnxruntime") from None
+    self.session = onnxruntime.InferenceSession(
+        path, providers=["CPUExecutionProvider"])
+    inputs = self.session.get_inputs()
+    if [i.name for i in inputs] != [artefacts.IMAGE_INPUT]:
+      raise ExportError(f"{path}: ONNX inputs {[i.name for i in inputs]}, "
+                        f"expected [{artefacts.IMAGE_INPUT!r}]")
+    self.image_size = int(inputs[0].shape[1])
+    self.output_names = [o.name for o in self.session.get_outputs()]
+
+  def _embedded_labels(self):
+    return metadata.read_onnx(self.session)
+
+  def _run(self, images):
+    values = self.session.run(self.output_names, {artefacts.IMAGE_INPUT: images})
+    return dict(zip(self.output_names, values))
+
+
+class OnnxFormat(formats.ExportFormat):
+  """One .onnx, converted in a worker process from the SavedModel (the
+  longest conversion: started first), held to the fp32 tolerance."""
+
+  name = "onnx"
+  title = "ONNX"
+  tree = "onnx"
+  requires = (serving.NAME,)
+  conversion_cost = 2
+  suffix = ".onnx"
+  predictor_types = (OnnxPredictor,)
+
+  def conversions(self, job):
+    fn, args = onnx_call(job.staged[serving.NAME], job.folders[self.name],
+                         job.request.model_name)
+    return [formats.Conversion(self.name, None, fn, args)]
+
+  def candidates(self, value):
+    return [formats.Candidate(self.name, OnnxPredictor(value),
+                              parity_lib.FP32_TOLERANCE)]
+
+
+FORMAT = OnnxFormat()

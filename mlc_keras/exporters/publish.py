@@ -1,18 +1,13 @@
-"""Export a trained model for TF Serving (SavedModel), LiteRT (TFLite) and
-ONNX Runtime, and prove each artefact computes what the Keras model computes.
+"""Export a trained model in every requested format (exporters/formats.py:
+one module per format) and prove each artefact computes what the Keras
+model computes.
 
-Layout written by export() under a base folder:
+Layout written by export() under a base folder: each format's folder (its
+module says what is in it; <base>/<model_name>/<version> for the SavedModel,
+TF Serving's base path being <base>/<model_name>), and
 
-  <base>/<model_name>/<version>/                 SavedModel (TF Serving base path:
-                                                 <base>/<model_name>)
-      assets/labels.json
-      assets/classes.csv                         with a class table only
-      assets.extra/tf_serving_warmup_requests
-  <base>/litert/<model_name>/<version>/<model_name>_<quantization>.tflite
-  <base>/litert/<model_name>/<version>/labels.json (+ classes.csv)
-  <base>/onnx/<model_name>/<version>/<model_name>.onnx
-  <base>/onnx/<model_name>/<version>/labels.json (+ classes.csv)
   <base>/parity/<model_name>/<version>.json      the parity report
+  <base>/model_card/<model_name>/<version>.md    the model card
 
 Everything is written into <base>/.staging/ first and moved into place only
 when every check has passed, so TF Serving (which polls <base>/<model_name>)
@@ -22,7 +17,7 @@ export() runs five steps, each callable alone: resolve_request (check the
 arguments, pick the .keras file), gather_images (calibration and parity
 images), build_staged (write every artefact into staging), check_parity
 (compare each with the Keras model, write the report) and publish.
-The writers live in mlc_keras/exporters/, the readers in predictors.py.
+Each step loops over the formats; none is named here.
 """
 
 from __future__ import annotations
@@ -38,19 +33,20 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from mlc_keras.exporters import artefacts
+from mlc_keras.core import config as config_lib
 from mlc_keras.core import heads as heads_lib
+from mlc_keras.exporters import formats as formats_lib
 from mlc_keras.exporters import model_card
 from mlc_keras.inference import files as predict_lib
 from mlc_keras.inference import predictors
 from mlc_keras.runs import folder as run_dir
 from mlc_keras.exporters.artefacts import ExportError
 from mlc_keras.exporters import isolated
-from mlc_keras.exporters import onnx as onnx_exporter
 from mlc_keras.exporters import parity as parity_lib
-from mlc_keras.exporters import saved_model
-from mlc_keras.exporters import tflite
 
-FORMATS = ("saved_model", "tflite", "onnx")
+# The serving signatures' per-image caps (saved_model.py holds the same).
+MAX_IMAGE_BYTES = 20 * 1024 * 1024
+MAX_IMAGE_PIXELS = config_lib.DataConfig.max_image_pixels
 
 # At 100 images a 99% agreement gate turns on a single image; 400 (the demo's
 # validation set) measures agreement to about +-0.5%.
@@ -60,22 +56,38 @@ MAX_CALIBRATION_IMAGES = 300
 RANDOM_PARITY = "random"
 RANDOM_PARITY_COUNT = 32
 
-# Names of the per-runtime trees under the base folder; a model may not use them.
-_RESERVED_MODEL_NAMES = frozenset({"litert", "onnx", "parity",
-                                   model_card.FOLDER})
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 @dataclasses.dataclass
 class ExportResult:
-  saved_model: Optional[str] = None
-  tflite: dict = dataclasses.field(default_factory=dict)
-  onnx: Optional[str] = None
+  """What an export wrote. ``result.<format>`` (result.onnx, result.tflite)
+  is that format's path, or {variant: path} for a format with variants,
+  and ``result.<format>_check`` its check report (result.saved_model_check:
+  ops, signatures, the standalone test call); a format not exported gives
+  None or {}."""
+
+  paths: dict = dataclasses.field(default_factory=dict)  # by format name
   parity_path: Optional[str] = None
   parity: list = dataclasses.field(default_factory=list)
-  # check_saved_model's report: ops, signatures, the standalone test call.
-  saved_model_check: dict = dataclasses.field(default_factory=dict)
+  checks: dict = dataclasses.field(default_factory=dict)  # by format name
   model_card: Optional[str] = None
+
+  def __getattr__(self, name: str):
+    if not name.startswith("_"):
+      values = self.__dict__
+      for fmt in formats_lib.registered():
+        if name == fmt.name:
+          return values.get("paths", {}).get(name, fmt.empty())
+        if name == fmt.name + "_check":
+          return values.get("checks", {}).get(fmt.name, {})
+    raise AttributeError(
+        f"{type(self).__name__!r} object has no attribute {name!r}")
+
+  def listing(self) -> list[tuple[str, str]]:
+    """(label, path) of every artefact written, in the formats' order."""
+    return [line for fmt in formats_lib.registered() if fmt.name in self.paths
+            for line in fmt.listing(self.paths[fmt.name])]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,13 +110,18 @@ class Request:
   def paths(self, base: Optional[str] = None) -> dict[str, str]:
     """Where each artefact goes under ``base`` (default: the final base)."""
     base = base or self.base
-    v = str(self.version)
-    return {
-        "saved_model": os.path.join(base, self.model_name, v),
-        "tflite": os.path.join(base, "litert", self.model_name, v),
-        "onnx": os.path.join(base, "onnx", self.model_name, v),
-        "parity": os.path.join(base, "parity", self.model_name, v + ".json"),
-    }
+    paths = {f.name: f.folder(base, self.model_name, self.version)
+             for f in formats_lib.registered()}
+    paths[formats_lib.PARITY] = os.path.join(
+        base, formats_lib.PARITY, self.model_name, f"{self.version}.json")
+    return paths
+
+  @property
+  def calibrated(self) -> tuple[str, ...]:
+    """The requested variants that calibrate on images (int8)."""
+    return tuple(q for q in self.quantizations if any(
+        q in formats_lib.get(name).calibrated_variants
+        for name in self.formats))
 
   @property
   def staging(self) -> str:
@@ -125,10 +142,12 @@ class Images:
 def check_model_name(name: str, origin: str = "`model_name`") -> str:
   """Raises ExportError naming ``name`` and where it came from unless it is
   usable as a TF Serving model name and a folder name."""
-  if not _MODEL_NAME.match(name) or name in _RESERVED_MODEL_NAMES:
+  # The folders beside the models' under the base folder.
+  reserved = formats_lib.reserved_folders() | {model_card.FOLDER}
+  if not _MODEL_NAME.match(name) or name in reserved:
     raise ExportError(
         f"model name {name!r} ({origin}) must be letters, digits, '_', '-', "
-        f"'.' and not one of {sorted(_RESERVED_MODEL_NAMES)}")
+        f"'.' and not one of {sorted(reserved)}")
   return name
 
 
@@ -140,20 +159,25 @@ def _check_positive(name: str, value) -> int:
 
 
 def resolve_request(model_dir: str, output: Optional[str] = None,
-                    formats: Sequence[str] | str = FORMATS, version: int = 1,
+                    formats: Sequence[str] | str | None = None,
+                    version: int = 1,
                     model_name: Optional[str] = None,
-                    quantizations: Sequence[str] | str = tflite.QUANTIZATIONS,
-                    max_image_bytes: int = saved_model.MAX_IMAGE_BYTES,
-                    max_image_pixels: int = saved_model.MAX_IMAGE_PIXELS,
+                    quantizations: Sequence[str] | str | None = None,
+                    max_image_bytes: int = MAX_IMAGE_BYTES,
+                    max_image_pixels: int = MAX_IMAGE_PIXELS,
                     threshold: float = artefacts.DEFAULT_THRESHOLD,
                     overwrite: bool = False,
                     model_file: Optional[str] = None) -> Request:
   """Checks export's arguments (see export) and picks the .keras file.
   Raises ExportError naming the bad value."""
-  formats = artefacts.parse_choices(formats, FORMATS, "format")
-  quantizations = (artefacts.parse_choices(quantizations, tflite.QUANTIZATIONS,
-                                           "quantization")
-                   if "tflite" in formats else ())
+  formats = artefacts.parse_choices(
+      formats_lib.names() if formats is None else formats,
+      formats_lib.names(), "format")
+  # Quantizations are the variants of the formats that have some.
+  variants = formats_lib.variants_of(formats)
+  quantizations = (artefacts.parse_choices(
+      variants if quantizations is None else quantizations, variants,
+      "quantization") if variants else ())
   if isinstance(version, bool) or not isinstance(version, int) or version < 1:
     raise ExportError(f"version must be a positive integer, got {version!r}")
   threshold = artefacts.check_threshold(threshold)
@@ -252,20 +276,22 @@ def gather_images(request: Request, image_size: int,
   if representative is None and parity_images is None:
     default_cal, default_par = run_dir.default_image_sources(request.folder)
     if default_par:
-      calibrating = ("int8" in request.quantizations and default_cal)
+      calibrating = request.calibrated and default_cal
       log("no representative/parity_images: "
-          + (f"calibrating int8 on {default_cal}, " if calibrating else "")
+          + (f"calibrating {', '.join(request.calibrated)} on {default_cal}, "
+             if calibrating else "")
           + f"checking parity on {default_par}")
   cal_source = representative or parity_images or default_cal
   par_source = None if random_parity else (
       parity_images or representative or default_par)
   calibration = None
-  if "int8" in request.quantizations:
+  if request.calibrated:
     if cal_source is None:
+      names = ", ".join(request.calibrated)
       raise ExportError(
-          "int8 needs calibration images and none were found: pass "
-          "`representative`=<manifest.csv or image folder>, or leave int8 "
-          "out of `quantization`")
+          f"{names} needs calibration images and none were found: pass "
+          "`representative`=<manifest.csv or image folder>, or leave "
+          f"{names} out of `quantization`")
     calibration = _read_sample(cal_source, request.folder, image_column,
                                MAX_CALIBRATION_IMAGES, 1, image_size)
   if par_source is None:
@@ -289,68 +315,58 @@ def gather_images(request: Request, image_size: int,
 def build_staged(request: Request, model, schema, table, images: Images,
                  isolate: bool = True,
                  log: Callable[[str], None] = print) -> ExportResult:
-  """Writes the SavedModel (checked in plain TensorFlow) and the requested
-  conversions into request.staging. Returns their staged paths."""
+  """Writes every requested format (and those they convert from) into
+  request.staging: in this process first, then the conversions in worker
+  processes while each written format's check runs. Returns the staged
+  paths."""
   shutil.rmtree(request.staging, ignore_errors=True)
-  staged = request.paths(request.staging)
-  result = ExportResult(saved_model=staged["saved_model"])
-  log(f"writing SavedModel -> {staged['saved_model']}")
-  saved_model.to_saved_model(
-      model, schema, staged["saved_model"], request.max_image_bytes,
-      warmup_images=images.parity[:1], model_name=request.model_name,
-      table=table, threshold=request.threshold,
-      max_image_pixels=request.max_image_pixels)
-  # The plain-TF load check is a subprocess of its own and every conversion
-  # runs in a worker process: all of them run at once.
+  job = formats_lib.Job(model=model, schema=schema, table=table,
+                        request=request, images=images,
+                        folders=request.paths(request.staging), log=log)
+  built = formats_lib.build_order(request.formats)
+  for fmt in built:
+    value = fmt.write(job)
+    if value is not None:
+      job.staged[fmt.name] = value
+  result = ExportResult(paths=job.staged)
+  # A check (the SavedModel's is a subprocess of its own) runs while the
+  # conversions do, each in a worker process: all of them at once.
   with concurrent.futures.ThreadPoolExecutor(max_workers=1) as checker:
-    check_future = checker.submit(saved_model.check_saved_model,
-                                  staged["saved_model"])
-    _convert(request, staged, images, result, isolate, log)
-    check = result.saved_model_check = check_future.result()
-  log(f"SavedModel loads in plain TensorFlow; {sum(check['ops'].values())} "
-      f"nodes, {len(check['ops'])} op types, no Python or custom ops")
+    checks = {f.name: checker.submit(f.check, job, job.staged[f.name])
+              for f in built if f.name in job.staged}
+    _convert(job, built, isolate, log)
+    for name, future in checks.items():
+      outcome = future.result()
+      if outcome is not None:
+        result.checks[name], line = outcome
+        log(line)
   return result
 
 
-def _convert(request: Request, staged: dict, images: Images,
-             result: ExportResult, isolate: bool, log) -> None:
-  calls = {}
-  # ONNX first: the longest conversion, so the workers finish together.
-  if "onnx" in request.formats:
-    calls["onnx"] = onnx_exporter.onnx_call(
-        staged["saved_model"], staged["onnx"], request.model_name)
-  if "tflite" in request.formats:
-    calls.update({f"TFLite {q}": call for q, call in tflite.variant_calls(
-        staged["saved_model"], staged["tflite"], request.model_name,
-        request.quantizations, images.calibration).items()})
+def _convert(job: formats_lib.Job, built: Sequence[formats_lib.ExportFormat],
+             isolate: bool, log) -> None:
+  # Costliest first, so the workers finish together.
+  calls = [(fmt, c) for fmt in sorted(built, key=lambda f: -f.conversion_cost)
+           for c in fmt.conversions(job)]
   if not calls:
     return
   workers = isolated.workers_for(len(calls)) if isolate else 1
   where = (f"{workers} worker process{'es' if workers > 1 else ''}"
            if isolate else "this process")
-  log(f"converting {', '.join(calls)} (in {where})")
-  paths = dict(zip(calls, isolated.run_all(list(calls.values()), isolate,
-                                           workers)))
-  result.onnx = paths.pop("onnx", None)
-  result.tflite = {k.split()[1]: p for k, p in paths.items()}
+  log(f"converting {', '.join(c.label for _, c in calls)} (in {where})")
+  paths = isolated.run_all([(c.fn, c.args) for _, c in calls], isolate,
+                           workers)
+  converted = {}
+  for (fmt, c), path in zip(calls, paths):
+    converted.setdefault(fmt.name, {})[c.variant] = path
+  for fmt in built:
+    if fmt.name in converted:
+      job.staged[fmt.name] = fmt.converted(converted[fmt.name])
 
 
-def _candidates(staged: ExportResult) -> list:
-  tensor_sig = predictors.SavedModelPredictor(staged.saved_model)
-  bytes_sig = predictors.SavedModelBytesPredictor(staged.saved_model,
-                                                  tensor_sig.loaded)
-  examples_sig = predictors.SavedModelExamplePredictor(staged.saved_model,
-                                                      tensor_sig.loaded)
-  candidates = [("saved_model", tensor_sig, parity_lib.FP32_TOLERANCE),
-                ("saved_model_bytes", bytes_sig, parity_lib.FP32_TOLERANCE),
-                ("saved_model_examples", examples_sig,
-                 parity_lib.FP32_TOLERANCE)]
-  candidates += [(f"tflite_{q}", predictors.TFLitePredictor(p),
-                  parity_lib.TOLERANCES[q]) for q, p in staged.tflite.items()]
-  if staged.onnx:
-    candidates.append(("onnx", predictors.OnnxPredictor(staged.onnx),
-                       parity_lib.FP32_TOLERANCE))
-  return candidates
+def _candidates(staged: ExportResult) -> list[formats_lib.Candidate]:
+  return [c for fmt in formats_lib.registered() if fmt.name in staged.paths
+          for c in fmt.candidates(staged.paths[fmt.name])]
 
 
 def check_parity(request: Request, model, table, staged: ExportResult,
@@ -364,21 +380,23 @@ def check_parity(request: Request, model, table, staged: ExportResult,
   reference = predictors.KerasPredictor(request.model_path, model=model
                                         ).predict(images.parity)
   # Tag heads are compared per tag, at the thresholds the artefacts carry.
-  tag_thresholds = {h.name: h.tag_thresholds() for h in schema.heads
-                    if h.is_tags} if schema is not None else None
-  reports = [parity_lib.parity(pred, reference, images.parity, tol, name,
+  tag_thresholds = (schema.tag_thresholds() if schema is not None
+                    else None)
+  candidates = _candidates(staged)
+  reports = [parity_lib.parity(c.predictor, reference, images.parity,
+                               c.tolerance, c.artefact,
                                tag_thresholds=tag_thresholds)
-             for name, pred, tol in _candidates(staged)]
+             for c in candidates]
   for rep in reports:  # staged paths are about to move
     rep["path"] = os.path.relpath(rep["path"], request.staging)
   log(parity_lib.format_parity_table(reports))
   _write_report(request, table, images, reports, class_table,
-                request.paths(request.staging)["parity"])
+                request.paths(request.staging)[formats_lib.PARITY])
   failed = [r for r in reports if not r["passed"]]
   if failed:
     hint = ""
-    if all(r["artefact"].startswith("tflite_") and r["artefact"] != "tflite_fp32"
-           for r in failed):
+    if all(c.optional_variant for c, r in zip(candidates, reports)
+           if not r["passed"]):
       hint = (" To publish the others, leave the failing variant(s) out of "
               "`quantization` (int8 needs a well-trained model and real "
               "`representative` images).")
@@ -417,7 +435,7 @@ def publish(request: Request, staged: ExportResult, reports: list[dict],
   """Moves the requested artefacts and the parity report from staging into
   place, each folder in one rename. Returns the published paths."""
   final, src = request.paths(), request.paths(request.staging)
-  for key in ("parity",) + request.formats:
+  for key in (formats_lib.PARITY,) + request.formats:
     dst = final[key]
     if os.path.exists(dst):
       shutil.rmtree(dst) if os.path.isdir(dst) else os.remove(dst)
@@ -428,36 +446,33 @@ def publish(request: Request, staged: ExportResult, reports: list[dict],
     os.rmdir(os.path.dirname(request.staging))
   except OSError:
     pass  # another export is staging
-  name = request.model_name
   result = ExportResult(
-      saved_model=(final["saved_model"] if "saved_model" in request.formats
-                   else None),
-      tflite={q: tflite.tflite_path(final["tflite"], name, q)
-              for q in staged.tflite},
-      onnx=(os.path.join(final["onnx"], os.path.basename(staged.onnx))
-            if staged.onnx else None),
-      parity_path=final["parity"], parity=reports,
-      saved_model_check=staged.saved_model_check)
-  log(f"exported {name!r} version {request.version} under {request.base}")
+      paths={name: formats_lib.get(name).published(
+          staged.paths[name], src[name], final[name])
+             for name in request.formats if name in staged.paths},
+      parity_path=final[formats_lib.PARITY], parity=reports,
+      checks=dict(staged.checks))
+  log(f"exported {request.model_name!r} version {request.version} under "
+      f"{request.base}")
   return result
 
 
 def export(model_dir: str,
            output: Optional[str] = None,
-           formats: Sequence[str] | str = FORMATS,
+           formats: Sequence[str] | str | None = None,
            version: int = 1,
            model_name: Optional[str] = None,
-           quantizations: Sequence[str] | str = tflite.QUANTIZATIONS,
+           quantizations: Sequence[str] | str | None = None,
            representative: Optional[str] = None,
            parity_images: Optional[str] = None,
-           max_image_bytes: int = saved_model.MAX_IMAGE_BYTES,
+           max_image_bytes: int = MAX_IMAGE_BYTES,
            overwrite: bool = False,
            isolate: bool = True,
            log: Callable[[str], None] = print,
            model_file: Optional[str] = None,
            class_table: Optional[str] = None,
            threshold: float = artefacts.DEFAULT_THRESHOLD,
-           max_image_pixels: int = saved_model.MAX_IMAGE_PIXELS,
+           max_image_pixels: int = MAX_IMAGE_PIXELS,
            image_column: Optional[str] = None) -> ExportResult:
   """Exports a trained model folder to every requested format, checks each
   artefact against the Keras model and publishes them only if all pass.
@@ -469,9 +484,9 @@ def export(model_dir: str,
       labels.json beside it; output defaults to <model_dir>/export.
     model_name: default the model folder's name; a name unusable as a TF
       Serving model name is an error naming it (pass model_name).
-    quantizations: quantization; only read when "tflite" is in formats.
-    isolate: convert TFLite/ONNX each in a fresh process (frees the memory
-      the converters keep).
+    formats, quantizations: default every format (formats.py) and variant.
+    isolate: run the conversions in worker processes (frees the memory the
+      converters keep).
     log: progress sink.
     image_column: default the run's (its config.json), read only when a
       manifest CSV is an image source.

@@ -1,7 +1,10 @@
 """Every artefact as one callable: uint8 [N, S, S, 3] -> {output: float32 [N, k]}.
 
 Used by the parity check, the predict CLI and the latency benchmark;
-load_predictor opens any artefact (or a run folder) by its path.
+load_predictor opens any artefact (or a run folder) by its path. The Keras
+model's predictor is here; each export format's predictors are in its own
+module (exporters/formats.py lists them) and reachable here by class name
+too (predictors.TFLitePredictor).
 """
 
 from __future__ import annotations
@@ -11,14 +14,11 @@ import os
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
-import tensorflow as tf
 
 from mlc_keras.exporters import artefacts
 from mlc_keras.core import heads as heads_lib
 from mlc_keras.runs import folder as run_dir
 from mlc_keras.exporters.artefacts import ExportError
-from mlc_keras.exporters import metadata
-from mlc_keras.exporters import saved_model
 
 # Predictor.class_table before its first look-up (None means "no table").
 _NOT_LOOKED_UP = object()
@@ -134,133 +134,6 @@ class KerasPredictor(Predictor):
     return {k: np.asarray(v) for k, v in out.items()}
 
 
-class SavedModelPredictor(Predictor):
-  """The SavedModel's tensor signature (what the converters start from)."""
-
-  kind = "saved_model"
-
-  def __init__(self, path: str, loaded=None):
-    super().__init__(path)
-    # Loading is seconds: the two SavedModel predictors can share one.
-    self.loaded = loaded if loaded is not None else tf.saved_model.load(path)
-    if artefacts.TENSOR_SIGNATURE not in self.loaded.signatures:
-      raise ExportError(f"{path}: SavedModel has no {artefacts.TENSOR_SIGNATURE!r} "
-                        "signature; was it written by mlc_keras.export?")
-    self._fn = self.loaded.signatures[artefacts.TENSOR_SIGNATURE]
-    spec = self._fn.structured_input_signature[1][artefacts.IMAGE_INPUT]
-    self.image_size = int(spec.shape[1])
-    self.output_names = sorted(self._fn.structured_outputs)
-
-  def _run(self, images):
-    out = self._fn(**{artefacts.IMAGE_INPUT: tf.constant(images)})
-    return {k: v.numpy() for k, v in out.items()}
-
-
-class SavedModelBytesPredictor(SavedModelPredictor):
-  """The SavedModel's bytes signature: images are PNG-encoded (lossless) and
-  decoded in-graph, so the pixels match the tensor signature's exactly."""
-
-  kind = "saved_model_bytes"
-
-  def __init__(self, path: str, loaded=None):
-    super().__init__(path, loaded)
-    self._bytes_fn = self.loaded.signatures[artefacts.SERVING_SIGNATURE]
-
-  def _run(self, images):
-    return self.predict_encoded([saved_model.encode_png(i) for i in images])
-
-  def predict_encoded(self, encoded: Sequence[bytes], with_labels: bool = False
-                      ) -> dict[str, np.ndarray]:
-    """Calls serving_default on encoded images, as TF Serving would.
-    Returns the probability outputs, plus the label outputs if asked."""
-    out = self._bytes_fn(**{artefacts.BYTES_INPUT: tf.constant(list(encoded),
-                                                     dtype=tf.string)})
-    return {k: v.numpy() for k, v in out.items()
-            if with_labels or k in self.output_names}
-
-
-class SavedModelExamplePredictor(SavedModelPredictor):
-  """The SavedModel's tf.Example signature: each image PNG-encoded into a
-  tf.Example under image/encoded, parsed and decoded in-graph."""
-
-  kind = "saved_model_examples"
-
-  def __init__(self, path: str, loaded=None):
-    super().__init__(path, loaded)
-    self._examples_fn = self.loaded.signatures[artefacts.EXAMPLE_SIGNATURE]
-
-  def _run(self, images):
-    examples = [saved_model.example_of(saved_model.encode_png(i))
-                for i in images]
-    out = self._examples_fn(**{artefacts.EXAMPLES_INPUT: tf.constant(
-        examples, dtype=tf.string)})
-    return {k: v.numpy() for k, v in out.items() if k in self.output_names}
-
-
-class TFLitePredictor(Predictor):
-  """A .tflite file through LiteRT's signature runner (outputs by name)."""
-
-  kind = "tflite"
-
-  def __init__(self, path: str, num_threads: Optional[int] = None):
-    super().__init__(path)
-    try:
-      from ai_edge_litert import interpreter as litert
-    except ImportError:
-      raise artefacts.missing_dependency("ai-edge-litert") from None
-    self.interpreter = litert.Interpreter(
-        model_path=path, num_threads=num_threads or os.cpu_count())
-    signatures = self.interpreter.get_signature_list()
-    if len(signatures) != 1:
-      raise ExportError(
-          f"{path}: expected one signature, found {sorted(signatures)}")
-    key, io = next(iter(signatures.items()))
-    self._runner = self.interpreter.get_signature_runner(key)
-    details = self._runner.get_input_details()
-    if list(details) != [artefacts.IMAGE_INPUT]:
-      raise ExportError(f"{path}: signature inputs {list(details)}, "
-                        f"expected [{artefacts.IMAGE_INPUT!r}]")
-    shape = details[artefacts.IMAGE_INPUT]["shape_signature"]
-    self.image_size = int(shape[1])
-    self.output_names = sorted(io["outputs"])
-
-  def _embedded_labels(self):
-    return metadata.read_tflite(self.path)
-
-  def _run(self, images):
-    out = self._runner(**{artefacts.IMAGE_INPUT: images})
-    # The runner hands back views of interpreter buffers: copy them.
-    return {k: np.array(v) for k, v in out.items()}
-
-
-class OnnxPredictor(Predictor):
-  """A .onnx file through ONNX Runtime (CPU)."""
-
-  kind = "onnx"
-
-  def __init__(self, path: str):
-    super().__init__(path)
-    try:
-      import onnxruntime
-    except ImportError:
-      raise artefacts.missing_dependency("onnxruntime") from None
-    self.session = onnxruntime.InferenceSession(
-        path, providers=["CPUExecutionProvider"])
-    inputs = self.session.get_inputs()
-    if [i.name for i in inputs] != [artefacts.IMAGE_INPUT]:
-      raise ExportError(f"{path}: ONNX inputs {[i.name for i in inputs]}, "
-                        f"expected [{artefacts.IMAGE_INPUT!r}]")
-    self.image_size = int(inputs[0].shape[1])
-    self.output_names = [o.name for o in self.session.get_outputs()]
-
-  def _embedded_labels(self):
-    return metadata.read_onnx(self.session)
-
-  def _run(self, images):
-    values = self.session.run(self.output_names, {artefacts.IMAGE_INPUT: images})
-    return dict(zip(self.output_names, values))
-
-
 def load_predictor(path: str, bytes_signature: bool = False) -> Predictor:
   """Opens any artefact as a Predictor.
 
@@ -289,10 +162,12 @@ def load_predictor(path: str, bytes_signature: bool = False) -> Predictor:
 
 
 def _open(path: str, bytes_signature: bool) -> Predictor:
+  from mlc_keras.exporters import formats  # pylint: disable=g-import-not-at-top
+  for fmt in formats.registered():
+    predictor = fmt.open(path, bytes_signature)
+    if predictor is not None:
+      return predictor
   if os.path.isdir(path):
-    if os.path.exists(os.path.join(path, "saved_model.pb")):
-      return (SavedModelBytesPredictor(path) if bytes_signature
-              else SavedModelPredictor(path))
     if any(os.path.exists(os.path.join(path, f))
            for f in (run_dir.MODEL_FILE, run_dir.CALIBRATED_FILE)):
       # The model export would pick (calibrated.keras when current).
@@ -301,21 +176,26 @@ def _open(path: str, bytes_signature: bool) -> Predictor:
       if os.path.exists(os.path.join(path, run_dir.CALIBRATED_FILE)):
         predictor.chosen_because = why  # a choice was made: predict says it
       return predictor
-    version = artefacts.latest_version(path)
-    if version:
-      return _open(version, bytes_signature)
-    raise ExportError(
-        f"{path}: neither a SavedModel (saved_model.pb), a model folder "
-        "(model.keras) nor a TF Serving model folder (integer versions)")
-  lower = path.lower()
-  if lower.endswith(".keras"):
+    kinds = ["a model folder (model.keras)"] + [
+        f.folder_kind for f in formats.registered() if f.folder_kind]
+    raise ExportError(f"{path}: neither {', '.join(kinds[:-1])} nor "
+                      f"{kinds[-1]}" if len(kinds) > 1 else
+                      f"{path}: not {kinds[0]}")
+  if path.lower().endswith(".keras"):
     return KerasPredictor(path)
-  if lower.endswith(".tflite"):
-    return TFLitePredictor(path)
-  if lower.endswith(".onnx"):
-    return OnnxPredictor(path)
+  files = [".keras"] + [f.suffix for f in formats.registered() if f.suffix]
+  folders = [f.folder_kind for f in formats.registered() if f.folder_kind]
   raise ExportError(
-      f"{path}: unknown model format; expected .keras, .tflite, .onnx or a "
-      "SavedModel folder")
+      f"{path}: unknown model format; expected {', '.join(files)}"
+      + (f" or {' or '.join(folders)}" if folders else ""))
 
 
+def __getattr__(name: str):
+  # The export formats' predictor classes, by name (predictors.OnnxPredictor).
+  if not name.startswith("_"):
+    from mlc_keras.exporters import formats  # pylint: disable=g-import-not-at-top
+    for fmt in formats.registered():
+      for cls in fmt.predictor_types:
+        if cls.__name__ == name:
+          return cls
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
