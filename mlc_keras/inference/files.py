@@ -18,7 +18,6 @@ from mlc_keras.core import config as config_lib
 from mlc_keras.core import heads as heads_lib
 from mlc_keras.inference import predictors
 from mlc_keras.runs import folder as run_dir
-from mlc_keras.labeling import tagging
 from mlc_keras.exporters.artefacts import ExportError
 from mlc_keras.data import headers
 from mlc_keras.data import imagecheck

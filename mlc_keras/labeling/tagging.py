@@ -16,7 +16,7 @@ DEFAULT_TAG_THRESHOLD and a "not defined" note, never NaN.
 
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Optional
 
 import numpy as np
 from sklearn import metrics as skm

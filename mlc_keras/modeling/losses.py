@@ -22,6 +22,9 @@ import keras
 
 from mlc_keras.core import errors
 
+# Heads and schemas are core.heads' HeadSpec and LabelSchema, not imported:
+# the head kinds (core/kinds), which core.heads imports, build these losses.
+
 
 @keras.saving.register_keras_serializable("mlc_keras")
 class SparseFocalCrossentropy(keras.losses.Loss):
@@ -77,7 +80,7 @@ class SparseFocalCrossentropy(keras.losses.Loss):
             "label_smoothing": self.label_smoothing, "soft": self.soft}
 
 
-def head_loss(head: "heads_lib.HeadSpec", label_smoothing: float = 0.0,
+def head_loss(head: "HeadSpec", label_smoothing: float = 0.0,
               soft: bool = False) -> keras.losses.Loss:
   """The loss of one head, averaged over its labelled samples. A tag head's
   per-sample loss is the binary cross-entropy averaged over its tags (its
@@ -90,7 +93,7 @@ def head_loss(head: "heads_lib.HeadSpec", label_smoothing: float = 0.0,
   return head.kind_impl.loss(head, label_smoothing, soft)
 
 
-def smoothing_per_head(schema: "heads_lib.LabelSchema",
+def smoothing_per_head(schema: "LabelSchema",
                        values) -> dict[str, float]:
   """((head, s), ...) as label_smoothing gives them ("*": every head)
   -> {head: s} over the schema's heads; an unknown head raises SchemaError
@@ -102,7 +105,7 @@ def smoothing_per_head(schema: "heads_lib.LabelSchema",
   return {h.name: float(values.get(h.name, every)) for h in schema.heads}
 
 
-def head_losses(schema: "heads_lib.LabelSchema", label_smoothing=None,
+def head_losses(schema: "LabelSchema", label_smoothing=None,
                 soft: bool = False) -> dict[str, keras.losses.Loss]:
   """One loss per head (see head_loss); ``label_smoothing``: {head: s}
   (heads left out: none)."""
@@ -111,5 +114,5 @@ def head_losses(schema: "heads_lib.LabelSchema", label_smoothing=None,
           for h in schema.heads}
 
 
-def loss_weights(schema: "heads_lib.LabelSchema") -> dict[str, float]:
+def loss_weights(schema: "LabelSchema") -> dict[str, float]:
   return {h.name: float(h.loss_weight) for h in schema.heads}

@@ -11,6 +11,9 @@ import numpy as np
 from mlc_keras.core.kinds import tags as tags_kind
 from mlc_keras.evaluation import scoring
 
+# Heads and schemas are core.heads' HeadSpec and LabelSchema, not imported:
+# the head kinds (core/kinds), which core.heads imports, build these metrics.
+
 
 reported_top_k = scoring.reported_top_k
 
@@ -59,7 +62,7 @@ class SoftTopK(_HardTargets, keras.metrics.SparseTopKCategoricalAccuracy):
   pass
 
 
-def weighted_metrics(schema: "heads_lib.LabelSchema", top_k: int = 5,
+def weighted_metrics(schema: "LabelSchema", top_k: int = 5,
                      soft: bool = False
                      ) -> dict[str, list[keras.metrics.Metric]]:
   """Each head's kind's metrics: accuracy, plus top-k where a head has more
@@ -114,7 +117,7 @@ class BalancedAccuracy(keras.metrics.MeanIoU):
             "dtype": self.dtype}
 
 
-def selection_metrics(schema: "heads_lib.LabelSchema"
+def selection_metrics(schema: "LabelSchema"
                       ) -> dict[str, list[keras.metrics.Metric]]:
   """A BalancedAccuracy per head, compiled beside weighted_metrics (as
   weighted metrics, so masked samples do not count): model selection and
@@ -123,7 +126,7 @@ def selection_metrics(schema: "heads_lib.LabelSchema"
   return {h.name: h.kind_impl.selection_metrics(h) for h in schema.heads}
 
 
-def collect(model: keras.Model, dataset, schema: "heads_lib.LabelSchema"):
+def collect(model: keras.Model, dataset, schema: "LabelSchema"):
   """Runs the model over a dataset of (image, labels, weights) batches.
 
   Returns {head: (probs [N, k], labels [N], labelled mask [N])}.
@@ -143,7 +146,7 @@ def collect(model: keras.Model, dataset, schema: "heads_lib.LabelSchema"):
           for h in schema.names}
 
 
-def head_table(collected, schema: "heads_lib.LabelSchema",
+def head_table(collected, schema: "LabelSchema",
                top_k: int = 5) -> list[dict]:
   """Per head: labelled count, accuracy and top-k on labelled samples only
   (the head's kind's table_row; a tag head: see tag_accuracy).
@@ -173,7 +176,7 @@ def tag_accuracy(probs: np.ndarray, tags: np.ndarray,
 
 
 def add_field_scores(rows: list[dict], collected,
-                     schema: "heads_lib.LabelSchema", top_k: int = 5) -> dict:
+                     schema: "LabelSchema", top_k: int = 5) -> dict:
   """Adds scoring's balanced accuracy (mA), AP / ROC-AUC (two-class heads)
   and not-defined reasons to head_table() ``rows`` in place; returns the
   across-head numbers (scoring.across_heads)."""

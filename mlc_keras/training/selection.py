@@ -27,7 +27,6 @@ import numpy as np
 
 from mlc_keras.core import heads as heads_lib
 from mlc_keras.runs import preflight
-from mlc_keras.evaluation import scoring
 from mlc_keras.modeling import metrics
 from mlc_keras.modeling import saving
 
