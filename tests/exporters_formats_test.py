@@ -195,6 +195,12 @@ class RegistryTest(tf.test.TestCase):
       open(other, "wb").close()
       predictors.load_predictor(other)
 
+  def test_export_defaults_are_the_saved_models(self):
+    # publish keeps its own copy so that it need not import the writer.
+    from mlc_keras.exporters import saved_model  # pylint: disable=g-import-not-at-top
+    self.assertEqual(export_lib.MAX_IMAGE_BYTES, saved_model.MAX_IMAGE_BYTES)
+    self.assertEqual(export_lib.MAX_IMAGE_PIXELS, saved_model.MAX_IMAGE_PIXELS)
+
   def test_names_and_folders_are_not_taken_twice(self):
     self._register(ProbeFormat())
     with self.assertRaisesRegex(artefacts.ExportError, "taken"):

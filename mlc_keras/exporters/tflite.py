@@ -205,7 +205,8 @@ class TFLiteFormat(formats.ExportFormat):
             for q, (fn, args) in calls.items()]
 
   def candidates(self, value):
-    # fp32 is the one variant a failure cannot be published without.
+    # A failing lossy variant can be left out to publish the rest; fp32 is
+    # the conversion itself, so its failure is no variant's.
     return [formats.Candidate(f"{self.name}_{q}", TFLitePredictor(p),
                               parity_lib.TOLERANCES[q],
                               optional_variant=q != "fp32")
