@@ -252,7 +252,9 @@ class HeadTensorBoard(keras.callbacks.Callback):
     with writer.as_default():
       for head in self.schema.heads:
         present = weights[head.name] > 0
-        if head.kind == heads_lib.SOFTMAX:
+        # A single-label head (softmax, ordinal): one class per image, so a
+        # confusion matrix; a multi-label one (tags): a decision per tag.
+        if head.kind_impl.single_label:
           y = np.where(present, labels[head.name].astype(np.int64),
                        heads_lib.MISSING)
           counts = confusion_counts(y, probs[head.name], head.num_classes)
@@ -263,11 +265,9 @@ class HeadTensorBoard(keras.callbacks.Callback):
               step=step,
               description=f"the first {len(present)} validation images, "
                           f"{int(present.sum())} labelled")
-        elif head.is_tags and present.any():
-          thresholds = head.thresholds or (
-              (heads_lib.DEFAULT_TAG_THRESHOLD,) * head.num_classes)
+        elif present.any():
           f1 = tag_f1(probs[head.name], labels[head.name], present,
-                      thresholds)
+                      head.tag_thresholds())
           for tag, value in zip(head.classes, f1):
             tf.summary.scalar(f"{head.name}/f1/{tag}", float(value),
                               step=step)
