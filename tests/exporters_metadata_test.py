@@ -15,7 +15,8 @@ from mlc_keras.exporters import artefacts
 from mlc_keras.inference import predictors
 from mlc_keras.data import manifest as manifest_lib
 from mlc_keras.data import tfrecords
-from mlc_keras.exporters import metadata
+from mlc_keras.exporters import onnx as onnx_format
+from mlc_keras.exporters import tflite as tflite_format
 from tests import export_fixture
 
 
@@ -43,9 +44,9 @@ class EmbeddedLabelsTest(tf.test.TestCase):
     with open(os.path.join(os.path.dirname(tflite),
                            artefacts.LABELS_FILE)) as f:
       beside = json.load(f)
-    self.assertEqual(json.loads(metadata.read_tflite(tflite)), beside)
+    self.assertEqual(json.loads(tflite_format.read_labels(tflite)), beside)
     onnx_predictor = predictors.OnnxPredictor(source.result.onnx)
-    self.assertEqual(json.loads(metadata.read_onnx(onnx_predictor.session)),
+    self.assertEqual(json.loads(onnx_format.read_labels(onnx_predictor.session)),
                      beside)
 
 
@@ -65,7 +66,7 @@ class OnnxDescriptionTest(tf.test.TestCase):
     labels = json.dumps({"heads": [
         {"name": "tone", "kind": "softmax", "classes": ["dark", "light"]},
         {"name": "marks", "kind": "tags", "classes": ["bar", "edge"]}]})
-    metadata.embed_onnx(path, labels)
+    onnx_format.embed_labels(path, labels)
     model = onnx.load(path)
     self.assertEqual(model.doc_string.splitlines()[1:], [
         "  tone: class probabilities (softmax) over dark, light",

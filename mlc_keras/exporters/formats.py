@@ -155,6 +155,14 @@ class ExportFormat:
     """ExportResult's value for the format when it was not exported."""
     return {} if self.variants else None
 
+  def card_input(self, max_image_bytes: int,
+                 max_image_pixels: int) -> Optional[str]:
+    """The model card's words for what the format takes besides the uint8
+    pixels of the tensor signature ("encoded JPEG ... bytes"): "" for the
+    pixels alone, None to leave the format out of the card."""
+    del max_image_bytes, max_image_pixels
+    return None
+
   def open(self, path: str, bytes_signature: bool = False):
     """``path`` as a Predictor if it is this format's, else None."""
     del bytes_signature

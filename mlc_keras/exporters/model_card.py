@@ -17,6 +17,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from mlc_keras.core import heads as heads_lib
+from mlc_keras.exporters import formats as formats_lib
 from mlc_keras.runs import folder as run_dir
 
 FOLDER = "model_card"
@@ -165,6 +166,22 @@ def _parity_section(reports: Sequence[dict]) -> list[str]:
   return lines
 
 
+def _input_text(image_size: int, max_image_bytes: int,
+                max_image_pixels: int) -> str:
+  """What each format takes, in the words of the format (card_input)."""
+  said = [(f.title, f.card_input(max_image_bytes, max_image_pixels))
+          for f in formats_lib.registered()]
+  pixels = [title for title, words in said if words == ""]
+  if len(pixels) > 1:
+    subject = ", ".join(pixels[:-1]) + " and " + pixels[-1] + " take"
+  else:
+    subject = (pixels[0] if pixels else "Every format") + " takes"
+  return (f"RGB images. {subject} uint8 pixels [N, {image_size}, "
+          f"{image_size}, 3] (0-255, preprocessing inside)"
+          + "".join(f"; the {title} also takes {words}"
+                    for title, words in said if words) + ".")
+
+
 def render(*, model_name: str, version: int, model_file: str,
            schema: heads_lib.LabelSchema, image_size: int,
            temperatures: Mapping[str, float], reports: Sequence[dict],
@@ -177,12 +194,7 @@ def render(*, model_name: str, version: int, model_file: str,
            f"({len(schema)} heads), each a softmax over its classes (a tag head: "
            "independent sigmoids over its tags).", "",
            "## Intended input", "",
-           f"RGB images. TFLite and ONNX take uint8 pixels [N, {image_size}, "
-           f"{image_size}, 3] (0-255, preprocessing inside); the SavedModel "
-           "also takes encoded JPEG, PNG, GIF, BMP or WebP bytes "
-           f"(`serving_default`, at most {max_image_bytes} bytes and "
-           f"{max_image_pixels} pixels each) and tf.Examples holding them "
-           "under `image/encoded` (`serve_examples`).", ""]
+           _input_text(image_size, max_image_bytes, max_image_pixels), ""]
   lines += _heads_section(schema, coverage, coverage_source)
   lines += _validation_section(results, evaluation)
   lines += _calibration_section(temperatures, evaluation)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Sequence
+from typing import Optional, Sequence
 
 from mlc_keras.exporters import artefacts
 from mlc_keras.exporters import formats
@@ -220,8 +220,39 @@ def to_labelled_onnx(saved_model_dir: str, output_path: str,
   to_onnx(saved_model_dir, output_path, opset)
   labels = os.path.join(os.path.dirname(output_path), artefacts.LABELS_FILE)
   with open(labels, encoding="utf-8") as f:
-    metadata.embed_onnx(output_path, f.read())
+    embed_labels(output_path, f.read())
   return output_path
+
+
+def description(labels_text: str, outputs: Sequence[str] = ()) -> str:
+  """The ONNX model's doc_string: what goes in and what comes out, for a
+  reader of the file (Netron, onnx.load) who has no labels.json."""
+  return "\n".join(
+      ["mlc_keras multi-head image classifier. Input 'image': uint8 "
+       "[batch, S, S, 3] (RGB pixels, NHWC). One output per head, named "
+       "after it, [batch, classes]:"]
+      + metadata.head_lines(labels_text, outputs)
+      + [f"Labels: metadata_props[{metadata.LABELS_KEY!r}] (labels.json)."])
+
+
+def embed_labels(path: str, labels_text: str) -> None:
+  """labels.json into the .onnx at ``path``: a ``metadata_props`` entry (the
+  format's key/value strings), and the description() as its doc_string."""
+  import onnx  # pylint: disable=g-import-not-at-top
+  model = onnx.load(path)
+  model.doc_string = description(
+      labels_text, [o.name for o in model.graph.output])
+  for prop in list(model.metadata_props):
+    if prop.key == metadata.LABELS_KEY:
+      model.metadata_props.remove(prop)
+  entry = model.metadata_props.add()
+  entry.key, entry.value = metadata.LABELS_KEY, labels_text
+  onnx.save(model, path)
+
+
+def read_labels(session) -> Optional[str]:
+  """The embedded labels.json of an onnxruntime InferenceSession, or None."""
+  return session.get_modelmeta().custom_metadata_map.get(metadata.LABELS_KEY)
 
 
 def onnx_call(saved_model_dir: str, folder: str, model_name: str,
@@ -263,7 +294,7 @@ class OnnxPredictor(predictors.Predictor):
     self.output_names = [o.name for o in self.session.get_outputs()]
 
   def _embedded_labels(self):
-    return metadata.read_onnx(self.session)
+    return read_labels(self.session)
 
   def _run(self, images):
     values = self.session.run(self.output_names, {artefacts.IMAGE_INPUT: images})
@@ -281,6 +312,10 @@ class OnnxFormat(formats.ExportFormat):
   conversion_cost = 2
   suffix = ".onnx"
   predictor_types = (OnnxPredictor,)
+
+  def card_input(self, max_image_bytes, max_image_pixels):
+    del max_image_bytes, max_image_pixels
+    return ""  # the uint8 pixels alone
 
   def conversions(self, job):
     fn, args = onnx_call(job.staged[serving.NAME], job.folders[self.name],

@@ -142,6 +142,13 @@ class SavedModelFormat(formats.ExportFormat):
                    f"{sum(check['ops'].values())} nodes, {len(check['ops'])} "
                    "op types, no Python or custom ops")
 
+  def card_input(self, max_image_bytes, max_image_pixels):
+    return ("encoded JPEG, PNG, GIF, BMP or WebP bytes "
+            f"(`{artefacts.SERVING_SIGNATURE}`, at most {max_image_bytes} "
+            f"bytes and {max_image_pixels} pixels each) and tf.Examples "
+            f"holding them under `{artefacts.IMAGE_FEATURE}` "
+            f"(`{artefacts.EXAMPLE_SIGNATURE}`)")
+
   def candidates(self, value):
     tensor_sig = SavedModelPredictor(value)
     bytes_sig = SavedModelBytesPredictor(value, tensor_sig.loaded)

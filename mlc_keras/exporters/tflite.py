@@ -108,8 +108,52 @@ def to_labelled_tflite(saved_model_dir: str, output_path: str,
                        calibration_images: Optional[np.ndarray] = None) -> str:
   """to_tflite, then labels.json embedded in the file as TFLite metadata."""
   to_tflite(saved_model_dir, output_path, quantization, calibration_images)
-  metadata.embed_tflite(output_path, _labels_text(saved_model_dir))
+  embed_labels(output_path, _labels_text(saved_model_dir))
   return output_path
+
+
+def _flatbuffer_schema():
+  from tensorflow.lite.python import schema_py_generated  # pylint: disable=g-import-not-at-top
+  from tensorflow.lite.tools import flatbuffer_utils  # pylint: disable=g-import-not-at-top
+  return schema_py_generated, flatbuffer_utils
+
+
+def embed_labels(path: str, labels_text: str) -> None:
+  """labels.json into the .tflite at ``path``: an entry of the flatbuffer's
+  ``metadata`` list pointing at a buffer holding the JSON, the slot TFLite
+  metadata lives in (read by any flatbuffer reader; LiteRT ignores entries
+  it does not know)."""
+  schema, fb = _flatbuffer_schema()
+  model = fb.read_model(path)
+  # Re-embedding replaces the entry (its old buffer stays, unreferenced).
+  model.metadata = [m for m in (model.metadata or [])
+                    if _text(m.name) != metadata.LABELS_KEY]
+  buffer = schema.BufferT()
+  buffer.data = np.frombuffer(labels_text.encode("utf-8"), np.uint8)
+  model.buffers.append(buffer)
+  entry = schema.MetadataT()
+  entry.name = metadata.LABELS_KEY
+  entry.buffer = len(model.buffers) - 1
+  model.metadata.append(entry)
+  fb.write_model(model, path)
+
+
+def _text(name) -> str:
+  return name.decode("utf-8") if isinstance(name, bytes) else str(name)
+
+
+def read_labels(path: str) -> Optional[str]:
+  """The embedded labels.json of a .tflite file, or None."""
+  schema, _ = _flatbuffer_schema()
+  with open(path, "rb") as f:
+    data = f.read()
+  model = schema.Model.GetRootAsModel(data, 0)
+  for i in range(model.MetadataLength()):
+    entry = model.Metadata(i)
+    if entry.Name().decode("utf-8") == metadata.LABELS_KEY:
+      return model.Buffers(entry.Buffer()).DataAsNumpy().tobytes().decode(
+          "utf-8")
+  return None
 
 
 def variant_calls(saved_model_dir: str, folder: str, model_name: str,
@@ -173,7 +217,7 @@ class TFLitePredictor(predictors.Predictor):
     self.output_names = sorted(io["outputs"])
 
   def _embedded_labels(self):
-    return metadata.read_tflite(self.path)
+    return read_labels(self.path)
 
   def _run(self, images):
     out = self._runner(**{artefacts.IMAGE_INPUT: images})
@@ -196,6 +240,10 @@ class TFLiteFormat(formats.ExportFormat):
   conversion_cost = 1
   suffix = ".tflite"
   predictor_types = (TFLitePredictor,)
+
+  def card_input(self, max_image_bytes, max_image_pixels):
+    del max_image_bytes, max_image_pixels
+    return ""  # the uint8 pixels alone
 
   def conversions(self, job):
     calls = variant_calls(job.staged[serving.NAME], job.folders[self.name],
