@@ -199,7 +199,10 @@ _SEED = flags.DEFINE_integer("seed", _t.seed, "Random seed.")
 _PRECISION = flags.DEFINE_enum(
     "precision", _t.precision, ["float32", "mixed_float16", "mixed_bfloat16"],
     "Mixed precision policy (mixed_float16 on GPUs).")
-_XLA = flags.DEFINE_bool("xla", _t.jit_compile, "Compile steps with XLA.")
+_XLA = flags.DEFINE_bool(
+    "xla", _t.jit_compile, "Compile steps with XLA. Default: Keras' own "
+    "choice ('auto'): on for JAX, on for TensorFlow with a GPU (not under "
+    "--strategy=mirrored/multi_worker), off for TensorFlow on CPUs alone.")
 _STRATEGY = flags.DEFINE_enum(
     "strategy", _t.strategy, ["default", "mirrored", "multi_worker"],
     "default (fit, one device), mirrored (every local device) or "

@@ -145,7 +145,11 @@ class TrainConfig:
   seed: int = 0
   # "float32", "mixed_float16" (GPU) or "mixed_bfloat16" (TPU, recent CPUs).
   precision: str = "float32"
-  jit_compile: bool = False
+  # XLA for the compiled steps. None: Keras' own default ("auto"): on for
+  # JAX (its steps are jitted), on for TensorFlow where it sees a GPU and no
+  # tf.distribute strategy, off for TensorFlow on CPUs alone. False on JAX
+  # would run every step op by op.
+  jit_compile: Optional[bool] = None
   # "default" (one device, fit), "mirrored" (all local devices) or
   # "multi_worker" (TF_CONFIG, TensorFlow only). On TensorFlow the last two
   # run distributed.py's custom step; on JAX, mirrored is fit over

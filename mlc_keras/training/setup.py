@@ -324,9 +324,11 @@ def optimizer(cfg: config_lib.TrainConfig, total_steps: int,
 
 
 def compile_model(model: keras.Model, schema: heads_lib.LabelSchema,
-                  optimizer, top_k: int = 5, jit_compile: bool = False,
+                  optimizer, top_k: int = 5,
+                  jit_compile: Optional[bool] = None,
                   label_smoothing=None, soft: bool = False) -> None:
-  """``label_smoothing``: {head: s} (losses.smoothing_per_head); ``soft``:
+  """``jit_compile``: None is Keras' "auto" (see TrainConfig.jit_compile);
+  ``label_smoothing``: {head: s} (losses.smoothing_per_head); ``soft``:
   training targets of single-label heads are [batch, k] probabilities
   (MixUp / CutMix; validation's stay class indices, which the metrics take
   too)."""
@@ -338,7 +340,7 @@ def compile_model(model: keras.Model, schema: heads_lib.LabelSchema,
                     h: ms + selection[h]
                     for h, ms in metrics.weighted_metrics(
                         schema, top_k, soft).items()},
-                jit_compile=jit_compile)
+                jit_compile="auto" if jit_compile is None else jit_compile)
 
 
 @dataclasses.dataclass(frozen=True)
