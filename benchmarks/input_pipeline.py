@@ -172,16 +172,9 @@ def photo_mode(workdir: str, megapixels, size: int, batch: int,
 def pipeline_images_per_s(source, schema, size: int, batch: int,
                           images: int, augment) -> float:
   from mlc_keras.data import pipeline
-  ds = pipeline.train_dataset(source, schema, image_size=size, batch_size=batch,
-                          seed=0, augmentations=augment)
-  it = iter(ds)
-  for _ in range(3):  # tracing, thread pools, autotune's first guesses
-    next(it)
-  batches = max(-(-images // batch), 1)
-  start = time.perf_counter()
-  for _ in range(batches):
-    next(it)
-  return batches * batch / (time.perf_counter() - start)
+  return rate(pipeline.train_dataset(source, schema, image_size=size,
+                                     batch_size=batch, seed=0,
+                                     augmentations=augment), batch, images)
 
 
 def summary(size: int, count: int, alone: float, small, photos,
