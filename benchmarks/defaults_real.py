@@ -74,6 +74,15 @@ _RESCORE = flags.DEFINE_bool(
 
 # The defaults main had before the defaults campaign (config.py then).
 BEFORE = {"augment": "flip,crop", "learning_rate": "1e-3"}
+# Arms of the plain script: its own defaults, and ablations of them.
+PLAIN = {
+    "plain": {},
+    # Without XLA (our steps' default on CPU), so a gap that closes here is
+    # XLA's, not the training path's.
+    "plain_nojit": {"jit_compile": "false"},
+    # With our weight decay (1e-4) instead of Keras AdamW's 0.004.
+    "plain_wd": {"weight_decay": "1e-4"},
+}
 EXTRA = {
     "noaug": {"augment": ""},
     "flipcrop": {"augment": "flip,crop"},
@@ -172,12 +181,9 @@ def train(arm: str, data: dict, seed: int, run_dir: str) -> tuple[str, dict]:
   os.makedirs(run_dir, exist_ok=True)
   budget = {"image_size": _IMAGE_SIZE.value, "epochs": _EPOCHS.value,
             "batch_size": _BATCH.value, "seed": seed}
-  if arm in ("plain", "plain_nojit"):
-    # plain_nojit: the same script without XLA (our steps' default), so a
-    # gap that closes here is XLA's, not the training path's.
+  if arm in PLAIN:
     args = dict(budget, train=data["train"], val=data["val"],
-                out=os.path.join(run_dir, "model.keras"),
-                **({"jit_compile": "false"} if arm == "plain_nojit" else {}))
+                out=os.path.join(run_dir, "model.keras"), **PLAIN[arm])
     cmd = [sys.executable, os.path.join(REPO, "benchmarks", "plain_keras.py")]
     cmd += [f"--{k}={v}" for k, v in args.items()]
     _run(cmd, os.path.join(run_dir, "train.log"))

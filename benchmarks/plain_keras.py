@@ -75,6 +75,9 @@ def main():
   ap.add_argument("--batch_size", type=int, default=32)
   ap.add_argument("--learning_rate", type=float, default=1e-3)
   ap.add_argument("--seed", type=int, default=0)
+  ap.add_argument("--weight_decay", type=float, default=None,
+                  help="AdamW's decoupled weight decay (default: Keras' own, "
+                       "0.004, as a user gets it)")
   ap.add_argument("--jit_compile", default="auto",
                   choices=("auto", "true", "false"),
                   help="Keras' compile(jit_compile=): 'auto' (Keras' default, "
@@ -97,7 +100,9 @@ def main():
       warmup_steps=warmup)
   model = build(classes, args.image_size)
   model.compile(
-      optimizer=keras.optimizers.AdamW(schedule),
+      optimizer=keras.optimizers.AdamW(schedule, **(
+          {} if args.weight_decay is None else
+          {"weight_decay": args.weight_decay})),
       loss={h: "sparse_categorical_crossentropy" for h in classes},
       weighted_metrics={h: ["accuracy"] for h in classes},
       jit_compile={"auto": "auto", "true": True,
