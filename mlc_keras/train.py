@@ -7,6 +7,7 @@ minutes on two CPU cores), leaving a model in mlc_runs/demo.
   python -m mlc_keras.train --manifest=data/train.csv --model_dir=runs/logos \
       --image_size=224 --weights=imagenet --epochs=20
   python -m mlc_keras.train --flagfile=run.flags
+  python -m mlc_keras.train --config=runs/logos --model_dir=runs/logos2 --epochs=30
 """
 
 from __future__ import annotations
@@ -38,6 +39,12 @@ _PRESET = flags.DEFINE_enum(
     "data source is given, else 'default'. Recipes: 'scratch_small' (from "
     "scratch on a small data set) and 'finetune_imagenet' (ImageNet weights, "
     "frozen then unfrozen backbone); see mlc_keras/core/config.py.")
+_CONFIG = flags.DEFINE_string(
+    "config", None,
+    "A config.json (or a run folder holding one) to start from instead of "
+    "a preset; each flag given overrides its value, so --config=runs/a "
+    "--model_dir=runs/b trains run a's settings again in runs/b (a run's "
+    "config.json holds absolute paths).")
 # Data.
 _MANIFEST = flags.DEFINE_string(
     "manifest", None, "Training CSV: an image path column and one column per "
@@ -309,122 +316,116 @@ def _user_set(holder) -> bool:
   return not flags.FLAGS[holder.name].using_default_value
 
 
-def _given(holder, preset_value):
-  """The flag's value when the user set it, else the preset's: a flag
-  default must not undo what a preset chose."""
-  return holder.value if _user_set(holder) else preset_value
+def _given(holder, base_value, convert=None):
+  """The flag's value (through ``convert``) when the user set it, else the
+  base config's (the preset's or --config's): a flag default must not undo
+  what the base chose."""
+  if not _user_set(holder):
+    return base_value
+  return holder.value if convert is None else convert(holder.value)
 
 
 def _names(items: list[str]) -> tuple[str, ...]:
   return tuple(dict.fromkeys(i.strip() for i in items if i.strip()))
 
 
-def _combination_fields() -> dict:
-  """The DataConfig fields of the combination flags."""
-  return dict(holdout_combinations=_HOLDOUT.value or None,
-              calibration_combinations=_CALIBRATION_COMBOS.value or None,
-              balance_combinations=_names(_BALANCE.value))
+def _columns(items: list[str]) -> tuple[str, ...]:
+  return tuple(c.strip() for c in items if c.strip())
 
 
-def _feed(data: config_lib.DataConfig) -> config_lib.DataConfig:
-  """The feeding flags on top of ``data``, checked."""
-  if _CROP_SCALE.value is not None:
-    data = dataclasses.replace(data, crop_scale=config_lib.crop_range(
-        "crop_scale", _CROP_SCALE.value, 1.0))
-  if _CROP_RATIO.value is not None:
-    data = dataclasses.replace(data, crop_ratio=config_lib.crop_range(
-        "crop_ratio", _CROP_RATIO.value, None))
-  data = dataclasses.replace(data, data_service=_DATA_SERVICE.value or None)
+def _or_none(value):
+  return value or None
+
+
+def _set(base, convert=None, **holders):
+  """``base`` (a config section) with each field=holder the user set."""
+  return dataclasses.replace(base, **{
+      field: _given(holder, getattr(base, field), convert)
+      for field, holder in holders.items()})
+
+
+def _data_config(base: config_lib.DataConfig) -> config_lib.DataConfig:
+  """The base's data section with the data flags that were set, checked."""
+  data = _set(base, manifest=_MANIFEST, val_manifest=_VAL_MANIFEST,
+              tfrecord=_TFRECORD, val_tfrecord=_VAL_TFRECORD, tfds=_TFDS,
+              tfds_heads=_TFDS_HEADS, tfds_train_split=_TFDS_TRAIN,
+              tfds_data_dir=_TFDS_DATA_DIR, heads_file=_HEADS_FILE,
+              image_column=_IMAGE_COLUMN, val_fraction=_VAL_FRACTION,
+              image_size=_IMAGE_SIZE, cache=_CACHE,
+              deterministic=_DETERMINISTIC, validate_images=_VALIDATE,
+              image_check=_IMAGE_CHECK, val_cache_max_mb=_VAL_CACHE_MAX_MB,
+              image_root=_IMAGE_ROOT, max_image_pixels=_MAX_PIXELS,
+              quarantine=_QUARANTINE, demo_dir=_DEMO_DIR,
+              randaugment_ops=_RA_OPS, randaugment_magnitude=_RA_MAGNITUDE,
+              erasing_prob=_ERASING_PROB, mixup_alpha=_MIXUP,
+              cutmix_alpha=_CUTMIX)
+  data = _set(data, _or_none, tfds_val_split=_TFDS_VAL,
+              data_service=_DATA_SERVICE, holdout_combinations=_HOLDOUT,
+              calibration_combinations=_CALIBRATION_COMBOS)
+  data = _set(data, _columns, label_columns=_LABEL_COLUMNS,
+              tag_columns=_TAG_COLUMNS)
+  data = _set(data, _names, balance_combinations=_BALANCE)
+  data = _set(data, lambda v: tuple(a for a in v if a), augment=_AUGMENT)
+  data = _set(data, lambda v: config_lib.crop_range("crop_scale", v, 1.0),
+              crop_scale=_CROP_SCALE)
+  data = _set(data, lambda v: config_lib.crop_range("crop_ratio", v, None),
+              crop_ratio=_CROP_RATIO)
   config_lib.check_feed(data)
   return data
 
 
-def _recipe_data(preset: config_lib.DataConfig) -> dict:
-  """The recipe's DataConfig fields: each flag the user set, else
-  the preset's value."""
-  return {holder.name: _given(holder, getattr(preset, holder.name))
-          for holder in (_RA_OPS, _RA_MAGNITUDE, _ERASING_PROB, _MIXUP,
-                         _CUTMIX)}
+def _model_config(base: config_lib.ModelConfig) -> config_lib.ModelConfig:
+  """The base's model section with the model flags that were set."""
+  model = _set(base, backbone=_BACKBONE, dropout=_DROPOUT,
+               bn_momentum=_BN_MOMENTUM, head_projection=_HEAD_PROJECTION,
+               head_pooling=_HEAD_POOLING)
+  return _set(model, lambda v: None if v is None or v.lower() == "none"
+              else v, weights=_WEIGHTS)
 
 
-def _recipe_train(preset: config_lib.TrainConfig) -> dict:
-  """The recipe's TrainConfig fields, as _recipe_data."""
-  smoothing = (_per_head("label_smoothing", _LABEL_SMOOTHING.value, bare=True)
-               if _user_set(_LABEL_SMOOTHING) else preset.label_smoothing)
-  return dict(label_smoothing=smoothing,
-              clip_global_norm=_given(_CLIP_GLOBAL_NORM,
-                                      preset.clip_global_norm),
-              ema_decay=_given(_EMA_DECAY, preset.ema_decay))
+def _train_config(base: config_lib.TrainConfig) -> config_lib.TrainConfig:
+  """The base's training section with the training flags that were set."""
+  train = _set(base, batch_size=_BATCH_SIZE, epochs=_EPOCHS,
+               steps_per_epoch=_STEPS, learning_rate=_LR,
+               optimizer=_OPTIMIZER, seed=_SEED, precision=_PRECISION,
+               jit_compile=_XLA, strategy=_STRATEGY,
+               class_weight=_CLASS_WEIGHT, top_k=_TOP_K,
+               freeze_epochs=_FREEZE_EPOCHS, unfreeze_layers=_UNFREEZE_LAYERS,
+               finetune_lr_scale=_FINETUNE_LR_SCALE,
+               backup_every_steps=_BACKUP_STEPS,
+               early_stopping_patience=_PATIENCE, init_from=_INIT_FROM,
+               train_backbone=_TRAIN_BACKBONE,
+               clip_global_norm=_CLIP_GLOBAL_NORM, ema_decay=_EMA_DECAY)
+  train = _set(train, _or_none, monitor=_MONITOR)
+  train = _set(train, _names, reinit_heads=_REINIT_HEADS,
+               train_heads=_TRAIN_HEADS, factor_heads=_FACTOR_HEADS)
+  train = _set(train, lambda v: _per_head("loss_weights", v),
+               loss_weights=_LOSS_WEIGHTS)
+  train = _set(train, lambda v: _per_head("focal_loss", v, bare=True),
+               focal_loss=_FOCAL_LOSS)
+  return _set(train, lambda v: _per_head("label_smoothing", v, bare=True),
+              label_smoothing=_LABEL_SMOOTHING)
 
 
-def _model_config(preset: config_lib.ModelConfig) -> config_lib.ModelConfig:
-  """The preset's model section with the model flags that were set."""
-  weights = _given(_WEIGHTS, preset.weights)
-  if weights is not None and weights.lower() == "none":
-    weights = None
-  return dataclasses.replace(
-      preset, backbone=_given(_BACKBONE, preset.backbone), weights=weights,
-      dropout=_given(_DROPOUT, preset.dropout),
-      bn_momentum=_given(_BN_MOMENTUM, preset.bn_momentum),
-      head_projection=_given(_HEAD_PROJECTION, preset.head_projection),
-      head_pooling=_given(_HEAD_POOLING, preset.head_pooling))
+def _base_config() -> config_lib.Config:
+  """--config's Config, else --preset's (default: 'demo' when no data
+  source is given, else 'default')."""
+  if _CONFIG.value:
+    if _PRESET.value:
+      raise errors.SettingError("give `config` or `preset`, not both")
+    return config_lib.load(_CONFIG.value)
+  has_source = _MANIFEST.value or _TFRECORD.value or _TFDS.value
+  return getattr(config_lib,
+                 _PRESET.value or ("default" if has_source else "demo"))()
 
 
 def config_from_flags() -> config_lib.Config:
-  """The run config: a preset, overridden by every flag that was set."""
-  has_source = _MANIFEST.value or _TFRECORD.value or _TFDS.value
-  preset = _PRESET.value or ("default" if has_source else "demo")
-  cfg = getattr(config_lib, preset)()
-
-  def pick(value, default):
-    return default if value is None else value
-
-  augment = cfg.data.augment if _AUGMENT.value is None else tuple(
-      a for a in _AUGMENT.value if a)
-  data = dataclasses.replace(
-      cfg.data, manifest=_MANIFEST.value, val_manifest=_VAL_MANIFEST.value,
-      tfrecord=_TFRECORD.value, val_tfrecord=_VAL_TFRECORD.value,
-      tfds=_TFDS.value, tfds_heads=_TFDS_HEADS.value,
-      tfds_train_split=_TFDS_TRAIN.value, tfds_val_split=_TFDS_VAL.value or None,
-      tfds_data_dir=_TFDS_DATA_DIR.value, heads_file=_HEADS_FILE.value,
-      image_column=_IMAGE_COLUMN.value,
-      label_columns=tuple(c.strip() for c in _LABEL_COLUMNS.value if c.strip()),
-      tag_columns=tuple(c.strip() for c in _TAG_COLUMNS.value if c.strip()),
-      val_fraction=_VAL_FRACTION.value,
-      image_size=pick(_IMAGE_SIZE.value, cfg.data.image_size),
-      cache=pick(_CACHE.value, cfg.data.cache), augment=augment,
-      deterministic=_DETERMINISTIC.value, validate_images=_VALIDATE.value,
-      image_check=_IMAGE_CHECK.value, val_cache_max_mb=_VAL_CACHE_MAX_MB.value,
-      image_root=_IMAGE_ROOT.value, max_image_pixels=_MAX_PIXELS.value,
-      quarantine=_QUARANTINE.value, demo_dir=_DEMO_DIR.value,
-      **_recipe_data(cfg.data),
-      **_combination_fields())
-  data = _feed(data)
-  model = _model_config(cfg.model)
-  train = dataclasses.replace(
-      cfg.train, batch_size=pick(_BATCH_SIZE.value, cfg.train.batch_size),
-      epochs=pick(_EPOCHS.value, cfg.train.epochs),
-      steps_per_epoch=pick(_STEPS.value, cfg.train.steps_per_epoch),
-      learning_rate=pick(_LR.value, cfg.train.learning_rate),
-      optimizer=_OPTIMIZER.value, seed=_SEED.value, precision=_PRECISION.value,
-      jit_compile=_XLA.value, strategy=_STRATEGY.value,
-      class_weight=_CLASS_WEIGHT.value,
-      loss_weights=_per_head("loss_weights", _LOSS_WEIGHTS.value),
-      focal_loss=_per_head("focal_loss", _FOCAL_LOSS.value, bare=True),
-      top_k=_TOP_K.value,
-      freeze_epochs=_given(_FREEZE_EPOCHS, cfg.train.freeze_epochs),
-      unfreeze_layers=_given(_UNFREEZE_LAYERS, cfg.train.unfreeze_layers),
-      finetune_lr_scale=_given(_FINETUNE_LR_SCALE,
-                               cfg.train.finetune_lr_scale),
-      backup_every_steps=_BACKUP_STEPS.value,
-      monitor=_MONITOR.value or None,
-      early_stopping_patience=_PATIENCE.value,
-      init_from=_INIT_FROM.value,
-      reinit_heads=_names(_REINIT_HEADS.value),
-      train_heads=_names(_TRAIN_HEADS.value),
-      train_backbone=_TRAIN_BACKBONE.value,
-      factor_heads=_names(_FACTOR_HEADS.value), **_recipe_train(cfg.train))
-  return config_lib.Config(data=data, model=model, train=train)
+  """The run config: a preset or --config's file, overridden by every flag
+  that was set."""
+  base = _base_config()
+  return config_lib.Config(data=_data_config(base.data),
+                           model=_model_config(base.model),
+                           train=_train_config(base.train))
 
 
 def main(argv):
@@ -513,7 +514,8 @@ def _exit_on_nan(e: Exception) -> None:
 # --help lists every flag of this module under these headings (cli_help);
 # one left out here still shows, under "other".
 _HELP_GROUPS = {
-    "run folder": (_MODEL_DIR, _PRESET, _OVERWRITE, _BACKUP_STEPS),
+    "run folder": (_MODEL_DIR, _PRESET, _CONFIG, _OVERWRITE,
+                   _BACKUP_STEPS),
     "data": (_MANIFEST, _VAL_MANIFEST, _VAL_FRACTION, _IMAGE_COLUMN,
              _LABEL_COLUMNS, _TAG_COLUMNS, _HEADS_FILE, _TFRECORD,
              _VAL_TFRECORD, _TFDS, _TFDS_HEADS, _TFDS_TRAIN, _TFDS_VAL,

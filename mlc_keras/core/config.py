@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from typing import Optional
 
 from mlc_keras.core import errors
@@ -28,6 +29,8 @@ OPTIMIZERS = ("adamw", "sgd")
 HEAD_POOLINGS = ("avg", "attention")
 # Preset names: functions of this module returning a Config.
 PRESETS = ("default", "demo", "tiny", "scratch_small", "finetune_imagenet")
+# What a run folder names its config (runs/folder.py writes and reads it).
+CONFIG_FILE = "config.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,21 +214,59 @@ class Config:
     return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
   @classmethod
-  def from_dict(cls, d: dict) -> "Config":
-    def build(kind, values):
-      names = {f.name for f in dataclasses.fields(kind)}
-      unknown = set(values) - names
-      if unknown:
-        raise ValueError(f"unknown {kind.__name__} key(s): {sorted(unknown)}")
-      fixed = {}
-      for k, v in values.items():
-        if isinstance(v, list):  # JSON has no tuples
-          v = tuple(tuple(x) if isinstance(x, list) else x for x in v)
-        fixed[k] = v
-      return kind(**fixed)
-    return cls(data=build(DataConfig, d.get("data", {})),
-               model=build(ModelConfig, d.get("model", {})),
-               train=build(TrainConfig, d.get("train", {})))
+  def from_dict(cls, d, source: str = "<dict>") -> "Config":
+    """The Config of a dict as to_dict (or a config.json) holds it: lists
+    back to tuples, a section or field left out takes its default (a
+    config.json written before the field existed). Raises
+    errors.SettingError naming ``source`` and every key that is not a
+    field."""
+    sections = {f.name: f.default for f in dataclasses.fields(cls)}
+    if not isinstance(d, dict):
+      raise errors.SettingError(
+          f"{source}: a config is a JSON object of "
+          f"{', '.join(sections)} objects, got {type(d).__name__}")
+    unknown = [k for k in d if k not in sections]
+    built = {}
+    for section, default in sections.items():
+      values = d.get(section, {})
+      if not isinstance(values, dict):
+        raise errors.SettingError(
+            f"{source}: config key {section!r} must be an object of "
+            f"{type(default).__name__} fields, got {values!r}")
+      names = {f.name for f in dataclasses.fields(default)}
+      unknown += [f"{section}.{k}" for k in values if k not in names]
+      built[section] = type(default)(**{
+          k: _from_json(v) for k, v in values.items() if k in names})
+    if unknown:
+      raise errors.SettingError(
+          f"{source}: unknown config key{'s' if len(unknown) > 1 else ''} "
+          f"{', '.join(map(repr, unknown))} (no such field; a typo, or a "
+          "config.json of another version?)")
+    return cls(**built)
+
+
+def _from_json(value):
+  """JSON has no tuples: a list (of lists) is a tuple (of tuples)."""
+  if isinstance(value, list):
+    return tuple(_from_json(v) for v in value)
+  return value
+
+
+def load(path: str) -> Config:
+  """The Config in a config.json (``path``, or a run folder holding one),
+  as a run wrote it. Raises errors.SettingError naming the file when it
+  cannot be read or holds a key that is not a config field."""
+  if os.path.isdir(path):
+    path = os.path.join(path, CONFIG_FILE)
+  try:
+    with open(path, encoding="utf-8") as f:
+      d = json.load(f)
+  except OSError as e:
+    raise errors.SettingError(
+        f"{path}: cannot read the config ({e.strerror or e})") from None
+  except ValueError as e:
+    raise errors.SettingError(f"{path}: not a JSON config ({e})") from None
+  return Config.from_dict(d, source=path)
 
 
 def default() -> Config:

@@ -111,8 +111,7 @@ def training_labels(model_dir: str, schema: heads_lib.LabelSchema,
   records, _ = manifest_lib.read_manifest(path, schema, image_column)
   fraction = d.get("val_fraction", config_lib.DataConfig.val_fraction)
   if d.get("manifest") and not d.get("val_manifest") and fraction > 0:
-    with open(config, encoding="utf-8") as f:
-      seed = json.load(f).get("train", {}).get("seed", 0)
+    seed = run_dir.run_config(model_dir).train.seed
     records, _ = sources.split_records(records, fraction, seed)
   records, held = _without_held_out(records, model_dir, schema)
   if held is not None:

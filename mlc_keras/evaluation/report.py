@@ -154,8 +154,7 @@ def _validation_split(model_dir: str, train_manifest: str) -> str:
         f"{train_manifest}, which is not found from {os.getcwd()}; give "
         "`manifest`")
   from mlc_keras.training import setup  # pylint: disable=g-import-not-at-top
-  _, config = run_dir._load_config(model_dir)  # pylint: disable=protected-access
-  cfg = config_lib.Config.from_dict(config)
+  cfg = run_dir.run_config(model_dir)
   bundle = setup.load_data(cfg.data, cfg.train.seed, check=False)
   if bundle.val is None or bundle.val.records is None:
     raise errors.SettingError(f"{model_dir}: the run's `val_fraction` split of "

@@ -16,6 +16,7 @@ resume an interrupted one with flags that change what its backup means.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -34,7 +35,7 @@ MODEL_FILE = "model.keras"
 # Written by `evaluate --calibrate`; preferred by export when it is current.
 CALIBRATED_FILE = "calibrated.keras"
 LABELS_FILE = artefacts.LABELS_FILE
-CONFIG_FILE = "config.json"
+CONFIG_FILE = config_lib.CONFIG_FILE
 RESULTS_FILE = "results.json"
 # A run's resume state: the fit trainer's backups and hand-over file
 # (training/fit.py) and the distributed trainer's checkpoints, which stay
@@ -143,11 +144,6 @@ def _load_config(model_dir: str, hint: str = "") -> tuple[str, object]:
   except (OSError, ValueError) as e:
     raise RunDirError(f"{path}: cannot read the run's config ({e}){hint}"
                       ) from None
-
-
-def _read_config(model_dir: str) -> Optional[dict]:
-  _, config = _load_config(model_dir, "; pass `overwrite` to start over")
-  return config if isinstance(config, dict) else None
 
 
 def _in_progress(model_dir: str) -> list[str]:
@@ -260,7 +256,8 @@ def claim(model_dir: str, config: Mapping, overwrite: bool = False,
     return "overwrite"
   model = os.path.join(model_dir, MODEL_FILE)
   in_progress = _in_progress(model_dir)
-  recorded = _read_config(model_dir)
+  _, recorded = _load_config(model_dir, "; pass `overwrite` to start over")
+  recorded = recorded if isinstance(recorded, dict) else None
   if os.path.isfile(model) and not set(in_progress) - {CHECKPOINT_DIR}:
     diffs = config_differences(recorded, config) if recorded else []
     changed = "; ".join(f"{f} was {a}, now {b}" for f, a, b in diffs)
@@ -337,17 +334,23 @@ def check_resumed_schema(model_dir: str, schema: heads_lib.LabelSchema
 # --- config.json / results.json --------------------------------------------------
 
 
-def run_data(model_dir: str) -> Optional[dict]:
-  """The "data" section of the config.json a training run wrote to
-  ``model_dir`` (as a dict), or None when there is no such file. Raises
-  RunDirError naming the file when it is not a JSON object."""
+def run_config(model_dir: str) -> Optional[config_lib.Config]:
+  """The Config a run wrote to ``model_dir`` (a field its config.json lacks:
+  the default, which that run used), or None without one. Raises
+  RunDirError naming the file when it is not a config of this package."""
   path, config = _load_config(model_dir)
   if config is None and not os.path.isfile(path):
     return None
-  data = config.get("data", {}) if isinstance(config, dict) else None
-  if not isinstance(data, dict):
-    raise RunDirError(f"{path}: no \"data\" object in the run's config")
-  return data
+  try:
+    return config_lib.Config.from_dict(config, source=path)
+  except errors.SettingError as e:
+    raise RunDirError(str(e)) from None
+
+
+def run_data(model_dir: str) -> Optional[dict]:
+  """run_config's "data" section as a dict (None: no config.json)."""
+  cfg = run_config(model_dir)
+  return None if cfg is None else dataclasses.asdict(cfg.data)
 
 
 def run_image_column(model_dir: str) -> str:
