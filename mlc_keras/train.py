@@ -308,21 +308,14 @@ _OVERWRITE = flags.DEFINE_bool(
     "are kept). Without it a finished run is not retrained.")
 
 
+# The flags of this CLI that set no config field; every other flag sets the
+# field that declares it (config.py, settings.setting's flag).
+CLI_ONLY_FLAGS = ("model_dir", "preset", "config", "overwrite", "find_lr",
+                  "find_lr_steps")
+
+
 def _per_head(flag: str, items: list[str], bare: bool = False):
   return config_lib.per_head_values(flag, items, bare)
-
-
-def _user_set(holder) -> bool:
-  return not flags.FLAGS[holder.name].using_default_value
-
-
-def _given(holder, base_value, convert=None):
-  """The flag's value (through ``convert``) when the user set it, else the
-  base config's (the preset's or --config's): a flag default must not undo
-  what the base chose."""
-  if not _user_set(holder):
-    return base_value
-  return holder.value if convert is None else convert(holder.value)
 
 
 def _names(items: list[str]) -> tuple[str, ...]:
@@ -337,74 +330,41 @@ def _or_none(value):
   return value or None
 
 
-def _set(base, convert=None, **holders):
-  """``base`` (a config section) with each field=holder the user set."""
-  return dataclasses.replace(base, **{
-      field: _given(holder, getattr(base, field), convert)
-      for field, holder in holders.items()})
+def _weights(value):
+  return None if value is None or value.lower() == "none" else value
 
 
-def _data_config(base: config_lib.DataConfig) -> config_lib.DataConfig:
-  """The base's data section with the data flags that were set, checked."""
-  data = _set(base, manifest=_MANIFEST, val_manifest=_VAL_MANIFEST,
-              tfrecord=_TFRECORD, val_tfrecord=_VAL_TFRECORD, tfds=_TFDS,
-              tfds_heads=_TFDS_HEADS, tfds_train_split=_TFDS_TRAIN,
-              tfds_data_dir=_TFDS_DATA_DIR, heads_file=_HEADS_FILE,
-              image_column=_IMAGE_COLUMN, val_fraction=_VAL_FRACTION,
-              image_size=_IMAGE_SIZE, cache=_CACHE,
-              deterministic=_DETERMINISTIC, validate_images=_VALIDATE,
-              image_check=_IMAGE_CHECK, val_cache_max_mb=_VAL_CACHE_MAX_MB,
-              image_root=_IMAGE_ROOT, max_image_pixels=_MAX_PIXELS,
-              quarantine=_QUARANTINE, demo_dir=_DEMO_DIR,
-              randaugment_ops=_RA_OPS, randaugment_magnitude=_RA_MAGNITUDE,
-              erasing_prob=_ERASING_PROB, mixup_alpha=_MIXUP,
-              cutmix_alpha=_CUTMIX)
-  data = _set(data, _or_none, tfds_val_split=_TFDS_VAL,
-              data_service=_DATA_SERVICE, holdout_combinations=_HOLDOUT,
-              calibration_combinations=_CALIBRATION_COMBOS)
-  data = _set(data, _columns, label_columns=_LABEL_COLUMNS,
-              tag_columns=_TAG_COLUMNS)
-  data = _set(data, _names, balance_combinations=_BALANCE)
-  data = _set(data, lambda v: tuple(a for a in v if a), augment=_AUGMENT)
-  data = _set(data, lambda v: config_lib.crop_range("crop_scale", v, 1.0),
-              crop_scale=_CROP_SCALE)
-  data = _set(data, lambda v: config_lib.crop_range("crop_ratio", v, None),
-              crop_ratio=_CROP_RATIO)
-  config_lib.check_feed(data)
-  return data
+# How a flag's value becomes its field's, where it is not the value itself
+# (list flags to tuples, '' to None, 'head=value' items parsed and checked).
+_PARSE = {
+    "tfds_val_split": _or_none, "data_service": _or_none,
+    "holdout_combinations": _or_none, "calibration_combinations": _or_none,
+    "monitor": _or_none, "weights": _weights,
+    "label_columns": _columns, "tag_columns": _columns,
+    "balance_combinations": _names, "reinit_heads": _names,
+    "train_heads": _names, "factor_heads": _names,
+    "augment": lambda v: tuple(a for a in v if a),
+    "crop_scale": lambda v: config_lib.crop_range("crop_scale", v, 1.0),
+    "crop_ratio": lambda v: config_lib.crop_range("crop_ratio", v, None),
+    "loss_weights": lambda v: _per_head("loss_weights", v),
+    "focal_loss": lambda v: _per_head("focal_loss", v, bare=True),
+    "label_smoothing": lambda v: _per_head("label_smoothing", v, bare=True),
+}
 
 
-def _model_config(base: config_lib.ModelConfig) -> config_lib.ModelConfig:
-  """The base's model section with the model flags that were set."""
-  model = _set(base, backbone=_BACKBONE, dropout=_DROPOUT,
-               bn_momentum=_BN_MOMENTUM, head_projection=_HEAD_PROJECTION,
-               head_pooling=_HEAD_POOLING)
-  return _set(model, lambda v: None if v is None or v.lower() == "none"
-              else v, weights=_WEIGHTS)
-
-
-def _train_config(base: config_lib.TrainConfig) -> config_lib.TrainConfig:
-  """The base's training section with the training flags that were set."""
-  train = _set(base, batch_size=_BATCH_SIZE, epochs=_EPOCHS,
-               steps_per_epoch=_STEPS, learning_rate=_LR,
-               optimizer=_OPTIMIZER, seed=_SEED, precision=_PRECISION,
-               jit_compile=_XLA, strategy=_STRATEGY,
-               class_weight=_CLASS_WEIGHT, top_k=_TOP_K,
-               freeze_epochs=_FREEZE_EPOCHS, unfreeze_layers=_UNFREEZE_LAYERS,
-               finetune_lr_scale=_FINETUNE_LR_SCALE,
-               backup_every_steps=_BACKUP_STEPS,
-               early_stopping_patience=_PATIENCE, init_from=_INIT_FROM,
-               train_backbone=_TRAIN_BACKBONE,
-               clip_global_norm=_CLIP_GLOBAL_NORM, ema_decay=_EMA_DECAY)
-  train = _set(train, _or_none, monitor=_MONITOR)
-  train = _set(train, _names, reinit_heads=_REINIT_HEADS,
-               train_heads=_TRAIN_HEADS, factor_heads=_FACTOR_HEADS)
-  train = _set(train, lambda v: _per_head("loss_weights", v),
-               loss_weights=_LOSS_WEIGHTS)
-  train = _set(train, lambda v: _per_head("focal_loss", v, bare=True),
-               focal_loss=_FOCAL_LOSS)
-  return _set(train, lambda v: _per_head("label_smoothing", v, bare=True),
-              label_smoothing=_LABEL_SMOOTHING)
+def _overridden(base, section: str):
+  """``base`` (the config's ``section``) with the value of each flag the
+  user set, the field's declared flag (config.py): a flag left at its
+  default does not undo what the preset or --config chose."""
+  changes = {}
+  for d in config_lib.SETTINGS:
+    if d.section != section or d.setting.flag is None:
+      continue
+    flag = flags.FLAGS[d.setting.flag]
+    if not flag.using_default_value:
+      parse = _PARSE.get(d.name)
+      changes[d.name] = flag.value if parse is None else parse(flag.value)
+  return dataclasses.replace(base, **changes)
 
 
 def _base_config() -> config_lib.Config:
@@ -423,9 +383,11 @@ def config_from_flags() -> config_lib.Config:
   """The run config: a preset or --config's file, overridden by every flag
   that was set."""
   base = _base_config()
-  return config_lib.Config(data=_data_config(base.data),
-                           model=_model_config(base.model),
-                           train=_train_config(base.train))
+  cfg = config_lib.Config(**{section: _overridden(getattr(base, section),
+                                                  section)
+                             for section in ("data", "model", "train")})
+  config_lib.check_feed(cfg.data)
+  return cfg
 
 
 def main(argv):

@@ -17,6 +17,7 @@ from typing import Callable, Mapping, NoReturn, Sequence
 from absl import app
 from absl import flags
 
+from mlc_keras.core import config as config_lib
 from mlc_keras.core import errors
 
 # What absl's HelpFlag answers to (--help, --helpshort, -?, single dash too).
@@ -25,18 +26,18 @@ _HELP_ARGS = frozenset({"--help", "-help", "--helpshort", "-helpshort", "-?",
 
 Groups = Mapping[str, Sequence[flags.FlagHolder]]
 
-# Config fields set by no flag of their own (only by --preset), and fields
-# whose flag has another name.
-_PRESET_ONLY = frozenset({"shuffle_buffer", "weight_decay", "demo_train_size",
-                          "demo_val_size"})
-_FLAG_NAMES = {"jit_compile": "xla"}
+# Config field -> its flag (None: no flag of its own, only a preset or a
+# config.json sets it), as config.py declares them.
+_FLAGS = {d.name: d.setting.flag for d in config_lib.SETTINGS}
 
 
 def flag_name(field: str) -> str:
-  """How a user sets config field ``field``: '--flag' or '--preset (field)'."""
-  if field in _PRESET_ONLY:
+  """How a user sets config field ``field``: '--flag' or '--preset (field)'
+  (a name that is no config field: '--field', a flag of the CLI's own)."""
+  flag = _FLAGS.get(field, field)
+  if flag is None:
     return f"--preset ({field})"
-  return "--" + _FLAG_NAMES.get(field, field)
+  return "--" + flag
 
 
 def wants_help(argv: Sequence[str]) -> bool:

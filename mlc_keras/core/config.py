@@ -1,7 +1,11 @@
 """Run configuration as frozen dataclasses, with a default and a tiny variant.
 
 The config used for a run is written to ``<model_dir>/config.json`` so that a
-run can be read back (and resumed) with the same settings.
+run can be read back (load) and resumed or repeated with the same settings.
+Each field is declared once, with setting() (core/settings.py): its flag,
+group, range, path-ness and whether it may change on resume sit beside its
+default, and the flags' table, the range checks and the resume rules are
+read from there.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import os
 from typing import Optional
 
 from mlc_keras.core import errors
+from mlc_keras.core import settings
+from mlc_keras.core.settings import setting
 
 # The names a config may hold, here so that train checks them before
 # TensorFlow loads; modeling.model and data.pipeline implement them (and
@@ -27,6 +33,8 @@ STRATEGIES = ("default", "mirrored", "multi_worker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 OPTIMIZERS = ("adamw", "sgd")
 HEAD_POOLINGS = ("avg", "attention")
+IMAGE_CHECKS = ("header", "decode")
+CLASS_WEIGHTS = ("none", "balanced")
 # Preset names: functions of this module returning a Config.
 PRESETS = ("default", "demo", "tiny", "scratch_small", "finetune_imagenet")
 # What a run folder names its config (runs/folder.py writes and reads it).
@@ -42,163 +50,170 @@ class DataConfig:
   generated into ``demo_dir``.
   """
 
-  manifest: Optional[str] = None
-  val_manifest: Optional[str] = None
-  tfrecord: Optional[str] = None
-  val_tfrecord: Optional[str] = None
-  tfds: Optional[str] = None
-  tfds_train_split: str = "train"
-  tfds_val_split: Optional[str] = "test"
-  tfds_data_dir: Optional[str] = None
+  manifest: Optional[str] = setting(None, "data", path=True)
+  val_manifest: Optional[str] = setting(None, "data", path=True)
+  tfrecord: Optional[str] = setting(None, "data", path=True)
+  val_tfrecord: Optional[str] = setting(None, "data", path=True)
+  tfds: Optional[str] = setting(None, "data")
+  tfds_train_split: str = setting("train", "data")
+  tfds_val_split: Optional[str] = setting("test", "data")
+  tfds_data_dir: Optional[str] = setting(None, "data", path=True)
   # "feature:head,feature:head"; a feature maps to a head of the same name
   # when ":head" is left out.
-  tfds_heads: str = "label"
-  heads_file: Optional[str] = None
-  image_column: str = "image"
+  tfds_heads: str = setting("label", "data")
+  heads_file: Optional[str] = setting(None, "data", path=True)
+  image_column: str = setting("image", "data")
   # Manifest columns trained as heads (empty: every column but the image
   # column); ignored when heads_file is given (its heads are the columns).
-  label_columns: tuple[str, ...] = ()
+  label_columns: tuple[str, ...] = setting((), "data")
   # Manifest columns read as tag heads ("a|b" cells, "(none)" for no tag);
   # without a heads_file only (a heads file says each head's kind).
-  tag_columns: tuple[str, ...] = ()
+  tag_columns: tuple[str, ...] = setting((), "data")
   # Share of a single manifest held out for validation when no val_manifest
   # is given (split by a seeded hash of the path, so it is stable).
-  val_fraction: float = 0.1
-  image_size: int = 224
-  cache: bool = False
-  shuffle_buffer: int = 10_000
+  val_fraction: float = setting(0.1, "data", lo=0, hi=1)
+  image_size: int = setting(224, "data", lo=32, hi=4096, hi_open=False,
+                            integer=True)
+  cache: bool = setting(False, "data", resumable=True)
+  shuffle_buffer: int = setting(10_000, "data", flag=None, lo=1, integer=True)
   # None by default: on real multi-attribute sets trained from scratch at
   # 6 epochs, flip + pad-and-crop cost 16 points of one head's accuracy
   # against a plain Keras script with none (BUILD_NOTES, "Defaults that
   # win"), and flip changes the label of text, digits and left/right heads.
-  augment: tuple[str, ...] = ()
-  deterministic: bool = False
-  validate_images: bool = True
+  augment: tuple[str, ...] = setting((), "recipe")
+  deterministic: bool = setting(False, "data", resumable=True)
+  validate_images: bool = setting(True, "data", resumable=True)
   # How deep that check goes: "header" (format by content, size from the
   # header, pixel cap, end marker; ~0.1 ms per file) or "decode" (every file
   # decoded once). Results are cached in <model_dir>/image_check.csv.
-  image_check: str = "header"
+  image_check: str = setting("header", "data", choices=IMAGE_CHECKS)
   # Validation pixels are cached in memory up to this size; above it they
   # are decoded again every epoch (streamed), so memory stays flat.
-  val_cache_max_mb: int = 1024
+  val_cache_max_mb: int = setting(1024, "data", lo=0, integer=True)
   # Image paths must resolve inside this folder (None: anywhere).
-  image_root: Optional[str] = None
+  image_root: Optional[str] = setting(None, "data", path=True, resumable=True)
   # Header-checked before decoding; Pillow's default MAX_IMAGE_PIXELS.
-  max_image_pixels: int = 89_478_485
+  max_image_pixels: int = setting(89_478_485, "data", lo=0, integer=True,
+                                  resumable=True)
   # Unusable rows go to <model_dir>/quarantine.csv instead of stopping the run.
-  quarantine: bool = False
+  quarantine: bool = setting(False, "data", resumable=True)
   # --augment=resized_crop: share of the area and aspect (w / h) ranges of
   # the random window (Inception / ResNet defaults).
-  crop_scale: tuple[float, float] = (0.08, 1.0)
-  crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+  crop_scale: tuple[float, float] = setting((0.08, 1.0), "recipe")
+  crop_ratio: tuple[float, float] = setting((3 / 4, 4 / 3), "recipe")
   # "grpc://host:port" of a tf.data service dispatcher that decodes the
   # training input on its workers (None: decode in this process).
-  data_service: Optional[str] = None
+  data_service: Optional[str] = setting(None, "data", resumable=True)
   # --- the recipe's augmentations (data/augment.py) ---
   # --augment=randaugment: ops per image and their magnitude (0-1).
-  randaugment_ops: int = 2
-  randaugment_magnitude: float = 0.5
+  randaugment_ops: int = setting(2, "recipe", lo=1, integer=True)
+  randaugment_magnitude: float = setting(0.5, "recipe", lo=0, hi=1,
+                                         hi_open=False)
   # --augment=erasing: share of images given one noise rectangle.
-  erasing_prob: float = 0.25
+  erasing_prob: float = setting(0.25, "recipe", lo=0, hi=1, hi_open=False)
   # MixUp / CutMix Beta(alpha, alpha) mixing of batch pairs (0: off; both
   # on: each batch one of them).
-  mixup_alpha: float = 0.0
-  cutmix_alpha: float = 0.0
+  mixup_alpha: float = setting(0.0, "recipe", lo=0)
+  cutmix_alpha: float = setting(0.0, "recipe", lo=0)
   # Combinations of head values no training or validation image may carry
   # ("head=value+head=value;..." or a file, data/combinations.py), and
   # others left out of training only (evaluate --stacking fits on them).
-  holdout_combinations: Optional[str] = None
-  calibration_combinations: Optional[str] = None
+  holdout_combinations: Optional[str] = setting(None, "data", path="file")
+  calibration_combinations: Optional[str] = setting(None, "data", path="file")
   # Heads whose value combinations are oversampled to about equal counts in
   # training (combinations.balance); () for none.
-  balance_combinations: tuple[str, ...] = ()
-  demo_dir: str = "mlc_runs/demo_data"
-  demo_train_size: int = 2000
-  demo_val_size: int = 400
+  balance_combinations: tuple[str, ...] = setting((), "data")
+  demo_dir: str = setting("mlc_runs/demo_data", "data", path=True)
+  demo_train_size: int = setting(2000, "data", flag=None, lo=1, integer=True)
+  demo_val_size: int = setting(400, "data", flag=None, lo=1, integer=True)
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  backbone: str = "ResNet50V2"
+  backbone: str = setting("ResNet50V2", "model")
   # None (random init), "imagenet" (downloaded by Keras) or a local file path.
-  weights: Optional[str] = None
-  dropout: float = 0.0
+  weights: Optional[str] = setting(None, "model", path=True)
+  dropout: float = setting(0.0, "model", lo=0, hi=1)
   # Keras' default 0.99 leaves moving statistics far behind the weights in a
   # short run (inference accuracy near chance); 0.9 catches up within ~100
   # steps. See BUILD_NOTES.md.
-  bn_momentum: float = 0.9
+  bn_momentum: float = setting(0.9, "model", lo=0, hi=1, optional=True)
   # > 0: a private Dense(n, relu) between the pooled features and each head
   # (modeling/model.build_model); 0: every head reads the features directly.
-  head_projection: int = 0
+  head_projection: int = setting(0, "model", lo=0, integer=True)
   # "avg": every head reads one global average pool of the backbone's last
   # map; "attention": each head pools that map with its own spatial softmax
   # (a 1x1 conv per head), so it can keep to its own attribute's evidence.
-  head_pooling: str = "avg"
+  head_pooling: str = setting("avg", "model", choices=HEAD_POOLINGS)
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-  batch_size: int = 32
-  epochs: int = 10
+  batch_size: int = setting(32, "training", lo=1, integer=True)
+  epochs: int = setting(10, "training", lo=1, integer=True, resumable=True)
   # None: one pass over the training data per epoch.
-  steps_per_epoch: Optional[int] = None
-  learning_rate: float = 1e-3
-  weight_decay: float = 1e-4
-  optimizer: str = "adamw"
-  seed: int = 0
+  steps_per_epoch: Optional[int] = setting(None, "training", lo=1, integer=True)
+  learning_rate: float = setting(1e-3, "training", lo=0, lo_open=True,
+                                 resumable=True)
+  weight_decay: float = setting(1e-4, "training", flag=None, lo=0)
+  optimizer: str = setting("adamw", "training", choices=OPTIMIZERS)
+  seed: int = setting(0, "training")
   # "float32", "mixed_float16" (GPU) or "mixed_bfloat16" (TPU, recent CPUs).
-  precision: str = "float32"
+  precision: str = setting("float32", "training", choices=PRECISIONS)
   # XLA for the compiled steps. None: Keras' own default ("auto"): on for
   # JAX (its steps are jitted), on for TensorFlow where it sees a GPU and no
   # tf.distribute strategy, off for TensorFlow on CPUs alone. False on JAX
   # would run every step op by op.
-  jit_compile: Optional[bool] = None
+  jit_compile: Optional[bool] = setting(None, "training", flag="xla",
+                                        resumable=True)
   # "default" (one device, fit), "mirrored" (all local devices) or
   # "multi_worker" (TF_CONFIG, TensorFlow only). On TensorFlow the last two
   # run distributed.py's custom step; on JAX, mirrored is fit over
   # keras.distribution.DataParallel (setup.data_parallel).
-  strategy: str = "default"
+  strategy: str = setting("default", "training", choices=STRATEGIES)
   # "none" or "balanced": per-head class weights folded into sample_weight.
-  class_weight: str = "none"
+  class_weight: str = setting("none", "training", choices=CLASS_WEIGHTS)
   # Loss weights "head=w,head=w" override the heads file.
-  loss_weights: tuple[tuple[str, float], ...] = ()
+  loss_weights: tuple[tuple[str, float], ...] = setting((), "training")
   # Focal-loss gammas "head=g" ("*" = every head) override the heads file.
-  focal_loss: tuple[tuple[str, float], ...] = ()
-  top_k: int = 5
-  backup_every_steps: Optional[int] = None
+  focal_loss: tuple[tuple[str, float], ...] = setting((), "training")
+  top_k: int = setting(5, "training", lo=1, integer=True, resumable=True)
+  backup_every_steps: Optional[int] = setting(
+      None, "run folder", lo=1, integer=True, resumable=True)
   # Fine-tuning schedule: the first freeze_epochs train the heads on a frozen
   # backbone (BatchNorm in inference mode); the rest unfreeze the backbone
   # (all of it, or its last unfreeze_layers layers; BatchNorm stays frozen)
   # at learning_rate * finetune_lr_scale. 0 trains everything from the start.
-  freeze_epochs: int = 0
-  unfreeze_layers: int = 0
-  finetune_lr_scale: float = 0.1
+  freeze_epochs: int = setting(0, "training", lo=0, integer=True)
+  unfreeze_layers: int = setting(0, "training", lo=0, integer=True)
+  finetune_lr_scale: float = setting(0.1, "training", lo=0, lo_open=True)
   # Which epoch best.keras holds (and early stopping watches): an epoch-log
   # quantity such as "val_loss"; None: the mean balanced accuracy over heads,
   # on validation data when there is some (training/selection.py).
-  monitor: Optional[str] = None
+  monitor: Optional[str] = setting(None, "training")
   # Stop when the monitor has not improved for this many epochs (0: never).
-  early_stopping_patience: int = 0
+  early_stopping_patience: int = setting(0, "training", lo=0, integer=True)
   # Growing a trained model (modeling/grow.py): start from this run folder or
   # .keras file (backbone and matching heads copied), re-initialise the
   # listed heads whose classes changed, and train only train_heads (empty:
   # every head), the backbone frozen unless train_backbone.
-  init_from: Optional[str] = None
-  reinit_heads: tuple[str, ...] = ()
-  train_heads: tuple[str, ...] = ()
-  train_backbone: bool = False
+  init_from: Optional[str] = setting(None, "training", path=True)
+  reinit_heads: tuple[str, ...] = setting((), "training")
+  train_heads: tuple[str, ...] = setting((), "training")
+  train_backbone: bool = setting(False, "training")
   # --- the training recipe ---
   # Label smoothing "head=s" ("*" = every head; none: 0).
-  label_smoothing: tuple[tuple[str, float], ...] = ()
+  label_smoothing: tuple[tuple[str, float], ...] = setting((), "recipe")
   # Gradients rescaled to at most this global L2 norm (None: not clipped).
-  clip_global_norm: Optional[float] = None
+  clip_global_norm: Optional[float] = setting(None, "recipe", lo=0,
+                                              lo_open=True)
   # Weight EMA decay per step (None: no EMA); the averaged weights are the
   # ones validated, kept in best.keras / model.keras and exported.
-  ema_decay: Optional[float] = None
+  ema_decay: Optional[float] = setting(None, "recipe")
   # Heads declared independent factors (modeling/factors.py): during
   # training each one's logits get the log prior of its class given the
   # others' labels, so it does not learn their co-occurrence. () for none.
-  factor_heads: tuple[str, ...] = ()
+  factor_heads: tuple[str, ...] = setting((), "recipe")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,6 +259,11 @@ class Config:
           "config.json of another version?)")
     return cls(**built)
 
+
+
+# Every field's declaration (settings.declared), in order; a field declared
+# without setting() fails here, at import.
+SETTINGS = settings.declared(Config)
 
 def _from_json(value):
   """JSON has no tuples: a list (of lists) is a tuple (of tuples)."""

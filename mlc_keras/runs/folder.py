@@ -47,20 +47,15 @@ CHECKPOINT_DIR = "checkpoints"
 TRAINING_FILES = (MODEL_FILE, "best.keras", CALIBRATED_FILE, LABELS_FILE,
                   CONFIG_FILE, RESULTS_FILE, "history.csv", "tensorboard",
                   "quarantine.csv", CHECKPOINT_DIR) + FIT_RESUME_STATE
-# Config fields that may change when an interrupted run is resumed: they
-# change how it runs or what it checks, not what its backup holds. Every
-# other field must match (see README "Resuming and backups").
-RESUMABLE_CHANGES = frozenset({
-    "data.cache", "data.deterministic", "data.validate_images",
-    "data.image_root", "data.max_image_pixels", "data.quarantine",
-    "data.data_service",
-    "train.epochs", "train.learning_rate", "train.jit_compile", "train.top_k",
-    "train.backup_every_steps"})
-# Config paths: relative ones in an old config.json are relative to the
-# folder training ran in.
-_PATH_FIELDS = ("data.manifest", "data.val_manifest", "data.tfrecord",
-                "data.val_tfrecord", "data.heads_file", "data.image_root",
-                "data.demo_dir", "data.tfds_data_dir", "model.weights")
+# Config fields that may change when an interrupted run is resumed (declared
+# resumable in config.py: they change how it runs or what it checks, not what
+# its backup holds); every other field must match (README "Resuming and
+# backups"). Paths (declared path=True): relative ones in an old config.json
+# are relative to the folder training ran in.
+RESUMABLE_CHANGES = frozenset(
+    d.key for d in config_lib.SETTINGS if d.setting.resumable)
+_PATH_FIELDS = tuple(
+    d.key for d in config_lib.SETTINGS if d.setting.path is True)
 
 # What a training run writes into its folder before config.json (the run's
 # marker): the lock record and the image check's cache (and its temporary

@@ -23,6 +23,7 @@ from typing import Callable, Optional
 
 from mlc_keras.core import config as config_lib
 from mlc_keras.core import errors
+from mlc_keras.core import settings
 
 _APPS = "https://storage.googleapis.com/tensorflow/keras-applications/"
 # MobileNetV2's ImageNet files exist for these input sides (Keras picks 224
@@ -48,26 +49,10 @@ class Plan:
 
 def absolute_paths(cfg: config_lib.Config) -> config_lib.Config:
   """``cfg`` with its file paths made absolute, so that config.json means
-  the same files from any folder (evaluate and export read it)."""
-  def absolute(value):
-    return os.path.abspath(value) if value else value
-  data = dataclasses.replace(
-      cfg.data, **{k: absolute(getattr(cfg.data, k)) for k in (
-          "manifest", "val_manifest", "tfrecord", "val_tfrecord", "heads_file",
-          "image_root", "demo_dir", "tfds_data_dir")})
-  # A combinations spec is a file or inline text: only a file is a path.
-  data = dataclasses.replace(data, **{
-      k: absolute(getattr(data, k)) for k in (
-          "holdout_combinations", "calibration_combinations")
-      if getattr(data, k) and os.path.isfile(getattr(data, k))})
-  weights = cfg.model.weights
-  if weights and weights != "imagenet":
-    weights = os.path.abspath(weights)
-  train = dataclasses.replace(cfg.train,
-                              init_from=absolute(cfg.train.init_from))
-  return dataclasses.replace(
-      cfg, data=data, model=dataclasses.replace(cfg.model, weights=weights),
-      train=train)
+  the same files from any folder (evaluate and export read it). The paths
+  are the fields declared path=True; a combinations spec (path="file") is a
+  file or inline text, made absolute only when it names a file."""
+  return settings.absolute_paths(cfg)
 
 
 def check(cfg: config_lib.Config, tf_config: Optional[str] = None,
@@ -96,22 +81,6 @@ def _show(value) -> str:
   return str(value)
 
 
-def _number_in(field: str, value, low, high=None, low_open=False,
-               high_open=True, integer=False, optional=False) -> None:
-  if value is None and optional:
-    return
-  kind = "an integer" if integer else "a number"
-  if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-      integer and not float(value).is_integer()) or not math.isfinite(value):
-    _fail(field, value, f"must be {kind}")
-  below = value <= low if low_open else value < low
-  above = high is not None and (value >= high if high_open else value > high)
-  if below or above:
-    lo = f"> {low}" if low_open else f">= {low}"
-    hi = "" if high is None else f" and {'<' if high_open else '<='} {high}"
-    _fail(field, value, f"must be {lo}{hi}")
-
-
 def _custom_step(tc: config_lib.TrainConfig, backend: str) -> bool:
   """Whether training/distributed.py's TensorFlow custom step trains the
   run (on JAX, mirrored is Keras' fit over keras.distribution)."""
@@ -120,17 +89,10 @@ def _custom_step(tc: config_lib.TrainConfig, backend: str) -> bool:
 
 def _check_recipe(dc: config_lib.DataConfig, tc: config_lib.TrainConfig,
                   backend: str = "tensorflow") -> None:
-  """The training recipe's settings."""
-  _number_in("randaugment_ops", dc.randaugment_ops, 1, integer=True)
-  for field in ("randaugment_magnitude", "erasing_prob"):
-    _number_in(field, getattr(dc, field), 0, 1, high_open=False)
-  for field in ("mixup_alpha", "cutmix_alpha"):
-    _number_in(field, getattr(dc, field), 0)
+  """The training recipe's settings (beyond their declared ranges)."""
   for head, value in tc.label_smoothing:
     if not (math.isfinite(value) and 0 <= value < 1):
       _fail("label_smoothing", f"{head}={value}", "must be in [0, 1)")
-  if tc.clip_global_norm is not None:
-    _number_in("clip_global_norm", tc.clip_global_norm, 0, low_open=True)
   if tc.ema_decay is not None and not 0 < tc.ema_decay < 1:
     _fail("ema_decay", tc.ema_decay, "must be in (0, 1), e.g. 0.999")
   if dc.calibration_combinations == "auto" and len(tc.factor_heads) < 2:
@@ -160,13 +122,10 @@ def check_ranges(cfg: config_lib.Config, backend: str = "tensorflow") -> None:
   """Sizes and counts in range, names among the known ones (and what the
   Keras ``backend`` cannot train)."""
   dc, mc, tc = cfg.data, cfg.model, cfg.train
-  # keras.applications builds no backbone below 32 px.
-  _number_in("image_size", dc.image_size, 32, 4096, high_open=False,
-             integer=True)
-  _number_in("val_fraction", dc.val_fraction, 0, 1)
-  _number_in("max_image_pixels", dc.max_image_pixels, 0, integer=True)
-  for field in ("shuffle_buffer", "demo_train_size", "demo_val_size"):
-    _number_in(field, getattr(dc, field), 1, integer=True)
+  # Each field's declared range or choices (config.py; e.g. image_size >= 32:
+  # keras.applications builds no backbone below 32 px).
+  for field, value, why in settings.problems(cfg):
+    _fail(field, value, why)
   unknown = [a for a in dc.augment if a not in config_lib.AUGMENTATIONS]
   if unknown:
     _fail("augment", dc.augment, f"unknown augmentation {unknown[0]!r}; "
@@ -175,34 +134,10 @@ def check_ranges(cfg: config_lib.Config, backend: str = "tensorflow") -> None:
   if mc.backbone not in config_lib.BACKBONES:
     _fail("backbone", mc.backbone,
           f"unknown backbone; choose one of {', '.join(config_lib.BACKBONES)}")
-  _number_in("dropout", mc.dropout, 0, 1)
-  _number_in("bn_momentum", mc.bn_momentum, 0, 1, optional=True)
-  _number_in("head_projection", mc.head_projection, 0, integer=True)
-  if mc.head_pooling not in config_lib.HEAD_POOLINGS:
-    _fail("head_pooling", mc.head_pooling,
-          f"choose one of {', '.join(config_lib.HEAD_POOLINGS)}")
-  _number_in("batch_size", tc.batch_size, 1, integer=True)
-  _number_in("epochs", tc.epochs, 1, integer=True)
-  _number_in("steps_per_epoch", tc.steps_per_epoch, 1, integer=True,
-             optional=True)
-  _number_in("backup_every_steps", tc.backup_every_steps, 1, integer=True,
-             optional=True)
-  _number_in("learning_rate", tc.learning_rate, 0, low_open=True)
-  _number_in("weight_decay", tc.weight_decay, 0)
-  _number_in("top_k", tc.top_k, 1, integer=True)
-  _number_in("freeze_epochs", tc.freeze_epochs, 0, integer=True)
-  _number_in("unfreeze_layers", tc.unfreeze_layers, 0, integer=True)
-  _number_in("finetune_lr_scale", tc.finetune_lr_scale, 0, low_open=True)
   for field in ("loss_weights", "focal_loss"):
     for head, value in getattr(tc, field):
       if not (math.isfinite(value) and value >= 0):
         _fail(field, f"{head}={value}", "must be a number >= 0")
-  for field, allowed in (("precision", config_lib.PRECISIONS),
-                         ("strategy", config_lib.STRATEGIES),
-                         ("optimizer", config_lib.OPTIMIZERS),
-                         ("class_weight", ("none", "balanced"))):
-    if getattr(tc, field) not in allowed:
-      _fail(field, getattr(tc, field), f"choose one of {', '.join(allowed)}")
   if backend == "jax" and tc.strategy == "multi_worker":
     _fail("strategy", tc.strategy, "is TensorFlow only (tf.distribute over "
           "TF_CONFIG); on the JAX backend use mirrored (this machine's "
