@@ -7,7 +7,7 @@ minutes on two CPU cores), leaving a model in mlc_runs/demo.
   python -m mlc_keras.train --manifest=data/train.csv --model_dir=runs/logos \
       --image_size=224 --weights=imagenet --epochs=20
   python -m mlc_keras.train --flagfile=run.flags
-  python -m mlc_keras.train --config=runs/logos --model_dir=runs/logos2 --epochs=30
+  python -m mlc_keras.train --config=runs/logos --model_dir=runs/logos2
 """
 
 from __future__ import annotations
@@ -25,8 +25,6 @@ from mlc_keras.core import config as config_lib
 from mlc_keras.core import errors
 
 _d = config_lib.DataConfig()
-_m = config_lib.ModelConfig()
-_t = config_lib.TrainConfig()
 
 _MODEL_DIR = flags.DEFINE_string(
     "model_dir", "mlc_runs/demo",
@@ -45,29 +43,13 @@ _CONFIG = flags.DEFINE_string(
     "a preset; each flag given overrides its value, so --config=runs/a "
     "--model_dir=runs/b trains run a's settings again in runs/b (a run's "
     "config.json holds absolute paths).")
+# The flags whose value is parsed into its field's, or whose default is left
+# None so that the preset's value stands (and --help shows no default of
+# its own); every other config field's flag is defined from its declaration
+# in core/config.py (_define, below).
 # Data.
-_MANIFEST = flags.DEFINE_string(
-    "manifest", None, "Training CSV: an image path column and one column per "
-    "head; a blank cell is a missing label.")
-_VAL_MANIFEST = flags.DEFINE_string("val_manifest", None, "Validation CSV.")
-_TFRECORD = flags.DEFINE_string(
-    "tfrecord", None, "Training TFRecord file pattern (see mlc_keras.tfrecord).")
-_VAL_TFRECORD = flags.DEFINE_string("val_tfrecord", None,
-                                    "Validation TFRecord file pattern.")
-_TFDS = flags.DEFINE_string("tfds", None, "A TFDS dataset name, e.g. cifar10.")
-_TFDS_HEADS = flags.DEFINE_string(
-    "tfds_heads", _d.tfds_heads,
-    "TFDS ClassLabel features to use as heads: 'feature[:head],...'.")
-_TFDS_TRAIN = flags.DEFINE_string("tfds_train_split", _d.tfds_train_split,
-                                  "TFDS training split.")
 _TFDS_VAL = flags.DEFINE_string("tfds_val_split", _d.tfds_val_split,
                                 "TFDS validation split ('' for none).")
-_TFDS_DATA_DIR = flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir.")
-_HEADS_FILE = flags.DEFINE_string(
-    "heads_file", None, "labels.json-style heads file (names, classes, loss "
-    "weights). Default: inferred from the manifest columns.")
-_IMAGE_COLUMN = flags.DEFINE_string("image_column", _d.image_column,
-                                    "Manifest column holding image paths.")
 _LABEL_COLUMNS = flags.DEFINE_list(
     "label_columns", [], "Manifest columns to train as heads, e.g. "
     "logo,medium (default: every column but the image column; other columns, "
@@ -77,9 +59,6 @@ _TAG_COLUMNS = flags.DEFINE_list(
     "tag_columns", [], "Manifest columns to train as tag heads (independent "
     "sigmoids over the column's tags): a cell lists tags joined by '|', "
     "'(none)' when none apply, blank when unknown. Without --heads_file only.")
-_VAL_FRACTION = flags.DEFINE_float(
-    "val_fraction", _d.val_fraction,
-    "Share of --manifest held out for validation when no --val_manifest.")
 # Held-out combinations.
 _HOLDOUT = flags.DEFINE_string(
     "holdout_combinations", None, "Combinations of head values that no "
@@ -122,104 +101,14 @@ _DATA_SERVICE = flags.DEFINE_string(
     "data_service", None, "grpc://host:port of a tf.data service dispatcher: "
     "its workers decode and augment the training input (README: 'Several "
     "GPUs, several machines').")
-# The recipe's augmentations.
-_RA_OPS = flags.DEFINE_integer(
-    "randaugment_ops", _d.randaugment_ops, "--augment=randaugment: ops drawn "
-    "per image.", lower_bound=1)
-_RA_MAGNITUDE = flags.DEFINE_float(
-    "randaugment_magnitude", _d.randaugment_magnitude, "--augment="
-    "randaugment: strength of every op, 0-1 (1: rotate 30 degrees, shear "
-    "0.3, translate 30%, brightness 40%, ...).", lower_bound=0, upper_bound=1)
-_ERASING_PROB = flags.DEFINE_float(
-    "erasing_prob", _d.erasing_prob, "--augment=erasing: share of images "
-    "that get one rectangle of noise (2-33% of the area).", lower_bound=0,
-    upper_bound=1)
-_MIXUP = flags.DEFINE_float(
-    "mixup_alpha", _d.mixup_alpha, "MixUp: blend each training image with "
-    "another of its batch by lam ~ Beta(alpha, alpha) (e.g. 0.2), targets "
-    "mixed per head; a head labelled on only one of the two gets weight 0 "
-    "for that sample (README 'The training recipe'). 0: off.", lower_bound=0)
-_CUTMIX = flags.DEFINE_float(
-    "cutmix_alpha", _d.cutmix_alpha, "CutMix: paste a box of another image "
-    "of the batch (area share 1 - lam, lam ~ Beta(alpha, alpha), e.g. 1.0), "
-    "targets mixed by area as MixUp's. With both on, each batch uses one of "
-    "them. 0: off.", lower_bound=0)
-_DETERMINISTIC = flags.DEFINE_bool(
-    "deterministic", False, "Deterministic data order and ops (slower).")
-_VALIDATE = flags.DEFINE_bool(
-    "validate_images", True, "Check every manifest image once before "
-    "training (see --image_check); cached in <model_dir>/image_check.csv.")
-_IMAGE_CHECK = flags.DEFINE_enum(
-    "image_check", _d.image_check, ["header", "decode"],
-    "header: format by content, size from the header, pixel cap, end marker "
-    "(~0.1 ms per file, in parallel); decode: also decode every file once.")
-_VAL_CACHE_MAX_MB = flags.DEFINE_integer(
-    "val_cache_max_mb", _d.val_cache_max_mb, "Validation pixels up to this "
-    "size are cached in memory; a larger validation set is decoded again "
-    "each epoch, so memory does not grow with it.", lower_bound=0)
-_IMAGE_ROOT = flags.DEFINE_string(
-    "image_root", None, "If set, manifest image paths must resolve inside "
-    "this folder (a row pointing elsewhere, e.g. ../../etc/passwd, is an "
-    "error).")
-_MAX_PIXELS = flags.DEFINE_integer(
-    "max_image_pixels", _d.max_image_pixels, "Largest width*height accepted, "
-    "read from the image header before decoding (0: no limit).")
-_QUARANTINE = flags.DEFINE_bool(
-    "quarantine", False, "Train without unusable manifest rows (bad, huge, "
-    "duplicated or out-of-root images, and images that fail to read or "
-    "decode mid-training: set aside, then training resumes from its last "
-    "backup), listing them in <model_dir>/quarantine.csv, instead of "
-    "stopping with an error.")
-_DEMO_DIR = flags.DEFINE_string("demo_dir", _d.demo_dir,
-                                "Where the demo set is generated.")
 # Model.
-_BACKBONE = flags.DEFINE_string(
-    "backbone", _m.backbone, "A keras.applications backbone: "
-    + ", ".join(config_lib.BACKBONES) + ".")
 _WEIGHTS = flags.DEFINE_string(
     "weights", None, "Backbone weights: none, imagenet, or a local no-top "
     "weights file.")
-_DROPOUT = flags.DEFINE_float("dropout", _m.dropout, "Dropout on features.")
-_BN_MOMENTUM = flags.DEFINE_float(
-    "bn_momentum", _m.bn_momentum, "BatchNorm momentum of the backbone (lower "
-    "it for short runs; Keras' default is 0.99).")
-_HEAD_PROJECTION = flags.DEFINE_integer(
-    "head_projection", _m.head_projection, "Width of a private Dense+relu "
-    "projection of the pooled features per head (0: heads read the features "
-    "directly). Measured for unseen attribute combinations in BUILD_NOTES.md.")
-_HEAD_POOLING = flags.DEFINE_enum(
-    "head_pooling", _m.head_pooling, list(config_lib.HEAD_POOLINGS),
-    "How each head pools the backbone's last feature map: avg (one global "
-    "average shared by every head) or attention (each head its own spatial "
-    "softmax from a 1x1 conv, so a head can read its own attribute's region "
-    "instead of the others' context; for attributes that combine in ways "
-    "training did not show).")
 # Training.
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Global batch size.")
 _EPOCHS = flags.DEFINE_integer("epochs", None, "Epochs.")
-_STEPS = flags.DEFINE_integer("steps_per_epoch", None,
-                              "Steps per epoch (default: one pass).")
 _LR = flags.DEFINE_float("learning_rate", None, "Peak learning rate.")
-_OPTIMIZER = flags.DEFINE_enum("optimizer", _t.optimizer, ["adamw", "sgd"],
-                               "Optimizer.")
-_SEED = flags.DEFINE_integer("seed", _t.seed, "Random seed.")
-_PRECISION = flags.DEFINE_enum(
-    "precision", _t.precision, ["float32", "mixed_float16", "mixed_bfloat16"],
-    "Mixed precision policy (mixed_float16 on GPUs).")
-_XLA = flags.DEFINE_bool(
-    "xla", _t.jit_compile, "Compile steps with XLA. Default: Keras' own "
-    "choice ('auto'): on for JAX, on for TensorFlow with a GPU (not under "
-    "--strategy=mirrored/multi_worker), off for TensorFlow on CPUs alone.")
-_STRATEGY = flags.DEFINE_enum(
-    "strategy", _t.strategy, ["default", "mirrored", "multi_worker"],
-    "default (fit, one device), mirrored (every local device) or "
-    "multi_worker (the cluster in TF_CONFIG; TensorFlow only). On "
-    "TensorFlow the last two are tf.distribute with a custom step that "
-    "resumes from model_dir/checkpoints; on JAX, mirrored is fit over "
-    "keras.distribution.DataParallel.")
-_CLASS_WEIGHT = flags.DEFINE_enum(
-    "class_weight", _t.class_weight, ["none", "balanced"],
-    "Per-head class weights folded into sample weights.")
 _LOSS_WEIGHTS = flags.DEFINE_list(
     "loss_weights", [], "Per-head loss weights 'head=w,...' (override the "
     "heads file).")
@@ -227,19 +116,6 @@ _FOCAL_LOSS = flags.DEFINE_list(
     "focal_loss", [], "Focal loss for some heads: 'head=gamma,...' or a bare "
     "gamma for every head (e.g. 2); other heads keep cross-entropy. Overrides "
     "the heads file.")
-_TOP_K = flags.DEFINE_integer("top_k", _t.top_k, "k of the top-k metric.")
-_FREEZE_EPOCHS = flags.DEFINE_integer(
-    "freeze_epochs", _t.freeze_epochs, "Fine-tuning schedule: train only the "
-    "heads on a frozen backbone (BatchNorm in inference mode) for this many "
-    "epochs, then unfreeze it at a lower learning rate. Use with "
-    "--weights=imagenet. 0: train everything from the start.", lower_bound=0)
-_UNFREEZE_LAYERS = flags.DEFINE_integer(
-    "unfreeze_layers", _t.unfreeze_layers, "After --freeze_epochs, unfreeze "
-    "only the backbone's last N layers (0: all). BatchNorm stays frozen.",
-    lower_bound=0)
-_FINETUNE_LR_SCALE = flags.DEFINE_float(
-    "finetune_lr_scale", _t.finetune_lr_scale, "Learning rate multiplier "
-    "after --freeze_epochs.", lower_bound=0)
 # Model selection.
 _MONITOR = flags.DEFINE_string(
     "monitor", None, "Which epoch best.keras holds (and --early_stopping_"
@@ -247,17 +123,7 @@ _MONITOR = flags.DEFINE_string(
     "val_shape_balanced_acc. Default: val_mean_balanced_accuracy, the mean "
     "over heads of the balanced accuracy on validation data "
     "(mean_balanced_accuracy on training data when there is none).")
-_PATIENCE = flags.DEFINE_integer(
-    "early_stopping_patience", _t.early_stopping_patience, "Stop training "
-    "when --monitor has not improved for this many epochs (0: never; counted "
-    "across the fine-tuning phases and a resumed run).", lower_bound=0)
 # Growing a trained model.
-_INIT_FROM = flags.DEFINE_string(
-    "init_from", None, "Start from a trained run folder (its model.keras) or "
-    ".keras file: the backbone and every head whose name and classes match "
-    "are copied, a head that gained classes keeps the weights of the ones it "
-    "had, other heads start fresh. Prints which heads are new, copied or "
-    "changed.")
 _REINIT_HEADS = flags.DEFINE_list(
     "reinit_heads", [], "With --init_from: heads whose class list lost or "
     "renamed a class, to train from scratch (otherwise such a head is an "
@@ -266,23 +132,12 @@ _TRAIN_HEADS = flags.DEFINE_list(
     "train_heads", [], "Train only these heads (e.g. a new one): every other "
     "head and the backbone (BatchNorm in inference mode) stay frozen, so "
     "their outputs stay bit-identical. Default: train everything.")
-_TRAIN_BACKBONE = flags.DEFINE_bool(
-    "train_backbone", False, "With --train_heads: train the backbone too "
-    "(the other heads' outputs then change).")
 # The training recipe.
 _LABEL_SMOOTHING = flags.DEFINE_list(
     "label_smoothing", [], "Label smoothing: a bare s for every head (e.g. "
     "0.1) or 'head=s,...'; a smoothed head trains towards 1 - s on its class "
     "and s/k on each of its k classes (a tag head: s/2 and 1 - s/2). Heads "
     "left out: none.")
-_CLIP_GLOBAL_NORM = flags.DEFINE_float(
-    "clip_global_norm", None, "Rescale each step's gradients to at most this "
-    "global L2 norm (e.g. 1.0). Default: no clipping.")
-_EMA_DECAY = flags.DEFINE_float(
-    "ema_decay", None, "Keep an exponential moving average of the weights "
-    "with this decay per step (e.g. 0.999; 0.99 for runs of a few hundred "
-    "steps): validation, best.keras, model.keras and every export use the "
-    "averaged weights. Default: off.")
 _FACTOR_HEADS = flags.DEFINE_list(
     "factor_heads", [], "Heads (two or more, e.g. char,family) that are "
     "independent factors of the world, whatever their co-occurrence in the "
@@ -299,13 +154,32 @@ _FIND_LR = flags.DEFINE_bool(
     "printed with the command to train with it.")
 _FIND_LR_STEPS = flags.DEFINE_integer(
     "find_lr_steps", 100, "Steps of --find_lr.", lower_bound=10)
-_BACKUP_STEPS = flags.DEFINE_integer(
-    "backup_every_steps", None, "Back up every N steps (default: each epoch).")
 # Owning the model_dir.
 _OVERWRITE = flags.DEFINE_bool(
     "overwrite", False, "Start over in a --model_dir that holds a finished "
     "or interrupted run, deleting its model, backups and logs first (exports "
     "are kept). Without it a finished run is not retrained.")
+
+
+_TYPES = {"str": flags.DEFINE_string, "int": flags.DEFINE_integer,
+          "float": flags.DEFINE_float, "bool": flags.DEFINE_bool}
+
+
+def _define(d) -> flags.FlagHolder:
+  """The flag of config field ``d`` (settings.Declared) as config.py
+  declares it: type and default from the field, its help (the settings it
+  names shown as flags), choices as an enum, lo / hi as bounds."""
+  s = d.setting
+  text = cli_help.flag_text(s.help)
+  if s.choices is not None:
+    return flags.DEFINE_enum(s.flag, d.default, list(s.choices), text)
+  kind = d.type.removeprefix("Optional[").removesuffix("]")
+  bounds = dict(lower_bound=s.lo, upper_bound=s.hi) if s.flag_bounds else {}
+  return _TYPES[kind](s.flag, d.default, text, **bounds)
+
+
+# The flags defined from the declarations (those with a help text), by field.
+_F = {d.name: _define(d) for d in config_lib.SETTINGS if d.setting.help}
 
 
 # The flags of this CLI that set no config field; every other flag sets the
@@ -374,7 +248,7 @@ def _base_config() -> config_lib.Config:
     if _PRESET.value:
       raise errors.SettingError("give `config` or `preset`, not both")
     return config_lib.load(_CONFIG.value)
-  has_source = _MANIFEST.value or _TFRECORD.value or _TFDS.value
+  has_source = _F["manifest"].value or _F["tfrecord"].value or _F["tfds"].value
   return getattr(config_lib,
                  _PRESET.value or ("default" if has_source else "demo"))()
 
@@ -473,33 +347,34 @@ def _exit_on_nan(e: Exception) -> None:
     sys.exit(3)
 
 
-# --help lists every flag of this module under these headings (cli_help);
-# one left out here still shows, under "other".
-_HELP_GROUPS = {
-    "run folder": (_MODEL_DIR, _PRESET, _CONFIG, _OVERWRITE,
-                   _BACKUP_STEPS),
-    "data": (_MANIFEST, _VAL_MANIFEST, _VAL_FRACTION, _IMAGE_COLUMN,
-             _LABEL_COLUMNS, _TAG_COLUMNS, _HEADS_FILE, _TFRECORD,
-             _VAL_TFRECORD, _TFDS, _TFDS_HEADS, _TFDS_TRAIN, _TFDS_VAL,
-             _TFDS_DATA_DIR, _DEMO_DIR),
-    "images and checks": (_IMAGE_SIZE, _CACHE, _VAL_CACHE_MAX_MB, _VALIDATE,
-                          _IMAGE_CHECK, _IMAGE_ROOT, _MAX_PIXELS, _QUARANTINE,
-                          _DETERMINISTIC, _DATA_SERVICE),
-    "augmentation": (_AUGMENT, _CROP_SCALE, _CROP_RATIO, _RA_OPS,
-                     _RA_MAGNITUDE, _ERASING_PROB, _MIXUP, _CUTMIX),
-    "combinations": (_HOLDOUT, _CALIBRATION_COMBOS, _BALANCE, _FACTOR_HEADS),
-    "model": (_BACKBONE, _WEIGHTS, _DROPOUT, _BN_MOMENTUM, _HEAD_PROJECTION,
-              _HEAD_POOLING),
-    "training": (_EPOCHS, _BATCH_SIZE, _STEPS, _LR, _FIND_LR, _FIND_LR_STEPS,
-                 _OPTIMIZER, _SEED,
-                 _CLASS_WEIGHT, _LOSS_WEIGHTS, _FOCAL_LOSS, _LABEL_SMOOTHING,
-                 _CLIP_GLOBAL_NORM, _EMA_DECAY, _TOP_K),
-    "fine-tuning and growing a model": (
-        _FREEZE_EPOCHS, _UNFREEZE_LAYERS, _FINETUNE_LR_SCALE, _INIT_FROM,
-        _REINIT_HEADS, _TRAIN_HEADS, _TRAIN_BACKBONE),
-    "model selection": (_MONITOR, _PATIENCE),
-    "devices": (_PRECISION, _XLA, _STRATEGY),
-}
+# --help lists every flag of this module under these headings (cli_help),
+# by flag name; one left out here still shows, under "other".
+_HELP_GROUPS = {heading: tuple(flags.FLAGS[name] for name in names.split())
+                for heading, names in {
+    "run folder": "model_dir preset config overwrite backup_every_steps",
+    "data": "manifest val_manifest val_fraction image_column label_columns "
+            "tag_columns heads_file tfrecord val_tfrecord tfds tfds_heads "
+            "tfds_train_split tfds_val_split tfds_data_dir demo_dir",
+    "images and checks": "image_size cache val_cache_max_mb validate_images "
+                         "image_check image_root max_image_pixels quarantine "
+                         "deterministic data_service",
+    "augmentation": "augment crop_scale crop_ratio randaugment_ops "
+                    "randaugment_magnitude erasing_prob mixup_alpha "
+                    "cutmix_alpha",
+    "combinations": "holdout_combinations calibration_combinations "
+                    "balance_combinations factor_heads",
+    "model": "backbone weights dropout bn_momentum head_projection "
+             "head_pooling",
+    "training": "epochs batch_size steps_per_epoch learning_rate find_lr "
+                "find_lr_steps optimizer seed class_weight loss_weights "
+                "focal_loss label_smoothing clip_global_norm ema_decay top_k",
+    "fine-tuning and growing a model": "freeze_epochs unfreeze_layers "
+                                       "finetune_lr_scale init_from "
+                                       "reinit_heads train_heads "
+                                       "train_backbone",
+    "model selection": "monitor early_stopping_patience",
+    "devices": "precision xla strategy",
+}.items()}
 
 
 def run():

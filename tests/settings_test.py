@@ -55,6 +55,17 @@ class DeclarationTest(absltest.TestCase):
     flagged = {d.name for d in config_lib.SETTINGS if d.setting.flag}
     self.assertEmpty(set(train._PARSE) - flagged)  # pylint: disable=protected-access
 
+  def test_flags_defined_from_their_declaration(self):
+    generated = [d for d in config_lib.SETTINGS if d.setting.help]
+    self.assertNotEmpty(generated)
+    for d in generated:
+      flag = flags.FLAGS[d.setting.flag]
+      self.assertEqual(flag.default, d.default, d.key)
+      self.assertNotIn("`", flag.help, d.key)  # settings shown as flags
+    self.assertIn("--strategy=mirrored", flags.FLAGS["xla"].help)
+    self.assertEqual(flags.FLAGS["randaugment_magnitude"].parser.upper_bound,
+                     1)
+
   def test_flag_names_in_errors(self):
     self.assertEqual(cli_help.flag_name("jit_compile"), "--xla")
     self.assertEqual(cli_help.flag_name("weight_decay"),

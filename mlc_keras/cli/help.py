@@ -40,6 +40,12 @@ def flag_name(field: str) -> str:
   return "--" + flag
 
 
+def flag_text(text: str) -> str:
+  """``text`` (a setting's help) with each setting it names in backquotes
+  shown as its flag, as error_line shows an error."""
+  return errors.MlcError(text).render(flag_name)
+
+
 def wants_help(argv: Sequence[str]) -> bool:
   """Whether argv asks for --help (before a '--' that ends the flags)."""
   for arg in argv[1:]:

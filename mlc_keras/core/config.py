@@ -50,19 +50,41 @@ class DataConfig:
   generated into ``demo_dir``.
   """
 
-  manifest: Optional[str] = setting(None, "data", path=True)
-  val_manifest: Optional[str] = setting(None, "data", path=True)
-  tfrecord: Optional[str] = setting(None, "data", path=True)
-  val_tfrecord: Optional[str] = setting(None, "data", path=True)
-  tfds: Optional[str] = setting(None, "data")
-  tfds_train_split: str = setting("train", "data")
+  manifest: Optional[str] = setting(
+      None, "data", path=True,
+      help="Training CSV: an image path column and one column per head; a "
+      "blank cell is a missing label.")
+  val_manifest: Optional[str] = setting(
+      None, "data", path=True,
+      help="Validation CSV.")
+  tfrecord: Optional[str] = setting(
+      None, "data", path=True,
+      help="Training TFRecord file pattern (see mlc_keras.tfrecord).")
+  val_tfrecord: Optional[str] = setting(
+      None, "data", path=True,
+      help="Validation TFRecord file pattern.")
+  tfds: Optional[str] = setting(
+      None, "data",
+      help="A TFDS dataset name, e.g. cifar10.")
+  tfds_train_split: str = setting(
+      "train", "data",
+      help="TFDS training split.")
   tfds_val_split: Optional[str] = setting("test", "data")
-  tfds_data_dir: Optional[str] = setting(None, "data", path=True)
+  tfds_data_dir: Optional[str] = setting(
+      None, "data", path=True,
+      help="TFDS data_dir.")
   # "feature:head,feature:head"; a feature maps to a head of the same name
   # when ":head" is left out.
-  tfds_heads: str = setting("label", "data")
-  heads_file: Optional[str] = setting(None, "data", path=True)
-  image_column: str = setting("image", "data")
+  tfds_heads: str = setting(
+      "label", "data",
+      help="TFDS ClassLabel features to use as heads: 'feature[:head],...'.")
+  heads_file: Optional[str] = setting(
+      None, "data", path=True,
+      help="labels.json-style heads file (names, classes, loss weights). "
+      "Default: inferred from the manifest columns.")
+  image_column: str = setting(
+      "image", "data",
+      help="Manifest column holding image paths.")
   # Manifest columns trained as heads (empty: every column but the image
   # column); ignored when heads_file is given (its heads are the columns).
   label_columns: tuple[str, ...] = setting((), "data")
@@ -71,7 +93,10 @@ class DataConfig:
   tag_columns: tuple[str, ...] = setting((), "data")
   # Share of a single manifest held out for validation when no val_manifest
   # is given (split by a seeded hash of the path, so it is stable).
-  val_fraction: float = setting(0.1, "data", lo=0, hi=1)
+  val_fraction: float = setting(
+      0.1, "data", lo=0, hi=1,
+      help="Share of `manifest` held out for validation when no "
+      "`val_manifest`.")
   image_size: int = setting(224, "data", lo=32, hi=4096, hi_open=False,
                             integer=True)
   cache: bool = setting(False, "data", resumable=True)
@@ -81,22 +106,46 @@ class DataConfig:
   # against a plain Keras script with none (BUILD_NOTES, "Defaults that
   # win"), and flip changes the label of text, digits and left/right heads.
   augment: tuple[str, ...] = setting((), "recipe")
-  deterministic: bool = setting(False, "data", resumable=True)
-  validate_images: bool = setting(True, "data", resumable=True)
+  deterministic: bool = setting(
+      False, "data", resumable=True,
+      help="Deterministic data order and ops (slower).")
+  validate_images: bool = setting(
+      True, "data", resumable=True,
+      help="Check every manifest image once before training (see "
+      "`image_check`); cached in <model_dir>/image_check.csv.")
   # How deep that check goes: "header" (format by content, size from the
   # header, pixel cap, end marker; ~0.1 ms per file) or "decode" (every file
   # decoded once). Results are cached in <model_dir>/image_check.csv.
-  image_check: str = setting("header", "data", choices=IMAGE_CHECKS)
+  image_check: str = setting(
+      "header", "data", choices=IMAGE_CHECKS,
+      help="header: format by content, size from the header, "
+      "pixel cap, end marker (~0.1 ms per file, in parallel); decode: "
+      "also decode every file once.")
   # Validation pixels are cached in memory up to this size; above it they
   # are decoded again every epoch (streamed), so memory stays flat.
-  val_cache_max_mb: int = setting(1024, "data", lo=0, integer=True)
+  val_cache_max_mb: int = setting(
+      1024, "data", lo=0, integer=True, flag_bounds=True,
+      help="Validation pixels up to this size are cached in memory; a larger "
+      "validation set is decoded again each epoch, so memory does not "
+      "grow with it.")
   # Image paths must resolve inside this folder (None: anywhere).
-  image_root: Optional[str] = setting(None, "data", path=True, resumable=True)
+  image_root: Optional[str] = setting(
+      None, "data", path=True, resumable=True,
+      help="If set, manifest image paths must resolve inside this folder (a "
+      "row pointing elsewhere, e.g. ../../etc/passwd, is an error).")
   # Header-checked before decoding; Pillow's default MAX_IMAGE_PIXELS.
-  max_image_pixels: int = setting(89_478_485, "data", lo=0, integer=True,
-                                  resumable=True)
+  max_image_pixels: int = setting(
+      89_478_485, "data", lo=0, integer=True, resumable=True,
+      help="Largest width*height accepted, read from the image header before "
+      "decoding (0: no limit).")
   # Unusable rows go to <model_dir>/quarantine.csv instead of stopping the run.
-  quarantine: bool = setting(False, "data", resumable=True)
+  quarantine: bool = setting(
+      False, "data", resumable=True,
+      help="Train without unusable manifest rows (bad, huge, duplicated or "
+      "out-of-root images, and images that fail to read or decode "
+      "mid-training: set aside, then training resumes from its last "
+      "backup), listing them in <model_dir>/quarantine.csv, instead of "
+      "stopping with an error.")
   # --augment=resized_crop: share of the area and aspect (w / h) ranges of
   # the random window (Inception / ResNet defaults).
   crop_scale: tuple[float, float] = setting((0.08, 1.0), "recipe")
@@ -106,15 +155,31 @@ class DataConfig:
   data_service: Optional[str] = setting(None, "data", resumable=True)
   # --- the recipe's augmentations (data/augment.py) ---
   # --augment=randaugment: ops per image and their magnitude (0-1).
-  randaugment_ops: int = setting(2, "recipe", lo=1, integer=True)
-  randaugment_magnitude: float = setting(0.5, "recipe", lo=0, hi=1,
-                                         hi_open=False)
+  randaugment_ops: int = setting(
+      2, "recipe", lo=1, integer=True, flag_bounds=True,
+      help="`augment`=randaugment: ops drawn per image.")
+  randaugment_magnitude: float = setting(
+      0.5, "recipe", lo=0, hi=1, hi_open=False, flag_bounds=True,
+      help="`augment`=randaugment: strength of every op, 0-1 (1: rotate 30 "
+      "degrees, shear 0.3, translate 30%, brightness 40%, ...).")
   # --augment=erasing: share of images given one noise rectangle.
-  erasing_prob: float = setting(0.25, "recipe", lo=0, hi=1, hi_open=False)
+  erasing_prob: float = setting(
+      0.25, "recipe", lo=0, hi=1, hi_open=False, flag_bounds=True,
+      help="`augment`=erasing: share of images that get one rectangle of noise"
+      " (2-33% of the area).")
   # MixUp / CutMix Beta(alpha, alpha) mixing of batch pairs (0: off; both
   # on: each batch one of them).
-  mixup_alpha: float = setting(0.0, "recipe", lo=0)
-  cutmix_alpha: float = setting(0.0, "recipe", lo=0)
+  mixup_alpha: float = setting(
+      0.0, "recipe", lo=0, flag_bounds=True,
+      help="MixUp: blend each training image with another of its batch by lam "
+      "~ Beta(alpha, alpha) (e.g. 0.2), targets mixed per head; a head "
+      "labelled on only one of the two gets weight 0 for that sample "
+      "(README 'The training recipe'). 0: off.")
+  cutmix_alpha: float = setting(
+      0.0, "recipe", lo=0, flag_bounds=True,
+      help="CutMix: paste a box of another image of the batch (area share 1 - "
+      "lam, lam ~ Beta(alpha, alpha), e.g. 1.0), targets mixed by area as"
+      " MixUp's. With both on, each batch uses one of them. 0: off.")
   # Combinations of head values no training or validation image may carry
   # ("head=value+head=value;..." or a file, data/combinations.py), and
   # others left out of training only (evaluate --stacking fits on them).
@@ -123,28 +188,47 @@ class DataConfig:
   # Heads whose value combinations are oversampled to about equal counts in
   # training (combinations.balance); () for none.
   balance_combinations: tuple[str, ...] = setting((), "data")
-  demo_dir: str = setting("mlc_runs/demo_data", "data", path=True)
+  demo_dir: str = setting(
+      "mlc_runs/demo_data", "data", path=True,
+      help="Where the demo set is generated.")
   demo_train_size: int = setting(2000, "data", flag=None, lo=1, integer=True)
   demo_val_size: int = setting(400, "data", flag=None, lo=1, integer=True)
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  backbone: str = setting("ResNet50V2", "model")
+  backbone: str = setting(
+      "ResNet50V2", "model",
+      help="A keras.applications backbone: " + ", ".join(BACKBONES) + ".")
   # None (random init), "imagenet" (downloaded by Keras) or a local file path.
   weights: Optional[str] = setting(None, "model", path=True)
-  dropout: float = setting(0.0, "model", lo=0, hi=1)
+  dropout: float = setting(
+      0.0, "model", lo=0, hi=1,
+      help="Dropout on features.")
   # Keras' default 0.99 leaves moving statistics far behind the weights in a
   # short run (inference accuracy near chance); 0.9 catches up within ~100
   # steps. See BUILD_NOTES.md.
-  bn_momentum: float = setting(0.9, "model", lo=0, hi=1, optional=True)
+  bn_momentum: float = setting(
+      0.9, "model", lo=0, hi=1, optional=True,
+      help="BatchNorm momentum of the backbone (lower it for short runs; "
+      "Keras' default is 0.99).")
   # > 0: a private Dense(n, relu) between the pooled features and each head
   # (modeling/model.build_model); 0: every head reads the features directly.
-  head_projection: int = setting(0, "model", lo=0, integer=True)
+  head_projection: int = setting(
+      0, "model", lo=0, integer=True,
+      help="Width of a private Dense+relu projection of the pooled features "
+      "per head (0: heads read the features directly). Measured for "
+      "unseen attribute combinations in BUILD_NOTES.md.")
   # "avg": every head reads one global average pool of the backbone's last
   # map; "attention": each head pools that map with its own spatial softmax
   # (a 1x1 conv per head), so it can keep to its own attribute's evidence.
-  head_pooling: str = setting("avg", "model", choices=HEAD_POOLINGS)
+  head_pooling: str = setting(
+      "avg", "model", choices=HEAD_POOLINGS,
+      help="How each head pools the backbone's last feature "
+      "map: avg (one global average shared by every head) or attention "
+      "(each head its own spatial softmax from a 1x1 conv, so a head can "
+      "read its own attribute's region instead of the others' context; "
+      "for attributes that combine in ways training did not show).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,64 +236,120 @@ class TrainConfig:
   batch_size: int = setting(32, "training", lo=1, integer=True)
   epochs: int = setting(10, "training", lo=1, integer=True, resumable=True)
   # None: one pass over the training data per epoch.
-  steps_per_epoch: Optional[int] = setting(None, "training", lo=1, integer=True)
+  steps_per_epoch: Optional[int] = setting(
+      None, "training", lo=1, integer=True,
+      help="Steps per epoch (default: one pass).")
   learning_rate: float = setting(1e-3, "training", lo=0, lo_open=True,
                                  resumable=True)
   weight_decay: float = setting(1e-4, "training", flag=None, lo=0)
-  optimizer: str = setting("adamw", "training", choices=OPTIMIZERS)
-  seed: int = setting(0, "training")
+  optimizer: str = setting(
+      "adamw", "training", choices=OPTIMIZERS,
+      help="Optimizer.")
+  seed: int = setting(
+      0, "training",
+      help="Random seed.")
   # "float32", "mixed_float16" (GPU) or "mixed_bfloat16" (TPU, recent CPUs).
-  precision: str = setting("float32", "training", choices=PRECISIONS)
+  precision: str = setting(
+      "float32", "training", choices=PRECISIONS,
+      help="Mixed precision policy "
+      "(mixed_float16 on GPUs).")
   # XLA for the compiled steps. None: Keras' own default ("auto"): on for
   # JAX (its steps are jitted), on for TensorFlow where it sees a GPU and no
   # tf.distribute strategy, off for TensorFlow on CPUs alone. False on JAX
   # would run every step op by op.
-  jit_compile: Optional[bool] = setting(None, "training", flag="xla",
-                                        resumable=True)
+  jit_compile: Optional[bool] = setting(
+      None, "training", flag="xla", resumable=True,
+      help="Compile steps with XLA. Default: Keras' own choice ('auto'): on "
+      "for JAX, on for TensorFlow with a GPU (not under "
+      "`strategy`=mirrored/multi_worker), off for TensorFlow on CPUs "
+      "alone.")
   # "default" (one device, fit), "mirrored" (all local devices) or
   # "multi_worker" (TF_CONFIG, TensorFlow only). On TensorFlow the last two
   # run distributed.py's custom step; on JAX, mirrored is fit over
   # keras.distribution.DataParallel (setup.data_parallel).
-  strategy: str = setting("default", "training", choices=STRATEGIES)
+  strategy: str = setting(
+      "default", "training", choices=STRATEGIES,
+      help="default (fit, one device), "
+      "mirrored (every local device) or multi_worker (the cluster in "
+      "TF_CONFIG; TensorFlow only). On TensorFlow the last two are "
+      "tf.distribute with a custom step that resumes from "
+      "model_dir/checkpoints; on JAX, mirrored is fit over "
+      "keras.distribution.DataParallel.")
   # "none" or "balanced": per-head class weights folded into sample_weight.
-  class_weight: str = setting("none", "training", choices=CLASS_WEIGHTS)
+  class_weight: str = setting(
+      "none", "training", choices=CLASS_WEIGHTS,
+      help="Per-head class weights folded into sample "
+      "weights.")
   # Loss weights "head=w,head=w" override the heads file.
   loss_weights: tuple[tuple[str, float], ...] = setting((), "training")
   # Focal-loss gammas "head=g" ("*" = every head) override the heads file.
   focal_loss: tuple[tuple[str, float], ...] = setting((), "training")
-  top_k: int = setting(5, "training", lo=1, integer=True, resumable=True)
+  top_k: int = setting(
+      5, "training", lo=1, integer=True, resumable=True,
+      help="k of the top-k metric.")
   backup_every_steps: Optional[int] = setting(
-      None, "run folder", lo=1, integer=True, resumable=True)
+      None, "run folder", lo=1, integer=True, resumable=True,
+      help="Back up every N steps (default: each epoch).")
   # Fine-tuning schedule: the first freeze_epochs train the heads on a frozen
   # backbone (BatchNorm in inference mode); the rest unfreeze the backbone
   # (all of it, or its last unfreeze_layers layers; BatchNorm stays frozen)
   # at learning_rate * finetune_lr_scale. 0 trains everything from the start.
-  freeze_epochs: int = setting(0, "training", lo=0, integer=True)
-  unfreeze_layers: int = setting(0, "training", lo=0, integer=True)
-  finetune_lr_scale: float = setting(0.1, "training", lo=0, lo_open=True)
+  freeze_epochs: int = setting(
+      0, "training", lo=0, integer=True, flag_bounds=True,
+      help="Fine-tuning schedule: train only the heads on a frozen backbone "
+      "(BatchNorm in inference mode) for this many epochs, then unfreeze "
+      "it at a lower learning rate. Use with `weights`=imagenet. 0: train"
+      " everything from the start.")
+  unfreeze_layers: int = setting(
+      0, "training", lo=0, integer=True, flag_bounds=True,
+      help="After `freeze_epochs`, unfreeze only the backbone's last N layers "
+      "(0: all). BatchNorm stays frozen.")
+  finetune_lr_scale: float = setting(
+      0.1, "training", lo=0, lo_open=True, flag_bounds=True,
+      help="Learning rate multiplier after `freeze_epochs`.")
   # Which epoch best.keras holds (and early stopping watches): an epoch-log
   # quantity such as "val_loss"; None: the mean balanced accuracy over heads,
   # on validation data when there is some (training/selection.py).
   monitor: Optional[str] = setting(None, "training")
   # Stop when the monitor has not improved for this many epochs (0: never).
-  early_stopping_patience: int = setting(0, "training", lo=0, integer=True)
+  early_stopping_patience: int = setting(
+      0, "training", lo=0, integer=True, flag_bounds=True,
+      help="Stop training when `monitor` has not improved for this many epochs"
+      " (0: never; counted across the fine-tuning phases and a resumed "
+      "run).")
   # Growing a trained model (modeling/grow.py): start from this run folder or
   # .keras file (backbone and matching heads copied), re-initialise the
   # listed heads whose classes changed, and train only train_heads (empty:
   # every head), the backbone frozen unless train_backbone.
-  init_from: Optional[str] = setting(None, "training", path=True)
+  init_from: Optional[str] = setting(
+      None, "training", path=True,
+      help="Start from a trained run folder (its model.keras) or .keras file: "
+      "the backbone and every head whose name and classes match are "
+      "copied, a head that gained classes keeps the weights of the ones "
+      "it had, other heads start fresh. Prints which heads are new, "
+      "copied or changed.")
   reinit_heads: tuple[str, ...] = setting((), "training")
   train_heads: tuple[str, ...] = setting((), "training")
-  train_backbone: bool = setting(False, "training")
+  train_backbone: bool = setting(
+      False, "training",
+      help="With `train_heads`: train the backbone too (the other heads' "
+      "outputs then change).")
   # --- the training recipe ---
   # Label smoothing "head=s" ("*" = every head; none: 0).
   label_smoothing: tuple[tuple[str, float], ...] = setting((), "recipe")
   # Gradients rescaled to at most this global L2 norm (None: not clipped).
-  clip_global_norm: Optional[float] = setting(None, "recipe", lo=0,
-                                              lo_open=True)
+  clip_global_norm: Optional[float] = setting(
+      None, "recipe", lo=0, lo_open=True,
+      help="Rescale each step's gradients to at most this global L2 norm (e.g."
+      " 1.0). Default: no clipping.")
   # Weight EMA decay per step (None: no EMA); the averaged weights are the
   # ones validated, kept in best.keras / model.keras and exported.
-  ema_decay: Optional[float] = setting(None, "recipe")
+  ema_decay: Optional[float] = setting(
+      None, "recipe",
+      help="Keep an exponential moving average of the weights with this decay "
+      "per step (e.g. 0.999; 0.99 for runs of a few hundred steps): "
+      "validation, best.keras, model.keras and every export use the "
+      "averaged weights. Default: off.")
   # Heads declared independent factors (modeling/factors.py): during
   # training each one's logits get the log prior of its class given the
   # others' labels, so it does not learn their co-occurrence. () for none.

@@ -7,7 +7,8 @@ choices, whether it names a file and whether it may change when an
 interrupted run resumes. What used to be listed by hand elsewhere is read
 from here: the resume table (runs/folder.py), the paths made absolute and
 the plain range checks (runs/preflight.py), the field -> flag names of the
-one-line errors (cli/help.py).
+one-line errors (cli/help.py), and train's flags: each field with a help
+text is defined from its declaration, and every flag sets its field.
 
 Pure Python: importing it loads neither TensorFlow nor Keras.
 """
@@ -40,6 +41,10 @@ class Setting:
     an existing file).
   resumable: may change when an interrupted run resumes (it changes how
     the run goes or what it checks, not what its backup means).
+  help: the flag's help; given, the command line defines the flag from this
+    declaration (type and default from the field, ``choices`` as an enum,
+    ``lo`` / ``hi`` as the flag's bounds with ``flag_bounds``); a setting
+    named in backquotes (`field`) is shown as its flag.
   """
   group: str
   flag: Optional[str]
@@ -53,6 +58,7 @@ class Setting:
   choices: Optional[tuple] = None
   path: Union[bool, str] = False
   resumable: bool = False
+  flag_bounds: bool = False
 
 
 def setting(default, group: str, *, flag: Optional[str] = "",
@@ -74,6 +80,8 @@ class Declared:
   section: str
   name: str
   setting: Setting
+  default: Any = None
+  type: str = ""  # the field's annotation, e.g. "Optional[int]"
 
   @property
   def key(self) -> str:
@@ -93,7 +101,9 @@ def declared(config_cls) -> tuple[Declared, ...]:
                         "declared with settings.setting(...)")
       if s.flag == "":
         s = dataclasses.replace(s, flag=f.name)
-      out.append(Declared(section.name, f.name, s))
+      out.append(Declared(section.name, f.name, s, f.default,
+                          f.type if isinstance(f.type, str)
+                          else f.type.__name__))
   return tuple(out)
 
 
