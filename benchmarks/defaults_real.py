@@ -83,6 +83,12 @@ PLAIN = {
     # With our weight decay (1e-4) instead of Keras AdamW's 0.004.
     "plain_wd": {"weight_decay": "1e-4"},
 }
+# Arms that change a setting with no flag: today's default config with these
+# values, written to <work_dir>/configs/<arm>.json and given as --config.
+CONFIGS = {
+    # Keras AdamW's own weight decay (the plain script's) for our 1e-4.
+    "wd4e-3": {"train": {"weight_decay": 0.004}},
+}
 EXTRA = {
     "noaug": {"augment": ""},
     "flipcrop": {"augment": "flip,crop"},
@@ -176,6 +182,20 @@ def _run(cmd, log_path):
   return time.perf_counter() - start
 
 
+def _config_file(arm: str, runs: str) -> str:
+  """Today's default config with CONFIGS[arm] over it, as a JSON file."""
+  from mlc_keras.core import config as config_lib  # pylint: disable=g-import-not-at-top
+  d = config_lib.default().to_dict()
+  for section, values in CONFIGS[arm].items():
+    d[section].update(values)
+  config_lib.Config.from_dict(d, arm)  # a typo fails here, not in a run
+  path = os.path.join(os.path.dirname(runs), "configs", f"{arm}.json")
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(d, f, indent=2)
+  return path
+
+
 def train(arm: str, data: dict, seed: int, run_dir: str) -> tuple[str, dict]:
   """Trains one arm; returns (the .keras file to score, the flags used)."""
   os.makedirs(run_dir, exist_ok=True)
@@ -192,6 +212,8 @@ def train(arm: str, data: dict, seed: int, run_dir: str) -> tuple[str, dict]:
     extra = {"factor_heads": FACTORS[data["name"]]}
   elif arm == "attn_factors":
     extra = {"factor_heads": FACTORS[data["name"]], **EXTRA["attn"]}
+  elif arm in CONFIGS:
+    extra = {"config": _config_file(arm, os.path.dirname(run_dir))}
   elif arm in ("before", "after") or arm in EXTRA:
     extra = BEFORE if arm == "before" else EXTRA.get(arm, {})
   else:
