@@ -347,8 +347,8 @@ def _exit_on_nan(e: Exception) -> None:
     sys.exit(3)
 
 
-# --help lists every flag of this module under these headings (cli_help),
-# by flag name; one left out here still shows, under "other".
+# --helpfull lists every flag of this module under these headings
+# (cli_help), by flag name; one left out here still shows, under "other".
 _HELP_GROUPS = {heading: tuple(flags.FLAGS[name] for name in names.split())
                 for heading, names in {
     "run folder": "model_dir preset config overwrite backup_every_steps",
@@ -377,9 +377,22 @@ _HELP_GROUPS = {heading: tuple(flags.FLAGS[name] for name in names.split())
 }.items()}
 
 
+# --help lists only these, the flags a first run on one's own data needs
+# (settings.GROUPS' headings), and counts the rest.
+_CORE_HELP = {heading: tuple(flags.FLAGS[name] for name in names.split())
+              for heading, names in {
+    "data": "manifest val_manifest label_columns heads_file tfrecord tfds "
+            "image_size",
+    "model": "backbone weights",
+    "training": "epochs batch_size learning_rate",
+    "recipe": "preset augment label_smoothing",
+    "run folder": "model_dir config overwrite",
+}.items()}
+
+
 def run():
   """The mlc-train console script (setup.cfg): the same flags as python -m."""
-  cli_help.run(main, __doc__, _HELP_GROUPS)
+  cli_help.run(main, __doc__, _HELP_GROUPS, core=_CORE_HELP)
 
 
 if __name__ == "__main__":
