@@ -14,6 +14,8 @@ import tensorflow as tf
 from mlc_keras.evaluation import calibrate
 from mlc_keras.labeling import compose
 from mlc_keras.evaluation import report as evaluate_lib
+from mlc_keras.evaluation import composed as composed_lib
+from mlc_keras.evaluation import markdown as evaluation_md
 from mlc_keras.core import heads as heads_lib
 from mlc_keras.modeling import layers
 from mlc_keras.modeling import outputs
@@ -126,7 +128,7 @@ class StackingReportTest(tf.test.TestCase):
     # Fitted on circle_red (unseen) and seen rows; reported on square_blue.
     fit = self._collected([0, 0, 1], [1, 0, 1])
     shown = self._collected([1, 0], [0, 0])
-    bias, st = evaluate_lib.stacking_report(TABLE, SEEN, fit, shown,
+    bias, st = composed_lib.stacking_report(TABLE, SEEN, fit, shown,
                                             "val.csv", "test.csv")
     self.assertAllClose(bias, compose.stacking_bias(SEEN, st["gamma"]))
     self.assertEqual(st["fit_unseen_classes"], ["circle_red"])
@@ -138,8 +140,8 @@ class StackingReportTest(tf.test.TestCase):
     report = evaluate_lib.report_from_collected(shown, SCHEMA,
                                                 table=TABLE)
     report["composed"]["stacking"] = st
-    md = evaluate_lib.markdown({"model": "m", "data": "d", "samples": 2,
-                                **report})
+    md = evaluation_md.markdown({"model": "m", "data": "d", "samples": 2,
+                                 **report})
     self.assertIn("Calibrated stacking: gamma 0.000", md)
     self.assertIn("| `test.csv` | 1.000 | 1.000 | 1.000 | 1.000 |", md)
 
@@ -147,7 +149,7 @@ class StackingReportTest(tf.test.TestCase):
     fit = self._collected([0, 0, 1], [1, 0, 1])
     with self.assertRaisesRegex(ValueError, "unseen class\\(es\\) circle_red "
                                 "that are evaluated too"):
-      evaluate_lib.stacking_report(TABLE, SEEN, fit, fit, "val.csv", "val.csv")
+      composed_lib.stacking_report(TABLE, SEEN, fit, fit, "val.csv", "val.csv")
 
 
 class HeldOutRowsTest(tf.test.TestCase):
@@ -164,8 +166,7 @@ class HeldOutRowsTest(tf.test.TestCase):
     # Row 0 is circle+red; row 4 a circle whose colour may be red. The
     # calibration pair (row 2) stays: it is what the bias is fitted on.
     self.assertEqual(
-        evaluate_lib.composed_lib.held_out_rows(collected, root,
-                                                SCHEMA).tolist(),
+        composed_lib.held_out_rows(collected, root, SCHEMA).tolist(),
         [True, False, False, False, True])
-    self.assertFalse(evaluate_lib.composed_lib.held_out_rows(
+    self.assertFalse(composed_lib.held_out_rows(
         collected, self.get_temp_dir() + "/none", SCHEMA).any())

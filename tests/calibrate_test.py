@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from mlc_keras.evaluation import calibrate
-from mlc_keras.evaluation import report as evaluate_lib
+from mlc_keras.evaluation import scoring
 from mlc_keras.core import heads as heads_lib
 from mlc_keras.modeling import layers
 from mlc_keras.modeling import model as model_lib
@@ -38,8 +38,8 @@ class TemperatureTest(tf.test.TestCase):
     reported = _softmax(logits * 2.5)
     t = calibrate.fit_temperature(reported, labels)
     self.assertAllClose(t, 2.5, atol=0.1)
-    ece_before = evaluate_lib.expected_calibration_error(reported, labels)
-    ece_after = evaluate_lib.expected_calibration_error(
+    ece_before = scoring.expected_calibration_error(reported, labels)
+    ece_after = scoring.expected_calibration_error(
         calibrate.scale(reported, t), labels)
     self.assertGreater(ece_before, 0.1)
     self.assertLess(ece_after, 0.02)

@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from mlc_keras.core import config as config_lib
-from mlc_keras.evaluation import report as evaluate_lib
+from mlc_keras.evaluation import composed as composed_lib
 from mlc_keras.core import heads as heads_lib
 from mlc_keras.data import combinations
 from mlc_keras.data import manifest
@@ -158,7 +158,7 @@ class SplitTest(tf.test.TestCase):
     with open(os.path.join(run_dir, combinations.HOLDOUT_FILE)) as f:
       held = json.load(f)
     self.assertEqual(held["kept"], {"train": 6, "val": 3})
-    labels, source = evaluate_lib.training_labels(run_dir, SCHEMA, "image")
+    labels, source = composed_lib.training_labels(run_dir, SCHEMA, "image")
     self.assertIn("holdout.json", source)
     # The 6 rows training kept, not the manifest's 12.
     self.assertEqual(len(labels["shape"]), 6)

@@ -18,6 +18,10 @@ from mlc_keras.data import manifest as manifest_lib
 from mlc_keras.data import pipeline
 from mlc_keras.data import sources
 from mlc_keras.evaluation import report as evaluate_lib
+from mlc_keras.evaluation import composed as composed_lib
+from mlc_keras.evaluation import markdown as evaluation_md
+from mlc_keras.evaluation import plots as plots_lib
+from mlc_keras.evaluation import scoring
 from mlc_keras.core import heads as heads_lib
 from mlc_keras.modeling import metrics
 from mlc_keras.modeling import model as model_lib
@@ -33,30 +37,30 @@ class NumbersTest(tf.test.TestCase):
   def test_confusion_precision_recall_f1(self):
     y = np.array([0, 0, 1, 1, 2])
     pred = np.array([0, 1, 1, 1, 0])
-    cm = evaluate_lib.confusion_matrix(y, pred, 3)
+    cm = scoring.confusion_matrix(y, pred, 3)
     self.assertAllEqual(cm, [[1, 1, 0], [0, 2, 0], [1, 0, 0]])
-    precision, recall, f1 = evaluate_lib.precision_recall_f1(cm)
+    precision, recall, f1 = scoring.precision_recall_f1(cm)
     self.assertAllClose(precision, [0.5, 2 / 3, 0.0])
     self.assertAllClose(recall, [0.5, 1.0, 0.0])
     self.assertAllClose(f1, [0.5, 0.8, 0.0])
-    self.assertAllClose(evaluate_lib.macro_f1(cm), 1.3 / 3)
+    self.assertAllClose(scoring.macro_f1(cm), 1.3 / 3)
 
   def test_macro_f1_skips_absent_classes(self):
-    cm = evaluate_lib.confusion_matrix([0, 1], [0, 1], 3)
-    self.assertEqual(evaluate_lib.macro_f1(cm), 1.0)
+    cm = scoring.confusion_matrix([0, 1], [0, 1], 3)
+    self.assertEqual(scoring.macro_f1(cm), 1.0)
 
   def test_ece_perfectly_calibrated_is_zero(self):
     # Confidence 0.8 with 8 of 10 right, confidence 0.6 with 3 of 5 right.
     probs = np.array([[0.8, 0.2]] * 10 + [[0.4, 0.6]] * 5)
     labels = np.array([0] * 8 + [1] * 2 + [1] * 3 + [0] * 2)
-    self.assertAllClose(evaluate_lib.expected_calibration_error(probs, labels),
+    self.assertAllClose(scoring.expected_calibration_error(probs, labels),
                         0.0, atol=1e-12)
 
   def test_ece_overconfident(self):
     probs = np.array([[0.9, 0.1]] * 4 + [[0.3, 0.7]] * 4)
     labels = np.array([0, 0, 1, 1, 1, 1, 1, 1])
     # Bin (0.867, 0.933]: conf .9, acc .5; bin (0.667, 0.733]: conf .7, acc 1.
-    self.assertAllClose(evaluate_lib.expected_calibration_error(probs, labels),
+    self.assertAllClose(scoring.expected_calibration_error(probs, labels),
                         0.5 * 0.4 + 0.5 * 0.3)
 
   def test_head_report(self):
@@ -80,12 +84,12 @@ class NumbersTest(tf.test.TestCase):
   def test_no_labelled_samples(self):
     r = evaluate_lib.head_report(SHAPE, np.full((3, 3), 1 / 3),
                                  np.zeros(3, int), np.zeros(3, bool))
-    self.assertEqual(r["note"], evaluate_lib.NO_LABELS)
+    self.assertEqual(r["note"], scoring.NO_LABELS)
     self.assertNotIn("accuracy", r)
     text = json.dumps(r)
     self.assertNotIn("NaN", text)
-    md = evaluate_lib.markdown({"model": "m", "data": "d", "samples": 3,
-                                "heads": [r]})
+    md = evaluation_md.markdown({"model": "m", "data": "d", "samples": 3,
+                                 "heads": [r]})
     self.assertIn("no labelled samples", md)
     self.assertNotIn("nan", md.lower())
 
@@ -104,7 +108,7 @@ class NumbersTest(tf.test.TestCase):
                              [0.5, 0.5]]),
                    np.array([0, 1, 0, 0, 0]), np.array([1, 1, 1, 0, 1], bool)),
     }
-    r = evaluate_lib.composed_report(collected, table, threshold=0.5)
+    r = composed_lib.composed_report(collected, table, threshold=0.5)
     # Row 3 lacks a colour label; row 4 (square) matches no class.
     self.assertEqual(r["heads_labelled"], 4)
     self.assertEqual(r["no_matching_class"], 1)
@@ -115,7 +119,7 @@ class NumbersTest(tf.test.TestCase):
     self.assertAllClose(r["per_class"]["blue_triangle"]["recall"], 0.5)
     self.assertAllClose(r["chance"], 0.5)
     # Row 2's best is .09/.17 = .53: kept at threshold .5, unknown at .6.
-    r6 = evaluate_lib.composed_report(collected, table, threshold=0.6)
+    r6 = composed_lib.composed_report(collected, table, threshold=0.6)
     self.assertAllClose(r6["unknown_rate"], 1 / 3)
     self.assertAllClose(r6["accuracy_with_unknown"], 2 / 3)
 
@@ -126,7 +130,7 @@ class ReadHistoryTest(tf.test.TestCase):
     path = os.path.join(self.get_temp_dir(), "history.csv")
     with open(path, "w", encoding="utf-8") as f:
       f.write("epoch,loss,val_loss\n0,1.5,2.0\n1,1.0,\n\n")
-    got = evaluate_lib.read_history(path)
+    got = plots_lib.read_history(path)
     self.assertEqual(got["epoch"], [0.0, 1.0])
     self.assertEqual(got["loss"], [1.5, 1.0])
     self.assertTrue(np.isnan(got["val_loss"][1]))
@@ -135,7 +139,7 @@ class ReadHistoryTest(tf.test.TestCase):
       f.write("epoch,loss,val_loss\n0,1.5,2.0\n1,1.0,1.1,0,1.4,2.1\n")
     with self.assertRaisesRegex(ValueError, r"history\.csv line 3: 6 fields "
                                 r"where the header has 3"):
-      evaluate_lib.read_history(path)
+      plots_lib.read_history(path)
 
 
 class FieldMetricsInReportTest(tf.test.TestCase):
@@ -163,7 +167,7 @@ class FieldMetricsInReportTest(tf.test.TestCase):
     with open(os.path.join(root, "config.json"), "w") as f:
       f.write(config_lib.Config(data=config_lib.DataConfig(
           manifest=train, val_manifest=train)).to_json())
-    training = evaluate_lib.training_labels(root, schema, "image")
+    training = composed_lib.training_labels(root, schema, "image")
     self.assertEqual(training[1], train)
     self.assertEqual(training[0]["colour"].tolist(), [-1, 0, 1])
     table = compose.from_dict({"blue_triangle": {"shape": "triangle",
@@ -190,8 +194,8 @@ class FieldMetricsInReportTest(tf.test.TestCase):
     self.assertAllClose(across["mean_balanced_accuracy"], (1 + 5 / 6) / 2)
     # Only row 2 has a wrong labelled head.
     self.assertAllClose(across["all_heads_right"], 4 / 5)
-    md = evaluate_lib.markdown({"model": "m", "data": "d", "samples": 5,
-                                **report})
+    md = evaluation_md.markdown({"model": "m", "data": "d", "samples": 5,
+                                 **report})
     self.assertIn("## Across heads", md)
     self.assertIn("| 1.000 | 0.500 | 0.667 | 0.750 |", md)
     # Rows 0 and 2 are blue_triangle (unseen), row 1 red_circle (seen):
@@ -205,7 +209,7 @@ class FieldMetricsInReportTest(tf.test.TestCase):
     with open(os.path.join(root, "config.json"), "w") as f:
       f.write(config_lib.Config(data=config_lib.DataConfig(
           tfrecord="train-*.tfrecord")).to_json())
-    training = evaluate_lib.training_labels(root, testutil.SCHEMA, "image")
+    training = composed_lib.training_labels(root, testutil.SCHEMA, "image")
     self.assertIsNone(training[0])
     table = compose.from_dict({"red_circle": {"shape": "circle",
                                               "colour": "red"}},
@@ -215,8 +219,8 @@ class FieldMetricsInReportTest(tf.test.TestCase):
     su = report["composed"]["seen_unseen"]
     self.assertIsNone(su["harmonic"])
     self.assertIn("TFRecord", su["not_defined"]["seen_unseen"])
-    md = evaluate_lib.markdown({"model": "m", "data": "d", "samples": 5,
-                                **report})
+    md = evaluation_md.markdown({"model": "m", "data": "d", "samples": 5,
+                                 **report})
     self.assertIn("Seen / unseen: not defined (the run trained on TFRecord", md)
 
 
@@ -264,7 +268,7 @@ class EvaluateTest(tf.test.TestCase):
     by_head = {r["head"]: r for r in report["heads"]}
     self.assertEqual(by_head["shape"]["labelled"], 10)
     self.assertEqual(by_head["colour"]["labelled"], 7)
-    self.assertEqual(by_head["size"]["note"], evaluate_lib.NO_LABELS)
+    self.assertEqual(by_head["size"]["note"], scoring.NO_LABELS)
     self.assertEqual(np.sum(by_head["colour"]["confusion"]), 7)
     # Rows with shape and colour labelled: 7; rows 0..9 with i % 3 != 2.
     self.assertEqual(report["composed"]["heads_labelled"], 7)
@@ -290,7 +294,7 @@ class EvaluateTest(tf.test.TestCase):
                         calibrate.fit_temperature(probs[fit & m], y[fit & m]))
     shown = ~fit & m
     self.assertAllClose(cal["shape"]["ece_before"],
-                        evaluate_lib.expected_calibration_error(probs[shown], y[shown]))
+                        scoring.expected_calibration_error(probs[shown], y[shown]))
     calibrated = saving.load_model(report["calibration"]["model"])
     images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), np.uint8)
     before = model(images, training=False)

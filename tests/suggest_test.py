@@ -74,6 +74,7 @@ class EvaluateReportTest(tf.test.TestCase):
 
   def test_pseudo_label_report_uses_the_calibrated_confidence(self):
     from mlc_keras.evaluation import report as evaluate_lib  # pylint: disable=g-import-not-at-top
+    from mlc_keras.evaluation import markdown as evaluation_md  # pylint: disable=g-import-not-at-top
     schema = heads_lib.LabelSchema((H("tone", ("dark", "light")),))
     collected = {"tone": (np.array([[0.9, 0.1], [0.8, 0.2], [0.95, 0.05]]),
                           np.array([0, 1, 0]), np.array([True, True, False]))}
@@ -87,7 +88,7 @@ class EvaluateReportTest(tf.test.TestCase):
     self.assertEqual(scaled["heads"]["tone"]["pseudo_labelled"], 0)
     self.assertIsNone(scaled["heads"]["tone"]["accuracy"])
     self.assertIn("| tone | 2 | 0 | 0.000 | - |",
-                  evaluate_lib.pseudo_label_markdown(scaled))
+                  evaluation_md.pseudo_labels(scaled))
 
 
 class FilesTest(tf.test.TestCase):

@@ -47,16 +47,8 @@ from mlc_keras.runs import folder as run_dir
 from mlc_keras.evaluation import scoring
 from mlc_keras.labeling import suggest as suggest_lib
 
-NO_LABELS = scoring.NO_LABELS
-ECE_BINS = scoring.ECE_BINS
-
 
 # --- numbers (scoring: numpy + scikit-learn) ----------------------------------------
-
-confusion_matrix = scoring.confusion_matrix
-precision_recall_f1 = scoring.precision_recall_f1
-macro_f1 = scoring.macro_f1
-expected_calibration_error = scoring.expected_calibration_error
 
 
 def head_report(spec: heads_lib.HeadSpec, probs: np.ndarray, labels: np.ndarray,
@@ -68,41 +60,22 @@ def head_report(spec: heads_lib.HeadSpec, probs: np.ndarray, labels: np.ndarray,
   return spec.kind_impl.report(spec, probs, labels, mask, top_k)
 
 
-# The composed-class numbers (composed_lib), under their old names.
-composed_report = composed_lib.composed_report
-seen_unseen = composed_lib.seen_unseen
-training_labels = composed_lib.training_labels
-stacking_report = composed_lib.stacking_report
-
-
-# --- pictures -------------------------------------------------------------------
-
-
-# evaluation/plots.py draws them; the names stay importable from here.
-read_history = plots_lib.read_history
-plot_history = plots_lib.plot_history
-plot_confusion = plots_lib.plot_confusion
-plot_pr = plots_lib.plot_pr
-
-
 # --- the report -------------------------------------------------------------------
-
-markdown = evaluation_md.markdown
-
 
 def report_from_collected(collected, schema: heads_lib.LabelSchema, *,
                           top_k: int = 5, table=None,
                           threshold: float = 0.5,
                           training: Optional[tuple] = None) -> dict:
   """The numbers of a report from metrics.collect() output; ``training``:
-  see composed_report."""
+  see composed_lib.composed_report."""
   heads = [head_report(h, *collected[h.name], top_k=top_k) for h in schema.heads]
   report = {"heads": heads, "across_heads": scoring.across_heads(
       collected, schema.heads,
       {r["head"]: r["balanced_accuracy"] for r in heads
        if "balanced_accuracy" in r})}
   if table is not None:
-    report["composed"] = composed_report(collected, table, threshold, training)
+    report["composed"] = composed_lib.composed_report(collected, table,
+                                                      threshold, training)
   return report
 
 
@@ -204,8 +177,8 @@ def calibration_report(fit_collected, shown, schema) -> tuple[dict, dict]:
     if m.any():
       after = calibrate_lib.scale(probs[m], temps[h])
       entry.update(
-          ece_before=expected_calibration_error(probs[m], y[m]),
-          ece_after=expected_calibration_error(after, y[m]),
+          ece_before=scoring.expected_calibration_error(probs[m], y[m]),
+          ece_after=scoring.expected_calibration_error(after, y[m]),
           nll_before=calibrate_lib.nll(probs[m], y[m]),
           nll_after=calibrate_lib.nll(after, y[m]))
     heads[h] = entry
@@ -250,16 +223,18 @@ def _save_calibrated(model, model_dir: str, temps, table, bias) -> str:
 def _plot(report: dict, model_dir: str, collected) -> None:
   for r in report["heads"]:
     if "confusion" in r:
-      plot_confusion(np.array(r["confusion"]), r["classes"], r["head"],
-                     os.path.join(model_dir, f"confusion_{r['head']}.png"))
+      plots_lib.plot_confusion(
+          np.array(r["confusion"]), r["classes"], r["head"],
+          os.path.join(model_dir, f"confusion_{r['head']}.png"))
     if "per_tag" in r:
       # The thresholds the report scored, so the marks match its numbers.
-      plot_pr(*collected[r["head"]], r["classes"],
-              [r["per_tag"][t]["threshold"] for t in r["classes"]],
-              r["head"], os.path.join(model_dir, f"pr_{r['head']}.png"))
+      plots_lib.plot_pr(*collected[r["head"]], r["classes"],
+                        [r["per_tag"][t]["threshold"] for t in r["classes"]],
+                        r["head"],
+                        os.path.join(model_dir, f"pr_{r['head']}.png"))
   history = os.path.join(model_dir, "history.csv")
-  if os.path.exists(history) and plot_history(
-      read_history(history), os.path.join(model_dir, "curves.png"),
+  if os.path.exists(history) and plots_lib.plot_history(
+      plots_lib.read_history(history), os.path.join(model_dir, "curves.png"),
       [r["head"] for r in report["heads"]]):
     report["curves"] = "curves.png"
 
@@ -282,9 +257,6 @@ def pseudo_label_report(collected, schema: heads_lib.LabelSchema,
           "heads": heads}
 
 
-pseudo_label_markdown = evaluation_md.pseudo_labels
-
-
 def _pseudo_section(model_dir: str, collected, schema, threshold) -> dict:
   chosen, _ = run_dir.choose_model_file(model_dir)
   temperatures = (outputs.temperatures_of(saving.load_model(chosen))
@@ -298,9 +270,9 @@ def _write(report: dict, model_dir: str) -> None:
     json.dump(report, f, indent=2)
     f.write("\n")
   with open(os.path.join(model_dir, "evaluation.md"), "w", encoding="utf-8") as f:
-    f.write(markdown(report))
+    f.write(evaluation_md.markdown(report))
     if "pseudo_labels" in report:
-      f.write(pseudo_label_markdown(report["pseudo_labels"]))
+      f.write(evaluation_md.pseudo_labels(report["pseudo_labels"]))
 
 
 def evaluate(model_dir: str, manifest: Optional[str] = None,
@@ -337,7 +309,7 @@ def evaluate(model_dir: str, manifest: Optional[str] = None,
                     max_pixels)
 
   n, collected = load(manifest)
-  training = (training_labels(model_dir, schema, image_column)
+  training = (composed_lib.training_labels(model_dir, schema, image_column)
               if table is not None else None)
   report = {"model": model_path, "data": manifest, "samples": n,
             **report_from_collected(collected, schema, top_k=top_k,
