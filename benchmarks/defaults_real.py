@@ -97,6 +97,12 @@ EXTRA = {
     # Steps compiled with XLA, as the plain script's jit_compile="auto" does
     # on TensorFlow.
     "xla": {"xla": "true"},
+    # Each head's loss weighted by its labelled share of the demo's
+    # train.csv (fill 506, size 988, shape 1131, colour 1138 of 1307 rows):
+    # in expectation the plain script's loss, which divides a head's masked
+    # sum by the batch size where ours divides by its labelled rows.
+    "labelled_share": {"loss_weights": "shape=0.865,colour=0.871,size=0.756,"
+                                       "fill=0.387"},
 }
 # Arm "factors": today's defaults with --factor_heads (modeling/factors.py):
 # the set's two pair heads, and on glyphs weight and slant too (the test
