@@ -22,8 +22,8 @@ r"""Input pipeline throughput, alone and under a training step.
     256-320 px JPEGs and (photo mode, --photo_mp) on generated 4:3 JPEGs of
     1, 4 and 12 MP. Ours also makes labels and masks, resizes with
     antialiasing and seeds per image; it decodes photos at a reduced DCT
-    scale (imageio.decode_and_resize). Targets: >= 0.9x the baseline at
-    256-320 px, >= 1.8x at 12 MP.
+    scale (imageio.decode_and_resize). Targets: >= 1.0x the baseline at
+    every size, >= 1.8x at 12 MP.
 
   ratio = real-pipeline steps/s / in-memory steps/s, printed last.
 
@@ -188,17 +188,19 @@ def summary(size: int, count: int, alone: float, small, photos,
         "such cores (more for photos: see below)")
   print(f"{'images':<22} {'ours img/s':>10} {'plain tf.data':>14} "
         f"{'ratio':>6} {'target':>7}")
-  rows = [(f"{_MIN_SIDE.value}-{_MAX_SIDE.value} px", *small, 0.9)]
-  rows += [(f"{mp:g} MP", ours, base, 1.8 if mp >= 12 else None)
+  # Doing the same work must not be slower than the naive pipeline, at
+  # any size; at 12 MP the reduced-scale decode should give 1.8x.
+  rows = [(f"{_MIN_SIDE.value}-{_MAX_SIDE.value} px", *small, 1.0)]
+  rows += [(f"{mp:g} MP", ours, base, 1.8 if mp >= 12 else 1.0)
            for mp, ours, base in photos]
   for name, ours, base, target in rows:
     mark = "" if target is None else (
         f">= {target:.1f} {'PASS' if ours / base >= target else 'FAIL'}")
     print(f"{name:<22} {ours:>10.1f} {base:>14.1f} {ours / base:>6.2f} "
           f"{mark:>7}")
-  for _, ours, base, target in rows:
+  for name, ours, base, target in rows:
     if target is not None:
-      print(f"pipeline / plain tf.data at {size}px: {ours / base:.2f} "
+      print(f"pipeline / plain tf.data, {name} to {size}px: {ours / base:.2f} "
             f"(target >= {target:.1f}) "
             f"{'PASS' if ours / base >= target else 'FAIL'}")
   if ratio is not None:
