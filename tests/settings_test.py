@@ -3,11 +3,12 @@ resumability once (core/settings.py); the flags, the range checks and the
 resume table follow from it."""
 
 import dataclasses
+import json
+import subprocess
+import sys
 
-from absl import flags
 from absl.testing import absltest
 
-from mlc_keras import train
 from mlc_keras.cli import help as cli_help
 from mlc_keras.core import config as config_lib
 from mlc_keras.core import settings
@@ -41,30 +42,52 @@ class DeclarationTest(absltest.TestCase):
     with self.assertRaisesRegex(TypeError, "s.b is not declared"):
       settings.declared(Whole)
 
+  # train defines its flags on absl's global FLAGS when imported, and a
+  # test process (an xdist worker collects every test file) also imports
+  # benchmark modules with flags of the same names: train's flags are read
+  # in a process of their own, as the other tests of train do.
+  _TRAIN_FLAGS = (
+      "import json; from absl import flags; from mlc_keras import train\n"
+      "out = {name: {'default': repr(f.default), 'help': f.help or '',\n"
+      "              'upper': getattr(f.parser, 'upper_bound', None)}\n"
+      "       for f in flags.FLAGS.get_flags_for_module(train.__name__)\n"
+      "       for name in [f.name]}\n"
+      "print(json.dumps({'flags': out, 'cli_only': list(train.CLI_ONLY_FLAGS),\n"
+      "                  'parse': list(train._PARSE)}))\n")
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    done = subprocess.run([sys.executable, "-c", cls._TRAIN_FLAGS],
+                          capture_output=True, text=True, check=False)
+    if done.returncode:
+      raise AssertionError(f"importing train failed:\n{done.stderr[-2000:]}")
+    cls.train = json.loads(done.stdout.strip().splitlines()[-1])
+
   def test_every_train_flag_sets_a_field_or_is_cli_only(self):
-    defined = {f.name for f in
-               flags.FLAGS.get_flags_for_module(train.__name__)}
+    defined = set(self.train["flags"])
+    cli_only = set(self.train["cli_only"])
     declared = {d.setting.flag for d in config_lib.SETTINGS
                 if d.setting.flag is not None}
     self.assertEmpty(declared - defined, "declared flags train lacks")
-    self.assertEmpty(defined - declared - set(train.CLI_ONLY_FLAGS),
+    self.assertEmpty(defined - declared - cli_only,
                      "train flags no field declares (add them to the field, "
                      "or to CLI_ONLY_FLAGS)")
-    self.assertEmpty(set(train.CLI_ONLY_FLAGS) & declared)
+    self.assertEmpty(cli_only & declared)
     # Each parser belongs to a field set by a flag.
     flagged = {d.name for d in config_lib.SETTINGS if d.setting.flag}
-    self.assertEmpty(set(train._PARSE) - flagged)  # pylint: disable=protected-access
+    self.assertEmpty(set(self.train["parse"]) - flagged)
 
   def test_flags_defined_from_their_declaration(self):
     generated = [d for d in config_lib.SETTINGS if d.setting.help]
     self.assertNotEmpty(generated)
+    flags = self.train["flags"]
     for d in generated:
-      flag = flags.FLAGS[d.setting.flag]
-      self.assertEqual(flag.default, d.default, d.key)
-      self.assertNotIn("`", flag.help, d.key)  # settings shown as flags
-    self.assertIn("--strategy=mirrored", flags.FLAGS["xla"].help)
-    self.assertEqual(flags.FLAGS["randaugment_magnitude"].parser.upper_bound,
-                     1)
+      flag = flags[d.setting.flag]
+      self.assertEqual(flag["default"], repr(d.default), d.key)
+      self.assertNotIn("`", flag["help"], d.key)  # settings shown as flags
+    self.assertIn("--strategy=mirrored", flags["xla"]["help"])
+    self.assertEqual(flags["randaugment_magnitude"]["upper"], 1)
 
   def test_flag_names_in_errors(self):
     self.assertEqual(cli_help.flag_name("jit_compile"), "--xla")
